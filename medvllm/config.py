@@ -1,15 +1,33 @@
 """Config: the single source of engine settings.
 
 Everything downstream reads a Config; nothing downstream reads env vars or profiles.
-Building one validates it, so a bad Config never reaches the engine.
+Building one validates it, so a bad Config never reaches the engine: first on its own (types, ranges,
+combinations), then against a HardwareInfo snapshot (`hardware=`; the detected machine by default).
+Settings that do nothing on the chosen device are accepted and listed in `config.warnings`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import warnings as _warnings
+from dataclasses import InitVar, dataclass, fields
 
 import torch
 
 from medvllm.errors import ConfigError
+from medvllm.hardware import HardwareInfo
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+MIXED_PRECISION_DTYPES = ("bf16", "fp16")
+ATTENTION_IMPLS = ("auto", "sdpa", "flash")
+# Quantization methods the engine implements, with the bit width each one means.
+QUANT_METHOD_BITS = {"dynamic": 8, "bnb-8bit": 8, "bnb-nf4": 4}
+QUANT_METHOD_ALIASES = {"bnb-4bit": "bnb-nf4"}
+QUANT_METHODS = tuple(QUANT_METHOD_BITS) + tuple(QUANT_METHOD_ALIASES)
+CUDA_ONLY_METHODS = ("bnb-8bit", "bnb-nf4")
+
+
+class ConfigWarning(UserWarning):
+    """A setting is accepted but has no effect (or a cost) on this device."""
 
 
 @dataclass
@@ -43,20 +61,25 @@ class Config:
     num_kvcache_blocks: int | None = None  # explicit pool size; overrides the two limits above
     enable_prefix_caching: bool = True
     seed: int = 0
+    # the machine to validate against; not a setting (detect() when None)
+    hardware: InitVar[HardwareInfo | None] = None
 
-    def __post_init__(self) -> None:
-        for name in ("max_num_seqs", "max_num_batched_tokens", "kvcache_block_size", "tensor_parallel_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name}={value!r} is invalid: it must be an integer >= 1")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device={self.device!r} is invalid: use one of auto, cpu, cuda")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ConfigError(f"dtype={self.dtype!r} is invalid: use one of auto, float32, bfloat16, float16")
+    def __post_init__(self, hardware: HardwareInfo | None) -> None:
+        check_fields(self)
+        if hardware is None:
+            from medvllm.hardware import detect
+
+            hardware = detect()
+        self.warnings: list[str] = check_hardware(self, hardware)
+        for message in self.warnings:
+            _warnings.warn(message, ConfigWarning, stacklevel=3)
 
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.field_names()}
 
     @property
     def resolved_device(self) -> torch.device:
@@ -71,3 +94,169 @@ class Config:
             return {"bf16": torch.bfloat16, "fp16": torch.float16}[self.mixed_precision_dtype]
         return {"auto": torch.float32, "float32": torch.float32,
                 "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
+
+    @property
+    def wants_flash_attention(self) -> bool:
+        return self.attention_impl == "flash" or (self.attention_impl == "auto" and self.enable_flash_attention)
+
+
+def fail(field_names: str | tuple[str, ...], message: str) -> ConfigError:
+    """A ConfigError that also records which fields it is about (resolve uses this for provenance)."""
+    err = ConfigError(message)
+    err.fields = (field_names,) if isinstance(field_names, str) else tuple(field_names)
+    return err
+
+
+# --- checks on the Config alone ------------------------------------------------------------------------
+_BOOLS = ("enable_mixed_precision", "enable_flash_attention", "allow_tf32", "cudnn_benchmark",
+          "memory_efficient", "enable_memory_pooling", "enable_prefix_caching")
+_POSITIVE_INTS = ("tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens", "kvcache_block_size")
+_OPTIONAL_POSITIVE_INTS = ("max_model_len", "num_kvcache_blocks")
+_ENUMS = {"device": DEVICES, "dtype": DTYPES, "mixed_precision_dtype": MIXED_PRECISION_DTYPES,
+          "attention_impl": ATTENTION_IMPLS, "pool_device": DEVICES}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_fields(c: Config) -> None:
+    """Types, ranges and combinations that need no hardware. Normalizes aliases in place."""
+    if c.model is not None and (not isinstance(c.model, str) or not c.model):
+        raise fail("model", f"model={c.model!r} is invalid: it must be a non-empty path or name, "
+                            "or None for the embedded default model")
+    for name in _BOOLS:
+        if not isinstance(getattr(c, name), bool):
+            raise fail(name, f"{name}={getattr(c, name)!r} is invalid: it must be true or false")
+    for name in _POSITIVE_INTS:
+        value = getattr(c, name)
+        if not _is_int(value) or value < 1:
+            raise fail(name, f"{name}={value!r} is invalid: it must be an integer >= 1")
+    for name in _OPTIONAL_POSITIVE_INTS:
+        value = getattr(c, name)
+        if value is not None and (not _is_int(value) or value < 1):
+            raise fail(name, f"{name}={value!r} is invalid: it must be an integer >= 1, or null for automatic")
+    if not _is_int(c.seed) or c.seed < 0:
+        raise fail("seed", f"seed={c.seed!r} is invalid: it must be an integer >= 0")
+    for name, choices in _ENUMS.items():
+        if getattr(c, name) not in choices:
+            raise fail(name, f"{name}={getattr(c, name)!r} is invalid: use one of {', '.join(choices)}")
+    space = c.kv_cache_space_gib
+    if isinstance(space, bool) or not isinstance(space, (int, float)) or not space > 0:
+        raise fail("kv_cache_space_gib", f"kv_cache_space_gib={space!r} is invalid: it must be a number of GiB > 0")
+    util = c.gpu_memory_utilization
+    if isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1:
+        raise fail("gpu_memory_utilization",
+                   f"gpu_memory_utilization={util!r} is invalid: it must be a fraction in (0, 1], e.g. 0.9")
+    if c.max_num_batched_tokens < c.max_num_seqs:
+        raise fail(("max_num_batched_tokens", "max_num_seqs"),
+                   f"max_num_batched_tokens={c.max_num_batched_tokens} is smaller than max_num_seqs={c.max_num_seqs}: "
+                   "a step could not give each running sequence a token; raise max_num_batched_tokens")
+    _check_quantization(c)
+    _check_precision(c)
+    if c.enable_flash_attention and c.attention_impl == "sdpa":
+        raise fail(("enable_flash_attention", "attention_impl"),
+                   "enable_flash_attention=true contradicts attention_impl='sdpa': "
+                   "set attention_impl to 'flash' (or 'auto'), or turn flash attention off")
+
+
+def _check_quantization(c: Config) -> None:
+    bits, method = c.quantization_bits, c.quantization_method
+    if bits is not None and (not _is_int(bits) or bits not in (4, 8)):
+        raise fail("quantization_bits", f"quantization_bits={bits!r} is invalid: use 8, 4, or null for no quantization")
+    if method is not None and method not in QUANT_METHODS:
+        raise fail("quantization_method", f"quantization_method={method!r} is invalid: use one of "
+                                          f"{', '.join(QUANT_METHODS)}, or null for no quantization")
+    if method is None:
+        if bits is not None:
+            raise fail(("quantization_bits", "quantization_method"),
+                       f"quantization_bits={bits} needs a quantization_method: use "
+                       + ("'dynamic' (CPU) or 'bnb-8bit' (CUDA)" if bits == 8 else "'bnb-nf4' (CUDA)"))
+        return
+    method = c.quantization_method = QUANT_METHOD_ALIASES.get(method, method)
+    implied = QUANT_METHOD_BITS[method]
+    if bits is None:
+        c.quantization_bits = implied
+    elif bits != implied:
+        raise fail(("quantization_bits", "quantization_method"),
+                   f"quantization_bits={bits} does not match quantization_method={method!r}, which is "
+                   f"{implied}-bit: set quantization_bits={implied}, or pick a {bits}-bit method")
+
+
+def _check_precision(c: Config) -> None:
+    if not c.enable_mixed_precision or c.dtype == "auto":
+        return
+    wanted = {"bf16": "bfloat16", "fp16": "float16"}[c.mixed_precision_dtype]
+    if c.dtype != wanted:
+        raise fail(("dtype", "enable_mixed_precision", "mixed_precision_dtype"),
+                   f"dtype={c.dtype!r} contradicts enable_mixed_precision=true with mixed_precision_dtype="
+                   f"{c.mixed_precision_dtype!r}: set dtype='auto' (or {wanted!r}), or turn mixed precision off")
+
+
+# --- checks against the hardware -----------------------------------------------------------------------
+def effective_device(c: Config, hw: HardwareInfo) -> str:
+    return ("cuda" if hw.has_cuda else "cpu") if c.device == "auto" else c.device
+
+
+def run_dtype(c: Config) -> str:
+    """The dtype the model runs in, spelled as in `dtype`."""
+    if c.enable_mixed_precision:
+        return {"bf16": "bfloat16", "fp16": "float16"}[c.mixed_precision_dtype]
+    return "float32" if c.dtype == "auto" else c.dtype
+
+
+def check_hardware(c: Config, hw: HardwareInfo) -> list[str]:
+    """Raise ConfigError for what this machine cannot run; return warnings for what does nothing here."""
+    warn: list[str] = []
+    if c.device == "cuda" and not hw.has_cuda:
+        raise fail("device", "device='cuda' but no CUDA GPU is available here: use device 'cpu' or 'auto'")
+    device = effective_device(c, hw)
+    if c.pool_device == "cuda" and device != "cuda":
+        raise fail("pool_device", f"pool_device='cuda' needs the CUDA device, but the model runs on {device}: "
+                                  "set pool_device to 'auto' or 'cpu'")
+    tp = c.tensor_parallel_size
+    if device == "cuda" and tp > hw.num_gpus:
+        raise fail("tensor_parallel_size", f"tensor_parallel_size={tp} needs {tp} GPUs, but {hw.num_gpus} "
+                                           f"{'is' if hw.num_gpus == 1 else 'are'} present: use at most {hw.num_gpus}")
+    if device == "cpu" and tp > 1:
+        warn.append(f"tensor_parallel_size={tp} on CPU runs {tp} processes over gloo: useful for testing, "
+                    "usually slower than 1")
+    method = c.quantization_method
+    if method in CUDA_ONLY_METHODS:
+        if device != "cuda":
+            raise fail(("quantization_method", "device"),
+                       f"quantization_method={method!r} (bitsandbytes) needs a CUDA GPU, but the model runs on "
+                       "cpu: use quantization_method='dynamic' (8-bit) on CPU, or run on a CUDA device")
+        if not hw.has_backend("bitsandbytes"):
+            raise fail("quantization_method", f"quantization_method={method!r} needs the bitsandbytes package, "
+                                              "which is not installed: pip install bitsandbytes, or drop quantization")
+    if method == "dynamic" and device != "cpu":
+        raise fail(("quantization_method", "device"),
+                   "quantization_method='dynamic' (PyTorch dynamic int8) runs on CPU only, but the model runs on "
+                   "cuda: set device='cpu', or use 'bnb-8bit' on CUDA")
+    dtype = run_dtype(c)
+    source = "mixed_precision_dtype" if c.enable_mixed_precision else "dtype"
+    if dtype == "float16" and device == "cpu":
+        raise fail((source, "device"), f"{source}={getattr(c, source)!r} (float16) is not supported on CPU: "
+                                       "use bf16/bfloat16 or float32 on CPU, or run on a CUDA device")
+    if dtype == "bfloat16":
+        if device == "cuda" and hw.min_gpu_sm < 8:
+            raise fail((source, "device"), f"{source}={getattr(c, source)!r} (bfloat16) needs an Ampere or newer "
+                                           f"GPU (SM >= 8); this one is SM {hw.min_gpu_sm}: use fp16 instead")
+        if device == "cpu" and not hw.cpu_native_bf16:
+            warn.append("bfloat16 on a CPU without native bf16 (avx512_bf16/amx) is emulated and may be slower "
+                        "than float32")
+    if c.wants_flash_attention:
+        if device != "cuda":
+            raise fail(("attention_impl", "enable_flash_attention", "device"),
+                       "flash attention needs a CUDA GPU, but the model runs on cpu: "
+                       "set attention_impl to 'sdpa' or 'auto' and turn flash attention off")
+        if hw.min_gpu_sm < 8:
+            raise fail(("attention_impl", "enable_flash_attention"),
+                       f"flash attention needs an Ampere or newer GPU (SM >= 8); this one is SM {hw.min_gpu_sm}: "
+                       "use attention_impl='sdpa'")
+    if device != "cuda":
+        for name in ("allow_tf32", "cudnn_benchmark"):
+            if getattr(c, name):
+                warn.append(f"{name}=true does nothing on {device}: it only affects CUDA")
+    return warn

@@ -1,0 +1,170 @@
+"""Config validation: types, ranges, combinations, and what the hardware can do (fake HardwareInfo)."""
+import dataclasses
+import warnings
+
+import pytest
+
+from medvllm.config import Config, ConfigWarning
+from medvllm.errors import ConfigError
+from medvllm.hardware import GPUInfo, HardwareInfo
+
+CPU = HardwareInfo(cpu_count=8, total_memory=32 << 30, available_memory=30 << 30)
+CPU_BF16 = dataclasses.replace(CPU, cpu_flags=frozenset({"avx512_bf16"}))
+A100 = GPUInfo("A100", (8, 0), 80 << 30)
+T4 = GPUInfo("T4", (7, 5), 16 << 30)
+GPU = dataclasses.replace(CPU, gpus=(A100,), backends={"bitsandbytes": True})
+GPU_NO_BNB = dataclasses.replace(GPU, backends={})
+OLD_GPU = dataclasses.replace(GPU, gpus=(T4,))
+
+
+def make(hw=CPU, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConfigWarning)
+        return Config(hardware=hw, **kw)
+
+
+def error(hw=CPU, **kw) -> str:
+    with pytest.raises(ConfigError) as e:
+        make(hw, **kw)
+    return str(e.value)
+
+
+def test_defaults_are_valid_and_keep_their_values():
+    c = make()
+    assert (c.device, c.tensor_parallel_size, c.quantization_bits, c.quantization_method) == ("auto", 1, None, None)
+    assert c.max_num_seqs == 128 and c.kvcache_block_size == 16 and c.warnings == []
+
+
+def test_hardware_is_not_a_field():
+    assert "hardware" not in Config.field_names()
+    assert "hardware" not in make().to_dict()
+
+
+@pytest.mark.parametrize("name,value", [
+    ("max_num_seqs", 0), ("max_num_seqs", "4"), ("tensor_parallel_size", True), ("kvcache_block_size", 1.5),
+    ("max_model_len", 0), ("num_kvcache_blocks", -1), ("seed", -1), ("seed", "1"),
+    ("kv_cache_space_gib", 0), ("kv_cache_space_gib", "1"), ("gpu_memory_utilization", 1.5),
+    ("gpu_memory_utilization", 0), ("enable_mixed_precision", "yes"), ("allow_tf32", 1), ("model", ""),
+])
+def test_bad_types_and_ranges_name_the_field_and_value(name, value):
+    msg = error(**{name: value})
+    assert f"{name}={value!r}" in msg
+
+
+@pytest.mark.parametrize("name", ["device", "dtype", "mixed_precision_dtype", "attention_impl", "pool_device"])
+def test_bad_enum_lists_the_choices(name):
+    msg = error(**{name: "bogus"})
+    assert f"{name}='bogus'" in msg and "use one of" in msg
+
+
+def test_batched_tokens_must_cover_num_seqs():
+    assert "max_num_batched_tokens=8 is smaller than max_num_seqs=16" in error(max_num_seqs=16, max_num_batched_tokens=8)
+
+
+@pytest.mark.parametrize("bits", [2, 16, "8", 8.0])
+def test_quantization_bits_must_be_4_or_8(bits):
+    assert "use 8, 4, or null" in error(quantization_bits=bits, quantization_method="dynamic")
+
+
+def test_unknown_quantization_method():
+    msg = error(quantization_method="gptq")
+    assert "quantization_method='gptq'" in msg and "dynamic" in msg and "bnb-nf4" in msg
+
+
+@pytest.mark.parametrize("bits,method,hw", [(4, "dynamic", CPU), (4, "bnb-8bit", GPU), (8, "bnb-nf4", GPU),
+                                            (8, "bnb-4bit", GPU)])
+def test_bits_and_method_must_agree(bits, method, hw):
+    msg = error(hw, quantization_bits=bits, quantization_method=method)
+    assert "does not match" in msg and f"quantization_bits={bits}" in msg
+
+
+def test_bits_without_method_is_refused_with_a_suggestion():
+    assert "needs a quantization_method" in error(quantization_bits=8)
+
+
+def test_method_implies_bits_and_4bit_is_an_alias_of_nf4():
+    assert make(quantization_method="dynamic").quantization_bits == 8
+    c = make(GPU, quantization_method="bnb-4bit")
+    assert (c.quantization_method, c.quantization_bits) == ("bnb-nf4", 4)
+
+
+@pytest.mark.parametrize("method", ["bnb-8bit", "bnb-nf4", "bnb-4bit"])
+def test_cuda_only_method_on_cpu(method):
+    msg = error(CPU, quantization_method=method)
+    assert "needs a CUDA GPU" in msg and "dynamic" in msg
+    assert "needs a CUDA GPU" in error(GPU, device="cpu", quantization_method=method)
+
+
+def test_bitsandbytes_must_be_installed():
+    assert "pip install bitsandbytes" in error(GPU_NO_BNB, quantization_method="bnb-8bit")
+    make(GPU, quantization_method="bnb-8bit")
+
+
+def test_dynamic_int8_is_cpu_only():
+    make(CPU, quantization_method="dynamic")
+    make(GPU, device="cpu", quantization_method="dynamic")
+    assert "runs on CPU only" in error(GPU, quantization_method="dynamic")
+
+
+def test_fp16_on_cpu_is_refused():
+    assert "not supported on CPU" in error(enable_mixed_precision=True, mixed_precision_dtype="fp16")
+    assert "not supported on CPU" in error(dtype="float16")
+    make(GPU, enable_mixed_precision=True, mixed_precision_dtype="fp16")
+    make(CPU, mixed_precision_dtype="fp16")  # not in use while mixed precision is off
+
+
+def test_bf16_needs_ampere_on_cuda():
+    assert "SM >= 8" in error(OLD_GPU, enable_mixed_precision=True)
+    make(GPU, enable_mixed_precision=True)
+
+
+def test_bf16_on_cpu_is_allowed_and_warns_when_emulated():
+    assert make(CPU_BF16, dtype="bfloat16").warnings == []
+    assert any("emulated" in w for w in make(CPU, dtype="bfloat16").warnings)
+
+
+def test_dtype_contradicting_mixed_precision():
+    assert "contradicts enable_mixed_precision" in error(GPU, dtype="float32", enable_mixed_precision=True)
+    make(GPU, dtype="bfloat16", enable_mixed_precision=True)
+
+
+def test_flash_attention_needs_cuda_and_ampere():
+    assert "needs a CUDA GPU" in error(attention_impl="flash")
+    assert "needs a CUDA GPU" in error(enable_flash_attention=True)
+    assert "SM >= 8" in error(OLD_GPU, attention_impl="flash")
+    assert make(GPU, attention_impl="flash", enable_flash_attention=True).wants_flash_attention
+
+
+def test_flash_flag_contradicting_attention_impl():
+    assert "contradicts attention_impl='sdpa'" in error(GPU, enable_flash_attention=True, attention_impl="sdpa")
+
+
+def test_tensor_parallel_size_vs_devices():
+    assert "needs 2 GPUs, but 1 is present" in error(GPU, tensor_parallel_size=2)
+    c = make(CPU, tensor_parallel_size=2)  # gloo on CPU, for testing
+    assert any("gloo" in w for w in c.warnings)
+
+
+def test_cuda_device_or_pool_without_cuda():
+    assert "no CUDA GPU" in error(device="cuda")
+    assert "pool_device='cuda'" in error(pool_device="cuda")
+    make(GPU, pool_device="cuda", enable_memory_pooling=True)
+
+
+def test_cuda_only_knobs_on_cpu_warn_and_are_accepted():
+    with pytest.warns(ConfigWarning) as record:
+        c = Config(hardware=CPU, allow_tf32=True, cudnn_benchmark=True)
+    assert [str(w.message) for w in record] == c.warnings
+    assert "allow_tf32=true does nothing on cpu" in c.warnings[0]
+    assert "cudnn_benchmark=true does nothing on cpu" in c.warnings[1]
+    assert make(GPU, allow_tf32=True, cudnn_benchmark=True).warnings == []
+
+
+def test_error_records_the_fields_it_is_about():
+    with pytest.raises(ConfigError) as e:
+        make(CPU, quantization_method="bnb-8bit")
+    assert "quantization_method" in e.value.fields
+
+
+def test_default_hardware_is_detected():
+    Config()  # validates against this machine without raising
