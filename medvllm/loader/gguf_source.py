@@ -1,0 +1,60 @@
+"""Open a single .gguf file as a ModelSource."""
+
+import os
+from collections import Counter
+
+from gguf import LlamaFileType
+
+from medvllm.errors import ModelLoadError
+from medvllm.loader.gguf_config import PERMUTED_QK, build_config, gguf_architecture
+from medvllm.loader.gguf_file import GGUFFile
+from medvllm.loader.gguf_names import gguf_name, hf_name
+from medvllm.loader.gguf_tokenizer import build_tokenizer
+from medvllm.loader.gguf_weights import dequantize, unpermute_qk
+from medvllm.loader.names import check_complete
+from medvllm.loader.source import ModelSource
+
+
+def open_gguf(path: str) -> ModelSource:
+    f = GGUFFile(path)
+    arch = gguf_architecture(f.metadata, path)
+    config = build_config(f.metadata, set(f.tensors), path)
+
+    names = {}  # HF name -> GGUF tensor, in file order
+    for name in f.tensors:
+        hf = hf_name(name)
+        if hf is None:
+            raise ModelLoadError(
+                f"GGUF tensor {name!r} in {path} has no place in a {config.architectures[0]}; the file "
+                f"holds a variant this loader does not support, use a plain {arch} GGUF"
+            )
+        if hf == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        names[hf] = f.tensors[name]
+    check_complete(config, set(names), path, stored_as=gguf_name)
+
+    heads = {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads}
+
+    def weights():
+        for hf, info in names.items():
+            tensor = dequantize(f.raw(info), info.qtype)
+            proj = hf.split(".")[-2]
+            if arch in PERMUTED_QK and proj in heads:
+                tensor = unpermute_qk(tensor, heads[proj])
+            yield hf, tensor
+
+    tokenizer = build_tokenizer(f.metadata, path)
+    quant = _quant_label(f)
+    return ModelSource(path, "gguf", config, tokenizer, f"{os.path.basename(path)} (gguf, {quant})", weights)
+
+
+def _quant_label(f: GGUFFile) -> str:
+    """The file type llama.cpp recorded (e.g. Q4_K_M), else the most common weight type."""
+    file_type = f.metadata.get("general.file_type")
+    if file_type is not None:
+        try:
+            return LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        except ValueError:
+            pass
+    types = Counter(info.qtype.name for info in f.tensors.values() if len(info.shape) == 2)
+    return types.most_common(1)[0][0] if types else "unknown"

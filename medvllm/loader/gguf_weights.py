@@ -1,0 +1,78 @@
+"""Decode GGUF tensors into float32 torch tensors with Hugging Face layout.
+
+The common types (F32, F16, BF16, Q8_0, Q4_0, Q4_1) are decoded with torch, which is several times
+faster than gguf's numpy code and threaded; each mirrors gguf.quants op for op, so the floats are
+bit-identical (tests check this). Every other type falls back to gguf.quants.dequantize.
+"""
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
+from gguf.quants import dequantize as gguf_dequantize
+
+from medvllm.errors import ModelLoadError
+
+
+def dequantize(raw: np.ndarray, qtype: Q) -> torch.Tensor:
+    """uint8 rows (*shape[:-1], bytes per row) -> float32 tensor of the logical shape."""
+    fast = _FAST.get(qtype)
+    if fast is None:
+        try:
+            return torch.from_numpy(np.require(gguf_dequantize(raw, qtype), np.float32, ["C", "W"]))
+        except NotImplementedError:
+            raise ModelLoadError(
+                f"GGUF tensor type {qtype.name} cannot be dequantized by the installed gguf package; "
+                f"use a file quantized to a common type (Q4_K_M, Q8_0, F16) or upgrade gguf"
+            ) from None
+    block, block_bytes = GGML_QUANT_SIZES[qtype]
+    rows = torch.from_numpy(raw.copy())  # the map is read-only; torch wants writable memory
+    blocks = rows.reshape(-1, block_bytes)
+    out = fast(blocks, block)
+    return out.reshape(*raw.shape[:-1], raw.shape[-1] // block_bytes * block)
+
+
+def _f32(blocks, block):
+    return blocks.view(torch.float32)
+
+
+def _f16(blocks, block):
+    return blocks.view(torch.float16).float()
+
+
+def _bf16(blocks, block):
+    return blocks.view(torch.bfloat16).float()
+
+
+def _scale(blocks, at):  # one fp16 per block at byte `at`, as float32 (n_blocks, 1)
+    return blocks[:, at : at + 2].contiguous().view(torch.float16).float()
+
+
+def _nibbles(qs, block):
+    # low nibbles hold elements 0..15 of the block, high nibbles 16..31 (ggml's layout)
+    return torch.cat((qs & 0x0F, qs >> 4), dim=1)
+
+
+def _q8_0(blocks, block):
+    return blocks[:, 2:].contiguous().view(torch.int8).float() * _scale(blocks, 0)
+
+
+def _q4_0(blocks, block):
+    q = _nibbles(blocks[:, 2:], block).to(torch.int8) - 8
+    return _scale(blocks, 0) * q.float()
+
+
+def _q4_1(blocks, block):
+    q = _nibbles(blocks[:, 4:], block).float()
+    return (_scale(blocks, 0) * q) + _scale(blocks, 2)  # two roundings, like numpy (no fused multiply-add)
+
+
+_FAST = {Q.F32: _f32, Q.F16: _f16, Q.BF16: _bf16, Q.Q8_0: _q8_0, Q.Q4_0: _q4_0, Q.Q4_1: _q4_1}
+
+
+def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo llama.cpp's Q/K row permutation (convert_hf_to_gguf LlamaModel.permute), as transformers does.
+
+    llama.cpp interleaves each head's rotary halves for its rope kernel; HF keeps them as two halves.
+    """
+    head_dim = w.shape[0] // n_head // 2
+    return w.reshape(n_head, head_dim, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)

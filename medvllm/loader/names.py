@@ -1,0 +1,56 @@
+"""The parameter names each supported architecture's *ForCausalLM expects.
+
+Both formats check their tensors against this list at open time, so a missing tensor is reported
+before the engine allocates anything, naming the tensor.
+"""
+
+from medvllm.errors import ModelLoadError
+
+# architectures (HF class names) the loader knows how to complete-check
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+
+
+def expected_names(config) -> list[str]:
+    """Every parameter name of the model `config` describes, in state_dict order."""
+    arch = config.architectures[0]
+    # Qwen2 always has q/k/v biases and no o bias; Llama and Qwen3 put one flag on all four.
+    attn_bias = getattr(config, "attention_bias", False)
+    qkv_bias = arch == "Qwen2ForCausalLM" or attn_bias
+    o_bias = attn_bias and arch != "Qwen2ForCausalLM"
+    mlp_bias = getattr(config, "mlp_bias", False)
+
+    names = ["model.embed_tokens.weight"]
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj"):
+            names.append(f"{p}self_attn.{proj}.weight")
+            if qkv_bias:
+                names.append(f"{p}self_attn.{proj}.bias")
+        names.append(f"{p}self_attn.o_proj.weight")
+        if o_bias:
+            names.append(f"{p}self_attn.o_proj.bias")
+        if arch == "Qwen3ForCausalLM":
+            names += [f"{p}self_attn.q_norm.weight", f"{p}self_attn.k_norm.weight"]
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            names.append(f"{p}mlp.{proj}.weight")
+            if mlp_bias:
+                names.append(f"{p}mlp.{proj}.bias")
+        names += [f"{p}input_layernorm.weight", f"{p}post_attention_layernorm.weight"]
+    names.append("model.norm.weight")
+    if not config.tie_word_embeddings:
+        names.append("lm_head.weight")
+    return names
+
+
+def check_complete(config, present: set[str], where: str, stored_as=lambda name: name) -> None:
+    """Raise ModelLoadError naming the first expected tensor that `present` lacks.
+
+    `stored_as` turns an HF name into the name the file uses, so the message names what to look for.
+    """
+    for name in expected_names(config):
+        if name not in present:
+            raise ModelLoadError(
+                f"tensor {stored_as(name)!r} (for {name}) is missing from {where}; a "
+                f"{config.architectures[0]} with {config.num_hidden_layers} layers needs it: the file is "
+                f"incomplete or its config does not match its weights, re-download or re-convert it"
+            )

@@ -1,0 +1,28 @@
+"""ModelSource: what the loader hands the engine, whatever the file format."""
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    import transformers
+
+
+@dataclass
+class ModelSource:
+    path: str  # the file or folder loaded
+    format: str  # "gguf" | "safetensors"
+    hf_config: "transformers.PretrainedConfig"  # .architectures names the *ForCausalLM class
+    tokenizer: "transformers.PreTrainedTokenizerBase"  # fast; .chat_template set when the model has one
+    description: str  # short human text for logs and output metadata
+    # Builds the weight stream; kept as a factory so every iter_weights() call starts afresh.
+    _weights: Callable[[], Iterator[tuple[str, "torch.Tensor"]]] = field(repr=False, compare=False, default=None)
+
+    def iter_weights(self) -> Iterator[tuple[str, "torch.Tensor"]]:
+        """Yield (Hugging Face parameter name, CPU tensor) one at a time, so peak memory stays low.
+
+        Names are those of transformers' *ForCausalLM state_dict; "lm_head.weight" is absent when the
+        embeddings are tied. Safetensors tensors keep their stored dtype; GGUF tensors are float32.
+        """
+        return self._weights()
