@@ -1,0 +1,133 @@
+"""BlockManager: hands out KV-cache blocks, with prefix caching.
+
+A full block is named by a hash chained over every token before it, so two requests that share a
+prefix (a system prompt, a discharge-note template) share its blocks, computed once. Freed blocks keep
+their contents and hash until reused, oldest-freed first, so a prefix can outlive its requests.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from medvllm.engine.sequence import Sequence
+
+
+class Block:
+    __slots__ = ("block_id", "ref_count", "hash", "token_ids")
+
+    def __init__(self, block_id: int):
+        self.block_id = block_id
+        self.ref_count = 0
+        self.hash: int | None = None
+        self.token_ids: tuple[int, ...] = ()
+
+
+def chain_hash(prev_hash: int | None, token_ids: tuple[int, ...]) -> int:
+    return hash((prev_hash, token_ids))
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
+        self.cached: dict[int, int] = {}  # chain hash -> block id
+        self.num_cached_tokens_total = 0  # prompt tokens served from the cache, since start
+        self.num_queried_tokens_total = 0
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free)
+
+    @property
+    def usage(self) -> float:
+        """Fraction of blocks held by live requests."""
+        return 1.0 - len(self.free) / len(self.blocks)
+
+    def _lookup(self, seq: Sequence) -> list[Block]:
+        """Blocks already holding this sequence's leading full blocks (never its last token)."""
+        if not self.enable_prefix_caching:
+            return []
+        hits: list[Block] = []
+        prev: int | None = None
+        # the last token is always recomputed: its logits are needed to sample
+        for i in range((len(seq) - 1) // self.block_size):
+            tokens = tuple(seq.block_tokens(i))
+            h = chain_hash(prev, tokens)
+            block_id = self.cached.get(h)
+            if block_id is None or self.blocks[block_id].token_ids != tokens:
+                break
+            hits.append(self.blocks[block_id])
+            prev = h
+        return hits
+
+    def can_allocate(self, seq: Sequence) -> bool:
+        hits = self._lookup(seq)
+        revived = sum(1 for b in hits if b.ref_count == 0)
+        return seq.num_blocks - len(hits) + revived <= len(self.free)
+
+    def _take_free_block(self) -> Block:
+        block_id, _ = self.free.popitem(last=False)
+        block = self.blocks[block_id]
+        if block.hash is not None and self.cached.get(block.hash) == block_id:
+            del self.cached[block.hash]
+        block.hash, block.token_ids = None, ()
+        block.ref_count = 1
+        return block
+
+    def _register(self, block: Block, prev_hash: int | None, tokens: tuple[int, ...]) -> None:
+        if not self.enable_prefix_caching:
+            return
+        block.hash = chain_hash(prev_hash, tokens)
+        block.token_ids = tokens
+        self.cached.setdefault(block.hash, block.block_id)
+
+    def allocate(self, seq: Sequence) -> None:
+        assert not seq.block_table
+        hits = self._lookup(seq)
+        for block in hits:
+            if block.ref_count == 0:
+                del self.free[block.block_id]
+            block.ref_count += 1
+            seq.block_table.append(block.block_id)
+        seq.num_computed_tokens = len(hits) * self.block_size
+        seq.metrics.num_cached_tokens = max(seq.metrics.num_cached_tokens, seq.num_computed_tokens)
+        self.num_cached_tokens_total += seq.num_computed_tokens
+        self.num_queried_tokens_total += len(seq)
+        prev = hits[-1].hash if hits else None
+        for i in range(len(hits), seq.num_blocks):
+            block = self._take_free_block()
+            tokens = tuple(seq.block_tokens(i))
+            if len(tokens) == self.block_size:
+                self._register(block, prev, tokens)
+                prev = block.hash
+            seq.block_table.append(block.block_id)
+
+    def deallocate(self, seq: Sequence) -> None:
+        # tail first, so the free list evicts the ends of prefixes before their heads
+        for block_id in reversed(seq.block_table):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free[block_id] = None
+        seq.block_table = []
+        seq.num_computed_tokens = 0
+
+    def can_append(self, seq: Sequence) -> bool:
+        """Room for the KV of the sequence's newest token."""
+        return len(seq.block_table) >= seq.num_blocks or len(self.free) >= 1
+
+    def append_slot(self, seq: Sequence) -> None:
+        """Give the newest token a slot; register a block once it fills, for later reuse."""
+        if len(seq.block_table) < seq.num_blocks:
+            seq.block_table.append(self._take_free_block().block_id)
+        if len(seq) % self.block_size == 0 and self.enable_prefix_caching:
+            n = len(seq) // self.block_size
+            prev_id = seq.block_table[n - 2] if n >= 2 else None
+            prev = self.blocks[prev_id].hash if prev_id is not None else None
+            if n == 1 or prev is not None:
+                self._register(self.blocks[seq.block_table[n - 1]], prev, tuple(seq.block_tokens(n - 1)))

@@ -1,0 +1,59 @@
+"""The paged KV pool: one tensor, sized once at start, split into per-layer block views."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from medvllm.config import Config
+from medvllm.errors import ConfigError
+
+GIB = 1 << 30
+
+
+def bytes_per_block(model, block_size: int, dtype: torch.dtype) -> int:
+    attn = model.model.layers[0].self_attn
+    per_token = 2 * attn.num_kv_heads * attn.head_dim * torch.finfo(dtype).bits // 8
+    return per_token * block_size * len(model.model.layers)
+
+
+def num_blocks_for(config: Config, model, dtype: torch.dtype, device: torch.device) -> int:
+    if config.num_kvcache_blocks is not None:
+        return config.num_kvcache_blocks
+    per_block = bytes_per_block(model, config.kvcache_block_size, dtype)
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        budget = total * config.gpu_memory_utilization - (total - free)
+        return int(budget // per_block)
+    return int(config.kv_cache_space_gib * GIB // per_block)
+
+
+def allocate_kv_cache(model, config: Config, dtype: torch.dtype, device: torch.device,
+                      max_model_len: int) -> torch.Tensor:
+    """[2, layers, blocks, block_size, kv_heads, head_dim]; each attention layer gets its slices."""
+    blocks = num_blocks_for(config, model, dtype, device)
+    needed = -(-max_model_len // config.kvcache_block_size)
+    if blocks < needed:
+        raise ConfigError(
+            f"the KV cache holds {blocks} blocks of {config.kvcache_block_size} tokens, fewer than the "
+            f"{needed} one request of max_model_len={max_model_len} needs: raise kv_cache_space_gib "
+            "(CPU) / gpu_memory_utilization (CUDA) or num_kvcache_blocks, or lower max_model_len")
+    attn0 = model.model.layers[0].self_attn
+    layers = len(model.model.layers)
+    shape = (2, layers, blocks, config.kvcache_block_size, attn0.num_kv_heads, attn0.head_dim)
+    cache = zeroed(shape, dtype, device)
+    for i, layer in enumerate(model.model.layers):
+        layer.self_attn.attn.k_cache = cache[0, i]
+        layer.self_attn.attn.v_cache = cache[1, i]
+    return cache
+
+
+def zeroed(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero-filled tensor. Zeros matter: masked-out slots still meet the values in P @ V, and
+    garbage NaNs there would poison the output. On CPU, numpy's calloc gets zero pages from the OS
+    lazily, so resident memory grows only with the blocks actually written."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = math.prod(shape) * torch.finfo(dtype).bits // 8
+    return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)

@@ -1,0 +1,123 @@
+"""LLMEngine: add requests, step the batch, get outputs. The offline LLM and the server both drive it."""
+from __future__ import annotations
+
+import itertools
+import time
+
+from medvllm.config import Config
+from medvllm.engine.model_runner import ModelRunner
+from medvllm.engine.output_processor import OutputProcessor
+from medvllm.engine.scheduler import Scheduler
+from medvllm.engine.sequence import Sequence
+from medvllm.errors import RequestError
+from medvllm.loader import ModelSource, open_model
+from medvllm.outputs import RequestOutput
+from medvllm.sampling_params import SamplingParams
+
+
+class LLMEngine:
+    def __init__(self, config: Config, source: ModelSource | None = None):
+        self.config = config
+        self.source = source or open_model(config.model)
+        hf = self.source.hf_config
+        self.max_model_len = config.max_model_len or min(
+            getattr(hf, "max_position_embeddings", 4096) or 4096, config.max_num_batched_tokens)
+        if self.max_model_len > config.max_num_batched_tokens:
+            from medvllm.errors import ConfigError
+            raise ConfigError(
+                f"max_model_len={self.max_model_len} exceeds max_num_batched_tokens="
+                f"{config.max_num_batched_tokens}: a full-length prompt could never be scheduled; "
+                "raise max_num_batched_tokens or lower max_model_len")
+        self.tokenizer = self.source.tokenizer
+        self.runner = ModelRunner(config, self.source, self.max_model_len)
+        self.scheduler = Scheduler(config, self.runner.num_blocks)
+        self.outputs = OutputProcessor(self.tokenizer, eos_token_ids(hf, self.tokenizer), self.max_model_len)
+        self._ids = itertools.count()
+        self._seqs: dict[str, Sequence] = {}
+        self.num_generated_tokens = 0
+
+    # ---- requests
+    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
+                    request_id: str | None = None, stream: bool = False,
+                    arrival_time: float | None = None) -> str:
+        params = params or SamplingParams()
+        request_id = request_id if request_id is not None else str(next(self._ids))
+        if request_id in self._seqs:
+            raise RequestError(f"request_id {request_id!r} is already in use: give each request its own id")
+        text = prompt if isinstance(prompt, str) else None
+        token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        self._check_length(len(token_ids), params)
+        seq = Sequence(request_id, text, token_ids, params, self.config.kvcache_block_size, arrival_time)
+        seq.stream = stream
+        self._seqs[request_id] = seq
+        self.scheduler.add(seq)
+        return request_id
+
+    def _check_length(self, n: int, params: SamplingParams) -> None:
+        if n == 0:
+            raise RequestError("the prompt is empty: give at least one token")
+        total = n + (params.max_tokens or 0)
+        if total > self.max_model_len:
+            raise RequestError(
+                f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) = {total} exceeds max_model_len="
+                f"{self.max_model_len}: shorten the prompt or lower max_tokens")
+        limit = self.runner.num_blocks * self.config.kvcache_block_size
+        if max(total, n + 1) > limit:
+            raise RequestError(
+                f"the request needs {total} tokens of KV cache but the pool holds {limit}: "
+                "lower max_tokens or raise the KV cache size")
+
+    def abort_request(self, request_id: str) -> None:
+        seq = self.scheduler.abort(request_id)
+        if seq is not None:
+            seq.finish_reason = "abort"
+            self._seqs.pop(request_id, None)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---- stepping
+    def step(self) -> list[RequestOutput]:
+        """Runs one batch; returns an output for every request that got a token this step."""
+        seqs, is_prefill = self.scheduler.schedule()
+        if not seqs:
+            return []
+        now = time.time()
+        for seq in seqs:
+            if seq.metrics.first_scheduled_time is None:
+                seq.metrics.first_scheduled_time = now
+        tokens, logprobs = self.runner.run(seqs, is_prefill)
+        now = time.time()
+        results = []
+        for row, (seq, token) in enumerate(zip(seqs, tokens)):
+            finished = self.outputs.append(seq, token, None if logprobs is None else logprobs[row], now)
+            if finished:
+                self.scheduler.finish(seq)
+                self._seqs.pop(seq.request_id, None)
+            results.append(self.outputs.make_output(seq, finished))
+        self.num_generated_tokens += len(seqs)
+        return results
+
+    def stats(self) -> dict:
+        bm = self.scheduler.block_manager
+        return {
+            "num_running": len(self.scheduler.running),
+            "num_waiting": len(self.scheduler.waiting),
+            "kv_cache_usage": bm.usage,
+            "num_kv_blocks": bm.num_blocks,
+            "prefix_cache_hit_tokens": bm.num_cached_tokens_total,
+            "prefix_cache_query_tokens": bm.num_queried_tokens_total,
+            "prefill_tokens_computed": self.scheduler.num_prefill_tokens_computed,
+            "generated_tokens": self.num_generated_tokens,
+            "num_preemptions": self.scheduler.num_preemptions,
+        }
+
+
+def eos_token_ids(hf_config, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for value in (getattr(hf_config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(v for v in value if isinstance(v, int))
+    return ids

@@ -1,0 +1,69 @@
+"""ModelRunner: owns the model and its KV cache, turns scheduled sequences into one forward pass."""
+from __future__ import annotations
+
+import torch
+
+from medvllm.config import Config
+from medvllm.engine.kv_cache import allocate_kv_cache
+from medvllm.engine.sequence import Sequence
+from medvllm.engine.step_inputs import prepare_step, sampling_batch
+from medvllm.errors import ModelLoadError
+from medvllm.layers.sampler import Sampler
+from medvllm.loader import ModelSource
+from medvllm.models.registry import model_class
+from medvllm.models.weights import load_weights
+
+
+class ModelRunner:
+    def __init__(self, config: Config, source: ModelSource, max_model_len: int):
+        self.config = config
+        self.device = config.resolved_device
+        self.dtype = config.torch_dtype
+        self.block_size = config.kvcache_block_size
+        self.model = build_model(source, max_model_len, self.dtype, self.device)
+        self.vocab_size = source.hf_config.vocab_size
+        self.kv_cache = allocate_kv_cache(self.model, config, self.dtype, self.device, max_model_len)
+        self.num_blocks = self.kv_cache[0].shape[1]
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(config.seed)
+        self.sampler = Sampler(generator)
+
+    @torch.inference_mode()
+    def run(self, seqs: list[Sequence], is_prefill: bool):
+        """One forward pass + sampling. Returns (token ids [B] list, logprobs [B, V] or None)."""
+        step = prepare_step(seqs, is_prefill, self.block_size, self.device)
+        hidden = self.model(step.input_ids, step.positions, step.attn)
+        logits = self.model.compute_logits(hidden[step.logits_index])
+        tokens, logprobs = self.sampler(logits, sampling_batch(seqs, self.vocab_size, self.device))
+        return tokens.tolist(), logprobs
+
+    @torch.inference_mode()
+    def score(self, token_ids: list[int]) -> torch.Tensor:
+        """Logits [T, V] for every position of one sequence (teacher forcing), outside the scheduler.
+
+        Uses blocks at the top of the pool that the caller guarantees are free.
+        """
+        seq = Sequence("score", None, token_ids, _SCORE_PARAMS, self.block_size)
+        seq.block_table = list(range(self.num_blocks - seq.num_blocks, self.num_blocks))
+        step = prepare_step([seq], True, self.block_size, self.device, all_logits=True)
+        hidden = self.model(step.input_ids, step.positions, step.attn)
+        return self.model.compute_logits(hidden).float()
+
+
+def build_model(source: ModelSource, max_model_len: int, dtype: torch.dtype, device: torch.device):
+    cls = model_class(source.hf_config)
+    with torch.device("meta"):
+        model = cls(source.hf_config, max_model_len)
+    model = model.to_empty(device=device)
+    if model.tie_word_embeddings:  # to_empty unties shared parameters
+        model.lm_head.weight = model.model.embed_tokens.weight
+    if device.type != "cpu":
+        model.model.layers[0].self_attn.rotary.move_to(device)  # one table, shared by all layers
+    load_weights(model, source.iter_weights())
+    model.to(dtype)
+    return model.eval()
+
+
+from medvllm.sampling_params import SamplingParams  # noqa: E402  (after the classes that use it)
+
+_SCORE_PARAMS = SamplingParams(temperature=0, max_tokens=1)

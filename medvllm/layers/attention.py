@@ -1,0 +1,84 @@
+"""Attention over the paged KV cache.
+
+Each step, a layer writes the new tokens' K/V into their cache slots, then every query attends to its
+sequence's whole context read back from the cache through the block table. Prefill, prefix-cache hits
+and decode are one code path: a query at position p sees keys 0..p of its own sequence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class AttentionMetadata:
+    """Built once per step by the model runner; shared by every layer."""
+    slot_mapping: torch.Tensor  # [T] cache slot of each new token
+    block_tables: torch.Tensor  # [B, max_blocks] (padding points at block 0; masked out)
+    context_lens: torch.Tensor  # [B] tokens in context after this step
+    # decode steps have one query per sequence; otherwise queries are padded to [B, max_q]
+    is_decode: bool
+    pad_index: torch.Tensor | None = None  # [B, max_q] index into the flat token dim (T = padding row)
+    unpad_index: torch.Tensor | None = None  # [T] index into the flattened [B * max_q]
+    masks: dict | None = None  # sliding window -> [B, 1, Q, L] bool mask, built by the first layer
+    query_positions: torch.Tensor | None = None  # [B, Q] absolute position of each (padded) query
+
+
+def build_mask(meta: AttentionMetadata, num_keys: int, sliding_window: int | None) -> torch.Tensor:
+    """[B, 1, Q, L] bool: causal within the sequence, limited to its context, optional sliding window."""
+    key_pos = torch.arange(num_keys, device=meta.context_lens.device)
+    q_pos = meta.query_positions.unsqueeze(-1)  # [B, Q, 1]
+    mask = key_pos <= q_pos
+    if sliding_window is not None:
+        mask &= key_pos > q_pos - sliding_window
+    return mask.unsqueeze(1)
+
+
+class PagedAttention(nn.Module):
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
+                 sliding_window: int | None = None):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = scale
+        self.sliding_window = sliding_window
+        self.k_cache: torch.Tensor | None = None  # [num_blocks, block_size, Hkv, D], set by the runner
+        self.v_cache: torch.Tensor | None = None
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata):
+        """q: [T, H, D], k/v: [T, Hkv, D] for the new tokens. Returns [T, H * D]."""
+        k_flat = self.k_cache.view(-1, self.num_kv_heads, self.head_dim)
+        v_flat = self.v_cache.view(-1, self.num_kv_heads, self.head_dim)
+        k_flat.index_copy_(0, meta.slot_mapping, k)
+        v_flat.index_copy_(0, meta.slot_mapping, v)
+
+        batch, max_blocks = meta.block_tables.shape
+        num_keys = max_blocks * self.k_cache.shape[1]
+        keys = self.k_cache[meta.block_tables].view(batch, num_keys, self.num_kv_heads, self.head_dim)
+        values = self.v_cache[meta.block_tables].view(batch, num_keys, self.num_kv_heads, self.head_dim)
+        mask = self._mask(meta, num_keys)
+
+        if meta.is_decode:
+            queries = q.unsqueeze(1)  # [B, 1, H, D]
+        else:
+            padded = torch.cat([q, q.new_zeros(1, *q.shape[1:])])
+            queries = padded[meta.pad_index]  # [B, Q, H, D]
+        out = F.scaled_dot_product_attention(
+            queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
+            attn_mask=mask, scale=self.scale, enable_gqa=self.num_heads != self.num_kv_heads)
+        out = out.transpose(1, 2)  # [B, Q, H, D]
+        if meta.is_decode:
+            return out.reshape(batch, self.num_heads * self.head_dim)
+        return out.reshape(-1, self.num_heads * self.head_dim)[meta.unpad_index]
+
+    def _mask(self, meta: AttentionMetadata, num_keys: int) -> torch.Tensor:
+        # one mask per distinct window, built by the first layer that needs it and reused by the rest
+        if meta.masks is None:
+            meta.masks = {}
+        cache = meta.masks
+        key = self.sliding_window
+        if key not in cache:
+            cache[key] = build_mask(meta, num_keys, self.sliding_window)
+        return cache[key]

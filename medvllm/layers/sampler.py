@@ -1,0 +1,101 @@
+"""Sampler: turns last-position logits into next tokens, for a whole batch at once.
+
+Order (as vLLM): penalties on raw logits -> temperature -> top-k / top-p / min-p -> draw.
+A seeded request draws from a generator seeded by (seed, output position): its tokens then depend
+on nothing else in the batch, and a preempted, recomputed request draws the same tokens again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_SEED_MIX = 0x9E3779B97F4A7C15  # spreads (seed, step) pairs over the generator's seed space
+
+
+@dataclass
+class SamplingBatch:
+    """Per-row sampling settings as tensors, built by the runner from each sequence's params."""
+    temperature: torch.Tensor  # [B], 0 for greedy rows
+    top_k: torch.Tensor | None  # [B] long, vocab size where unused
+    top_p: torch.Tensor | None  # [B]
+    min_p: torch.Tensor | None  # [B]
+    all_greedy: bool
+    seeds: list[tuple[int, int] | None]  # (seed, output position) per row, or None
+    # penalties (None when no row uses them)
+    output_tokens: torch.Tensor | None = None  # [B, N] padded with vocab size
+    repetition_penalty: torch.Tensor | None = None
+    presence_penalty: torch.Tensor | None = None
+    frequency_penalty: torch.Tensor | None = None
+    prompt_mask: torch.Tensor | None = None  # [B, V] bool, prompt tokens (repetition penalty sees them)
+    num_logprobs: int = -1  # max requested top-N, -1 when none
+
+
+class Sampler:
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def __call__(self, logits: torch.Tensor, batch: SamplingBatch):
+        """Returns (token ids [B], logprobs [B, V] of the raw distribution or None)."""
+        logits = logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1) if batch.num_logprobs >= 0 else None
+        if batch.output_tokens is not None:
+            logits = apply_penalties(logits, batch)
+        if batch.all_greedy:
+            return logits.argmax(dim=-1), logprobs
+        greedy = batch.temperature == 0
+        temp = torch.where(greedy, torch.ones_like(batch.temperature), batch.temperature)
+        probs = self._filtered_probs(logits / temp.unsqueeze(1), batch)
+        sampled = self._draw(probs, batch.seeds)
+        return torch.where(greedy, logits.argmax(dim=-1), sampled), logprobs
+
+    @staticmethod
+    def _filtered_probs(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        if batch.top_k is not None or batch.top_p is not None:
+            logits = top_k_top_p(logits, batch.top_k, batch.top_p)
+        probs = logits.softmax(dim=-1)
+        if batch.min_p is not None:
+            cutoff = probs.max(dim=-1, keepdim=True).values * batch.min_p.unsqueeze(1)
+            probs = probs.masked_fill(probs < cutoff, 0.0)
+        return probs
+
+    def _draw(self, probs: torch.Tensor, seeds: list) -> torch.Tensor:
+        # argmax(p / q) with q ~ Exp(1) draws from p; seeded rows get their own q
+        q = torch.empty_like(probs).exponential_(generator=self.generator)
+        for row, seed in enumerate(seeds):
+            if seed is not None:
+                gen = torch.Generator(device=probs.device)
+                gen.manual_seed((seed[0] * _SEED_MIX + seed[1]) % (2 ** 63))
+                q[row].exponential_(generator=gen)
+        return (probs / q).argmax(dim=-1)
+
+
+def top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
+    sorted_logits, order = logits.sort(dim=-1, descending=False)
+    vocab = logits.shape[-1]
+    if top_k is not None:
+        # keep the top_k largest: everything below the (vocab - k)-th sorted entry goes
+        kth = sorted_logits.gather(1, (vocab - top_k.clamp(1, vocab)).unsqueeze(1))
+        sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
+    if top_p is not None:
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cum <= (1 - top_p).unsqueeze(1)
+        drop[:, -1] = False  # always keep the most likely token
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+def apply_penalties(logits: torch.Tensor, b: SamplingBatch) -> torch.Tensor:
+    vocab = logits.shape[-1]
+    counts = torch.zeros(logits.shape[0], vocab + 1, device=logits.device)
+    counts.scatter_add_(1, b.output_tokens, torch.ones_like(b.output_tokens, dtype=counts.dtype))
+    counts = counts[:, :vocab]
+    seen = counts > 0
+    if b.prompt_mask is not None:
+        seen_any = seen | b.prompt_mask
+        rep = b.repetition_penalty.unsqueeze(1)
+        penalized = torch.where(logits > 0, logits / rep, logits * rep)
+        logits = torch.where(seen_any, penalized, logits)
+    logits = logits - b.frequency_penalty.unsqueeze(1) * counts
+    logits = logits - b.presence_penalty.unsqueeze(1) * seen.float()
+    return logits

@@ -1,0 +1,115 @@
+"""LLM: the offline Python API, shaped like vLLM's `LLM(model).generate(prompts, params)`."""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Sequence as Seq
+
+from medvllm.config import Config
+from medvllm.engine.llm_engine import LLMEngine
+from medvllm.outputs import RequestOutput
+from medvllm.sampling_params import SamplingParams
+
+Prompt = str | list[int]
+Messages = list[dict]
+
+
+class LLM:
+    """`LLM(model=None, **config)`: model None is the embedded default model.
+
+    Settings come from keyword arguments (Config fields). `deployment_profile=NAME|PATH` applies a
+    profile under them, with the same precedence as the CLI; without it no profile is applied.
+    """
+
+    def __init__(self, model: str | None = None, *, config: Config | None = None,
+                 deployment_profile: str | None = None, **kwargs):
+        if config is None:
+            if deployment_profile is not None:
+                config = _resolve(model, deployment_profile, kwargs)
+            else:
+                config = Config(model=model, **kwargs)
+        self.config = config
+        self.engine = LLMEngine(config)
+        self.tokenizer = self.engine.tokenizer
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    def runtime_info(self) -> dict:
+        """What actually ran: recorded in outputs' metadata so a result can be traced to its numerics."""
+        runner = self.engine.runner
+        return {
+            "model": self.engine.source.description,
+            "architecture": type(runner.model).__name__,
+            "device": str(runner.device),
+            "dtype": str(runner.dtype).replace("torch.", ""),
+            "attention_backend": "sdpa",
+            "quantization": None,
+            "max_model_len": self.engine.max_model_len,
+            "kv_cache_blocks": runner.num_blocks,
+            "kv_block_size": self.config.kvcache_block_size,
+        }
+
+    # ---- generation
+    def generate(self, prompts: Prompt | Seq[Prompt],
+                 sampling_params: SamplingParams | Seq[SamplingParams] | None = None) -> list[RequestOutput]:
+        prompts = _as_list(prompts)
+        params = _params_for(prompts, sampling_params)
+        ids = [self.engine.add_request(p, sp) for p, sp in zip(prompts, params)]
+        finals: dict[str, RequestOutput] = {}
+        while self.engine.has_unfinished_requests():
+            for out in self.engine.step():
+                if out.finished:
+                    finals[out.request_id] = out
+        return [finals[i] for i in ids]
+
+    def chat(self, messages: Messages | list[Messages],
+             sampling_params: SamplingParams | Seq[SamplingParams] | None = None) -> list[RequestOutput]:
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        return self.generate([self.encode_chat(m) for m in conversations], sampling_params)
+
+    def stream(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:
+        """Yields an output each time the request gets a token; `.outputs[0].delta_text` is the new text."""
+        request_id = self.engine.add_request(prompt, sampling_params, stream=True)
+        try:
+            while True:
+                for out in self.engine.step():
+                    if out.request_id == request_id:
+                        yield out
+                        if out.finished:
+                            return
+        finally:
+            self.engine.abort_request(request_id)
+
+    def encode_chat(self, messages: Messages) -> list[int]:
+        """Token ids of a conversation through the model's own chat template, ready for the reply."""
+        from medvllm.errors import RequestError
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise RequestError("this model has no chat template: send plain text prompts instead")
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+            ids = ids["input_ids"]
+        return list(ids)
+
+
+def _as_list(prompts) -> list[Prompt]:
+    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+        return [prompts]
+    return list(prompts)
+
+
+def _params_for(prompts: list, params) -> list[SamplingParams]:
+    if params is None:
+        return [SamplingParams()] * len(prompts)
+    if isinstance(params, SamplingParams):
+        return [params] * len(prompts)
+    if len(params) != len(prompts):
+        from medvllm.errors import RequestError
+        raise RequestError(f"got {len(params)} SamplingParams for {len(prompts)} prompts: give one, or one each")
+    return list(params)
+
+
+def _resolve(model, profile, kwargs) -> Config:
+    from medvllm.deployment import resolve
+    from medvllm.hardware import detect
+    overrides = dict(kwargs, **({"model": model} if model is not None else {}))
+    return resolve(overrides, profile, os.environ, detect()).config

@@ -1,0 +1,62 @@
+"""Our logits equal transformers' (same weights, float32) for every supported architecture."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine_probe import LogitsRecorder
+from medvllm import LLM, SamplingParams
+from tiny_models import ARCHS, build_tiny
+
+DECODE_STEPS = 8
+TOL = 1e-4
+
+
+def hf_logits(model, token_ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([token_ids])).logits[0].float()
+
+
+def prompts_of(lengths, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 256, (n,), generator=g).tolist() for n in lengths]
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def tiny(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    model = build_tiny(request.param, folder)
+    llm = LLM(str(folder), kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256)
+    return request.param, model, llm
+
+
+def check_against_hf(model, llm, prompts):
+    recorder = LogitsRecorder(llm.engine)
+    params = SamplingParams(temperature=0, max_tokens=DECODE_STEPS + 1, ignore_eos=True)
+    outs = llm.generate(prompts, params)
+    for prompt, out in zip(prompts, outs):
+        ours = recorder.logits_of(out.request_id)
+        full = prompt + out.outputs[0].token_ids[:-1]
+        ref = hf_logits(model, full)[len(prompt) - 1:]
+        assert ours.shape == ref.shape
+        diff = (ours - ref).abs().max().item()
+        assert diff < TOL, f"max-abs logits difference {diff:.2e}"
+    return outs
+
+
+def test_batch_of_mixed_lengths_matches_transformers(tiny):
+    _, model, llm = tiny
+    check_against_hf(model, llm, prompts_of([5, 17, 33, 40], seed=1))
+
+
+def test_prefix_cache_hit_matches_transformers(tiny):
+    _, model, llm = tiny
+    first = prompts_of([40], seed=2)[0]
+    check_against_hf(model, llm, [first])
+    before = llm.engine.stats()
+    second = first[:32] + prompts_of([7], seed=3)[0]  # shares two 16-token blocks
+    outs = check_against_hf(model, llm, [second])
+    after = llm.engine.stats()
+    assert outs[0].metrics.num_cached_tokens == 32
+    assert after["prefix_cache_hit_tokens"] - before["prefix_cache_hit_tokens"] == 32
+    assert after["prefill_tokens_computed"] - before["prefill_tokens_computed"] == len(second) - 32
