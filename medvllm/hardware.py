@@ -37,6 +37,8 @@ class HardwareInfo:
     available_memory: int = 0  # system RAM free for use now, bytes
     gpus: tuple[GPUInfo, ...] = ()
     backends: dict[str, bool] = field(default_factory=dict, hash=False)
+    # quantization methods this install of the engine implements; None: not probed, assume all
+    quantization_methods: frozenset[str] | None = None
 
     # --- what the rest of the code asks -------------------------------------------------------------
     @property
@@ -62,6 +64,9 @@ class HardwareInfo:
     def has_backend(self, name: str) -> bool:
         return bool(self.backends.get(name, False))
 
+    def engine_implements(self, quantization_method: str) -> bool:
+        return self.quantization_methods is None or quantization_method in self.quantization_methods
+
     def cpu_only(self) -> HardwareInfo:
         """The same machine as seen by a run pinned to the CPU."""
         return replace(self, gpus=())
@@ -81,6 +86,8 @@ class HardwareInfo:
         d["cpu_flags"] = sorted(self.cpu_flags)
         d["gpus"] = [dict(asdict(g), capability=list(g.capability)) for g in self.gpus]
         d["cpu_native_bf16"] = self.cpu_native_bf16
+        if self.quantization_methods is not None:
+            d["quantization_methods"] = sorted(self.quantization_methods)
         return d
 
     @classmethod
@@ -90,7 +97,9 @@ class HardwareInfo:
         return cls(cpu_count=int(d.get("cpu_count", 1)), cpu_model=d.get("cpu_model", ""),
                    cpu_flags=frozenset(d.get("cpu_flags", ())), total_memory=int(d.get("total_memory", 0)),
                    available_memory=int(d.get("available_memory", d.get("total_memory", 0))),
-                   gpus=gpus, backends=dict(d.get("backends", {})))
+                   gpus=gpus, backends=dict(d.get("backends", {})),
+                   quantization_methods=None if d.get("quantization_methods") is None
+                   else frozenset(d["quantization_methods"]))
 
 
 # --- the probe -----------------------------------------------------------------------------------------
@@ -157,6 +166,16 @@ def _importable(name: str) -> bool:
         return False
 
 
+def _engine_quantization_methods() -> frozenset[str] | None:
+    """What `medvllm.quantization` implements: its METHODS, or nothing when the package is absent."""
+    if not _importable("medvllm.quantization"):
+        return frozenset()
+    import medvllm.quantization as q
+
+    methods = getattr(q, "METHODS", None)
+    return None if methods is None else frozenset(methods)
+
+
 @functools.lru_cache(maxsize=1)
 def detect() -> HardwareInfo:
     """Probe this machine once (cached): CPU, RAM, CUDA devices, optional backends."""
@@ -164,4 +183,5 @@ def detect() -> HardwareInfo:
     total, avail = _read_meminfo()
     return HardwareInfo(cpu_count=_cpu_count(), cpu_model=model, cpu_flags=flags, total_memory=total,
                         available_memory=avail, gpus=_probe_gpus(),
-                        backends={name: _importable(name) for name in OPTIONAL_BACKENDS})
+                        backends={name: _importable(name) for name in OPTIONAL_BACKENDS},
+                        quantization_methods=_engine_quantization_methods())
