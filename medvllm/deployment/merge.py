@@ -1,0 +1,83 @@
+"""Merge layers of settings into Config values, recording where each one came from.
+
+Layers, lowest first: Config defaults ("default"), a profile ("profile:NAME" or "auto:NAME"), explicit
+overrides ("cli"). Some fields come in pairs that must agree; when the overrides set one of a pair and
+not the other, the other follows the override instead of contradicting it (e.g. `--quantization-method
+dynamic` over a 4-bit profile also means 8 bits; `--no-flash-attention` over a flash profile means sdpa).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import MISSING, fields
+
+from medvllm.config import QUANT_METHOD_ALIASES, QUANT_METHOD_BITS, Config, ConfigWarning
+from medvllm.errors import ConfigError
+from medvllm.hardware import HardwareInfo
+
+CLI = "cli"
+DEFAULT = "default"
+
+
+def defaults() -> dict:
+    return {f.name: f.default for f in fields(Config) if f.default is not MISSING}
+
+
+def check_keys(overrides: dict) -> None:
+    unknown = sorted(set(overrides) - set(Config.field_names()))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}: valid ones are {', '.join(Config.field_names())}")
+
+
+def merge(profile_engine: dict | None, label: str | None, overrides: dict, hw: HardwareInfo) -> tuple[dict, dict]:
+    values, sources = defaults(), {name: DEFAULT for name in Config.field_names()}
+    for key, value in (profile_engine or {}).items():
+        values[key], sources[key] = value, label
+    for key, value in overrides.items():
+        values[key], sources[key] = value, CLI
+    _couple(values, sources, set(overrides), hw)
+    return values, sources
+
+
+def _bits_of(method) -> int | None:
+    if not isinstance(method, str):
+        return None
+    return QUANT_METHOD_BITS.get(QUANT_METHOD_ALIASES.get(method, method))
+
+
+def _follow(values: dict, sources: dict, key: str, value) -> None:
+    if values[key] != value:
+        values[key], sources[key] = value, CLI
+
+
+def _couple(values: dict, sources: dict, set_by_cli: set, hw: HardwareInfo) -> None:
+    def only(a: str, b: str) -> bool:
+        return a in set_by_cli and b not in set_by_cli
+
+    if only("quantization_method", "quantization_bits"):
+        _follow(values, sources, "quantization_bits", _bits_of(values["quantization_method"]))
+    elif only("quantization_bits", "quantization_method"):
+        bits = values["quantization_bits"]
+        if bits is None:
+            _follow(values, sources, "quantization_method", None)
+        elif _bits_of(values["quantization_method"]) != bits and bits in (4, 8):
+            cpu = values["device"] == "cpu" or (values["device"] == "auto" and not hw.has_cuda)
+            _follow(values, sources, "quantization_method", "bnb-nf4" if bits == 4 else "dynamic" if cpu else "bnb-8bit")
+    if only("enable_flash_attention", "attention_impl"):
+        impl, on = values["attention_impl"], values["enable_flash_attention"]
+        if on and impl == "sdpa":
+            _follow(values, sources, "attention_impl", "flash")
+        elif not on and impl == "flash":
+            _follow(values, sources, "attention_impl", "sdpa")
+    elif only("attention_impl", "enable_flash_attention") and values["attention_impl"] != "auto":
+        _follow(values, sources, "enable_flash_attention", values["attention_impl"] == "flash")
+    if only("dtype", "enable_mixed_precision") and values["dtype"] != "auto" and values["enable_mixed_precision"]:
+        wanted = {"bf16": "bfloat16", "fp16": "float16"}[values["mixed_precision_dtype"]]
+        if values["dtype"] != wanted:
+            _follow(values, sources, "enable_mixed_precision", False)
+
+
+def build(values: dict, hw: HardwareInfo) -> Config:
+    """Config(**values) validated against `hw`; its warnings stay in config.warnings (not re-emitted)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConfigWarning)
+        return Config(**values, hardware=hw)
