@@ -84,9 +84,9 @@ def _blame(err: ConfigError, chosen: Profile | None, how: str, sources: dict, hw
     """A ConfigError caused by a profile's own value becomes a ProfileError with a suggestion."""
     if chosen is None or how == "auto":
         return err
-    bad = [f for f in getattr(err, "fields", ()) if sources.get(f, "").startswith("profile:")]
-    if not bad:
-        return err
+    blamed = [sources.get(f, "") for f in getattr(err, "fields", ())]
+    if merge.CLI in blamed or not any(s.startswith("profile:") for s in blamed):
+        return err  # the user's own setting is (part of) the problem
     pick = select.select(hw, env, model).profile
     hint = f"auto-selection picks {pick.name!r} here" if pick else "no shipped profile runs here"
     where = "" if how == "flag" else f" (from {PROFILE_ENV})"
