@@ -1,0 +1,1 @@
+"""The command line: `python -m medvllm.cli` or `medvllm` (inference, profiles)."""

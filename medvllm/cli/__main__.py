@@ -1,0 +1,5 @@
+import sys
+
+from medvllm.cli.main import main
+
+sys.exit(main())
