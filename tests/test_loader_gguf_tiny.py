@@ -4,6 +4,8 @@ Names come from gguf's own tensor map and Q/K rows are permuted the way llama.cp
 loading must undo both; values are checked against the original model and against transformers.
 """
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -163,6 +165,45 @@ def test_rope_scaling(tmp_path):
                                    "original_max_position_embeddings": 64}
     cfg = open_model(str(write_gguf(tmp_path / "l.gguf", model, "qwen2", rope={"type": RopeScalingType.LINEAR, "factor": 2.0})))
     assert cfg.hf_config.rope_parameters == {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
+
+
+def llama_cpp_rope_factors(theta, dim, factor, low, high, context):
+    # convert_hf_to_gguf.py LlamaModel.generate_extra_tensors, for rope_type llama3
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factors = []
+    for freq in freqs.tolist():
+        wavelen = 2 * math.pi / freq
+        if wavelen < context / high:
+            factors.append(1)
+        elif wavelen > context / low:
+            factors.append(factor)
+        else:
+            smooth = (context / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
+@pytest.mark.parametrize("head_dim,theta,factor,context", [(16, 10000.0, 8.0, 64), (128, 500000.0, 32.0, 8192)])
+def test_llama3_rope_freqs(tmp_path, head_dim, theta, factor, context):
+    rope = dict(rope_type="llama3", rope_theta=theta, factor=factor, low_freq_factor=1.0, high_freq_factor=4.0,
+                original_max_position_embeddings=context)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(**(SMALL | dict(num_attention_heads=2, num_key_value_heads=1)),
+                                      head_dim=head_dim, rope_parameters=rope)
+    model = transformers.LlamaForCausalLM(config)
+    factors = llama_cpp_rope_factors(theta, head_dim, factor, 1.0, 4.0, context)
+    source = open_model(str(write_gguf(tmp_path / "r.gguf", model, "llama", extra_tensors={"rope_freqs.weight": factors})))
+    ours = source.hf_config.rope_parameters
+    assert ours["rope_type"] == "llama3" and ours["factor"] == factor
+    llama3 = transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS["llama3"]
+    torch.testing.assert_close(llama3(source.hf_config, "cpu")[0], llama3(config, "cpu")[0], rtol=1e-5, atol=0)
+    assert "rope_freqs.weight" not in dict(source.iter_weights())
+
+    bad = factors.copy()
+    bad[len(bad) // 2] *= 3
+    path = write_gguf(tmp_path / "bad.gguf", model, "llama", extra_tensors={"rope_freqs.weight": bad})
+    with pytest.raises(ModelLoadError, match="rope_freqs.weight .*Llama 3"):
+        open_model(str(path))
 
 
 @pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1])

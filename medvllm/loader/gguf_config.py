@@ -1,8 +1,10 @@
 """Build a transformers config from GGUF metadata (llama.cpp key names -> HF config fields)."""
 
+import numpy as np
 import transformers
 
 from medvllm.errors import ModelLoadError
+from medvllm.loader.gguf_rope import llama3_rope
 
 # GGUF general.architecture -> (HF model_type, HF *ForCausalLM class)
 GGUF_ARCHITECTURES = {
@@ -25,7 +27,9 @@ def gguf_architecture(metadata: dict, path: str) -> str:
     return arch
 
 
-def build_config(metadata: dict, tensor_names: set[str], path: str) -> "transformers.PretrainedConfig":
+def build_config(metadata: dict, tensor_names: set[str], path: str,
+                 rope_factors: np.ndarray | None = None) -> "transformers.PretrainedConfig":
+    """`rope_factors`: the rope_freqs.weight tensor, when the file has one (Llama 3 rope scaling)."""
     arch = gguf_architecture(metadata, path)
     model_type, cls_name = GGUF_ARCHITECTURES[arch]
 
@@ -55,7 +59,7 @@ def build_config(metadata: dict, tensor_names: set[str], path: str) -> "transfor
         head_dim=head_dim,
         max_position_embeddings=key("context_length", 4096),
         rms_norm_eps=key("attention.layer_norm_rms_epsilon", 1e-6),
-        rope_parameters=_rope(key, metadata, path),
+        rope_parameters=_rope(key, path, head_dim, rope_factors),
         # llama.cpp writes output.weight only when the head is not the embedding matrix
         tie_word_embeddings="output.weight" not in tensor_names,
         bos_token_id=metadata.get("tokenizer.ggml.bos_token_id"),
@@ -73,9 +77,12 @@ def build_config(metadata: dict, tensor_names: set[str], path: str) -> "transfor
     return transformers.AutoConfig.for_model(model_type, **fields)
 
 
-def _rope(key, metadata: dict, path: str) -> dict:
+def _rope(key, path: str, head_dim: int, rope_factors) -> dict:
     """transformers 5 `rope_parameters`: rope_type, rope_theta and the scaling fields."""
-    rope = {"rope_type": "default", "rope_theta": float(key("rope.freq_base", 10000.0))}
+    theta = float(key("rope.freq_base", 10000.0))
+    if rope_factors is not None:  # llama.cpp's default original context, as its converter assumes
+        return llama3_rope(rope_factors, theta, head_dim, key("rope.scaling.original_context_length", 8192), path)
+    rope = {"rope_type": "default", "rope_theta": theta}
     kind = key("rope.scaling.type")
     factor = key("rope.scaling.factor") or key("rope.scale_linear")  # the latter is the pre-2024 key
     if kind in (None, "none") and factor and factor != 1.0:

@@ -14,14 +14,20 @@ from medvllm.loader.gguf_weights import dequantize, unpermute_qk
 from medvllm.loader.names import check_complete
 from medvllm.loader.source import ModelSource
 
+ROPE_FREQS = "rope_freqs.weight"  # Llama 3 rope scaling, as llama.cpp stores it
+
 
 def open_gguf(path: str) -> ModelSource:
     f = GGUFFile(path)
     arch = gguf_architecture(f.metadata, path)
-    config = build_config(f.metadata, set(f.tensors), path)
+    rope = f.tensors.get(ROPE_FREQS)
+    rope_factors = dequantize(f.raw(rope), rope.qtype).numpy() if rope else None
+    config = build_config(f.metadata, set(f.tensors), path, rope_factors)
 
     names = {}  # HF name -> GGUF tensor, in file order
     for name in f.tensors:
+        if name == ROPE_FREQS:  # folded into config.rope_parameters above
+            continue
         hf = hf_name(name)
         if hf is None:
             raise ModelLoadError(
