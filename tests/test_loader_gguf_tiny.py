@@ -163,7 +163,8 @@ def test_rope_scaling(tmp_path):
     cfg = open_model(str(write_gguf(tmp_path / "y.gguf", model, "qwen2", rope=rope))).hf_config
     assert cfg.rope_parameters == {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
                                    "original_max_position_embeddings": 64}
-    cfg = open_model(str(write_gguf(tmp_path / "l.gguf", model, "qwen2", rope={"type": RopeScalingType.LINEAR, "factor": 2.0})))
+    linear = {"type": RopeScalingType.LINEAR, "factor": 2.0}
+    cfg = open_model(str(write_gguf(tmp_path / "l.gguf", model, "qwen2", rope=linear)))
     assert cfg.hf_config.rope_parameters == {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
 
 
@@ -192,7 +193,8 @@ def test_llama3_rope_freqs(tmp_path, head_dim, theta, factor, context):
                                       head_dim=head_dim, rope_parameters=rope)
     model = transformers.LlamaForCausalLM(config)
     factors = llama_cpp_rope_factors(theta, head_dim, factor, 1.0, 4.0, context)
-    source = open_model(str(write_gguf(tmp_path / "r.gguf", model, "llama", extra_tensors={"rope_freqs.weight": factors})))
+    path = write_gguf(tmp_path / "r.gguf", model, "llama", extra_tensors={"rope_freqs.weight": factors})
+    source = open_model(str(path))
     ours = source.hf_config.rope_parameters
     assert ours["rope_type"] == "llama3" and ours["factor"] == factor
     llama3 = transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS["llama3"]

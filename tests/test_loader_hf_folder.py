@@ -124,8 +124,3 @@ def test_folder_without_tokenizer(tmp_path):
     with pytest.raises(ModelLoadError, match="tokenizer"):
         open_model(str(tmp_path))
 
-
-def test_path_that_does_not_exist(tmp_path):
-    missing = tmp_path / "no-such-model"
-    with pytest.raises(ModelLoadError, match="does not exist"):
-        open_model(str(missing))
