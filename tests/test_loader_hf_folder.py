@@ -124,3 +124,12 @@ def test_folder_without_tokenizer(tmp_path):
     with pytest.raises(ModelLoadError, match="tokenizer"):
         open_model(str(tmp_path))
 
+
+
+def test_config_that_does_not_match_the_weights(tmp_path):
+    save_tiny(tmp_path, "llama")
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["intermediate_size"] = 128
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"gate_proj\.weight.* shape \(96, 64\), but its config implies \(128, 64\)"):
+        open_model(str(tmp_path))

@@ -37,7 +37,7 @@ def open_gguf(path: str) -> ModelSource:
         if hf == "lm_head.weight" and config.tie_word_embeddings:
             continue
         names[hf] = f.tensors[name]
-    check_complete(config, set(names), path, stored_as=gguf_name)
+    check_complete(config, {hf: info.shape for hf, info in names.items()}, path, stored_as=gguf_name)
 
     heads = {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads}
 

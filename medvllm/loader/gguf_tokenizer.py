@@ -36,6 +36,8 @@ def build_tokenizer(metadata: dict, path: str) -> "transformers.PreTrainedTokeni
         init[name] = vocab["tokens"][token_id] if token_id is not None else None
     try:
         backend, extra = convert_gguf_tokenizer(metadata["general.architecture"], vocab)
-    except ValueError as e:
-        raise ModelLoadError(f"cannot build the tokenizer stored in {path}: {e}") from None
+    except Exception as e:  # an unknown tokenizer type, or tables that do not fit together
+        raise ModelLoadError(
+            f"cannot build the tokenizer stored in {path} ({e}); re-convert the model with a current llama.cpp"
+        ) from None
     return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **init, **extra)

@@ -21,13 +21,13 @@ def open_folder(folder: str) -> ModelSource:
             f"saved with save_pretrained (config.json, *.safetensors, tokenizer files) or a .gguf file"
         )
     config = _config(folder)
-    shards = _shards(folder)  # file -> tensor names it holds
+    shards = _shards(folder)  # file -> {tensor name: shape}
     tokenizer = _tokenizer(folder)
 
-    present = {name: file for file, names in shards.items() for name in names}
+    present = {name: shape for names in shards.values() for name, shape in names.items()}
     arch = config.architectures[0]
     if arch in SUPPORTED_ARCHITECTURES:
-        check_complete(config, set(present), folder)
+        check_complete(config, present, folder)
         wanted = set(expected_names(config))  # drops a tied lm_head and stray buffers (rotary inv_freq)
     else:  # the model registry decides whether it can run this; stream everything it stored
         wanted = {n for n in present if not n.endswith("rotary_emb.inv_freq")}
@@ -51,7 +51,7 @@ def open_folder(folder: str) -> ModelSource:
 def _config(folder: str):
     try:
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
+    except Exception as e:  # transformers raises many types here; all mean the same to the user
         raise ModelLoadError(f"cannot read {folder}/config.json: {e}; fix or re-save the config") from None
     if not getattr(config, "architectures", None):
         raise ModelLoadError(
@@ -61,7 +61,7 @@ def _config(folder: str):
     return config
 
 
-def _shards(folder: str) -> dict[str, list[str]]:
+def _shards(folder: str) -> dict[str, dict[str, list[int]]]:
     index = os.path.join(folder, INDEX)
     if os.path.isfile(index):
         try:
@@ -90,7 +90,7 @@ def _shards(folder: str) -> dict[str, list[str]]:
     for file in files:
         try:
             with safe_open(file, framework="pt", device="cpu") as f:  # reads the header only
-                shards[file] = list(f.keys())
+                shards[file] = {name: f.get_slice(name).get_shape() for name in f.keys()}
         except Exception as e:  # safetensors raises its own error types
             raise ModelLoadError(f"{file} is not a readable safetensors file ({e}); re-download it") from None
     return shards
@@ -99,7 +99,7 @@ def _shards(folder: str) -> dict[str, list[str]]:
 def _tokenizer(folder: str):
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, TypeError) as e:
+    except Exception as e:  # as above: OSError, ValueError, tokenizers' own errors...
         raise ModelLoadError(
             f"cannot load a tokenizer from {folder} ({e}); save one next to the model with "
             f"tokenizer.save_pretrained(folder)"

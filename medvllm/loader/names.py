@@ -42,15 +42,36 @@ def expected_names(config) -> list[str]:
     return names
 
 
-def check_complete(config, present: set[str], where: str, stored_as=lambda name: name) -> None:
-    """Raise ModelLoadError naming the first expected tensor that `present` lacks.
+def expected_shape(config, name: str) -> tuple[int, ...]:
+    """The shape transformers gives parameter `name` of the model `config` describes."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    hidden, inter = config.hidden_size, config.intermediate_size
+    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    base, kind = name.rsplit(".", 1)
+    out, into = {  # (output features, input features) of each kind of parameter
+        "embed_tokens": (config.vocab_size, hidden), "lm_head": (config.vocab_size, hidden),
+        "q_proj": (q, hidden), "k_proj": (kv, hidden), "v_proj": (kv, hidden), "o_proj": (hidden, q),
+        "gate_proj": (inter, hidden), "up_proj": (inter, hidden), "down_proj": (hidden, inter),
+        "q_norm": (head_dim, None), "k_norm": (head_dim, None),
+    }.get(base.rsplit(".", 1)[-1], (hidden, None))  # the rest are hidden-sized norms
+    return (out, into) if kind == "weight" and into else (out,)
 
-    `stored_as` turns an HF name into the name the file uses, so the message names what to look for.
+
+def check_complete(config, shapes: dict[str, tuple[int, ...]], where: str, stored_as=lambda name: name) -> None:
+    """Raise ModelLoadError naming the first expected tensor `shapes` lacks or holds in the wrong shape.
+
+    `shapes` maps HF names to stored shapes; `stored_as` turns an HF name into the file's own name,
+    so the message names what to look for.
     """
     for name in expected_names(config):
-        if name not in present:
+        if name not in shapes:
             raise ModelLoadError(
                 f"tensor {stored_as(name)!r} (for {name}) is missing from {where}; a "
                 f"{config.architectures[0]} with {config.num_hidden_layers} layers needs it: the file is "
                 f"incomplete or its config does not match its weights, re-download or re-convert it"
+            )
+        if tuple(shapes[name]) != (want := expected_shape(config, name)):
+            raise ModelLoadError(
+                f"tensor {stored_as(name)!r} (for {name}) in {where} has shape {tuple(shapes[name])}, but its "
+                f"config implies {want}; the config does not match the weights, re-download or re-convert it"
             )
