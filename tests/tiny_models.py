@@ -40,7 +40,7 @@ def build_tiny(arch: str, folder: Path, seed: int = 0) -> transformers.PreTraine
     cls, extra = ARCHS[arch]
     config = cls(**BASE, **extra)
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():  # random init is tiny; widen it so logits differ clearly between tokens
         for p in model.parameters():
             if p.dim() > 1:
