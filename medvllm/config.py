@@ -222,10 +222,6 @@ def check_hardware(c: Config, hw: HardwareInfo) -> list[str]:
         warn.append(f"tensor_parallel_size={tp} on CPU runs {tp} processes over gloo: useful for testing, "
                     "usually slower than 1")
     method = c.quantization_method
-    if method is not None and not hw.engine_implements(method):
-        raise fail("quantization_method", f"quantization_method={method!r} is not implemented by this version of "
-                                          "the engine: drop quantization (quantization_method=null), or use "
-                                          "--deployment-profile none")
     if method in CUDA_ONLY_METHODS:
         if device != "cuda":
             raise fail(("quantization_method", "device"),
@@ -238,6 +234,10 @@ def check_hardware(c: Config, hw: HardwareInfo) -> list[str]:
         raise fail(("quantization_method", "device"),
                    "quantization_method='dynamic' (PyTorch dynamic int8) runs on CPU only, but the model runs on "
                    "cuda: set device='cpu', or use 'bnb-8bit' on CUDA")
+    if method is not None and not hw.engine_implements(method):
+        raise fail("quantization_method", f"quantization_method={method!r} is not implemented by this version of "
+                                          "the engine: drop quantization (quantization_method=null), or use "
+                                          "--deployment-profile none")
     dtype = run_dtype(c)
     source = "mixed_precision_dtype" if c.enable_mixed_precision else "dtype"
     if dtype == "float16" and device == "cpu":
