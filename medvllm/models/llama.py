@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medvllm.layers.attention import AttentionMetadata, PagedAttention
+from medvllm.layers.linear import MergedColumnParallelLinear, ReplicatedLinear, RowParallelLinear
 from medvllm.layers.norm import RMSNorm
 from medvllm.layers.rotary import get_rotary, rope_parameters
 
@@ -33,9 +34,10 @@ class Attention(nn.Module):
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         bias = opts.qkv_bias or bool(getattr(cfg, "attention_bias", False))
-        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size,
-                                bias=bool(getattr(cfg, "attention_bias", False)))
+        self.qkv_proj = MergedColumnParallelLinear(
+            cfg.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=bias)
+        self.o_proj = RowParallelLinear(self.q_size, cfg.hidden_size,
+                                        bias=bool(getattr(cfg, "attention_bias", False)))
         if opts.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
@@ -64,8 +66,8 @@ class MLP(nn.Module):
             raise ModelLoadError(f"hidden_act={cfg.hidden_act!r} is not supported: Llama-family models use silu")
         bias = bool(getattr(cfg, "mlp_bias", False))
         self.intermediate = cfg.intermediate_size
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=bias)
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=bias)
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
@@ -118,7 +120,7 @@ class LlamaForCausalLM(nn.Module):
         self.config = cfg
         self.model = LlamaModel(cfg, opts or self.arch_options(cfg), max_positions)
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = ReplicatedLinear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if self.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 

@@ -42,13 +42,8 @@ def _target(name: str, packed: dict) -> tuple[str, int | None]:
 
 def _shard_view(data: torch.Tensor, shard: int, target: str, model: nn.Module) -> torch.Tensor:
     """The rows of a merged projection that hold shard `shard` (q/k/v or gate/up)."""
-    module = model.get_submodule(target.rsplit(".", 2)[0])
-    if hasattr(module, "q_size"):  # attention: q, k, v
-        sizes = [module.q_size, module.kv_size, module.kv_size]
-    else:  # mlp: gate, up
-        sizes = [module.intermediate, module.intermediate]
-    start = sum(sizes[:shard])
-    return data.narrow(0, start, sizes[shard])
+    start, size = model.get_submodule(target.rsplit(".", 1)[0]).shard_rows(shard)
+    return data.narrow(0, start, size)
 
 
 def _check_complete(model, params, packed, filled) -> None:
