@@ -131,5 +131,6 @@ def test_config_that_does_not_match_the_weights(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     config["intermediate_size"] = 128
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match=r"gate_proj\.weight.* shape \(96, 64\), but its config implies \(128, 64\)"):
+    expected = r"gate_proj\.weight.* shape \(96, 64\), but its config implies \(128, 64\)"
+    with pytest.raises(ModelLoadError, match=expected):
         open_model(str(tmp_path))

@@ -37,7 +37,8 @@ def build_tokenizer(metadata: dict, path: str) -> "transformers.PreTrainedTokeni
     try:
         backend, extra = convert_gguf_tokenizer(metadata["general.architecture"], vocab)
     except Exception as e:  # an unknown tokenizer type, or tables that do not fit together
+        why = " ".join(str(e).split())  # one line, as the CLI prints it
         raise ModelLoadError(
-            f"cannot build the tokenizer stored in {path} ({e}); re-convert the model with a current llama.cpp"
+            f"cannot build the tokenizer stored in {path} ({why}); re-convert the model with a current llama.cpp"
         ) from None
     return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **init, **extra)

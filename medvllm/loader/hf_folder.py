@@ -52,7 +52,7 @@ def _config(folder: str):
     try:
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
     except Exception as e:  # transformers raises many types here; all mean the same to the user
-        raise ModelLoadError(f"cannot read {folder}/config.json: {e}; fix or re-save the config") from None
+        raise ModelLoadError(f"cannot read {folder}/config.json ({_brief(e)}); fix or re-save the config") from None
     if not getattr(config, "architectures", None):
         raise ModelLoadError(
             f"{folder}/config.json names no 'architectures'; add e.g. \"architectures\": "
@@ -68,7 +68,7 @@ def _shards(folder: str) -> dict[str, dict[str, list[int]]]:
             with open(index) as f:
                 weight_map = json.load(f)["weight_map"]
         except (OSError, ValueError, KeyError) as e:
-            raise ModelLoadError(f"cannot read {index}: {e}; re-save the model") from None
+            raise ModelLoadError(f"cannot read {index} ({_brief(e)}); re-save the model") from None
         files = sorted(set(weight_map.values()))
         for name in files:
             if not os.path.isfile(os.path.join(folder, name)):
@@ -92,7 +92,7 @@ def _shards(folder: str) -> dict[str, dict[str, list[int]]]:
             with safe_open(file, framework="pt", device="cpu") as f:  # reads the header only
                 shards[file] = {name: f.get_slice(name).get_shape() for name in f.keys()}
         except Exception as e:  # safetensors raises its own error types
-            raise ModelLoadError(f"{file} is not a readable safetensors file ({e}); re-download it") from None
+            raise ModelLoadError(f"{file} is not a readable safetensors file ({_brief(e)}); re-download it") from None
     return shards
 
 
@@ -101,7 +101,7 @@ def _tokenizer(folder: str):
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as e:  # as above: OSError, ValueError, tokenizers' own errors...
         raise ModelLoadError(
-            f"cannot load a tokenizer from {folder} ({e}); save one next to the model with "
+            f"cannot load a tokenizer from {folder} ({_brief(e)}); save one next to the model with "
             f"tokenizer.save_pretrained(folder)"
         ) from None
     if not tokenizer.is_fast:
@@ -109,3 +109,8 @@ def _tokenizer(folder: str):
             f"the tokenizer in {folder} is a slow (Python) tokenizer; save a fast one (tokenizer.json) there"
         )
     return tokenizer
+
+
+def _brief(error: Exception) -> str:
+    """A library's message on one line: ours are printed as one line by the CLI."""
+    return " ".join(str(error).split()) or type(error).__name__
