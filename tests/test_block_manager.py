@@ -1,0 +1,91 @@
+"""BlockManager bookkeeping: prefix sharing, reference counts, eviction order, no leaks."""
+from __future__ import annotations
+
+import random
+
+from medvllm.engine.block_manager import BlockManager
+from medvllm.engine.sequence import Sequence
+from medvllm.sampling_params import SamplingParams
+
+BS = 4
+
+
+def seq(tokens, rid="r"):
+    return Sequence(rid, None, list(tokens), SamplingParams(), BS)
+
+
+def test_shared_prefix_reuses_full_blocks_only():
+    bm = BlockManager(16, BS)
+    a = seq(range(10), "a")  # blocks: [0-3] [4-7] [8,9]
+    bm.allocate(a)
+    b = seq(list(range(8)) + [50, 51, 52], "b")
+    bm.allocate(b)
+    assert b.block_table[:2] == a.block_table[:2] and b.block_table[2] != a.block_table[2]
+    assert b.num_computed_tokens == 8 and b.metrics.num_cached_tokens == 8
+    assert [bm.blocks[i].ref_count for i in a.block_table] == [2, 2, 1]
+
+
+def test_last_token_is_always_recomputed():
+    bm = BlockManager(16, BS)
+    a = seq(range(8), "a")
+    bm.allocate(a)
+    b = seq(range(8), "b")  # identical, two full blocks: only the first may be reused
+    bm.allocate(b)
+    assert b.num_computed_tokens == 4
+
+
+def test_freed_prefix_survives_until_its_blocks_are_reused():
+    bm = BlockManager(4, BS)
+    a = seq(range(9), "a")
+    bm.allocate(a)
+    bm.deallocate(a)
+    assert bm.num_free_blocks == 4
+    b = seq(range(9), "b")
+    assert bm.can_allocate(b)
+    bm.allocate(b)
+    assert b.num_computed_tokens == 8
+    bm.deallocate(b)
+    # a different request takes every block: the old prefix is gone
+    c = seq(range(100, 116), "c")
+    bm.allocate(c)
+    bm.deallocate(c)
+    d = seq(range(9), "d")
+    bm.allocate(d)
+    assert d.num_computed_tokens == 0
+
+
+def test_decode_blocks_register_when_full_and_can_be_shared():
+    bm = BlockManager(8, BS)
+    a = seq(range(3), "a")
+    bm.allocate(a)
+    for t in (3, 4, 5, 6, 7, 8):
+        a.append_token(t)
+        assert bm.can_append(a)
+        bm.append_slot(a)
+    assert len(a.block_table) == 3
+    b = seq(range(9), "b")
+    bm.allocate(b)
+    assert b.num_computed_tokens == 8
+
+
+def test_random_workload_never_leaks_blocks():
+    rng = random.Random(0)
+    bm = BlockManager(40, BS)
+    live = []
+    for step in range(400):
+        if live and rng.random() < 0.4:
+            bm.deallocate(live.pop(rng.randrange(len(live))))
+        else:
+            s = seq([rng.randrange(3) for _ in range(rng.randint(1, 20))], str(step))
+            if bm.can_allocate(s):
+                bm.allocate(s)
+                live.append(s)
+        held = {}
+        for s in live:
+            for b in s.block_table:
+                held[b] = held.get(b, 0) + 1
+        assert all(bm.blocks[b].ref_count == n for b, n in held.items())
+        assert bm.num_free_blocks == 40 - len(held)
+    for s in live:
+        bm.deallocate(s)
+    assert bm.num_free_blocks == 40 and bm.usage == 0.0
