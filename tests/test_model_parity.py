@@ -60,3 +60,11 @@ def test_prefix_cache_hit_matches_transformers(tiny):
     assert outs[0].metrics.num_cached_tokens == 32
     assert after["prefix_cache_hit_tokens"] - before["prefix_cache_hit_tokens"] == 32
     assert after["prefill_tokens_computed"] - before["prefill_tokens_computed"] == len(second) - 32
+
+
+def test_prefix_shared_within_one_batch_matches_transformers(tiny):
+    _, model, llm = tiny
+    head = prompts_of([40], seed=4)[0]
+    sibling = head[:32] + prompts_of([5], seed=5)[0]
+    outs = check_against_hf(model, llm, [head, sibling])  # the sibling reads blocks written this step
+    assert outs[1].metrics.num_cached_tokens == 32
