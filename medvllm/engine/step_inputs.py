@@ -39,7 +39,9 @@ def prepare_step(seqs: list[Sequence], is_prefill: bool, block_size: int, device
         return torch.tensor(x, dtype=torch.long, device=device)
 
     context_lens = [len(s) for s in seqs]
-    meta = AttentionMetadata(slot_mapping=t(slots), block_tables=t(tables), context_lens=t(context_lens),
+    block_tables = t(tables)
+    meta = AttentionMetadata(slot_mapping=t(slots), block_tables=block_tables,
+                             flat_block_tables=block_tables.flatten(), context_lens=t(context_lens),
                              is_decode=not is_prefill)
     lens = t(query_lens)
     ends = torch.cumsum(lens, 0)
