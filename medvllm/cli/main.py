@@ -22,7 +22,7 @@ def common_flags() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from medvllm.cli import generate_cmd, profiles_cmd
+    from medvllm.cli import generate_cmd, profiles_cmd, serve
 
     common = common_flags()
     parser = argparse.ArgumentParser(prog="medvllm", parents=[common],
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof = commands.add_parser("profiles", help="list, show, validate and select deployment profiles",
                                parents=[common])
     profiles_cmd.register(prof.add_subparsers(dest="action", metavar="ACTION", required=True), common)
+    serve.register(commands, common)
     return parser
 
 

@@ -1,0 +1,115 @@
+"""`medvllm serve`: an OpenAI-compatible HTTP API over one engine, under a deployment profile.
+
+Settings resolve exactly as for `inference generate` (same profile and override flags). Everything that
+can be checked is checked before the port is bound: the bind/auth rule, the Config, the model files.
+The model then loads and warms up while /health answers 503. SIGTERM stops accepting connections, lets
+in-flight requests finish (up to --shutdown-timeout, then aborts them) and exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from medvllm.cli import output
+from medvllm.cli.generate_cmd import describe_choice
+from medvllm.cli.settings_flags import add_setting_flags, overrides_from
+from medvllm.errors import ConfigError, MedVLLMError, ModelLoadError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def register(commands, common) -> None:
+    p = commands.add_parser("serve", parents=[common], help="serve an OpenAI-compatible HTTP API",
+                            description="Serve /v1/completions, /v1/chat/completions, /v1/models, /health and "
+                                        "/metrics over HTTP, for unchanged OpenAI clients.")
+    p.add_argument("--model", help="a .gguf file or Hugging Face model folder (default: the embedded model)")
+    p.add_argument("--deployment-profile", metavar="NAME|PATH|none",
+                   help="profile to apply under the explicit flags (default: $MEDVLLM_DEPLOYMENT_PROFILE, "
+                        "else auto-selected; 'none' turns profiles off)")
+    p.add_argument("--seed", type=int, help="the engine's random seed")
+    net = p.add_argument_group("server")
+    net.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    net.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    net.add_argument("--api-key", metavar="KEY",
+                     help="clients must send 'Authorization: Bearer KEY' (default: $MEDVLLM_API_KEY)")
+    net.add_argument("--allow-unauthenticated", action="store_true",
+                     help="serve a non-loopback --host without an API key (a proxy in front authenticates)")
+    net.add_argument("--max-queue", type=int, default=256, metavar="N",
+                     help="requests that may wait beyond the running batch (max_num_seqs); past that a request "
+                          "gets 503 with Retry-After (default 256)")
+    net.add_argument("--served-model-name", metavar="NAME",
+                     help="the model id clients send (default: the model file or folder name)")
+    net.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
+                     help="on SIGTERM, seconds to let in-flight requests finish before aborting them (default 30)")
+    net.add_argument("--log-content", action="store_true",
+                     help="log prompt and completion text (off by default: they may hold patient data)")
+    net.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    add_setting_flags(p)
+    p.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from medvllm.server.auth import API_KEY_ENV, check_bind
+
+    try:
+        import uvicorn
+        from medvllm.server import ServerSettings, create_app
+    except ImportError as e:
+        raise ConfigError(f"the server needs {e.name!r}, which is not installed: "
+                          "pip install 'medvllm[serve]'") from None
+    from medvllm.deployment import resolve
+    from medvllm.deployment.model_info import model_info_for
+    from medvllm.engine.llm_engine import LLMEngine
+    from medvllm.hardware import detect
+    from medvllm.loader import open_model
+
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    check_bind(args.host, api_key, args.allow_unauthenticated)
+    if args.max_queue < 0:
+        raise ConfigError(f"--max-queue {args.max_queue} is negative: give 0 or more waiting requests")
+    resolution = resolve(overrides_from(args), args.deployment_profile, os.environ, detect(),
+                         model_info_for(args.model))
+    for message in resolution.warnings:
+        output.warn(message)
+    output.info(args, describe_choice(resolution))
+    config = resolution.config
+    source = open_model(config.model)  # a bad path fails now, before the port is bound
+    configure_logging(args)
+
+    failures: list[BaseException] = []
+
+    def on_failure(error: BaseException) -> None:  # called on the loader thread
+        failures.append(error)
+        server.should_exit = True
+
+    settings = ServerSettings(api_key=api_key, max_queue=args.max_queue, log_content=args.log_content,
+                              served_model_name=args.served_model_name)
+    app = create_app(settings, load=lambda: LLMEngine(config, source), on_failure=on_failure)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, lifespan="on",
+        timeout_graceful_shutdown=args.shutdown_timeout))
+    output.info(args, f"serving on http://{args.host}:{args.port} (auth {'on' if api_key else 'OFF'}); "
+                      "the model loads now and /health turns 200 when it is ready")
+    # uvicorn re-raises SIGTERM after its graceful shutdown; this handler makes that a clean exit 0
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    server.run()
+    if failures:
+        error = failures[0]
+        if isinstance(error, MedVLLMError):
+            raise error
+        raise ModelLoadError(f"loading the model failed: {type(error).__name__}: {error}")
+    return 0
+
+
+def configure_logging(args) -> None:
+    """Request lines (no text unless --log-content) and lifecycle messages, on stderr."""
+    logger = logging.getLogger("medvllm")
+    if not any(getattr(h, "_medvllm", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._medvllm = True
+        logger.addHandler(handler)
+    logger.setLevel("WARNING" if args.quiet else args.log_level.upper())

@@ -1,0 +1,161 @@
+"""The ASGI app: an OpenAI-compatible API over one AsyncLLMEngine.
+
+The app answers as soon as it is bound; the model loads and warms up on a background thread meanwhile,
+and until it is ready `/health` and the API answer 503, so a load balancer knows when to send traffic.
+On shutdown the engine thread aborts whatever is left and stops.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Callable
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from medvllm.engine.async_engine import AsyncLLMEngine
+from medvllm.engine.llm_engine import LLMEngine
+from medvllm.sampling_params import SamplingParams
+from medvllm.server import chat, completions
+from medvllm.server.auth import KeyCheck
+from medvllm.server.errors import APIError
+from medvllm.server.metrics import CONTENT_TYPE, ServerMetrics
+from medvllm.server.parsing import check_ready
+from medvllm.server.request_log import log_request
+
+log = logging.getLogger("medvllm.server")
+
+
+@dataclass
+class ServerSettings:
+    api_key: str | None = None
+    max_queue: int = 256  # requests that may wait beyond the running batch before new ones get 503
+    log_content: bool = False  # put prompt and completion text in the log (off: they may hold PHI)
+    served_model_name: str | None = None  # default: the model file or folder name
+    loading_retry_after_s: int = 5
+
+
+class ServerState:
+    """What the routes share. Only the event loop changes it, except load(), which runs once on its thread."""
+
+    def __init__(self, settings: ServerSettings, load: Callable[[], LLMEngine],
+                 on_failure: Callable[[BaseException], None] | None = None):
+        self.settings = settings
+        self.keys = KeyCheck(settings.api_key)
+        self.metrics = ServerMetrics(lambda: self.engine.stats() if self.engine is not None else None)
+        self.status = "loading"  # loading | ready | failed | stopping
+        self.engine: AsyncLLMEngine | None = None
+        self.error: BaseException | None = None
+        self.inflight = 0  # engine requests admitted and not yet done
+        self._load, self._on_failure = load, on_failure
+
+    def load(self) -> None:
+        try:
+            started = time.perf_counter()
+            engine = self._load()
+            warm_up(engine)
+            self.tokenizer = engine.tokenizer
+            self.vocab_size = engine.source.hf_config.vocab_size
+            self.model_name = self.settings.served_model_name or served_name(engine.source.path)
+            self.max_model_len = engine.max_model_len
+            self.created = int(time.time())
+            self.engine = AsyncLLMEngine(engine).start()
+            self.status = "ready"
+            log.info("ready: model=%s max_model_len=%d kv_blocks=%d load_and_warmup_s=%.1f", self.model_name,
+                     engine.max_model_len, engine.runner.num_blocks, time.perf_counter() - started)
+        except BaseException as e:  # noqa: BLE001 - reported, and the server stops
+            self.error, self.status = e, "failed"
+            log.error("loading the model failed: %s", e)
+            if self._on_failure is not None:
+                self._on_failure(e)
+
+
+def warm_up(engine: LLMEngine) -> None:
+    """One short greedy generation, so the first client does not pay for first-call costs."""
+    ids = list(engine.tokenizer.encode("Hello")) or [0]
+    engine.add_request(ids, SamplingParams(temperature=0.0, max_tokens=2), request_id="warm-up")
+    while engine.has_unfinished_requests():
+        engine.step()
+
+
+def served_name(path: str) -> str:
+    name = os.path.basename(os.path.normpath(path))
+    return name[:-len(".gguf")] if name.lower().endswith(".gguf") else name
+
+
+def create_app(settings: ServerSettings, load: Callable[[], LLMEngine],
+               on_failure: Callable[[BaseException], None] | None = None) -> FastAPI:
+    """`load` builds the LLMEngine (called once, on a background thread, after the app starts)."""
+    state = ServerState(settings, load, on_failure)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        threading.Thread(target=state.load, name="medvllm-loader", daemon=True).start()
+        yield
+        state.status = "stopping"
+        if state.engine is not None:
+            await asyncio.to_thread(state.engine.stop)
+        log.info("stopped")
+
+    app = FastAPI(title="Med-vLLM", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.served = state
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):  # 404, 405: OpenAI's error shape too
+        return APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}").response()
+
+    @app.get("/health")
+    async def health():
+        ok = state.status == "ready" and state.engine.alive
+        return JSONResponse({"status": "ok" if ok else state.status}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        try:
+            state.keys.check(request.headers.get("authorization"))
+        except APIError as e:
+            return e.response()
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        return await guarded(request, "/v1/models", "models", lambda r, s, rid: _models(r, s))
+
+    @app.post("/v1/completions")
+    async def create_completion(request: Request):
+        return await guarded(request, completions.ENDPOINT, "cmpl", completions.create)
+
+    @app.post("/v1/chat/completions")
+    async def create_chat_completion(request: Request):
+        return await guarded(request, chat.ENDPOINT, "chatcmpl", chat.create)
+
+    async def guarded(request: Request, endpoint: str, prefix: str, handler) -> Response:
+        request_id = f"{prefix}-{uuid.uuid4().hex}"
+        try:
+            return await handler(request, state, request_id)
+        except APIError as e:
+            state.metrics.count(endpoint, e.status)
+            log_request(request_id, endpoint, e.status, error=e.code or e.type)
+            return e.response()
+        except Exception:  # a bug of ours: logged with its traceback, answered in OpenAI's shape
+            log.exception("request_id=%s failed", request_id)
+            state.metrics.count(endpoint, 500)
+            return APIError(500, f"internal error (request {request_id}): see the server log",
+                            type="server_error").response()
+
+    return app
+
+
+async def _models(request: Request, state: ServerState) -> Response:
+    check_ready(state, request.headers.get("authorization"))
+    return JSONResponse({"object": "list", "data": [{
+        "id": state.model_name, "object": "model", "created": state.created, "owned_by": "medvllm",
+        "max_model_len": state.max_model_len}]})

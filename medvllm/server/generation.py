@@ -1,0 +1,170 @@
+"""One API request's run on the async engine: admission, outputs with metrics, disconnects, the log line."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from medvllm.engine.async_engine import EngineDeadError, RequestStream
+from medvllm.errors import RequestError
+from medvllm.outputs import RequestOutput
+from medvllm.sampling_params import SamplingParams
+from medvllm.server.errors import bad_request, unavailable
+from medvllm.server.request_log import log_content, log_request
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+class Run:
+    """A group of engine requests (prompts x n) answering one API call."""
+
+    def __init__(self, state, endpoint: str, request_id: str, prompts: list[list[int]], n: int):
+        self.state, self.endpoint, self.request_id = state, endpoint, request_id
+        self.prompts, self.n = prompts, n
+        self.size = len(prompts) * n
+        self.arrival = time.time()
+        self.created = int(self.arrival)
+        self.stream: RequestStream | None = None
+        self.finals: list[RequestOutput | None] = [None] * self.size
+        self._seen = [0] * self.size  # tokens handed out so far, per sequence
+        self._last = [0.0] * self.size
+        self._ttft: float | None = None
+        self._closed = False
+        self._admitted = False
+
+    async def start(self, params: list[SamplingParams], stream: bool) -> None:
+        """Admits the group (503 when the queue is full) and hands it to the engine (400 if refused)."""
+        state = self.state
+        capacity = state.engine.max_num_seqs + state.settings.max_queue
+        if state.inflight and state.inflight + self.size > capacity:
+            raise unavailable(f"the server is at capacity ({state.inflight} requests in flight, queue limit "
+                              f"{state.settings.max_queue}): retry after the Retry-After delay", code="queue_full")
+        state.inflight += self.size
+        self._admitted = True
+        requests = [(ids, params[j]) for ids in self.prompts for j in range(self.n)]
+        try:
+            self.stream = await state.engine.add(requests, stream=stream, request_id=self.request_id,
+                                                 arrival_time=self.arrival)
+        except RequestError as e:
+            self.close("refused")
+            raise bad_request(str(e), code="invalid_request") from None
+        except EngineDeadError as e:
+            self.close("engine_down")
+            raise unavailable(str(e), code="engine_unavailable") from None
+        state.metrics.prompt_tokens.inc(sum(len(p) for p in self.prompts))
+        state.metrics.count(self.endpoint, 200)
+
+    async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput, list[int], list[dict] | None]]:
+        """(index, output, its new token ids, their logprob entries or None), recording metrics as they come."""
+        metrics = self.state.metrics
+        async for index, out in self.stream:
+            c = out.outputs[0]
+            start, new = self._seen[index], list(c.delta_token_ids)
+            entries = None if c.logprobs is None else c.logprobs[start:start + len(new)]
+            self._seen[index] = start + len(new)
+            now = time.monotonic()
+            if new:
+                metrics.generation_tokens.inc(len(new))
+                if start == 0 and out.metrics.time_to_first_token is not None:
+                    metrics.ttft.observe(out.metrics.time_to_first_token)
+                    self._ttft = self._ttft if self._ttft is not None else out.metrics.time_to_first_token
+                elif self._last[index]:
+                    gap = (now - self._last[index]) / len(new)
+                    for _ in new:
+                        metrics.itl.observe(gap)
+                self._last[index] = now
+            if out.finished:
+                self.finals[index] = out
+                if out.metrics.finished_time is not None:
+                    metrics.e2e.observe(out.metrics.finished_time - out.metrics.arrival_time)
+            yield index, out, new, entries
+
+    async def collect(self, request: Request) -> list[RequestOutput]:
+        """Waits for every final output; a client that leaves first has its requests aborted."""
+        async def drain():
+            async for _ in self.outputs():
+                pass
+        await until_disconnected(request, drain())
+        return self.finals
+
+    def close(self, outcome: str, status: int = 200) -> None:
+        """Aborts whatever is unfinished, frees the admission slots, writes the log line (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.stream is not None:
+            self.stream.abort()
+        if self._admitted:
+            self.state.inflight -= self.size
+        done = [f for f in self.finals if f is not None]
+        log_request(self.request_id, self.endpoint, status, outcome=outcome, n=self.size,
+                    prompt_tokens=sum(len(p) for p in self.prompts),
+                    completion_tokens=sum(s for s in self._seen),
+                    finish=[f.outputs[0].finish_reason for f in done] or None,
+                    ttft_s=self._ttft, total_s=time.time() - self.arrival)
+        if self.state.settings.log_content:
+            log_content(self.request_id, [self.state.tokenizer.decode(p) for p in self.prompts],
+                        [f.outputs[0].text for f in done])
+
+    def usage_counts(self) -> tuple[int, int, int]:
+        """(prompt tokens, completion tokens, prompt tokens from the prefix cache), as OpenAI counts them."""
+        finals = [f for f in self.finals if f is not None]
+        completion = sum(len(f.outputs[0].token_ids) for f in finals)
+        cached = sum(f.metrics.num_cached_tokens for f in finals[::self.n])
+        return sum(len(p) for p in self.prompts), completion, cached
+
+
+async def until_disconnected(request: Request, work) -> object:
+    """Runs `work`; if the client disconnects first, cancels it (aborting its requests) and raises ClientGone."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (task, watcher):
+            if not t.done():
+                t.cancel()
+    if task in done:
+        return task.result()
+    await asyncio.gather(task, return_exceptions=True)
+    raise ClientGone()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class EventStreamResponse(StreamingResponse):
+    """An SSE response that notices a client leaving even while no token is due, and then stops the
+    body (so its requests are aborted and their KV blocks freed) instead of generating on for no one."""
+
+    media_type = "text/event-stream"
+
+    async def __call__(self, scope, receive, send) -> None:
+        body = asyncio.ensure_future(self._send_all(send))
+        gone = asyncio.ensure_future(self._wait_gone(receive))
+        try:
+            await asyncio.wait({body, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (body, gone):
+                if not t.done():
+                    t.cancel()
+            await asyncio.gather(body, gone, return_exceptions=True)
+            await self.body_iterator.aclose()
+
+    async def _send_all(self, send) -> None:
+        try:
+            await self.stream_response(send)
+        except OSError:  # the socket went away mid-write
+            pass
+
+    @staticmethod
+    async def _wait_gone(receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass

@@ -1,0 +1,61 @@
+"""Prometheus metrics: request counts by status, token counts, latency histograms, engine gauges.
+
+Each app has its own registry (several apps may live in one process, as in the tests). Engine numbers
+(running, waiting, KV usage, ...) are read from the engine thread's last stats snapshot at scrape time.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
+ITL_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5, 5.0)
+E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+
+
+class EngineCollector:
+    """Reads the engine snapshot when Prometheus scrapes; nothing when the engine is not loaded yet."""
+
+    def __init__(self, stats: Callable[[], dict | None]):
+        self._stats = stats
+
+    def collect(self):
+        s = self._stats()
+        if s is None:
+            return
+        yield GaugeMetricFamily("medvllm_requests_running", "Requests in the running batch", s["num_running"])
+        yield GaugeMetricFamily("medvllm_requests_waiting", "Requests waiting for the running batch",
+                                s["num_waiting"])
+        yield GaugeMetricFamily("medvllm_kv_cache_usage_ratio", "Fraction of KV-cache blocks held by requests",
+                                s["kv_cache_usage"])
+        yield CounterMetricFamily("medvllm_preemptions", "Requests preempted for lack of KV blocks",
+                                  s["num_preemptions"])
+        yield CounterMetricFamily("medvllm_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache",
+                                  s["prefix_cache_hit_tokens"])
+        yield CounterMetricFamily("medvllm_prefix_cache_query_tokens", "Prompt tokens looked up in the prefix cache",
+                                  s["prefix_cache_query_tokens"])
+
+
+class ServerMetrics:
+    def __init__(self, engine_stats: Callable[[], dict | None]):
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("medvllm_requests", "HTTP requests by endpoint and status code",
+                                ["endpoint", "status"], registry=r)
+        self.prompt_tokens = Counter("medvllm_prompt_tokens", "Prompt tokens of accepted requests", registry=r)
+        self.generation_tokens = Counter("medvllm_generation_tokens", "Tokens generated", registry=r)
+        self.ttft = Histogram("medvllm_time_to_first_token_seconds", "Arrival to first generated token",
+                              buckets=TTFT_BUCKETS, registry=r)
+        self.itl = Histogram("medvllm_inter_token_latency_seconds", "Time between two tokens of a request",
+                             buckets=ITL_BUCKETS, registry=r)
+        self.e2e = Histogram("medvllm_request_latency_seconds", "Arrival to last token", buckets=E2E_BUCKETS,
+                             registry=r)
+        r.register(EngineCollector(engine_stats))
+
+    def count(self, endpoint: str, status: int) -> None:
+        self.requests.labels(endpoint=endpoint, status=str(status)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,95 @@
+"""From an HTTP request to what the engine runs: auth, readiness, JSON, fields, prompt token ids, SamplingParams.
+
+Every refusal is an APIError in OpenAI's shape: 401 before anything else, 503 while loading, then 400s.
+"""
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel, ValidationError
+
+from medvllm.errors import RequestError
+from medvllm.sampling_params import SamplingParams
+from medvllm.server.errors import bad_request, unavailable
+from medvllm.server.protocol import ChatCompletionRequest, SamplingFields, describe
+
+
+def check_ready(state, authorization: str | None) -> None:
+    state.keys.check(authorization)
+    if state.status == "loading":
+        raise unavailable("the model is still loading: retry after the Retry-After delay (GET /health says "
+                          "when it is ready)", code="model_loading", retry_after_s=state.settings.loading_retry_after_s)
+    if state.status != "ready" or not state.engine.alive:
+        raise unavailable(f"the server is {state.status if state.status != 'ready' else 'not running its engine'}"
+                          ": see its log", code="engine_unavailable")
+
+
+async def parse(request, model_cls: type[BaseModel], state) -> SamplingFields:
+    check_ready(state, request.headers.get("authorization"))
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad_request(f"the request body is not valid JSON ({e}): send one JSON object") from None
+    if not isinstance(body, dict):
+        raise bad_request(f"the request body is a JSON {type(body).__name__}, not an object: send one JSON object")
+    try:
+        req = model_cls.model_validate(body)
+    except ValidationError as e:
+        message, param = describe(e)
+        raise bad_request(message, param=param) from None
+    if req.model != state.model_name:
+        raise bad_request(f"model {req.model!r} is not served here: this server serves {state.model_name!r} "
+                          "(GET /v1/models lists it)", param="model", code="model_not_found")
+    extra = req.unsupported()
+    if extra:
+        raise bad_request(f"unsupported field(s) {', '.join(extra)}: this server does not implement "
+                          f"{'it' if len(extra) == 1 else 'them'}; remove {'it' if len(extra) == 1 else 'them'} "
+                          "from the request", param=extra[0], code="unsupported_parameter")
+    return req
+
+
+def prompt_ids(state, prompt: str | list[int]) -> list[int]:
+    """Token ids of a completions prompt, encoded exactly as the offline LLM.generate encodes text."""
+    if isinstance(prompt, str):
+        return list(state.tokenizer.encode(prompt))
+    bad = [t for t in prompt if t >= state.vocab_size]
+    if bad:
+        raise bad_request(f"prompt token id {bad[0]} is out of range: the model's vocabulary has "
+                          f"{state.vocab_size} tokens", param="prompt")
+    return list(prompt)
+
+
+def chat_ids(state, req: ChatCompletionRequest) -> list[int]:
+    """Token ids of a conversation through the model's chat template, as LLM.chat encodes it."""
+    tokenizer = state.tokenizer
+    if not getattr(tokenizer, "chat_template", None):
+        raise bad_request("this model has no chat template: send plain text to /v1/completions instead",
+                          param="messages")
+    messages = [m.as_template_message() for m in req.messages]
+    try:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    except Exception as e:  # noqa: BLE001 - the template's own complaint (roles out of order, ...)
+        raise bad_request(f"the model's chat template refused these messages: {e}", param="messages") from None
+    if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int | None) -> list[SamplingParams]:
+    """One SamplingParams per choice (n); with a seed, choice j uses seed + j so choices differ."""
+    seeds = [None] * req.n if req.seed is None else [req.seed + j for j in range(req.n)]
+    fields = dict(
+        temperature=1.0 if req.temperature is None else req.temperature,  # OpenAI's default
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=-1 if req.top_k is None else req.top_k,
+        min_p=0.0 if req.min_p is None else req.min_p,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        max_tokens=max_tokens, stop=req.stop, logprobs=logprobs)
+    try:
+        return [SamplingParams(**fields, seed=seed) for seed in seeds]
+    except RequestError as e:
+        param = str(e).split("=", 1)[0]
+        raise bad_request(str(e), param=param if param.isidentifier() else None) from None
