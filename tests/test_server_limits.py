@@ -182,6 +182,45 @@ def test_sse_framing_is_openais(srv, offline):
     assert all(c["usage"] is None for c in chunks[:-1])
 
 
+def test_completion_logprobs_match_offline(srv, offline):
+    want = offline.generate("w5 w6", SamplingParams(temperature=0.0, max_tokens=4, logprobs=2))[0].outputs[0]
+    client = openai.OpenAI(base_url=srv.base + "/v1", api_key="x", max_retries=0)
+    lp = client.completions.create(model="tiny", prompt="w5 w6", max_tokens=4, temperature=0, logprobs=2).choices[0].logprobs
+    tokenizer = offline.tokenizer
+    assert lp.tokens == [tokenizer.decode([t]) for t in want.token_ids]
+    assert lp.token_logprobs == pytest.approx([e[t] for t, e in zip(want.token_ids, want.logprobs)], abs=1e-4)
+    for top, entry in zip(lp.top_logprobs, want.logprobs):
+        best = sorted(entry.items(), key=lambda kv: -kv[1])[:2]
+        assert top == pytest.approx({tokenizer.decode([i]): v for i, v in best}, abs=1e-4)
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+
+
+def test_a_model_that_fails_to_load_keeps_health_at_503_and_reports_why():
+    from medvllm.errors import ModelLoadError
+    failures = []
+
+    def load():
+        raise ModelLoadError("no such model: /nowhere")
+    app = create_app(ServerSettings(), load, on_failure=failures.append)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 60
+        while not failures:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        r = httpx.get(f"http://127.0.0.1:{port}/health")
+        assert (r.status_code, r.json()) == (503, {"status": "failed"})
+        assert isinstance(failures[0], ModelLoadError)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"model": "m", "prompt": "x"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
 # ---- backpressure
 def test_full_queue_answers_503_with_retry_after(srv):
     long = {"model": "tiny", "prompt": "w5 w6", "max_tokens": 400, "temperature": 0, "stream": True}

@@ -20,8 +20,9 @@ def check_ready(state, authorization: str | None) -> None:
         raise unavailable("the model is still loading: retry after the Retry-After delay (GET /health says "
                           "when it is ready)", code="model_loading", retry_after_s=state.settings.loading_retry_after_s)
     if state.status != "ready" or not state.engine.alive:
-        raise unavailable(f"the server is {state.status if state.status != 'ready' else 'not running its engine'}"
-                          ": see its log", code="engine_unavailable")
+        why = {"failed": "the model failed to load", "stopping": "the server is shutting down"}.get(
+            state.status, "the engine stopped")
+        raise unavailable(f"{why}: see the server log", code="engine_unavailable")
 
 
 async def parse(request, model_cls: type[BaseModel], state) -> SamplingFields:
