@@ -93,7 +93,8 @@ def scrape(served) -> dict:
 
 
 def both(*calls):
-    """Runs the calls at once (they share the server's batch) and returns their results in order."""
+    """Runs the calls at once (server requests share its batch; the offline oracle runs alongside in
+    this process) and returns their results in order."""
     with ThreadPoolExecutor(len(calls)) as pool:
         return [f.result() for f in [pool.submit(c) for c in calls]]
 
@@ -107,11 +108,11 @@ def test_health_is_503_until_the_model_is_loaded_and_warm(served):
 
 def test_completion_equals_offline_generate_streamed_or_not(client, model, default_llm):
     prompt = f"A patient from {MARKER} has a fever and a cough. The most likely cause is"
-    want = default_llm.generate(prompt, SamplingParams(temperature=0.0, max_tokens=8))[0]
-    args = dict(model=model, prompt=prompt, max_tokens=8, temperature=0)
-    whole, chunks = both(lambda: client.completions.create(**args),
-                         lambda: list(client.completions.create(**args, stream=True,
-                                                                stream_options={"include_usage": True})))
+    args = dict(model=model, prompt=prompt, max_tokens=6, temperature=0)
+    want, whole, chunks = both(
+        lambda: default_llm.generate(prompt, SamplingParams(temperature=0.0, max_tokens=6))[0],
+        lambda: client.completions.create(**args),
+        lambda: list(client.completions.create(**args, stream=True, stream_options={"include_usage": True})))
     text, tokens = want.outputs[0].text, len(want.outputs[0].token_ids)
     assert whole.choices[0].text == text and whole.choices[0].finish_reason == want.outputs[0].finish_reason
     assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (len(want.prompt_token_ids), tokens)
@@ -123,10 +124,11 @@ def test_completion_equals_offline_generate_streamed_or_not(client, model, defau
 def test_chat_equals_offline_chat_streamed_or_not_with_logprobs(client, model, default_llm):
     messages = [{"role": "system", "content": "You are a concise clinical assistant."},
                 {"role": "user", "content": f"A patient in {MARKER} has a low potassium level. What is it called?"}]
-    want = default_llm.chat(messages, SamplingParams(temperature=0.0, max_tokens=8, logprobs=2))[0]
-    args = dict(model=model, messages=messages, max_tokens=8, temperature=0)
-    whole, chunks = both(lambda: client.chat.completions.create(**args, logprobs=True, top_logprobs=2),
-                         lambda: list(client.chat.completions.create(**args, stream=True)))
+    args = dict(model=model, messages=messages, max_tokens=6, temperature=0)
+    want, whole, chunks = both(
+        lambda: default_llm.chat(messages, SamplingParams(temperature=0.0, max_tokens=6, logprobs=2))[0],
+        lambda: client.chat.completions.create(**args, logprobs=True, top_logprobs=2),
+        lambda: list(client.chat.completions.create(**args, stream=True)))
     c = whole.choices[0]
     assert c.message.role == "assistant" and c.message.content == want.outputs[0].text
     assert c.finish_reason == want.outputs[0].finish_reason
@@ -143,10 +145,10 @@ def test_chat_equals_offline_chat_streamed_or_not_with_logprobs(client, model, d
 
 def test_32_concurrent_streams_all_complete_and_beat_serial_throughput(client, model, default_llm):
     prompts = [f"Question {i} from {MARKER}: name one symptom of anemia." for i in range(32)]
-    want = [o.outputs[0].text for o in default_llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=6))]
+    want = [o.outputs[0].text for o in default_llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=4))]
 
     def stream(prompt: str) -> tuple[str, str | None, int]:
-        chunks = list(client.completions.create(model=model, prompt=prompt, max_tokens=6, temperature=0,
+        chunks = list(client.completions.create(model=model, prompt=prompt, max_tokens=4, temperature=0,
                                                 stream=True, stream_options={"include_usage": True}))
         text = "".join(c.choices[0].text for c in chunks if c.choices)
         finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]

@@ -143,10 +143,17 @@ class AsyncLLMEngine:
         ids = [base] if len(requests) == 1 else [f"{base}-{i}" for i in range(len(requests))]
 
         def deliver(item) -> None:  # runs on the engine thread
-            loop.call_soon_threadsafe(outputs.put_nowait, item)
+            try:
+                loop.call_soon_threadsafe(outputs.put_nowait, item)
+            except RuntimeError:  # that loop is closed: nobody is waiting for this output any more
+                pass
 
         self._submit(_Add(ids, requests, stream, arrival_time or time.time(), deliver))
-        first = await outputs.get()
+        try:
+            first = await outputs.get()
+        except asyncio.CancelledError:  # the caller left before the engine answered: undo the add
+            self._submit(_Abort(ids))
+            raise
         if isinstance(first, BaseException):
             raise first
         assert first is _ACCEPTED

@@ -5,8 +5,8 @@ from starlette.responses import JSONResponse, Response
 
 from medvllm.engine.async_engine import EngineDeadError
 from medvllm.server import openai_format as fmt
-from medvllm.server.errors import APIError, bad_request, unavailable
-from medvllm.server.generation import ClientGone, EventStreamResponse, Run
+from medvllm.server.errors import APIError, bad_request
+from medvllm.server.generation import EventStreamResponse, Run
 from medvllm.server.parsing import chat_ids, parse, sampling_params
 from medvllm.server.protocol import ChatCompletionRequest
 
@@ -28,16 +28,10 @@ async def create(request, state, request_id: str) -> Response:
     await run.start(params, stream=req.stream)
     headers = {"X-Request-Id": request_id}
     if req.stream:
-        return EventStreamResponse(events(run, req, state, logprobs), headers=headers)
-    try:
-        finals = await run.collect(request)
-    except ClientGone:
-        run.close("client_disconnected")
-        return Response(status_code=499)
-    except EngineDeadError as e:
-        run.close("engine_down")
-        raise unavailable(str(e), code="engine_unavailable") from None
-    run.close("ok")
+        return EventStreamResponse(events(run, req, state, logprobs), run, headers=headers)
+    finals = await run.collect(request)
+    if finals is None:
+        return Response(status_code=499)  # the client is gone; nobody reads this
     choices = []
     for index, final in enumerate(finals):
         c = final.outputs[0]

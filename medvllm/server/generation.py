@@ -56,6 +56,9 @@ class Run:
         except EngineDeadError as e:
             self.close("engine_down")
             raise unavailable(str(e), code="engine_unavailable") from None
+        except BaseException:  # cancelled (the server is stopping): free the slots, log the line
+            self.close("cancelled")
+            raise
         state.metrics.prompt_tokens.inc(sum(len(p) for p in self.prompts))
         state.metrics.count(self.endpoint, 200)
 
@@ -84,13 +87,25 @@ class Run:
                     metrics.e2e.observe(out.metrics.finished_time - out.metrics.arrival_time)
             yield index, out, new, entries
 
-    async def collect(self, request: Request) -> list[RequestOutput]:
-        """Waits for every final output; a client that leaves first has its requests aborted."""
+    async def collect(self, request: Request) -> list[RequestOutput] | None:
+        """Every final output, or None if the client left first (its requests are then aborted).
+        Closes the run either way; raises the 503 APIError if the engine went down."""
         async def drain():
             async for _ in self.outputs():
                 pass
-        await until_disconnected(request, drain())
-        return self.finals
+        outcome = "cancelled"
+        try:
+            await until_disconnected(request, drain())
+            outcome = "ok"
+            return self.finals
+        except ClientGone:
+            outcome = "client_disconnected"
+            return None
+        except EngineDeadError as e:
+            outcome = "engine_down"
+            raise unavailable(str(e), code="engine_unavailable") from None
+        finally:
+            self.close(outcome)
 
     def close(self, outcome: str, status: int = 200) -> None:
         """Aborts whatever is unfinished, frees the admission slots, writes the log line (once)."""
@@ -146,6 +161,10 @@ class EventStreamResponse(StreamingResponse):
 
     media_type = "text/event-stream"
 
+    def __init__(self, content, run: Run, headers: dict | None = None):
+        super().__init__(content, headers=headers)
+        self.run = run
+
     async def __call__(self, scope, receive, send) -> None:
         body = asyncio.ensure_future(self._send_all(send))
         gone = asyncio.ensure_future(self._wait_gone(receive))
@@ -157,6 +176,7 @@ class EventStreamResponse(StreamingResponse):
                     t.cancel()
             await asyncio.gather(body, gone, return_exceptions=True)
             await self.body_iterator.aclose()
+            self.run.close("client_disconnected")  # a no-op if the body ran and closed the run itself
 
     async def _send_all(self, send) -> None:
         try:
