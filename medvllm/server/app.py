@@ -103,6 +103,10 @@ def create_app(settings: ServerSettings, load: Callable[[], LLMEngine],
         state.status = "stopping"
         if state.engine is not None:
             await asyncio.to_thread(state.engine.stop)
+            # the engine thread has ended; now release what the engine holds (tensor-parallel workers)
+            shutdown = getattr(state.engine.engine, "shutdown", None)
+            if shutdown is not None:
+                await asyncio.to_thread(shutdown)
         log.info("stopped")
 
     app = FastAPI(title="Med-vLLM", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
