@@ -22,7 +22,7 @@ def common_flags() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from medvllm.cli import generate_cmd, profiles_cmd, serve
+    from medvllm.cli import generate_cmd, profiles_cmd, quality, serve
 
     common = common_flags()
     parser = argparse.ArgumentParser(prog="medvllm", parents=[common],
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                                parents=[common])
     profiles_cmd.register(prof.add_subparsers(dest="action", metavar="ACTION", required=True), common)
     serve.register(commands, common)
+    qual = commands.add_parser("quality", help="check a profile's output quality against a reference",
+                               parents=[common])
+    quality.register(qual.add_subparsers(dest="action", metavar="ACTION", required=True), common)
     return parser
 
 

@@ -1,0 +1,48 @@
+"""Build the two engines a comparison runs: settings resolved like any run, plus what scoring needs.
+
+What the comparison itself sets on both sides (source "quality" in the report):
+- prefix caching off: `ModelRunner.score` writes its KV at the top of the pool, which could overwrite a
+  cached prefix block; it changes no numerics.
+- an explicit, small KV pool (unless given): two engines share the device, and on CUDA each would
+  otherwise claim `gpu_memory_utilization` of the whole GPU.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+from medvllm.deployment import Resolution, resolve
+from medvllm.hardware import HardwareInfo
+
+SOURCE = "quality"
+FORCED = {"enable_prefix_caching": False}
+DEFAULTS = {"max_model_len": 1024, "num_kvcache_blocks": 512}  # 8,192 tokens of KV at block size 16
+
+
+def resolve_side(overrides: dict, profile: str | None, env: Mapping[str, str], hardware: HardwareInfo,
+                 model_info=None) -> Resolution:
+    """resolve() with the comparison's own settings added; raises ProfileError for a profile that
+    cannot run on `hardware`."""
+    wanted = dict(overrides)
+    added = dict(FORCED, **{k: v for k, v in DEFAULTS.items() if k not in wanted})
+    wanted.update(added)
+    resolution = resolve(wanted, profile, env, hardware, model_info)
+    for key in added:
+        resolution.sources[key] = SOURCE
+    return resolution
+
+
+def reference_overrides(model: str | None) -> dict:
+    """The default reference: the same model in float32, no quantization, no profile (Config defaults)."""
+    return {"model": model} if model is not None else {}
+
+
+def load(resolution: Resolution):
+    from medvllm.llm import LLM
+    return LLM(config=resolution.config)
+
+
+def close(llm) -> None:
+    """Stop any worker processes the engine started (tensor parallelism)."""
+    stop = getattr(llm.engine, "shutdown", None)
+    if stop is not None:
+        stop()
