@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import socket
-import sys
 import threading
 import time
 
