@@ -119,7 +119,8 @@ def create_app(settings: ServerSettings, load: Callable[[], LLMEngine],
     @app.get("/health")
     async def health():
         ok = state.status == "ready" and state.engine.alive
-        return JSONResponse({"status": "ok" if ok else state.status}, status_code=200 if ok else 503)
+        status = "ok" if ok else ("engine_failed" if state.status == "ready" else state.status)
+        return JSONResponse({"status": status}, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics(request: Request):

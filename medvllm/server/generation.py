@@ -162,7 +162,8 @@ class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
     def __init__(self, content, run: Run, headers: dict | None = None):
-        super().__init__(content, headers=headers)
+        # no caching, and no buffering by a reverse proxy (nginx) that would hold tokens back
+        super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
         self.run = run
 
     async def __call__(self, scope, receive, send) -> None:
