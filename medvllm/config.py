@@ -154,6 +154,10 @@ def check_fields(c: Config) -> None:
                    "a step could not give each running sequence a token; raise max_num_batched_tokens")
     _check_quantization(c)
     _check_precision(c)
+    if c.quantization_method == "dynamic" and run_dtype(c) != "float32":
+        raise fail(("quantization_method", "enable_mixed_precision", "dtype"),
+                   f"quantization_method='dynamic' computes in float32 around its int8 matmuls, but the model would "
+                   f"run in {run_dtype(c)}: turn mixed precision off (dtype 'auto' or 'float32'), or drop quantization")
     if c.enable_flash_attention and c.attention_impl == "sdpa":
         raise fail(("enable_flash_attention", "attention_impl"),
                    "enable_flash_attention=true contradicts attention_impl='sdpa': "

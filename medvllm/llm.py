@@ -42,8 +42,10 @@ class LLM:
             "architecture": type(runner.model).__name__,
             "device": str(runner.device),
             "dtype": str(runner.dtype).replace("torch.", ""),
-            "attention_backend": "sdpa",
-            "quantization": None,
+            "attention_backend": runner.attention_backend,
+            "quantization": runner.quantization,
+            "lm_head": runner.model.lm_head.method.name,  # "float32-logits" under mixed precision
+            **runner.backend_flags,  # allow_tf32, cudnn_benchmark as set on CUDA; None on CPU
             "max_model_len": self.engine.max_model_len,
             "kv_cache_blocks": runner.num_blocks,
             "kv_block_size": self.config.kvcache_block_size,

@@ -12,6 +12,10 @@ from medvllm.layers.sampler import Sampler
 from medvllm.loader import ModelSource
 from medvllm.models.registry import model_class
 from medvllm.models.weights import load_weights
+from medvllm.engine.precision import apply_backend_flags, keep_logits_float32
+from medvllm.layers.flash_attention import install as install_attention, select_backend
+from medvllm.quantization import describe as describe_quantization
+from medvllm.quantization import linear_method, quantize_model, quantize_while_loading
 
 
 class ModelRunner:
@@ -20,7 +24,13 @@ class ModelRunner:
         self.device = config.resolved_device
         self.dtype = config.torch_dtype
         self.block_size = config.kvcache_block_size
-        self.model = build_model(source, max_model_len, self.dtype, self.device)
+        self.backend_flags = apply_backend_flags(config, self.device)
+        self.quant_method = linear_method(config)
+        self.model = build_model(source, max_model_len, self.dtype, self.device, self.quant_method)
+        self.quantization = describe_quantization(self.model, self.quant_method)
+        keep_logits_float32(self.model, self.dtype)
+        self.attention_backend = select_backend(config, self.device, self.dtype, _has_sliding_window(self.model))
+        install_attention(self.model, self.attention_backend)
         self.vocab_size = source.hf_config.vocab_size
         self.kv_cache = allocate_kv_cache(self.model, config, self.dtype, self.device, max_model_len)
         self.num_blocks = self.kv_cache[0].shape[1]
@@ -50,18 +60,27 @@ class ModelRunner:
         return self.model.compute_logits(hidden).float()
 
 
-def build_model(source: ModelSource, max_model_len: int, dtype: torch.dtype, device: torch.device):
+def build_model(source: ModelSource, max_model_len: int, dtype: torch.dtype, device: torch.device,
+                quant_method=None):
     cls = model_class(source.hf_config)
     with torch.device("meta"):
         model = cls(source.hf_config, max_model_len)
-    model = model.to_empty(device=device)
+    model = model.to(dtype).to_empty(device=device)  # cast while empty: the weights never exist twice
     if model.tie_word_embeddings:  # to_empty unties shared parameters
         model.lm_head.weight = model.model.embed_tokens.weight
     if device.type != "cpu":
         model.model.layers[0].self_attn.rotary.move_to(device)  # one table, shared by all layers
-    load_weights(model, source.iter_weights())
-    model.to(dtype)
+    weights = source.iter_weights()
+    if quant_method is not None:  # each layer is quantized (its float weight freed) as soon as it is loaded
+        weights = quantize_while_loading(model, weights, quant_method)
+    load_weights(model, weights)
+    if quant_method is not None:
+        quantize_model(model, quant_method)
     return model.eval()
+
+
+def _has_sliding_window(model) -> bool:
+    return any(getattr(m, "sliding_window", None) is not None for m in model.modules())
 
 
 from medvllm.sampling_params import SamplingParams  # noqa: E402  (after the classes that use it)

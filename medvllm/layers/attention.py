@@ -56,6 +56,7 @@ class PagedAttention(nn.Module):
         self.sliding_window = sliding_window
         self.k_cache: torch.Tensor | None = None  # [num_blocks, block_size, Hkv, D], set by the runner
         self.v_cache: torch.Tensor | None = None
+        self.backend = None  # a flash backend (layers/flash_attention.py) in place of the SDPA path below
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata):
         """q: [T, H, D], k/v: [T, Hkv, D] for the new tokens. Returns [T, H * D]."""
@@ -63,6 +64,8 @@ class PagedAttention(nn.Module):
         v_flat = self.v_cache.view(-1, self.num_kv_heads, self.head_dim)
         k_flat.index_copy_(0, meta.slot_mapping, k)
         v_flat.index_copy_(0, meta.slot_mapping, v)
+        if self.backend is not None:
+            return self.backend(self, q, meta)
 
         batch, max_blocks = meta.block_tables.shape
         num_keys = max_blocks * self.k_cache.shape[1]

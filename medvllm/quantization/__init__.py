@@ -1,0 +1,106 @@
+"""Quantization: a LinearMethod per method, set on each Linear layer once its weights are loaded.
+
+`linear_method(config)` builds the method a Config asks for (None: no quantization). While the model
+loads, `quantize_while_loading` quantizes each layer as soon as all of its tensors have been copied in
+and frees its float weight, so the whole float model never sits in memory at once; `quantize_model`
+then handles whatever the stream did not complete. The LM head stays in float: the default model's
+answers were measurably worse with an int8 head, and it is tied to the embeddings there anyway.
+Each method works on whatever weight the layer holds, so a tensor-parallel shard quantizes the same way.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+
+from medvllm.layers.linear import UNQUANTIZED, LinearBase, LinearMethod
+
+# What this engine implements (hardware.detect() reads this; Config refuses anything else).
+METHODS = ("dynamic", "bnb-8bit", "bnb-nf4")
+KEEP_FLOAT = ("lm_head",)
+
+
+def linear_method(config) -> LinearMethod | None:
+    method = config.quantization_method
+    if method is None:
+        return None
+    if method == "dynamic":
+        from medvllm.quantization.dynamic_int8 import DynamicInt8Method
+        return DynamicInt8Method()
+    from medvllm.quantization.bnb import Bnb8bitMethod, BnbNf4Method
+    return {"bnb-8bit": Bnb8bitMethod, "bnb-nf4": BnbNf4Method}[method]()
+
+
+def quantizable_layers(model: nn.Module) -> dict[str, LinearBase]:
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, LinearBase) and name.rsplit(".", 1)[-1] not in KEEP_FLOAT}
+
+
+def quantize_layer(layer: LinearBase, method: LinearMethod) -> None:
+    method.process_weights_after_loading(layer)
+    layer.method = method
+
+
+def quantize_model(model: nn.Module, method: LinearMethod) -> int:
+    """Quantize every layer still in float; returns how many layers run `method` in all."""
+    layers = quantizable_layers(model)
+    for layer in layers.values():
+        if layer.method is UNQUANTIZED:
+            quantize_layer(layer, method)
+    return sum(layer.method is method for layer in layers.values())
+
+
+def quantize_while_loading(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
+                           method: LinearMethod) -> Iterator[tuple[str, torch.Tensor]]:
+    """Pass the checkpoint stream through; quantize each layer once the loader has copied all its parts.
+
+    The loader asks for the next tensor only after copying the previous one, so the code after `yield`
+    sees that tensor in place.
+    """
+    layers = quantizable_layers(model)
+    packed = getattr(model, "packed_modules", {})
+    seen: dict[str, set] = defaultdict(set)
+    with torch.no_grad():
+        for name, tensor in weights:
+            yield name, tensor
+            module_name, part = _route(name, packed)
+            layer = layers.get(module_name)
+            if layer is None:
+                continue
+            seen[module_name].add(part)
+            if _complete(layer, seen[module_name]):
+                quantize_layer(layer, method)
+                del layers[module_name]
+
+
+def _route(name: str, packed: dict) -> tuple[str, tuple[str, int | None]]:
+    """HF tensor name -> (our module name, (param, shard)) as models/weights.py folds it."""
+    for hf, (ours, shard) in packed.items():
+        if f".{hf}." in name:
+            name = name.replace(f".{hf}.", f".{ours}.")
+            break
+    else:
+        shard = None
+    module_name, _, param = name.rpartition(".")
+    return module_name, (param, shard)
+
+
+def _complete(layer: LinearBase, parts: set) -> bool:
+    shards = range(len(getattr(layer, "output_sizes", [0])))
+
+    def has(param: str) -> bool:
+        return (param, None) in parts or all((param, s) in parts for s in shards)
+
+    return has("weight") and (layer.bias is None or has("bias"))
+
+
+def describe(model: nn.Module, method: LinearMethod | None) -> dict | None:
+    """What quantization really runs, for runtime_info: method, kernel, and how many layers use it."""
+    if method is None:
+        return None
+    layers = quantizable_layers(model).values()
+    return {"method": method.name, "kernel": getattr(method, "kernel", "bitsandbytes"),
+            "layers": sum(layer.method is method for layer in layers),
+            "float_layers": sum(layer.method is not method for layer in layers) + len(KEEP_FLOAT)}
