@@ -29,7 +29,11 @@ class LLMEngine:
                 f"{config.max_num_batched_tokens}: a full-length prompt could never be scheduled; "
                 "raise max_num_batched_tokens or lower max_model_len")
         self.tokenizer = self.source.tokenizer
-        self.runner = ModelRunner(config, self.source, self.max_model_len)
+        if config.tensor_parallel_size > 1:  # shards over worker processes; see medvllm/distributed
+            from medvllm.distributed.runner import TensorParallelRunner
+            self.runner = TensorParallelRunner(config, self.source, self.max_model_len)
+        else:
+            self.runner = ModelRunner(config, self.source, self.max_model_len)
         self.scheduler = Scheduler(config, self.runner.num_blocks)
         self.outputs = OutputProcessor(self.tokenizer, eos_token_ids(hf, self.tokenizer), self.max_model_len)
         self._ids = itertools.count()
@@ -97,6 +101,12 @@ class LLMEngine:
             results.append(self.outputs.make_output(seq, finished))
         self.num_generated_tokens += len(seqs)
         return results
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel worker processes, if any (also done at exit). The engine is then unusable."""
+        stop = getattr(self.runner, "shutdown", None)
+        if stop is not None:
+            stop()
 
     def stats(self) -> dict:
         bm = self.scheduler.block_manager

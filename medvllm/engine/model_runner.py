@@ -19,19 +19,23 @@ from medvllm.quantization import linear_method, quantize_model, quantize_while_l
 
 
 class ModelRunner:
-    def __init__(self, config: Config, source: ModelSource, max_model_len: int):
+    def __init__(self, config: Config, source: ModelSource, max_model_len: int, tp=None):
+        """`tp` (a medvllm.distributed TensorParallel) makes this runner hold one rank's shard."""
         self.config = config
         self.device = config.resolved_device
         self.dtype = config.torch_dtype
         self.block_size = config.kvcache_block_size
         self.backend_flags = apply_backend_flags(config, self.device)
         self.quant_method = linear_method(config)
-        self.model = build_model(source, max_model_len, self.dtype, self.device, self.quant_method)
+        self.model = build_model(source, max_model_len, self.dtype, self.device, self.quant_method, tp=tp)
         self.quantization = describe_quantization(self.model, self.quant_method)
         keep_logits_float32(self.model, self.dtype)
         self.attention_backend = select_backend(config, self.device, self.dtype, _has_sliding_window(self.model))
         install_attention(self.model, self.attention_backend)
         self.vocab_size = source.hf_config.vocab_size
+        if tp is not None:  # every rank must size its pool to the same number of blocks
+            from medvllm.distributed.kv_blocks import agree_on_kv_blocks
+            config = agree_on_kv_blocks(config, self.model, self.dtype, self.device, tp)
         self.kv_cache = allocate_kv_cache(self.model, config, self.dtype, self.device, max_model_len)
         self.num_blocks = self.kv_cache[0].shape[1]
         generator = torch.Generator(device=self.device)
@@ -41,7 +45,7 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool):
         """One forward pass + sampling. Returns (token ids [B] list, logprobs [B, V] or None)."""
-        step = prepare_step(seqs, is_prefill, self.block_size, self.device)
+        step = self.prepare(seqs, is_prefill)
         hidden = self.model(step.input_ids, step.positions, step.attn)
         logits = self.model.compute_logits(hidden[step.logits_index])
         tokens, logprobs = self.sampler(logits, sampling_batch(seqs, self.vocab_size, self.device))
@@ -55,16 +59,20 @@ class ModelRunner:
         """
         seq = Sequence("score", None, token_ids, _SCORE_PARAMS, self.block_size)
         seq.block_table = list(range(self.num_blocks - seq.num_blocks, self.num_blocks))
-        step = prepare_step([seq], True, self.block_size, self.device, all_logits=True)
+        step = self.prepare([seq], True, all_logits=True)
         hidden = self.model(step.input_ids, step.positions, step.attn)
         return self.model.compute_logits(hidden).float()
 
+    def prepare(self, seqs: list[Sequence], is_prefill: bool, all_logits: bool = False):
+        """The step's input tensors (the tensor-parallel runner also sends them to its workers here)."""
+        return prepare_step(seqs, is_prefill, self.block_size, self.device, all_logits=all_logits)
+
 
 def build_model(source: ModelSource, max_model_len: int, dtype: torch.dtype, device: torch.device,
-                quant_method=None):
+                quant_method=None, tp=None):
     cls = model_class(source.hf_config)
     with torch.device("meta"):
-        model = cls(source.hf_config, max_model_len)
+        model = cls(source.hf_config, max_model_len, tp=tp)
     model = model.to(dtype).to_empty(device=device)  # cast while empty: the weights never exist twice
     if model.tie_word_embeddings:  # to_empty unties shared parameters
         model.lm_head.weight = model.model.embed_tokens.weight

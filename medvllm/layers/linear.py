@@ -10,6 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medvllm.distributed.parallel import SINGLE, TensorParallel
+from medvllm.distributed.partition import split
+
 
 class LinearMethod:
     """How a linear layer holds its weight and computes x @ W.T + b."""
@@ -27,15 +30,30 @@ UNQUANTIZED = LinearMethod()
 
 
 class LinearBase(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+    """`in_features`/`out_features` are this rank's shapes; the checkpoint tensors are the full ones.
+
+    The weight loader hands `load_weight` the full checkpoint tensor; each layer keeps its rank's slice.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, tp: TensorParallel | None = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
         self.method: LinearMethod = UNQUANTIZED
+        self.tp = tp or SINGLE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.method.apply(self, x)
+
+    # --- loading: full checkpoint tensor in, this rank's slice kept -------------------------------------
+    def full_shape(self, name: str, shard: int | None = None) -> tuple[int, ...] | None:
+        """Shape the checkpoint tensor `name` ("weight"/"bias") must have; None if this layer has none."""
+        param = getattr(self, name, None)
+        return None if param is None else tuple(param.shape)
+
+    def load_weight(self, name: str, full: torch.Tensor, shard: int | None = None) -> None:
+        getattr(self, name).data.copy_(full)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}, method={self.method.name}"
@@ -46,20 +64,91 @@ class ReplicatedLinear(LinearBase):
 
 
 class ColumnParallelLinear(LinearBase):
-    """Output features split across tensor-parallel ranks; no communication needed after it."""
+    """Output features split across tensor-parallel ranks; no communication needed after it.
+
+    `rows` = (start, size) of the full output this rank computes (default: an even split).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, tp: TensorParallel | None = None,
+                 rows: tuple[int, int] | None = None):
+        tp = tp or SINGLE
+        self.full_out = out_features
+        self.rows = rows or split(out_features, tp.size, tp.rank)
+        super().__init__(in_features, self.rows[1], bias, tp)
+
+    def full_shape(self, name, shard=None):
+        if getattr(self, name, None) is None:
+            return None
+        return (self.full_out, self.in_features) if name == "weight" else (self.full_out,)
+
+    def load_weight(self, name, full, shard=None):
+        getattr(self, name).data.copy_(full.narrow(0, *self.rows))
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
-    """Several projections of the same input in one matmul (q/k/v, gate/up); `output_sizes` in order."""
+    """Several projections of the same input in one matmul (q/k/v, gate/up), column-split per rank.
 
-    def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False):
-        super().__init__(in_features, sum(output_sizes), bias)
-        self.output_sizes = list(output_sizes)
+    `output_sizes` are the full projections' sizes, in order; `shard_rows` gives, per projection, the
+    (start, size) rows this rank keeps (default: an even split of each). After construction
+    `output_sizes` holds this rank's sizes, the ones its weight is made of.
+    """
+
+    def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False,
+                 tp: TensorParallel | None = None, shard_rows: list[tuple[int, int]] | None = None):
+        tp = tp or SINGLE
+        self.full_output_sizes = list(output_sizes)
+        self.row_slices = list(shard_rows or [split(n, tp.size, tp.rank) for n in output_sizes])
+        self.output_sizes = [size for _, size in self.row_slices]
+        LinearBase.__init__(self, in_features, sum(self.output_sizes), bias, tp)
 
     def shard_rows(self, shard: int) -> tuple[int, int]:
         """(start, size) of one merged projection's rows in this layer's weight."""
         return sum(self.output_sizes[:shard]), self.output_sizes[shard]
 
+    def full_shape(self, name, shard=None):
+        if getattr(self, name, None) is None:
+            return None
+        n = sum(self.full_output_sizes) if shard is None else self.full_output_sizes[shard]
+        return (n, self.in_features) if name == "weight" else (n,)
+
+    def load_weight(self, name, full, shard=None):
+        if shard is None:  # the checkpoint already holds the merged tensor
+            offsets = [sum(self.full_output_sizes[:i]) for i in range(len(self.full_output_sizes))]
+            for i, (offset, n) in enumerate(zip(offsets, self.full_output_sizes)):
+                self.load_weight(name, full.narrow(0, offset, n), i)
+            return
+        start, size = self.row_slices[shard]
+        getattr(self, name).data.narrow(0, self.shard_rows(shard)[0], size).copy_(full.narrow(0, start, size))
+
 
 class RowParallelLinear(LinearBase):
-    """Input features split across ranks; partial outputs are summed (all-reduce) after it."""
+    """Input features split across ranks; partial outputs are summed (all-reduce) after it.
+
+    `cols` = (start, size) of the full input this rank multiplies (default: an even split). The bias
+    lives on rank 0 only, so the sum adds it once.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, tp: TensorParallel | None = None,
+                 cols: tuple[int, int] | None = None):
+        tp = tp or SINGLE
+        self.full_in = in_features
+        self.cols = cols or split(in_features, tp.size, tp.rank)
+        self.has_bias = bias
+        super().__init__(self.cols[1], out_features, bias and tp.is_driver, tp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.method.apply(self, x)
+        if self.tp.size > 1:
+            out = self.tp.all_reduce(out.contiguous())
+        return out
+
+    def full_shape(self, name, shard=None):
+        if name == "weight":
+            return (self.out_features, self.full_in)
+        return (self.out_features,) if name == "bias" and self.has_bias else None
+
+    def load_weight(self, name, full, shard=None):
+        if name == "weight":
+            self.weight.data.copy_(full.narrow(1, *self.cols))
+        elif self.bias is not None:  # ranks other than 0 drop the bias
+            self.bias.data.copy_(full)

@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medvllm.distributed.parallel import SINGLE, TensorParallel
+from medvllm.distributed.partition import head_shard
 from medvllm.layers.attention import AttentionMetadata, PagedAttention
-from medvllm.layers.linear import MergedColumnParallelLinear, ReplicatedLinear, RowParallelLinear
+from medvllm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from medvllm.layers.linear import MergedColumnParallelLinear, RowParallelLinear
 from medvllm.layers.norm import RMSNorm
 from medvllm.layers.rotary import get_rotary, rope_parameters
 
@@ -26,18 +29,25 @@ class ArchOptions:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg, opts: ArchOptions, max_positions: int):
+    """num_heads / num_kv_heads / q_size / kv_size are this rank's (all of them when tp=1)."""
+
+    def __init__(self, cfg, opts: ArchOptions, max_positions: int, tp: TensorParallel = SINGLE):
         super().__init__()
-        self.num_heads = cfg.num_attention_heads
-        self.num_kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.num_heads
-        self.q_size = self.num_heads * self.head_dim
-        self.kv_size = self.num_kv_heads * self.head_dim
+        total_heads = cfg.num_attention_heads
+        total_kv_heads = cfg.num_key_value_heads or total_heads
+        self.head_dim = d = getattr(cfg, "head_dim", None) or cfg.hidden_size // total_heads
+        shard = head_shard(total_heads, total_kv_heads, tp.size, tp.rank)
+        self.num_heads, self.num_kv_heads = shard.num_heads, shard.num_kv_heads
+        self.q_size = self.num_heads * d
+        self.kv_size = self.num_kv_heads * d
         bias = opts.qkv_bias or bool(getattr(cfg, "attention_bias", False))
+        kv_rows = (shard.kv_start * d, self.kv_size)
         self.qkv_proj = MergedColumnParallelLinear(
-            cfg.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=bias)
-        self.o_proj = RowParallelLinear(self.q_size, cfg.hidden_size,
-                                        bias=bool(getattr(cfg, "attention_bias", False)))
+            cfg.hidden_size, [total_heads * d, total_kv_heads * d, total_kv_heads * d], bias=bias, tp=tp,
+            shard_rows=[(shard.q_start * d, self.q_size), kv_rows, kv_rows])
+        self.o_proj = RowParallelLinear(total_heads * d, cfg.hidden_size,
+                                        bias=bool(getattr(cfg, "attention_bias", False)), tp=tp,
+                                        cols=(shard.q_start * d, self.q_size))
         if opts.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
@@ -59,15 +69,16 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, tp: TensorParallel = SINGLE):
         super().__init__()
         if getattr(cfg, "hidden_act", "silu") != "silu":
             from medvllm.errors import ModelLoadError
             raise ModelLoadError(f"hidden_act={cfg.hidden_act!r} is not supported: Llama-family models use silu")
         bias = bool(getattr(cfg, "mlp_bias", False))
-        self.intermediate = cfg.intermediate_size
-        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=bias)
-        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=bias)
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=bias,
+                                                       tp=tp)
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=bias, tp=tp)
+        self.intermediate = self.gate_up_proj.output_sizes[0]  # this rank's share
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
@@ -75,10 +86,10 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg, opts: ArchOptions, max_positions: int):
+    def __init__(self, cfg, opts: ArchOptions, max_positions: int, tp: TensorParallel = SINGLE):
         super().__init__()
-        self.self_attn = Attention(cfg, opts, max_positions)
-        self.mlp = MLP(cfg)
+        self.self_attn = Attention(cfg, opts, max_positions, tp)
+        self.mlp = MLP(cfg, tp)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -93,10 +104,10 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg, opts: ArchOptions, max_positions: int):
+    def __init__(self, cfg, opts: ArchOptions, max_positions: int, tp: TensorParallel = SINGLE):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, opts, max_positions)
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, opts, max_positions, tp)
                                     for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -115,12 +126,13 @@ class LlamaForCausalLM(nn.Module):
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
     }
 
-    def __init__(self, cfg, max_positions: int, opts: ArchOptions | None = None):
+    def __init__(self, cfg, max_positions: int, opts: ArchOptions | None = None, tp: TensorParallel | None = None):
         super().__init__()
         self.config = cfg
-        self.model = LlamaModel(cfg, opts or self.arch_options(cfg), max_positions)
+        tp = tp or SINGLE
+        self.model = LlamaModel(cfg, opts or self.arch_options(cfg), max_positions, tp)
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
-        self.lm_head = ReplicatedLinear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = ParallelLMHead(cfg.hidden_size, cfg.vocab_size, tp)  # vocab-split; full logits on rank 0
         if self.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -131,5 +143,6 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids, positions, meta) -> torch.Tensor:
         return self.model(input_ids, positions, meta)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """[N, vocab] logits on rank 0; None on the other tensor-parallel ranks."""
         return self.lm_head(hidden)

@@ -1,4 +1,9 @@
-"""Copies checkpoint tensors (Hugging Face names) into a model, folding q/k/v and gate/up together."""
+"""Routes checkpoint tensors (Hugging Face names) to the layers that keep them.
+
+q/k/v and gate/up fold into merged projections (a shard index says which part). A layer that is split
+over tensor-parallel ranks has `full_shape(name, shard)` and `load_weight(name, tensor, shard)`: it is
+handed the full checkpoint tensor and keeps its rank's slice; other parameters are copied whole.
+"""
 from __future__ import annotations
 
 from typing import Iterable
@@ -19,16 +24,20 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) 
         if name == "lm_head.weight" and getattr(model, "tie_word_embeddings", False):
             continue
         target, shard = _target(name, packed)
-        param = params.get(target)
-        if param is None:
+        module_name, _, attr = target.rpartition(".")
+        module = _submodule(model, module_name)
+        expected = _full_shape(module, attr, shard, params.get(target))
+        if expected is None:
             raise ModelLoadError(f"checkpoint tensor {name!r} has no place in {type(model).__name__}: "
                                  "the checkpoint does not match its config.json architecture")
+        if tuple(tensor.shape) != expected:
+            raise ModelLoadError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
+                                 f"expected {expected}: the checkpoint does not match its config")
         with torch.no_grad():
-            dest = param.data if shard is None else _shard_view(param.data, shard, target, model)
-            if dest.shape != tensor.shape:
-                raise ModelLoadError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
-                                     f"expected {tuple(dest.shape)}: the checkpoint does not match its config")
-            dest.copy_(tensor)
+            if hasattr(module, "load_weight"):
+                module.load_weight(attr, tensor, shard)
+            else:
+                params[target].data.copy_(tensor)
         filled.add(target if shard is None else f"{target}#{shard}")
     _check_complete(model, params, packed, filled)
 
@@ -40,10 +49,18 @@ def _target(name: str, packed: dict) -> tuple[str, int | None]:
     return name, None
 
 
-def _shard_view(data: torch.Tensor, shard: int, target: str, model: nn.Module) -> torch.Tensor:
-    """The rows of a merged projection that hold shard `shard` (q/k/v or gate/up)."""
-    start, size = model.get_submodule(target.rsplit(".", 1)[0]).shard_rows(shard)
-    return data.narrow(0, start, size)
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _full_shape(module, attr: str, shard: int | None, param) -> tuple[int, ...] | None:
+    """The shape the checkpoint tensor must have, or None when the model has no place for it."""
+    if module is not None and hasattr(module, "full_shape"):
+        return module.full_shape(attr, shard)
+    return None if param is None or shard is not None else tuple(param.shape)
 
 
 def _check_complete(model, params, packed, filled) -> None:

@@ -1,0 +1,57 @@
+"""Vocab-parallel token embedding and LM head: each rank holds a slice of the vocabulary's rows.
+
+Embedding: a rank looks up the ids in its slice, zeros the rest, and an all-reduce sums the slices.
+LM head: a rank computes the logits of its slice of the vocabulary; rank 0 gathers the full row
+(the sampler runs there only). Both split the vocabulary the same way, so tied weights still tie.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medvllm.distributed.parallel import SINGLE, TensorParallel
+from medvllm.distributed.partition import split, split_sizes
+from medvllm.layers.linear import ColumnParallelLinear
+
+
+class VocabParallelEmbedding(nn.Module):
+    def __init__(self, vocab_size: int, hidden_size: int, tp: TensorParallel | None = None):
+        super().__init__()
+        self.tp = tp or SINGLE
+        self.vocab_size, self.hidden_size = vocab_size, hidden_size
+        self.rows = split(vocab_size, self.tp.size, self.tp.rank)
+        self.weight = nn.Parameter(torch.empty(self.rows[1], hidden_size), requires_grad=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.tp.size == 1:
+            return F.embedding(input_ids, self.weight)
+        start, size = self.rows
+        local = input_ids - start
+        mine = (local >= 0) & (local < size)
+        out = F.embedding(torch.where(mine, local, 0), self.weight)
+        out = out.masked_fill(~mine.unsqueeze(-1), 0)
+        return self.tp.all_reduce(out)
+
+    def full_shape(self, name: str, shard: int | None = None) -> tuple[int, ...] | None:
+        return (self.vocab_size, self.hidden_size) if name == "weight" else None
+
+    def load_weight(self, name: str, full: torch.Tensor, shard: int | None = None) -> None:
+        self.weight.data.copy_(full.narrow(0, *self.rows))
+
+    def extra_repr(self) -> str:
+        return f"vocab={self.vocab_size} (rows {self.rows[0]}..{sum(self.rows)}), hidden={self.hidden_size}"
+
+
+class ParallelLMHead(ColumnParallelLinear):
+    """hidden -> logits; rank 0 returns the full [N, vocab] logits, other ranks None."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, tp: TensorParallel | None = None):
+        super().__init__(hidden_size, vocab_size, bias=False, tp=tp)
+        self.sizes = split_sizes(vocab_size, self.tp.size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        logits = self.method.apply(self, x)
+        if self.tp.size == 1:
+            return logits
+        return self.tp.gather_last_dim(logits, self.sizes)
