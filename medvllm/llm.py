@@ -49,6 +49,7 @@ class LLM:
             "max_model_len": self.engine.max_model_len,
             "kv_cache_blocks": runner.num_blocks,
             "kv_block_size": self.config.kvcache_block_size,
+            "memory_pool": self.config.enable_memory_pooling,  # KV cache committed at start (engine/memory_pool.py)
         }
 
     # ---- generation

@@ -42,7 +42,11 @@ def allocate_kv_cache(model, config: Config, dtype: torch.dtype, device: torch.d
     attn0 = model.model.layers[0].self_attn
     layers = len(model.model.layers)
     shape = (2, layers, blocks, config.kvcache_block_size, attn0.num_kv_heads, attn0.head_dim)
-    cache = zeroed(shape, dtype, device)
+    if config.enable_memory_pooling:
+        from medvllm.engine.memory_pool import allocate_pool, pool_device
+        cache = allocate_pool(shape, dtype, pool_device(config, device))
+    else:
+        cache = zeroed(shape, dtype, device)
     for i, layer in enumerate(model.model.layers):
         layer.self_attn.attn.k_cache = cache[0, i]
         layer.self_attn.attn.v_cache = cache[1, i]
