@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from contextlib import contextmanager
 from multiprocessing import resource_tracker
@@ -14,6 +15,7 @@ import torch.multiprocessing as mp
 
 from medvllm.config import Config
 from medvllm.distributed import DistributedError, channel
+from medvllm.distributed import nccl_watch
 from medvllm.distributed.group import JOIN_TIMEOUT, backend_for, join, leave, refuse_second_group, torchrun_env
 from medvllm.distributed.parallel import TensorParallel
 from medvllm.distributed.worker import SpawnArgs, serve_until_stopped, spawned_main
@@ -33,7 +35,10 @@ class Workers:
         self.tp: TensorParallel | None = None
         self.closed = False
         self.in_step = False  # a step was sent and not finished: workers may be inside a collective
+        self.phase = ""  # what the ranks are doing together, for error messages ("during a model step")
         self.failure: str | None = None  # why the group broke, repeated to every later call
+        self.lock = threading.Lock()  # shutdown vs the NCCL watch thread
+        self.stopping = False
         self._threads = None
         self._started_tracker = False
 
@@ -67,6 +72,8 @@ class Workers:
             self.procs.append(proc)
         self._wait_joined()
         self.tp = join(self.backend, 0, self.size, self.store)
+        if self.backend == "nccl" and self.procs:
+            nccl_watch.watch(self, _dead_message)
         return self.tp
 
     def _join_torchrun(self) -> TensorParallel:
@@ -122,7 +129,7 @@ class Workers:
             raise DistributedError(self.failure or "the tensor-parallel engine was shut down "
                                                    "(engine.shutdown()): create a new engine to continue")
         self.check(when)
-        self.in_step = True
+        self.in_step, self.phase = True, when
         try:
             yield
         except BaseException as e:
@@ -136,6 +143,9 @@ class Workers:
                 f"lost contact with a tensor-parallel rank {when} ({' '.join(str(e).split())[:200]}): "
                 "the engine cannot continue; check the other ranks' logs and restart it")
             raise DistributedError(self.failure) from e
+        if self.failure is not None:  # the NCCL watch aborted this step: its results are not to be trusted
+            self.shutdown(force=True)
+            raise DistributedError(self.failure)
         self.in_step = False
 
     def _wait_for_dead(self, seconds: float) -> list:
@@ -153,6 +163,8 @@ class Workers:
         if self.closed:
             return
         self.closed = True
+        with self.lock:
+            self.stopping = True
         if self.tp is not None and not force and not self.in_step:
             try:
                 self.send(("stop",))
