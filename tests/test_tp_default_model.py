@@ -12,6 +12,7 @@ import pytest
 
 from conftest import CHAT_PROMPTS
 from medvllm import LLM, SamplingParams
+from medvllm.distributed.runner import cpu_sockets
 
 GREEDY = SamplingParams(temperature=0, max_tokens=24)
 pytestmark = pytest.mark.slow
@@ -62,4 +63,6 @@ def test_cli_generate_with_two_ranks_end_to_end(default_llm):
     expected = default_llm.chat(chats([prompt]), SamplingParams(temperature=0, max_tokens=8))[0].outputs[0]
     assert data["text"] == expected.text and data["usage"]["completion_tokens"] == 8
     assert "tensor_parallel_size=2 on CPU" in run.stderr
+    if cpu_sockets() == 1:
+        assert "on a single-socket machine: it will not make it faster" in run.stderr
     assert _tagged(tag) == []  # the worker exited with the CLI
