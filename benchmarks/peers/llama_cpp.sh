@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Build llama.cpp's llama-bench and llama-batched-bench from the llama-cpp-python source distribution
+# on PyPI (it vendors llama.cpp), natively for this CPU, into a cache outside the repo.
+# Idempotent: does nothing when both binaries are already there.
+#
+#   bash benchmarks/peers/llama_cpp.sh            # version: LLAMA_CPP_PYTHON_VERSION (default below)
+#   JOBS=2 NICE=19 bash benchmarks/peers/llama_cpp.sh
+set -euo pipefail
+
+VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+CACHE="${MEDVLLM_BENCH_CACHE:-$HOME/.cache/medvllm-bench}"
+ROOT="$CACHE/llama-cpp-python-$VERSION"
+BIN="$ROOT/build/bin"
+JOBS="${JOBS:-2}"
+NICE="${NICE:-19}"
+
+if [[ -x "$BIN/llama-bench" && -x "$BIN/llama-batched-bench" ]]; then
+  echo "llama.cpp already built: $BIN"
+  exit 0
+fi
+
+mkdir -p "$ROOT"
+if [[ ! -d "$ROOT/src" ]]; then
+  # The source distribution only (no wheel of it, no dependencies: the bench tools need none); its
+  # build requirements come as wheels, only to read its metadata.
+  nice -n "$NICE" python -m pip download --no-binary llama-cpp-python --no-deps \
+    -d "$ROOT/sdist" "llama-cpp-python==$VERSION"
+  tmp="$ROOT/src.partial"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  tar -xzf "$ROOT"/sdist/llama_cpp_python-"$VERSION".tar.gz -C "$tmp" --strip-components=1
+  mv "$tmp" "$ROOT/src"
+fi
+
+# Native Release build of the two tools only. No curl (nothing is downloaded at run time), no tests.
+nice -n "$NICE" cmake -S "$ROOT/src/vendor/llama.cpp" -B "$ROOT/build" -G Ninja \
+  -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF
+nice -n "$NICE" cmake --build "$ROOT/build" --target llama-bench llama-batched-bench -j "$JOBS"
+echo "built: $BIN/llama-bench $BIN/llama-batched-bench"
