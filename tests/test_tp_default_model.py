@@ -54,9 +54,10 @@ def test_cli_generate_with_two_ranks_end_to_end(default_llm):
     prompt, tag = CHAT_PROMPTS[0], uuid.uuid4().hex
     env = dict(os.environ, MEDVLLM_TEST_TAG=tag)
     env.pop("MEDVLLM_DEPLOYMENT_PROFILE", None)
-    run = subprocess.run([sys.executable, "-m", "medvllm.cli", "inference", "generate", "--tensor-parallel-size", "2",
-                          "--device", "cpu", "--text", prompt, "--max-tokens", "8", "--max-model-len", "1024",
-                          "--deployment-profile", "none", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    argv = ["inference", "generate", "--tensor-parallel-size", "2", "--device", "cpu", "--text", prompt,
+            "--max-tokens", "8", "--max-model-len", "1024", "--deployment-profile", "none", "--json"]
+    run = subprocess.run([sys.executable, "-m", "medvllm.cli", *argv], capture_output=True, text=True, env=env,
+                         timeout=300)
     assert run.returncode == 0, run.stderr
     data = json.loads(run.stdout)
     assert data["deployment"]["settings"]["tensor_parallel_size"] == {"value": 2, "source": "cli"}
