@@ -6,7 +6,7 @@ import torch
 
 from medvllm.cli.main import main
 from medvllm.hardware import detect
-from medvllm.quality.gate import RULES
+from medvllm.quality.gate import RULES, TIERS
 
 METRIC_KEYS = {"texts", "scored_tokens", "mean_kl", "p99_kl", "max_kl", "top1_agreement", "ppl_reference",
                "ppl_candidate", "ppl_delta", "greedy_match_rate", "greedy_tokens_compared", "greedy_exact_texts",
@@ -41,7 +41,7 @@ def test_identical_profile_passes_with_a_markdown_report(capsys, tiny, monkeypat
     code, out, err = run(capsys, "--model", folder, "--texts", texts, "--deployment-profile", "none")
     assert code == 0, err
     assert "| mean KL(reference ‖ candidate), nats/token | 0 |" in out
-    assert "| top-1 agreement | 100.0% |" in out and "**PASS**" in out
+    assert "| top-1 agreement | 100.0% | ≥ 93.0% | pass |" in out and "**PASS**" in out
     assert "Texts: 6 of texts.jsonl" in out
 
 
@@ -52,11 +52,11 @@ def test_impossible_threshold_exits_3_with_the_json_report(capsys, tiny):
     assert code == 3
     assert "quality gate failed: top-1 agreement 1 is below the minimum 1.01 (--min-top1)" in err
     data = json.loads(out)
-    assert set(data) == {"passed", "failures", "failed_thresholds", "thresholds", "metrics", "by_kind", "items",
-                         "reference", "candidate", "text_set", "greedy_tokens", "seconds"}
+    assert set(data) == {"passed", "failures", "failed_thresholds", "threshold_tier", "thresholds", "metrics",
+                         "by_kind", "items", "reference", "candidate", "text_set", "greedy_tokens", "seconds"}
     assert data["passed"] is False and data["failed_thresholds"] == ["min_top1_agreement"]
-    assert set(data["thresholds"]) == set(RULES)
-    assert data["thresholds"]["min_top1_agreement"] == 1.01 and data["thresholds"]["max_p99_kl"] == 0.25
+    assert set(data["thresholds"]) == set(RULES) and data["threshold_tier"] == "float"
+    assert data["thresholds"] == dict(TIERS["float"].to_dict(), min_top1_agreement=1.01, max_p99_kl=0.25)
     assert set(data["metrics"]) == METRIC_KEYS and data["metrics"]["texts"] == 4
     assert data["metrics"]["mean_kl"] == 0.0 and data["metrics"]["top1_agreement"] == 1.0
     assert sorted(data["by_kind"]) == ["discharge", "lab", "question"]

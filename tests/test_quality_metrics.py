@@ -1,6 +1,7 @@
 """Quality metrics against direct math; the gate's threshold checks; the shipped clinical text set."""
 import json
 import math
+import types
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from medvllm.errors import RequestError
 from medvllm.quality import metrics as M
-from medvllm.quality.gate import RULES, Thresholds, crossed
+from medvllm.quality.gate import RULES, TIERS, Thresholds, crossed, tier_of
 from medvllm.quality.texts import load_texts, pick, shipped_path
 
 
@@ -105,6 +106,23 @@ def test_gate_limits_are_inclusive_and_overridable():
     assert list(crossed(_passing_metrics(), Thresholds(min_top1_agreement=1.01))) == ["min_top1_agreement"]
     # a lower perplexity than the reference's is not a failure
     assert crossed(dict(_passing_metrics(), ppl_delta=-0.5), t) == {}
+
+
+@pytest.mark.parametrize("method, bits, tier", [
+    (None, None, "float"), ("dynamic", 8, "8-bit"), ("bnb-8bit", 8, "8-bit"), ("bnb-nf4", 4, "4-bit"),
+])
+def test_threshold_tier_follows_the_quantization_width(method, bits, tier):
+    config = types.SimpleNamespace(quantization_method=method, quantization_bits=bits)
+    assert tier_of(config) == tier
+    assert TIERS["float"] == Thresholds()
+
+
+def test_tiers_loosen_as_precision_drops():
+    order = [TIERS["float"], TIERS["8-bit"], TIERS["4-bit"]]
+    for tighter, looser in zip(order, order[1:]):
+        for name, (_, kind, _, _) in RULES.items():
+            a, b = getattr(tighter, name), getattr(looser, name)
+            assert (a < b) if kind == "max" else (a > b), name
 
 
 def test_shipped_text_set():

@@ -10,16 +10,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 
 from medvllm.cli import output
 from medvllm.cli.settings_flags import add_setting_flags, overrides_from
-from medvllm.quality.gate import RULES, Thresholds
+from medvllm.quality.gate import RULES, TIERS, tier_of
 
 GATE_FAILED = 3
 
 
 def register(actions, common) -> None:
-    defaults = Thresholds()
     p = actions.add_parser(
         "compare", parents=[common], help="compare a profile's outputs with a float32 reference",
         description="Teacher-force a clinical text set through a reference and a candidate (a deployment "
@@ -39,11 +39,14 @@ def register(actions, common) -> None:
     p.add_argument("--greedy-tokens", type=int, default=32, metavar="N",
                    help="greedy continuation length compared (default 32)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (default: Markdown)")
-    gate = p.add_argument_group("thresholds (crossing one exits 3)")
+    gate = p.add_argument_group(
+        "thresholds (crossing one exits 3)",
+        "Defaults depend on the candidate's tier: " + "; ".join(
+            f"{tier}: " + ", ".join(f"{getattr(t, name):g}" for name in RULES) for tier, t in TIERS.items())
+        + " (in the order of the flags below; docs/QUALITY.md explains them).")
     for name, (_, kind, flag, label) in RULES.items():
-        gate.add_argument(flag, dest=name, type=float, default=getattr(defaults, name), metavar="X",
-                          help=f"{'most' if kind == 'max' else 'least'} {label} that passes "
-                               f"(default {getattr(defaults, name):g})")
+        gate.add_argument(flag, dest=name, type=float, metavar="X",
+                          help=f"{'most' if kind == 'max' else 'least'} {label} that passes")
     add_setting_flags(p)
     p.set_defaults(run=run_compare)
 
@@ -77,11 +80,14 @@ def run_compare(args: argparse.Namespace) -> int:
             candidate = engines.load(cand_res)
         try:
             result = compare(reference, candidate, items, args.greedy_tokens, on_progress=_progress(args))
-            thresholds = Thresholds(**{name: getattr(args, name) for name in RULES})
+            tier = tier_of(cand_res.config)
+            given = {name: getattr(args, name) for name in RULES if getattr(args, name) is not None}
+            thresholds = replace(TIERS[tier], **given)
             text_set = {"name": os.path.basename(args.texts) if args.texts else shipped_path().name,
                         "path": args.texts or str(shipped_path()), "limit": args.limit}
             data = report.build(result, thresholds, report.side(ref_label, ref_res, reference),
-                                report.side(cand_label, cand_res, candidate), text_set, args.greedy_tokens)
+                                report.side(cand_label, cand_res, candidate), text_set, args.greedy_tokens,
+                                tier)
         finally:
             engines.close(candidate)
     finally:

@@ -19,10 +19,10 @@ def describe(resolution) -> str:
 
 
 def build(result: QualityResult, thresholds: Thresholds, reference: dict, candidate: dict,
-          text_set: dict, greedy_tokens: int) -> dict:
+          text_set: dict, greedy_tokens: int, tier: str) -> dict:
     failures = crossed(result.metrics, thresholds)
     return {"passed": not failures, "failures": list(failures.values()), "failed_thresholds": list(failures),
-            "thresholds": thresholds.to_dict(),
+            "threshold_tier": tier, "thresholds": thresholds.to_dict(),
             "metrics": result.metrics, "by_kind": result.by_kind, "items": result.items,
             "reference": reference, "candidate": candidate, "text_set": text_set,
             "greedy_tokens": greedy_tokens, "seconds": round(result.seconds, 1)}
@@ -31,6 +31,8 @@ def build(result: QualityResult, thresholds: Thresholds, reference: dict, candid
 def _numerics(s: dict) -> str:
     rt = s["runtime"]
     quant = rt.get("quantization") or "no quantization"
+    if isinstance(quant, dict):  # runtime_info's account: method, kernel, layer counts
+        quant = f"{quant.get('method')} on {quant.get('layers')} layers ({quant.get('float_layers')} kept in float)"
     return f"{rt['dtype']}, {quant}, on {rt['device']}"
 
 
@@ -64,7 +66,7 @@ def markdown(report: dict) -> str:
         f"| reference | {ref['label']} | {_numerics(ref)} |",
         f"| candidate | {cand['label']} | {_numerics(cand)} |",
         "",
-        "| metric | value | threshold | result |",
+        f"| metric | value | threshold ({report['threshold_tier']} tier) | result |",
         "|---|---:|---:|---|",
         f"| mean KL(reference ‖ candidate), nats/token | {m['mean_kl']:.4g} | {_threshold(report, 'max_mean_kl')} "
         f"| {_verdict(report, 'max_mean_kl')} |",
