@@ -49,8 +49,19 @@ class LLM:
             "max_model_len": self.engine.max_model_len,
             "kv_cache_blocks": runner.num_blocks,
             "kv_block_size": self.config.kvcache_block_size,
+            "tensor_parallel_size": self.config.tensor_parallel_size,
             "memory_pool": self.config.enable_memory_pooling,  # KV cache committed at start (engine/memory_pool.py)
         }
+
+    def close(self) -> None:
+        """Stops tensor-parallel worker processes, if any; the LLM is unusable afterwards."""
+        self.engine.shutdown()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ---- generation
     def generate(self, prompts: Prompt | Seq[Prompt],
