@@ -9,6 +9,8 @@ allocator on CUDA) hand the same memory back each step, which the same test meas
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 
 import torch
@@ -33,3 +35,18 @@ def allocate_pool(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devi
         gib = math.prod(shape) * torch.finfo(dtype).bits / 8 / 2**30
         raise ConfigError(f"the memory pool ({gib:.2f} GiB on {device}) cannot be allocated ({type(e).__name__}): "
                           "lower kv_cache_space_gib (CPU) / gpu_memory_utilization (CUDA) or num_kvcache_blocks")
+
+
+def release_free_memory() -> bool:
+    """Hand memory that is free inside the C heap back to the OS (glibc's malloc_trim).
+
+    Loading frees each float tensor once it is copied or quantized, but glibc keeps freed blocks below
+    its mmap threshold for reuse, so without this they stay resident. Returns False off glibc.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return False
+    trim(0)
+    return True

@@ -12,6 +12,7 @@ from medvllm.layers.sampler import Sampler
 from medvllm.loader import ModelSource
 from medvllm.models.registry import model_class
 from medvllm.models.weights import load_weights
+from medvllm.engine.memory_pool import release_free_memory
 from medvllm.engine.precision import apply_backend_flags, keep_logits_float32
 from medvllm.layers.flash_attention import install as install_attention, select_backend
 from medvllm.quantization import describe as describe_quantization
@@ -29,6 +30,8 @@ class ModelRunner:
         self.quant_method = linear_method(config)
         self.model = build_model(source, max_model_len, self.dtype, self.device, self.quant_method, tp=tp)
         self.quantization = describe_quantization(self.model, self.quant_method)
+        if config.memory_efficient:  # the freed float weights go back to the OS, not to the heap
+            release_free_memory()
         keep_logits_float32(self.model, self.dtype)
         self.attention_backend = select_backend(config, self.device, self.dtype, _has_sliding_window(self.model))
         install_attention(self.model, self.attention_backend)

@@ -1,0 +1,68 @@
+"""Quantization while loading: each layer is quantized, and its float weight freed, as soon as the
+stream has filled it, so the float model never sits in memory whole; the result equals quantizing
+after a full float load."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medvllm.engine.model_runner import build_model
+from medvllm.loader import open_model
+from medvllm.quantization import quantizable_layers, quantize_model
+from medvllm.quantization.dynamic_int8 import DynamicInt8Method
+
+pytestmark = pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines,
+                                reason="this torch build has no fbgemm int8 kernels")
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def tiny_source(request, tmp_path_factory):
+    from tiny_models import build_tiny
+    folder = tmp_path_factory.mktemp(request.param)
+    build_tiny(request.param, folder)
+    return open_model(str(folder))
+
+
+class WatchedSource:
+    """The source's stream, noting after each tensor how many layers were already quantized."""
+
+    def __init__(self, source):
+        self.source, self.quantized_when = source, []
+        self.hf_config = source.hf_config
+        self.model = None
+
+    def iter_weights(self):
+        for item in self.source.iter_weights():
+            yield item
+            if self.model is not None:
+                self.quantized_when.append(sum(layer.weight.numel() == 0
+                                               for layer in quantizable_layers(self.model).values()))
+
+
+def test_layers_are_quantized_during_the_stream(tiny_source, monkeypatch):
+    watched = WatchedSource(tiny_source)
+    import medvllm.engine.model_runner as mr
+    real = mr.load_weights
+
+    def load(model, weights):
+        watched.model = model
+        return real(model, weights)
+
+    monkeypatch.setattr(mr, "load_weights", load)
+    model = build_model(watched, 64, torch.float32, torch.device("cpu"), quant_method=DynamicInt8Method())
+    total = len(quantizable_layers(model))
+    assert watched.quantized_when[-1] == total
+    # a layer's float weight is gone long before the stream ends: half the stream in, some are quantized
+    assert watched.quantized_when[len(watched.quantized_when) // 2] > 0
+
+
+def test_streamed_quantization_equals_quantizing_after_load(tiny_source):
+    method = DynamicInt8Method()
+    streamed = build_model(tiny_source, 64, torch.float32, torch.device("cpu"), quant_method=method)
+    after = build_model(tiny_source, 64, torch.float32, torch.device("cpu"))
+    quantize_model(after, method)
+    x = torch.randn(5, streamed.config.hidden_size)
+    for name, layer in quantizable_layers(streamed).items():
+        other = quantizable_layers(after)[name]
+        inp = x if layer.in_features == x.shape[1] else torch.randn(5, layer.in_features)
+        assert torch.equal(layer(inp), other(inp)), name
