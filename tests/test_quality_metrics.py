@@ -159,3 +159,13 @@ def test_text_set_errors_name_the_line_and_the_fix(tmp_path, content, message):
         load_texts(path)
     with pytest.raises(RequestError, match="cannot read the text set"):
         load_texts(tmp_path / "missing.jsonl")
+
+
+def test_docs_threshold_table_matches_the_code():
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "QUALITY.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:5]]
+            for line in doc.splitlines() if line.startswith("| `--")}
+    for name, (_, _, flag, _) in RULES.items():
+        key = next(k for k in rows if k.startswith(f"`{flag}`"))
+        assert [float(v) for v in rows[key]] == [getattr(TIERS[t], name) for t in ("float", "8-bit", "4-bit")], flag

@@ -75,10 +75,10 @@ def run_compare(args: argparse.Namespace) -> int:
     output.info(args, f"comparing {cand_label} (candidate) with {ref_label} (reference) on {len(items)} texts")
     with output.step(args, "Loading the reference"):
         reference = engines.load(ref_res)
-    try:
+    with reference:  # close() stops tensor-parallel workers, if any
         with output.step(args, "Loading the candidate"):
             candidate = engines.load(cand_res)
-        try:
+        with candidate:
             result = compare(reference, candidate, items, args.greedy_tokens, on_progress=_progress(args))
             tier = tier_of(cand_res.config)
             given = {name: getattr(args, name) for name in RULES if getattr(args, name) is not None}
@@ -88,10 +88,6 @@ def run_compare(args: argparse.Namespace) -> int:
             data = report.build(result, thresholds, report.side(ref_label, ref_res, reference),
                                 report.side(cand_label, cand_res, candidate), text_set, args.greedy_tokens,
                                 tier)
-        finally:
-            engines.close(candidate)
-    finally:
-        engines.close(reference)
     if args.json:
         output.print_json(data)
     else:

@@ -40,9 +40,3 @@ def load(resolution: Resolution):
     from medvllm.llm import LLM
     return LLM(config=resolution.config)
 
-
-def close(llm) -> None:
-    """Stop any worker processes the engine started (tensor parallelism)."""
-    stop = getattr(llm.engine, "shutdown", None)
-    if stop is not None:
-        stop()

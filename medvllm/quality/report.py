@@ -74,7 +74,8 @@ def markdown(report: dict) -> str:
         f"| top-1 agreement | {_pct(m['top1_agreement'])} | {_threshold(report, 'min_top1_agreement')} "
         f"| {_verdict(report, 'min_top1_agreement')} |",
         f"| perplexity, reference → candidate | {m['ppl_reference']:.3f} → {m['ppl_candidate']:.3f} "
-        f"({m['ppl_delta']:+.2%}) | {_threshold(report, 'max_ppl_increase')} | {_verdict(report, 'max_ppl_increase')} |",
+        f"({m['ppl_delta']:+.2%}) | {_threshold(report, 'max_ppl_increase')} "
+        f"| {_verdict(report, 'max_ppl_increase')} |",
         f"| greedy match, first {report['greedy_tokens']} tokens | {_pct(m['greedy_match_rate'])} "
         f"| {_threshold(report, 'min_greedy_match')} | {_verdict(report, 'min_greedy_match')} |",
         f"| identical greedy continuations | {round(m['greedy_exact_texts'] * m['texts'])} of {m['texts']} | | |",

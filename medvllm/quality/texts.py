@@ -45,7 +45,8 @@ def load_texts(path: str | Path | None = None) -> list[ClinicalText]:
             raise RequestError(f"{where.name}:{number}: id {items[-1].id!r} appears twice: give each text its own id")
         seen.add(items[-1].id)
     if not items:
-        raise RequestError(f"the text set {str(where)!r} is empty: add at least one {{\"id\", \"kind\", \"text\"}} line")
+        raise RequestError(f"the text set {str(where)!r} is empty: "
+                           "add at least one {\"id\", \"kind\", \"text\"} line")
     return items
 
 
