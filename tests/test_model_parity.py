@@ -68,3 +68,14 @@ def test_prefix_shared_within_one_batch_matches_transformers(tiny):
     sibling = head[:32] + prompts_of([5], seed=5)[0]
     outs = check_against_hf(model, llm, [head, sibling])  # the sibling reads blocks written this step
     assert outs[1].metrics.num_cached_tokens == 32
+
+
+def test_scoring_matches_transformers_and_leaves_prefix_cache_intact(tiny):
+    _, model, llm = tiny
+    head = prompts_of([40], seed=6)[0]
+    check_against_hf(model, llm, [head])
+    text = prompts_of([200], seed=7)[0]
+    diff = (llm.engine.score(text) - hf_logits(model, text)).abs().max().item()
+    assert diff < TOL
+    outs = check_against_hf(model, llm, [head[:32] + prompts_of([6], seed=8)[0]])
+    assert outs[0].metrics.num_cached_tokens == 32

@@ -47,9 +47,9 @@ class TensorParallelRunner(ModelRunner):
         with self.workers.guard("during a model step"):
             return super().run(seqs, is_prefill)
 
-    def score(self, token_ids):
+    def score(self, token_ids, block_table=None):
         with self.workers.guard("during scoring"):
-            return super().score(token_ids)
+            return super().score(token_ids, block_table)
 
     def shutdown(self) -> None:
         self.workers.shutdown()

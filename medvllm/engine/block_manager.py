@@ -107,6 +107,16 @@ class BlockManager:
                 prev = block.hash
             seq.block_table.append(block.block_id)
 
+    def take_scratch_blocks(self, n: int) -> list[int]:
+        """n free blocks outside any sequence and the prefix cache (e.g. for scoring); give them back
+        with release_scratch_blocks."""
+        return [self._take_free_block().block_id for _ in range(n)]
+
+    def release_scratch_blocks(self, block_ids: list[int]) -> None:
+        for block_id in block_ids:
+            self.blocks[block_id].ref_count = 0
+            self.free[block_id] = None
+
     def deallocate(self, seq: Sequence) -> None:
         # tail first, so the free list evicts the ends of prefixes before their heads
         for block_id in reversed(seq.block_table):

@@ -102,6 +102,21 @@ class LLMEngine:
         self.num_generated_tokens += len(seqs)
         return results
 
+    def score(self, token_ids: list[int]):
+        """Teacher-forced logits [T, V] for every position of token_ids, in blocks borrowed from the
+        pool for the call, so neither running requests nor the prefix cache are touched."""
+        self._check_length(len(token_ids), SamplingParams(max_tokens=1))
+        bm = self.scheduler.block_manager
+        needed = -(-len(token_ids) // self.config.kvcache_block_size)
+        if needed > bm.num_free_blocks:
+            raise RequestError(f"scoring {len(token_ids)} tokens needs {needed} free KV blocks, "
+                               f"{bm.num_free_blocks} are free: score when fewer requests are running")
+        blocks = bm.take_scratch_blocks(needed)
+        try:
+            return self.runner.score(token_ids, blocks)
+        finally:
+            bm.release_scratch_blocks(blocks)
+
     def shutdown(self) -> None:
         """Stop the tensor-parallel worker processes, if any (also done at exit). The engine is then unusable."""
         stop = getattr(self.runner, "shutdown", None)

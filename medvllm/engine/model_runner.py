@@ -55,13 +55,14 @@ class ModelRunner:
         return tokens.tolist(), logprobs
 
     @torch.inference_mode()
-    def score(self, token_ids: list[int]) -> torch.Tensor:
+    def score(self, token_ids: list[int], block_table: list[int] | None = None) -> torch.Tensor:
         """Logits [T, V] for every position of one sequence (teacher forcing), outside the scheduler.
 
-        Uses blocks at the top of the pool that the caller guarantees are free.
+        Writes its KV into `block_table` (LLMEngine.score takes them from the block manager);
+        without one, into the top of the pool, which is only safe on an engine that never ran.
         """
         seq = Sequence("score", None, token_ids, _SCORE_PARAMS, self.block_size)
-        seq.block_table = list(range(self.num_blocks - seq.num_blocks, self.num_blocks))
+        seq.block_table = block_table or list(range(self.num_blocks - seq.num_blocks, self.num_blocks))
         step = self.prepare([seq], True, all_logits=True)
         hidden = self.model(step.input_ids, step.positions, step.attn)
         return self.model.compute_logits(hidden).float()

@@ -74,8 +74,8 @@ def score_item(reference, candidate, item: ClinicalText) -> ItemScores:
     if len(ids) < 2:
         raise RequestError(f"text {item.id!r} is {len(ids)} token long: give each text at least two tokens")
     # position t's logits predict token t+1, so the last position has no target and is left out
-    ref = reference.engine.runner.score(ids)[:-1].cpu()
-    cand = candidate.engine.runner.score(ids)[:-1].cpu()
+    ref = reference.engine.score(ids)[:-1].cpu()
+    cand = candidate.engine.score(ids)[:-1].cpu()
     targets = torch.tensor(ids[1:])
     return ItemScores(item.id, item.kind, M.kl_per_token(ref, cand), M.top1_agrees(ref, cand),
                       M.token_nll(ref, targets), M.token_nll(cand, targets))
