@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,8 @@ def main() -> None:
                 continue
             results[name] = run_system(system, extra, work_path, os.path.join(tmp, f"{system}{len(results)}.json"),
                                        args)
+            if system in ("medvllm", "transformers") and results[name].get("status") == "ok":
+                results[name]["startup_s"] = startup_s(system, extra, args)
             print(f"  {name}: {summary(results[name])}", file=sys.stderr, flush=True)
 
     print(f"machine: {common.cpu_summary()}; {args.threads} threads; default model (SmolLM2-135M-Instruct "
@@ -149,6 +152,13 @@ def run_system(system: str, extra: list[str], work_path: str, out_path: str, arg
         result = json.load(f)
     result["peak_rss_bytes"] = max(result.get("peak_rss_bytes") or 0, sampler.peak)
     return result
+
+
+def startup_s(system: str, extra: list[str], args) -> float:
+    """A fresh Python process to its first token, on its own (median of --repeats for Med-vLLM)."""
+    times = [common.first_token_s([system, *extra], args.threads)
+             for _ in range(args.repeats if system == "medvllm" else 1)]
+    return statistics.median(times)
 
 
 class TreeRss:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 import resource
 import statistics
+import subprocess
 import sys
+import time
 
 BENCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if BENCH_DIR not in sys.path:  # lets a system module reuse benchmarks/workload.py and throughput.py
@@ -63,3 +65,17 @@ def cpu_summary() -> str:
     wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
     have = [f for f in wanted if f in flags] or ["no AVX2"]
     return f"{model}, {os.cpu_count()} CPUs, {'/'.join(have)}"
+
+
+def first_token_s(args: list[str], threads: int) -> float:
+    """Seconds from launching first_token.py (a fresh Python process) to its first generated token."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "first_token.py")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, script, *args, "--threads", str(threads)],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    with proc:
+        for line in proc.stdout:
+            if line.strip() == "FIRST_TOKEN":
+                return time.perf_counter() - t0
+    raise RuntimeError(f"first_token.py {' '.join(args)} exited {proc.returncode} before its first token")

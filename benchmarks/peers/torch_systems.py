@@ -1,17 +1,17 @@
-"""Med-vLLM and transformers, measured in this process with benchmarks/throughput.py's functions."""
+"""Med-vLLM and transformers, measured in this process with benchmarks/throughput.py's functions.
+
+Their start-up is measured apart (first_token.py in a fresh process, started by compare_cpu.py), so the
+process that measures throughput never holds a second copy of the model.
+"""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 
 import torch
 
 import common  # noqa: F401  (puts benchmarks/ on sys.path)
 from throughput import hf_batched, hf_single, load_hf, ours_batched, ours_single
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -26,8 +26,9 @@ def build_medvllm(profile: str, prefix_caching: bool):
     info = llm.runtime_info()
     name = resolution.profile_name or "no profile"
     label = f"{'auto: ' if resolution.how_chosen == 'auto' else ''}{name}, {info['dtype']}"
-    if info.get("quantization"):
-        label += f", {info['quantization']}"
+    quant = info.get("quantization")
+    if quant:
+        label += f", {quant.get('method', quant) if isinstance(quant, dict) else quant}"
     return llm, label
 
 
@@ -41,8 +42,7 @@ def medvllm(spec: dict, work: dict, profile: str) -> dict:
             "batched": {str(n): ours_batched(llm, prompts, spec["max_tokens"]) for n, prompts in work["batched"].items()},
             "single_decode": decode, "ttft_s": ttft,
         })
-    return {"label": label, "runs": runs,
-            "startup_s": [first_token_s(["medvllm", "--profile", profile], spec) for _ in range(spec["repeats"])]}
+    return {"label": label, "runs": runs}
 
 
 def transformers(spec: dict, work: dict, dtype: str) -> dict:
@@ -60,23 +60,4 @@ def transformers(spec: dict, work: dict, dtype: str) -> dict:
                         for n, prompts in work["batched"].items()},
             "single_decode": decode, "ttft_s": ttft,
         })
-    return {"label": f"{dtype}, batches of {size}, GGUF dequantized by transformers", "runs": runs,
-            "startup_s": [first_token_s(["transformers", "--dtype", dtype], spec)]}
-
-
-def first_token_s(args: list[str], spec: dict) -> float:
-    """Seconds from launching a fresh Python process to its first generated token."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "first_token.py"), *args,
-                             "--threads", str(spec["threads"])], stdout=subprocess.PIPE, text=True, env=env)
-    for line in proc.stdout:
-        if line.strip() == "FIRST_TOKEN":
-            elapsed = time.perf_counter() - t0
-            break
-    else:
-        proc.wait()
-        raise RuntimeError(f"first_token.py {' '.join(args)} exited {proc.returncode} before a token")
-    proc.stdout.close()
-    proc.wait()
-    return elapsed
+    return {"label": f"{dtype}, batches of {size}, from_pretrained(gguf_file=...)", "runs": runs}
