@@ -45,7 +45,7 @@ def measure(work: dict, kv_gib: int, mode: str) -> dict:
         done = subprocess.run([venv_python(), os.path.join(HERE, "vllm_runner.py"), folder, work_path, out_path],
                               env=runner_env(spec["threads"], kv_gib, mode), capture_output=True, text=True,
                               timeout=spec.get("timeout_s"))
-        _keep_log(done.stderr)
+        _keep_log(done.stdout + done.stderr)
         if os.path.isfile(out_path):
             with open(out_path) as f:
                 return json.load(f)
