@@ -219,9 +219,11 @@ def check_hardware(c: Config, hw: HardwareInfo) -> list[str]:
         raise fail("pool_device", f"pool_device='cuda' needs the CUDA device, but the model runs on {device}: "
                                   "set pool_device to 'auto' or 'cpu'")
     tp = c.tensor_parallel_size
-    if device == "cuda" and tp > hw.num_gpus:
-        raise fail("tensor_parallel_size", f"tensor_parallel_size={tp} needs {tp} GPUs, but {hw.num_gpus} "
-                                           f"{'is' if hw.num_gpus == 1 else 'are'} present: use at most {hw.num_gpus}")
+    if device == "cuda" and tp > hw.launch_gpus:
+        raise fail("tensor_parallel_size", f"tensor_parallel_size={tp} needs {tp} GPUs, but {hw.launch_gpus} "
+                                           f"{'is' if hw.launch_gpus == 1 else 'are'} present: use at most "
+                                           f"{hw.launch_gpus}, or a single-GPU profile such as "
+                                           "onprem_gpu_bf16_flash or gpu_8bit")
     if device == "cpu" and tp > 1:
         warn.append(f"tensor_parallel_size={tp} on CPU runs {tp} processes over gloo: useful for testing, "
                     "usually slower than 1")

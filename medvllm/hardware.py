@@ -39,6 +39,8 @@ class HardwareInfo:
     backends: dict[str, bool] = field(default_factory=dict, hash=False)
     # quantization methods this install of the engine implements; None: not probed, assume all
     quantization_methods: frozenset[str] | None = None
+    # machines in this launch: WORLD_SIZE / LOCAL_WORLD_SIZE under torchrun, else 1
+    launch_nodes: int = 1
 
     # --- what the rest of the code asks -------------------------------------------------------------
     @property
@@ -48,6 +50,11 @@ class HardwareInfo:
     @property
     def num_gpus(self) -> int:
         return len(self.gpus)
+
+    @property
+    def launch_gpus(self) -> int:
+        """GPUs across every machine of this launch (each node is assumed to have this one's)."""
+        return self.num_gpus * self.launch_nodes
 
     @property
     def min_gpu_memory(self) -> int:
@@ -184,4 +191,13 @@ def detect() -> HardwareInfo:
     return HardwareInfo(cpu_count=_cpu_count(), cpu_model=model, cpu_flags=flags, total_memory=total,
                         available_memory=avail, gpus=_probe_gpus(),
                         backends={name: _importable(name) for name in OPTIONAL_BACKENDS},
-                        quantization_methods=_engine_quantization_methods())
+                        quantization_methods=_engine_quantization_methods(), launch_nodes=_launch_nodes())
+
+
+def _launch_nodes() -> int:
+    """Nodes of a torchrun launch: a tensor-parallel group may span them."""
+    try:
+        world, local = int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return 1
+    return max(1, world // local) if local > 0 else 1

@@ -139,6 +139,12 @@ def test_flash_flag_contradicting_attention_impl():
     assert "contradicts attention_impl='sdpa'" in error(GPU, enable_flash_attention=True, attention_impl="sdpa")
 
 
+def test_tensor_parallel_group_may_span_the_nodes_of_a_launch():
+    four = HardwareInfo(gpus=(A100,) * 4, launch_nodes=2)
+    assert make(four, device="cuda", tensor_parallel_size=8).tensor_parallel_size == 8
+    assert "needs 16 GPUs, but 8 are present" in error(four, device="cuda", tensor_parallel_size=16)
+
+
 def test_tensor_parallel_size_vs_devices():
     assert "needs 2 GPUs, but 1 is present" in error(GPU, tensor_parallel_size=2)
     c = make(CPU, tensor_parallel_size=2)  # gloo on CPU, for testing
