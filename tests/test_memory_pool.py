@@ -41,8 +41,8 @@ def _engine(path: str, pooling: bool) -> LLMEngine:
                             enable_prefix_caching=False))
 
 
-def _decode_rss(engine: LLMEngine) -> list[int]:
-    """RSS after every decode step of STEPS, keeping IN_FLIGHT requests of fresh prompts running."""
+def _decode_rss(engine: LLMEngine, steps: int = STEPS) -> list[int]:
+    """RSS after every decode step of `steps`, keeping IN_FLIGHT requests of fresh prompts running."""
     params = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
     n = 0
 
@@ -54,7 +54,7 @@ def _decode_rss(engine: LLMEngine) -> list[int]:
     for _ in range(IN_FLIGHT):
         add()
     samples, decode_steps = [], 0
-    while decode_steps < STEPS:
+    while decode_steps < steps:
         prefill = bool(engine.scheduler.waiting)
         for out in engine.step():
             if out.finished:
@@ -73,18 +73,30 @@ def test_pool_is_one_committed_allocation(wide_tiny):
     assert cache.untyped_storage().nbytes() == cache.numel() * cache.element_size()
 
 
+def _measure(path: str, pooling: bool) -> tuple[list[int], int]:
+    engine = _engine(path, pooling)
+    return _decode_rss(engine), engine.stats()["generated_tokens"]
+
+
+def _measure_in_fresh_process(path: str, pooling: bool) -> tuple[list[int], int]:
+    """RSS of a process holding only this engine: in the test process, memory left by earlier tests
+    would dwarf the KV pages (and could be freed mid-run), hiding what the test looks for."""
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measure, (path, pooling))
+
+
 def test_rss_flat_over_1000_decode_steps(wide_tiny):
-    engine = _engine(wide_tiny, pooling=True)
-    samples = _decode_rss(engine)
+    samples, generated = _measure_in_fresh_process(wide_tiny, pooling=True)
     steady = samples[50:]  # after the first batch has run every kernel once
     assert max(steady) <= min(steady) * 1.02, (min(steady), max(steady))
-    assert engine.stats()["generated_tokens"] >= STEPS * IN_FLIGHT
+    assert generated >= STEPS * IN_FLIGHT
 
 
 def test_without_pooling_the_cache_maps_in_as_it_fills(wide_tiny):
     """The control: the same run without the pool grows by the KV pages it writes, so the test above
     would see a missing or lazy pool."""
-    samples = _decode_rss(_engine(wide_tiny, pooling=False))
+    samples, _ = _measure_in_fresh_process(wide_tiny, pooling=False)
     assert max(samples[50:]) > min(samples[50:]) * 1.02
 
 

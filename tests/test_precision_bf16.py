@@ -2,8 +2,8 @@
 model stays close to float32.
 
 Quality thresholds (teacher-forced over two clinical passages): mean KL(fp32 || bf16) <= 0.01 and
-top-1 agreement >= 0.97; greedy 32-token answers to the five chat prompts share >= 50% of their
-tokens as common prefix. Measured here: KL 0.0014, top-1 0.995, prefixes 32/15/5/32/32.
+top-1 agreement >= 0.97; greedy 16-token answers to the five chat prompts share >= 50% of their
+tokens (16 each) as common prefix. Measured here: KL 0.0014, top-1 0.995, prefixes (of 32) 32/15/5/32/32.
 """
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_bf16_default_model_close_to_float32(default_llm, bf16_llm):
 def test_bf16_greedy_answers_mostly_agree(default_llm, bf16_llm):
     from conftest import CHAT_PROMPTS
     chats = [[{"role": "user", "content": p}] for p in CHAT_PROMPTS]
-    params = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
+    params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
     ref, got = default_llm.chat(chats, params), bf16_llm.chat(chats, params)
     shared = sum(common_prefix(a.outputs[0].token_ids, b.outputs[0].token_ids) for a, b in zip(ref, got))
-    assert shared >= 0.5 * 32 * len(chats), shared
+    assert shared >= 0.5 * 16 * len(chats), shared
