@@ -21,8 +21,8 @@ def teacher_forced(reference, candidate, tokenizer) -> dict:
     kls, agree = [], []
     for text in PASSAGES:
         ids = tokenizer.encode(text)
-        ref = reference.engine.runner.score(ids).log_softmax(-1)
-        cand = candidate.engine.runner.score(ids).log_softmax(-1)
+        ref = reference.engine.score(ids).log_softmax(-1)
+        cand = candidate.engine.score(ids).log_softmax(-1)
         kls.append((ref.exp() * (ref - cand)).sum(-1))
         agree.append(ref.argmax(-1) == cand.argmax(-1))
     kl, agree = torch.cat(kls), torch.cat(agree)
