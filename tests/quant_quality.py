@@ -29,15 +29,6 @@ def teacher_forced(reference, candidate, tokenizer) -> dict:
     return {"kl_mean": kl.mean().item(), "kl_p99": kl.quantile(0.99).item(), "top1": agree.float().mean().item()}
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def max_ngram_repeats(tokens: list[int], n: int = 4) -> int:
     counts: dict[tuple, int] = {}
     for i in range(len(tokens) - n + 1):

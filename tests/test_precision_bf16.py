@@ -15,7 +15,8 @@ from medvllm import LLM, SamplingParams
 from medvllm.config import Config
 from medvllm.errors import ConfigError
 from medvllm.layers.norm import RMSNorm
-from quant_quality import common_prefix, teacher_forced
+from medvllm.quality.metrics import common_prefix
+from quant_quality import teacher_forced
 
 
 def test_fp16_on_cpu_is_refused():
