@@ -22,12 +22,16 @@ def prompts_of(lengths, seed):
     return [torch.randint(3, 256, (n,), generator=g).tolist() for n in lengths]
 
 
-@pytest.fixture(scope="module", params=list(ARCHS))
+# "auto" on CPU decodes through the native paged kernel; "sdpa" keeps every step on SDPA
+@pytest.fixture(scope="module", params=[(arch, impl) for arch in ARCHS for impl in ("auto", "sdpa")],
+                ids=lambda p: f"{p[0]}-{p[1]}")
 def tiny(request, tmp_path_factory):
-    folder = tmp_path_factory.mktemp(request.param)
-    model = build_tiny(request.param, folder)
-    llm = LLM(str(folder), kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256)
-    return request.param, model, llm
+    arch, impl = request.param
+    folder = tmp_path_factory.mktemp(arch)
+    model = build_tiny(arch, folder)
+    llm = LLM(str(folder), kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256, attention_impl=impl)
+    assert llm.runtime_info()["attention_backend"] == ("cpu-paged" if impl == "auto" else "sdpa")
+    return arch, model, llm
 
 
 def check_against_hf(model, llm, prompts):

@@ -15,6 +15,7 @@ from medvllm import SamplingParams
 from medvllm.config import Config
 from medvllm.engine.llm_engine import LLMEngine
 from medvllm.errors import ConfigError
+from medvllm.layers import attention_backends
 from medvllm.layers import flash_attention as fa
 
 
@@ -107,11 +108,12 @@ def test_sdpa_flash_refuses_sliding_window_models(tmp_path):
 
 def test_selection_on_cpu():
     cpu = torch.device("cpu")
-    assert fa.select_backend(Config(device="cpu"), cpu, torch.float32, False) == "sdpa"
+    assert attention_backends.select_backend(Config(device="cpu", attention_impl="sdpa"), cpu, torch.float32,
+                                             False) == "sdpa"
     config = Config(device="cpu")
     config.attention_impl = "flash"  # as a Config built for other hardware would say
     with pytest.raises(ConfigError, match="flash attention needs a CUDA GPU"):
-        fa.select_backend(config, cpu, torch.bfloat16, False)
+        attention_backends.select_backend(config, cpu, torch.bfloat16, False)
 
 
 def test_config_refuses_flash_on_cpu():

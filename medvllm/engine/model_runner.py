@@ -14,7 +14,7 @@ from medvllm.models.registry import model_class
 from medvllm.models.weights import load_weights
 from medvllm.engine.memory_pool import release_free_memory
 from medvllm.engine.precision import apply_backend_flags, keep_logits_float32
-from medvllm.layers.flash_attention import install as install_attention, select_backend
+from medvllm.layers.attention_backends import install as install_attention, select_backend
 from medvllm.quantization import describe as describe_quantization
 from medvllm.quantization import linear_method, quantize_model, quantize_while_loading
 

@@ -66,7 +66,10 @@ class PagedAttention(nn.Module):
         v_flat.index_copy_(0, meta.slot_mapping, v)
         if self.backend is not None:
             return self.backend(self, q, meta)
+        return self.sdpa(q, meta)
 
+    def sdpa(self, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Each sequence's blocks gathered into one padded tensor, then one masked SDPA call."""
         batch, max_blocks = meta.block_tables.shape
         num_keys = max_blocks * self.k_cache.shape[1]
         keys = gather_blocks(self.k_cache, meta.flat_block_tables).view(

@@ -1,5 +1,6 @@
 """Flash attention on CUDA: the flash-attn package's kernels when installed, else PyTorch SDPA held to
-its flash kernel. Never on CPU: the Config refuses it there, and so does `select_backend`.
+its flash kernel. Never on CPU: the Config refuses it there, and so does
+layers/attention_backends.select_backend.
 
 A backend is called by PagedAttention after the step's K/V are in the cache, with the flat queries
 [T, H, D], and returns [T, H * D]. Both read each sequence's context straight from the paged cache:
@@ -26,41 +27,6 @@ def flash_attn_installed() -> bool:
         return importlib.util.find_spec("flash_attn") is not None
     except (ImportError, ValueError):
         return False
-
-
-def select_backend(config, device: torch.device, dtype: torch.dtype, sliding_window: bool) -> str:
-    """The attention backend a Config gets on this device: "sdpa", "flash-attn" or "sdpa-flash"."""
-    wants = config.wants_flash_attention
-    if device.type != "cuda":
-        if wants:
-            raise ConfigError(f"flash attention needs a CUDA GPU, but the model runs on {device.type}: "
-                              "set attention_impl to 'sdpa' or 'auto' and turn flash attention off")
-        return "sdpa"
-    low_precision = dtype in (torch.float16, torch.bfloat16)
-    sm = torch.cuda.get_device_capability(device)[0]
-    if not wants:
-        auto = config.attention_impl == "auto" and flash_attn_installed() and low_precision and sm >= 8
-        return "flash-attn" if auto else "sdpa"
-    if not low_precision:
-        raise ConfigError(f"flash attention runs in fp16/bf16 only, but the model runs in "
-                          f"{str(dtype).replace('torch.', '')}: enable mixed precision, or use attention_impl='sdpa'")
-    if sm < 8:
-        raise ConfigError(f"flash attention needs an Ampere or newer GPU (SM >= 8); this one is SM {sm}: "
-                          "use attention_impl='sdpa'")
-    if flash_attn_installed():
-        return "flash-attn"
-    if sliding_window:
-        raise ConfigError("this model uses sliding-window attention, which PyTorch's flash kernel lacks: "
-                          "pip install flash-attn, or use attention_impl='sdpa'")
-    return "sdpa-flash"
-
-
-def install(model, backend: str) -> None:
-    """Point every attention layer of `model` at the backend ("sdpa" keeps PagedAttention's own path)."""
-    impl = {"sdpa": None, "flash-attn": FlashAttnBackend, "sdpa-flash": SdpaFlashBackend}[backend]
-    for module in model.modules():
-        if hasattr(module, "k_cache") and hasattr(module, "sliding_window"):
-            module.backend = impl() if impl is not None else None
 
 
 def _lengths(q: torch.Tensor, meta) -> tuple[list[int], list[int]]:

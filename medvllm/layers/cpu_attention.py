@@ -1,0 +1,68 @@
+"""CPU attention backend: decode steps read the paged KV cache in place through a native kernel.
+
+The SDPA path copies every sequence's blocks into one padded tensor per layer before attending; for a
+decode step that copy and the masked SDPA call cost more than the attention arithmetic. The kernel in
+native/paged_attention.c walks each sequence's block table instead. Prefill steps (many queries per
+sequence) stay on SDPA, whose blocked kernel is faster when queries share their keys.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from medvllm.layers.native.build import load
+
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+
+
+def native_kernel():
+    """The loaded kernel, or raises NativeUnavailable with the reason."""
+    lib = load("paged_attention")
+    fn = lib.paged_attention
+    fn.restype = ctypes.c_int
+    fn.argtypes = [_P, _P, _P, _P, ctypes.c_int, _P, _I, _P, _P, _I, _I, _I, _I, _I, ctypes.c_float, _I,
+                   ctypes.c_int]
+    return fn
+
+
+def paged_attention(kernel, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    block_tables: torch.Tensor, token_rows: torch.Tensor, token_positions: torch.Tensor,
+                    scale: float, sliding_window: int | None) -> torch.Tensor:
+    """q: [T, H, D]; caches [num_blocks, block_size, Hkv, D]. Token t attends to positions
+    0..token_positions[t] (within the window) of block_tables[token_rows[t]]. Returns [T, H, D] in q's dtype."""
+    if k_cache.dtype not in _DTYPES:
+        raise TypeError(f"the native paged attention reads float32 or bfloat16 caches, not {k_cache.dtype}")
+    num_tokens, num_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    q32 = q.to(torch.float32).contiguous()
+    out = torch.empty_like(q32)
+    tables = block_tables.to(torch.int64).contiguous()
+    rows = token_rows.to(torch.int64).contiguous()
+    positions = token_positions.to(torch.int64).contiguous()
+    status = kernel(out.data_ptr(), q32.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), _DTYPES[k_cache.dtype],
+                    tables.data_ptr(), tables.shape[1], rows.data_ptr(), positions.data_ptr(), num_tokens,
+                    num_heads, num_kv_heads, head_dim, block_size, scale, sliding_window or 0,
+                    torch.get_num_threads())
+    if status != 0:
+        raise MemoryError("the native paged attention could not allocate its scratch memory")
+    return out.to(q.dtype)
+
+
+class CpuPagedBackend:
+    """Installed on each PagedAttention layer by layers/flash_attention.install (backend "cpu-paged")."""
+
+    def __init__(self):
+        self.kernel = native_kernel()
+
+    def __call__(self, attn, q: torch.Tensor, meta) -> torch.Tensor:
+        if not meta.is_decode:
+            return attn.sdpa(q, meta)
+        rows = getattr(meta, "_decode_rows", None)
+        if rows is None:  # once per step, shared by every layer
+            rows = meta._decode_rows = torch.arange(q.shape[0], device=q.device)
+        out = paged_attention(self.kernel, q, attn.k_cache, attn.v_cache, meta.block_tables, rows,
+                              meta.query_positions.view(-1), attn.scale, attn.sliding_window)
+        return out.view(q.shape[0], -1)

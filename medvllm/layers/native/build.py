@@ -1,0 +1,80 @@
+"""Builds the C kernels in this folder with the system C compiler at first use, and loads them.
+
+The library is compiled for this CPU (-march=native) into a cache folder keyed by the source, the
+flags and the CPU, so only the first start on a machine pays the ~1 s build. Without a compiler the
+loader says why, and the caller keeps PyTorch's path (and records which one runs).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+HERE = Path(__file__).parent
+# no -ffast-math: linked into a shared library it sets flush-to-zero for the whole process
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11", "-fno-math-errno"]
+
+
+class NativeUnavailable(RuntimeError):
+    """The kernels could not be built or loaded here; the message says why."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MEDVLLM_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "medvllm")
+    return Path(root) / "native"
+
+
+def _cpu_signature() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=None)
+def load(name: str) -> ctypes.CDLL:
+    """The compiled `name`.c of this folder, built on first use. Raises NativeUnavailable."""
+    if os.environ.get("MEDVLLM_DISABLE_NATIVE") == "1":
+        raise NativeUnavailable("MEDVLLM_DISABLE_NATIVE=1")
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        raise NativeUnavailable("no C compiler found (install gcc, or set CC)")
+    source = (HERE / f"{name}.c").read_bytes()
+    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(),
+                                     _cpu_signature().encode()])).hexdigest()[:16]
+    target = cache_dir() / f"{name}-{key}.so"
+    if not target.exists():
+        _compile(compiler, HERE / f"{name}.c", target)
+    try:
+        return ctypes.CDLL(str(target))
+    except OSError as e:
+        raise NativeUnavailable(f"cannot load {target}: {e}") from None
+
+
+def _compile(compiler: str, source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # build beside the target and rename: processes starting together never see half a file
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *FLAGS, str(source), "-o", tmp, "-lm"],
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            first = (done.stderr.strip().splitlines() or ["(no message)"])[0]
+            raise NativeUnavailable(f"{Path(compiler).name} failed on {source.name}: {first}")
+        os.replace(tmp, target)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise NativeUnavailable(f"cannot run {compiler}: {e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
