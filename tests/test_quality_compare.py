@@ -94,7 +94,8 @@ class PerTensorInt8(LinearMethod):
     name = "per-tensor-int8"
 
     def process_weights_after_loading(self, layer):
-        w = layer.weight.detach().float()
+        w = layer.weight.detach()
+        w = (w.to_dense() if w.is_mkldnn else w).float()  # CPU float layers hold oneDNN-packed weights
         scale = w.abs().max() / 127
         layer.weight = torch.nn.Parameter((w / scale).round().clamp(-128, 127) * scale, requires_grad=False)
 

@@ -14,6 +14,7 @@ from medvllm.models.registry import model_class
 from medvllm.models.weights import load_weights
 from medvllm.engine.memory_pool import release_free_memory
 from medvllm.engine.precision import apply_backend_flags, keep_logits_float32
+from medvllm.layers.cpu_linear import pack_float_linears
 from medvllm.layers.attention_backends import install as install_attention, select_backend
 from medvllm.quantization import describe as describe_quantization
 from medvllm.quantization import linear_method, quantize_model, quantize_while_loading
@@ -33,6 +34,8 @@ class ModelRunner:
         if config.memory_efficient:  # the freed float weights go back to the OS, not to the heap
             release_free_memory()
         keep_logits_float32(self.model, self.dtype)
+        if self.device.type == "cpu":  # float32 layers left in float get oneDNN-packed weights
+            pack_float_linears(self.model, self.dtype)
         self.attention_backend = select_backend(config, self.device, self.dtype, _has_sliding_window(self.model))
         install_attention(self.model, self.attention_backend)
         self.vocab_size = source.hf_config.vocab_size

@@ -1,0 +1,47 @@
+"""Float32 linear layers on CPU with their weights pre-packed for oneDNN.
+
+F.linear hands MKL the plain [out, in] weight at every call and MKL re-blocks it each time; packing
+once at load time into oneDNN's blocked layout saves that work. Measured here (2 threads, AVX2) on
+the default model's shapes: the 49152x576 LM head at 64 rows 53 -> 29 ms, at one row 8.5 -> 4.9 ms;
+the MLP projections 15-25% faster up to ~2,000 rows, and the whole 64-prompt prefill (7,000 rows) no
+slower. Same float32 arithmetic, only the summation order differs.
+"""
+from __future__ import annotations
+
+import torch
+
+from medvllm.layers.linear import LinearMethod
+
+PACK_FOR_ROWS = 64  # oneDNN picks its blocking for this many rows; any row count works with it
+
+
+def packing_available(dtype: torch.dtype) -> bool:
+    return (dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+class PackedFloatMethod(LinearMethod):
+    name = "float-packed"
+
+    def process_weights_after_loading(self, layer) -> None:
+        packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), PACK_FOR_ROWS)
+        # a weight tied to the embedding table stays there too: the packed copy is the head's own
+        layer.weight = torch.nn.Parameter(packed, requires_grad=False)
+
+    def apply(self, layer, x: torch.Tensor) -> torch.Tensor:
+        bias = layer.bias if layer.bias is None else layer.bias.detach()
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, bias, "none", [], "")
+
+
+def pack_float_linears(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Give every still-float linear layer of a CPU model packed weights; returns how many."""
+    from medvllm.layers.linear import UNQUANTIZED, LinearBase
+    if not packing_available(dtype):
+        return 0
+    method = PackedFloatMethod()
+    layers = [m for m in model.modules() if isinstance(m, LinearBase) and m.method is UNQUANTIZED]
+    for layer in layers:
+        method.process_weights_after_loading(layer)
+        layer.method = method
+    return len(layers)
