@@ -12,7 +12,7 @@ from medvllm.layers.sampler import Sampler
 from medvllm.loader import ModelSource
 from medvllm.models.registry import model_class
 from medvllm.models.weights import load_weights
-from medvllm.engine.memory_pool import release_free_memory
+from medvllm.engine.memory_pool import keep_freed_memory, release_free_memory
 from medvllm.engine.precision import apply_backend_flags, keep_logits_float32
 from medvllm.layers.cpu_linear import pack_float_linears
 from medvllm.layers.attention_backends import install as install_attention, select_backend
@@ -47,6 +47,8 @@ class ModelRunner:
         generator = torch.Generator(device=self.device)
         generator.manual_seed(config.seed)
         self.sampler = Sampler(generator)
+        # weights and KV cache in place: from here on, keep each step's work buffers for the next step
+        self.keeps_freed_memory = self.device.type == "cpu" and keep_freed_memory()
 
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool):
