@@ -63,15 +63,28 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(positions, inv_freq.to("cpu"))
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos, self.sin = emb.cos(), emb.sin()
+        self._positions, self._rows = None, None
 
     def move_to(self, device: torch.device) -> None:
         self.cos, self.sin = self.cos.to(device), self.sin.to(device)
+        self._positions, self._rows = None, None
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """q: [T, Hq, D], k: [T, Hk, D], positions: [T]."""
-        cos = self.cos.index_select(0, positions).unsqueeze(1)
-        sin = self.sin.index_select(0, positions).unsqueeze(1)
+        cos, sin = self._tables(positions)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+    def rotate(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x: [T, heads, D] (q and k side by side: one pass for both)."""
+        return _rotate(x, *self._tables(positions))
+
+    def _tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # every layer of a step passes the same positions tensor: look the rows up once per step
+        if positions is not self._positions:
+            self._positions = positions
+            self._rows = (self.cos.index_select(0, positions).unsqueeze(1),
+                          self.sin.index_select(0, positions).unsqueeze(1))
+        return self._rows
 
 
 _ROTARY_CACHE: dict = {}
