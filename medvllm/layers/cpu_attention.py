@@ -60,9 +60,10 @@ class CpuPagedBackend:
     def __call__(self, attn, q: torch.Tensor, meta) -> torch.Tensor:
         if not meta.is_decode:
             return attn.sdpa(q, meta)
-        rows = getattr(meta, "_decode_rows", None)
-        if rows is None:  # once per step, shared by every layer
-            rows = meta._decode_rows = torch.arange(q.shape[0], device=q.device)
-        out = paged_attention(self.kernel, q, attn.k_cache, attn.v_cache, meta.block_tables, rows,
-                              meta.query_positions.view(-1), attn.scale, attn.sliding_window)
+        step = getattr(meta, "_native_decode", None)
+        if step is None:  # once per step, shared by every layer
+            step = meta._native_decode = (meta.block_tables.to(torch.int64).contiguous(),
+                                          torch.arange(q.shape[0], device=q.device),
+                                          meta.query_positions.reshape(-1).to(torch.int64).contiguous())
+        out = paged_attention(self.kernel, q, attn.k_cache, attn.v_cache, *step, attn.scale, attn.sliding_window)
         return out.view(q.shape[0], -1)
