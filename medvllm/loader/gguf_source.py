@@ -48,8 +48,11 @@ def open_gguf(path: str) -> ModelSource:
             if arch in PERMUTED_QK and proj in heads:
                 tensor = unpermute_qk(tensor, heads[proj])
             yield hf, tensor
+            f.release(info)  # the loader has copied it by the time it asks for the next one
+        f.release_all()
 
     tokenizer = build_tokenizer(f.metadata, path)
+    f.release_metadata()  # parsed into Python objects above
     quant = _quant_label(f)
     return ModelSource(path, "gguf", config, tokenizer, f"{os.path.basename(path)} (gguf, {quant})", weights)
 
