@@ -19,6 +19,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MIXED_PRECISION_DTYPES = ("bf16", "fp16")
 ATTENTION_IMPLS = ("auto", "sdpa", "flash")
+KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: the dtype the model runs in
 # Quantization methods the engine implements, with the bit width each one means.
 QUANT_METHOD_BITS = {"dynamic": 8, "bnb-8bit": 8, "bnb-nf4": 4}
 QUANT_METHOD_ALIASES = {"bnb-4bit": "bnb-nf4"}
@@ -56,6 +57,7 @@ class Config:
     max_num_batched_tokens: int = 8192
     max_model_len: int | None = None
     kvcache_block_size: int = 16
+    kv_cache_dtype: str = "auto"  # auto (the model's dtype) | float32 | bfloat16 | float16
     kv_cache_space_gib: float = 1.0  # KV pool limit on CPU
     gpu_memory_utilization: float = 0.9  # KV pool limit on CUDA
     num_kvcache_blocks: int | None = None  # explicit pool size; overrides the two limits above
@@ -96,6 +98,13 @@ class Config:
                 "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
 
     @property
+    def kv_torch_dtype(self) -> torch.dtype:
+        """The dtype the KV cache stores: the model's unless kv_cache_dtype narrows (or widens) it."""
+        if self.kv_cache_dtype == "auto":
+            return self.torch_dtype
+        return getattr(torch, self.kv_cache_dtype)
+
+    @property
     def wants_flash_attention(self) -> bool:
         return self.attention_impl == "flash" or (self.attention_impl == "auto" and self.enable_flash_attention)
 
@@ -113,7 +122,7 @@ _BOOLS = ("enable_mixed_precision", "enable_flash_attention", "allow_tf32", "cud
 _POSITIVE_INTS = ("tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens", "kvcache_block_size")
 _OPTIONAL_POSITIVE_INTS = ("max_model_len", "num_kvcache_blocks")
 _ENUMS = {"device": DEVICES, "dtype": DTYPES, "mixed_precision_dtype": MIXED_PRECISION_DTYPES,
-          "attention_impl": ATTENTION_IMPLS, "pool_device": DEVICES}
+          "attention_impl": ATTENTION_IMPLS, "pool_device": DEVICES, "kv_cache_dtype": KV_CACHE_DTYPES}
 
 
 def _is_int(value) -> bool:
@@ -265,8 +274,20 @@ def check_hardware(c: Config, hw: HardwareInfo) -> list[str]:
             raise fail(("attention_impl", "enable_flash_attention"),
                        f"flash attention needs an Ampere or newer GPU (SM >= 8); this one is SM {hw.min_gpu_sm}: "
                        "use attention_impl='sdpa'")
+    _check_kv_cache_dtype(c, device)
     if device != "cuda":
         for name in ("allow_tf32", "cudnn_benchmark"):
             if getattr(c, name):
                 warn.append(f"{name}=true does nothing on {device}: it only affects CUDA")
     return warn
+
+
+def _check_kv_cache_dtype(c: Config, device: str) -> None:
+    kv = run_dtype(c) if c.kv_cache_dtype == "auto" else c.kv_cache_dtype
+    if kv == "float16" and device == "cpu":
+        raise fail(("kv_cache_dtype", "device"), "kv_cache_dtype='float16' is not supported on CPU (its attention "
+                                                 "kernels read float32 or bfloat16 caches): use 'bfloat16' or 'auto'")
+    if kv != run_dtype(c) and c.wants_flash_attention:
+        raise fail(("kv_cache_dtype", "attention_impl", "enable_flash_attention"),
+                   f"kv_cache_dtype={c.kv_cache_dtype!r} differs from the model's {run_dtype(c)}, and the flash "
+                   "kernels read the cache in the model's dtype: set kv_cache_dtype='auto', or attention_impl='sdpa'")

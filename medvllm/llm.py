@@ -48,6 +48,7 @@ class LLM:
             **runner.backend_flags,  # allow_tf32, cudnn_benchmark as set on CUDA; None on CPU
             "max_model_len": self.engine.max_model_len,
             "kv_cache_blocks": runner.num_blocks,
+            "kv_cache_dtype": str(runner.kv_cache.dtype).replace("torch.", ""),
             "kv_block_size": self.config.kvcache_block_size,
             "tensor_parallel_size": self.config.tensor_parallel_size,
             "memory_pool": self.config.enable_memory_pooling,  # KV cache committed at start (engine/memory_pool.py)

@@ -17,7 +17,7 @@ BOOL_FLAGS = {
 }
 CHOICES = {
     "device": C.DEVICES, "dtype": C.DTYPES, "mixed_precision_dtype": C.MIXED_PRECISION_DTYPES,
-    "attention_impl": C.ATTENTION_IMPLS, "pool_device": C.DEVICES,
+    "attention_impl": C.ATTENTION_IMPLS, "pool_device": C.DEVICES, "kv_cache_dtype": C.KV_CACHE_DTYPES,
     "quantization_method": C.QUANT_METHODS + ("none",),
 }
 INTS = ("tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens", "kvcache_block_size")

@@ -41,8 +41,8 @@ class ModelRunner:
         self.vocab_size = source.hf_config.vocab_size
         if tp is not None:  # every rank must size its pool to the same number of blocks
             from medvllm.distributed.kv_blocks import agree_on_kv_blocks
-            config = agree_on_kv_blocks(config, self.model, self.dtype, self.device, tp)
-        self.kv_cache = allocate_kv_cache(self.model, config, self.dtype, self.device, max_model_len)
+            config = agree_on_kv_blocks(config, self.model, config.kv_torch_dtype, self.device, tp)
+        self.kv_cache = allocate_kv_cache(self.model, config, config.kv_torch_dtype, self.device, max_model_len)
         self.num_blocks = self.kv_cache[0].shape[1]
         generator = torch.Generator(device=self.device)
         generator.manual_seed(config.seed)

@@ -62,8 +62,9 @@ class PagedAttention(nn.Module):
         """q: [T, H, D], k/v: [T, Hkv, D] for the new tokens. Returns [T, H * D]."""
         k_flat = self.k_cache.view(-1, self.num_kv_heads, self.head_dim)
         v_flat = self.v_cache.view(-1, self.num_kv_heads, self.head_dim)
-        k_flat.index_copy_(0, meta.slot_mapping, k)
-        v_flat.index_copy_(0, meta.slot_mapping, v)
+        # kv_cache_dtype may store the cache narrower than the model computes (bf16 under float32)
+        k_flat.index_copy_(0, meta.slot_mapping, k.to(k_flat.dtype))
+        v_flat.index_copy_(0, meta.slot_mapping, v.to(v_flat.dtype))
         if self.backend is not None:
             return self.backend(self, q, meta)
         return self.sdpa(q, meta)
@@ -76,6 +77,8 @@ class PagedAttention(nn.Module):
             batch, num_keys, self.num_kv_heads, self.head_dim)
         values = gather_blocks(self.v_cache, meta.flat_block_tables).view(
             batch, num_keys, self.num_kv_heads, self.head_dim)
+        if keys.dtype != q.dtype:  # a narrower kv_cache_dtype: attend in the model's dtype
+            keys, values = keys.to(q.dtype), values.to(q.dtype)
         mask = self._mask(meta, num_keys)
 
         if meta.is_decode:
