@@ -89,3 +89,16 @@ def test_random_workload_never_leaks_blocks():
     for s in live:
         bm.deallocate(s)
     assert bm.num_free_blocks == 40 and bm.usage == 0.0
+
+
+def test_fresh_blocks_first_by_default_freed_blocks_first_with_reuse_first():
+    for reuse_first, expected in ((False, [2, 3]), (True, [1, 0])):
+        bm = BlockManager(8, BS, reuse_first=reuse_first)
+        a = seq(range(8), "a")  # blocks 0 and 1
+        bm.allocate(a)
+        bm.deallocate(a)  # tail first: 1 is the oldest freed
+        b = seq(range(100, 108), "b")
+        bm.allocate(b)
+        assert b.block_table == expected
+        assert bm.num_used_ever == (2 if reuse_first else 4)
+        assert bm.num_free_blocks == 6

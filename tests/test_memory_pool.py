@@ -1,5 +1,6 @@
 """Memory pooling: the KV cache is one allocation, committed at start on the pool device, and a long
-decode run maps in no new memory (RSS flat within 2% over 1,000 decode steps on a tiny model)."""
+decode run maps in no new memory (RSS flat within 2% over 1,000 decode steps on a tiny model).
+Without pooling, a CPU cache holds in memory only the blocks the requests have needed at once."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,8 @@ from medvllm.errors import ConfigError
 
 STEPS = 1000
 IN_FLIGHT = 16
+POOL_BLOCKS = 4096
+KV_BYTES_PER_TOKEN = 2 * 2 * 8 * 32 * 4  # k and v, 2 layers, 8 KV heads of 32, float32
 
 
 def _rss() -> int:
@@ -36,7 +39,7 @@ def wide_tiny(tmp_path_factory):
 
 
 def _engine(path: str, pooling: bool) -> LLMEngine:
-    return LLMEngine(Config(model=path, device="cpu", enable_memory_pooling=pooling, num_kvcache_blocks=4096,
+    return LLMEngine(Config(model=path, device="cpu", enable_memory_pooling=pooling, num_kvcache_blocks=POOL_BLOCKS,
                             max_model_len=512, max_num_seqs=IN_FLIGHT, max_num_batched_tokens=2048,
                             enable_prefix_caching=False))
 
@@ -80,12 +83,14 @@ def _growth(samples: list[int]) -> float:
     return statistics.median(samples[-100:]) / statistics.median(samples[50:150])
 
 
-def _measure(path: str, pooling: bool) -> tuple[list[int], int]:
+def _measure(path: str, pooling: bool) -> tuple[list[int], int, int]:
     engine = _engine(path, pooling)
-    return _decode_rss(engine), engine.stats()["generated_tokens"]
+    samples = _decode_rss(engine)
+    stats = engine.stats()
+    return samples, stats["generated_tokens"], stats["kv_blocks_used_ever"]
 
 
-def _measure_in_fresh_process(path: str, pooling: bool) -> tuple[list[int], int]:
+def _measure_in_fresh_process(path: str, pooling: bool) -> tuple[list[int], int, int]:
     """RSS of a process holding only this engine: in the test process, memory left by earlier tests
     would dwarf the KV pages (and could be freed mid-run), hiding what the test looks for."""
     import multiprocessing
@@ -93,17 +98,35 @@ def _measure_in_fresh_process(path: str, pooling: bool) -> tuple[list[int], int]
         return pool.apply(_measure, (path, pooling))
 
 
-def test_rss_flat_over_1000_decode_steps(wide_tiny):
-    samples, generated = _measure_in_fresh_process(wide_tiny, pooling=True)
+@pytest.fixture(scope="module")
+def runs(wide_tiny):
+    """(RSS samples, tokens generated, blocks ever used) of the same run with and without the pool."""
+    return {pooling: _measure_in_fresh_process(wide_tiny, pooling) for pooling in (True, False)}
+
+
+def test_rss_flat_over_1000_decode_steps(runs):
+    samples, generated, _ = runs[True]
     assert _growth(samples) <= 1.02, _growth(samples)
     assert generated >= STEPS * IN_FLIGHT
 
 
-def test_without_pooling_the_cache_maps_in_as_it_fills(wide_tiny):
+def test_without_pooling_the_cache_maps_in_as_it_fills(runs):
     """The control: the same run without the pool grows by the KV pages it writes, so the test above
     would see a missing or lazy pool."""
-    samples, _ = _measure_in_fresh_process(wide_tiny, pooling=False)
+    samples, _, _ = runs[False]
     assert _growth(samples) > 1.02, _growth(samples)
+
+
+def test_without_pooling_only_the_blocks_in_use_are_resident(runs):
+    """Freed blocks are reused before untouched ones, so the unpooled cache stays at the peak the
+    requests needed at once (16 requests of 208 tokens: 208 blocks of 4,096) instead of the limit."""
+    pooled, _, _ = runs[True]
+    unpooled, _, used_ever = runs[False]
+    assert used_ever <= IN_FLIGHT * -(-(8 + 200) // 16) + IN_FLIGHT
+    pool_bytes = POOL_BLOCKS * 16 * KV_BYTES_PER_TOKEN
+    unused_bytes = (POOL_BLOCKS - used_ever) * 16 * KV_BYTES_PER_TOKEN
+    saved = unpooled[-1] - pooled[-1]
+    assert -saved > 0.9 * unused_bytes, (saved / 2**20, pool_bytes / 2**20)
 
 
 def test_pool_device_must_be_the_model_device():
@@ -113,3 +136,13 @@ def test_pool_device_must_be_the_model_device():
     config.pool_device = "cuda"  # what a CUDA-pooled profile says, seen by a CPU run
     with pytest.raises(ConfigError, match="pool_device='cuda' but the model runs on cpu"):
         pool_device(config, torch.device("cpu"))
+
+
+def test_a_pooled_cpu_cache_is_no_bigger_than_the_requests_can_fill(wide_tiny):
+    """kv_cache_space_gib is the limit; a committed pool stops at max_num_seqs x max_model_len."""
+    engine = LLMEngine(Config(model=wide_tiny, device="cpu", enable_memory_pooling=True, kv_cache_space_gib=1.0,
+                              max_model_len=100, max_num_seqs=3, max_num_batched_tokens=512))
+    assert engine.runner.num_blocks == 3 * 7  # ceil(100 / 16) blocks per request
+    unpooled = LLMEngine(Config(model=wide_tiny, device="cpu", kv_cache_space_gib=0.01, max_model_len=100,
+                                max_num_seqs=3, max_num_batched_tokens=512))
+    assert unpooled.runner.num_blocks == int(0.01 * 2**30) // (16 * KV_BYTES_PER_TOKEN)  # the limit, mapped lazily

@@ -13,9 +13,9 @@ from medvllm.engine.kv_cache import num_blocks_for
 
 
 def agree_on_kv_blocks(config: Config, model, dtype: torch.dtype, device: torch.device,
-                       tp: TensorParallel) -> Config:
+                       tp: TensorParallel, max_model_len: int) -> Config:
     """A copy of `config` whose num_kvcache_blocks is the smallest pool any rank can hold."""
-    blocks = tp.min_over_ranks(num_blocks_for(config, model, dtype, device))
+    blocks = tp.min_over_ranks(num_blocks_for(config, model, dtype, device, max_model_len))
     agreed = copy.copy(config)
     agreed.num_kvcache_blocks = blocks
     return agreed

@@ -3,6 +3,11 @@
 A full block is named by a hash chained over every token before it, so two requests that share a
 prefix (a system prompt, a discharge-note template) share its blocks, computed once. Freed blocks keep
 their contents and hash until reused, oldest-freed first, so a prefix can outlive its requests.
+
+Blocks never used yet are handed out in id order. Where the pool's memory is committed up front (a
+CUDA tensor, a pooled CPU cache) they come before freed blocks, so cached prefixes live as long as
+possible. Where pages are only mapped in when first written (an unpooled CPU cache), freed blocks are
+reused first (`reuse_first`): the resident KV then stays at the peak the requests needed, not the limit.
 """
 from __future__ import annotations
 
@@ -26,11 +31,14 @@ def chain_hash(prev_hash: int | None, token_ids: tuple[int, ...]) -> int:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 reuse_first: bool = False):
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
+        self.reuse_first = reuse_first
         self.blocks = [Block(i) for i in range(num_blocks)]
-        self.free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
+        self.free: OrderedDict[int, None] = OrderedDict()  # freed blocks, oldest first
+        self.num_used_ever = 0  # blocks [0, num_used_ever) have been handed out at least once
         self.cached: dict[int, int] = {}  # chain hash -> block id
         self.num_cached_tokens_total = 0  # prompt tokens served from the cache, since start
         self.num_queried_tokens_total = 0
@@ -41,12 +49,12 @@ class BlockManager:
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self.free)
+        return len(self.free) + len(self.blocks) - self.num_used_ever
 
     @property
     def usage(self) -> float:
         """Fraction of blocks held by live requests."""
-        return 1.0 - len(self.free) / len(self.blocks)
+        return 1.0 - self.num_free_blocks / len(self.blocks)
 
     def _lookup(self, seq: Sequence) -> list[Block]:
         """Blocks already holding this sequence's leading full blocks (never its last token)."""
@@ -68,9 +76,15 @@ class BlockManager:
     def can_allocate(self, seq: Sequence) -> bool:
         hits = self._lookup(seq)
         revived = sum(1 for b in hits if b.ref_count == 0)
-        return seq.num_blocks - len(hits) + revived <= len(self.free)
+        return seq.num_blocks - len(hits) + revived <= self.num_free_blocks
 
     def _take_free_block(self) -> Block:
+        fresh = self.num_used_ever < len(self.blocks)
+        if fresh and not (self.reuse_first and self.free):
+            block = self.blocks[self.num_used_ever]
+            self.num_used_ever += 1
+            block.ref_count = 1
+            return block
         block_id, _ = self.free.popitem(last=False)
         block = self.blocks[block_id]
         if block.hash is not None and self.cached.get(block.hash) == block_id:
@@ -129,7 +143,7 @@ class BlockManager:
 
     def can_append(self, seq: Sequence) -> bool:
         """Room for the KV of the sequence's newest token."""
-        return len(seq.block_table) >= seq.num_blocks or len(self.free) >= 1
+        return len(seq.block_table) >= seq.num_blocks or self.num_free_blocks >= 1
 
     def append_slot(self, seq: Sequence) -> None:
         """Give the newest token a slot; register a block once it fills, for later reuse."""

@@ -18,7 +18,7 @@ def bytes_per_block(model, block_size: int, dtype: torch.dtype) -> int:
     return per_token * block_size * len(model.model.layers)
 
 
-def num_blocks_for(config: Config, model, dtype: torch.dtype, device: torch.device) -> int:
+def num_blocks_for(config: Config, model, dtype: torch.dtype, device: torch.device, max_model_len: int) -> int:
     if config.num_kvcache_blocks is not None:
         return config.num_kvcache_blocks
     per_block = bytes_per_block(model, config.kvcache_block_size, dtype)
@@ -26,13 +26,17 @@ def num_blocks_for(config: Config, model, dtype: torch.dtype, device: torch.devi
         free, total = torch.cuda.mem_get_info(device)
         budget = total * config.gpu_memory_utilization - (total - free)
         return int(budget // per_block)
-    return int(config.kv_cache_space_gib * GIB // per_block)
+    blocks = int(config.kv_cache_space_gib * GIB // per_block)
+    if config.enable_memory_pooling:
+        # a pool committed at start holds no more than max_num_seqs requests of max_model_len can fill
+        blocks = min(blocks, config.max_num_seqs * -(-max_model_len // config.kvcache_block_size))
+    return blocks
 
 
 def allocate_kv_cache(model, config: Config, dtype: torch.dtype, device: torch.device,
                       max_model_len: int) -> torch.Tensor:
     """[2, layers, blocks, block_size, kv_heads, head_dim]; each attention layer gets its slices."""
-    blocks = num_blocks_for(config, model, dtype, device)
+    blocks = num_blocks_for(config, model, dtype, device, max_model_len)
     needed = -(-max_model_len // config.kvcache_block_size)
     if blocks < needed:
         raise ConfigError(

@@ -130,6 +130,7 @@ class LLMEngine:
             "num_waiting": len(self.scheduler.waiting),
             "kv_cache_usage": bm.usage,
             "num_kv_blocks": bm.num_blocks,
+            "kv_blocks_used_ever": bm.num_used_ever,  # on an unpooled CPU cache: the blocks resident in memory
             "prefix_cache_hit_tokens": bm.num_cached_tokens_total,
             "prefix_cache_query_tokens": bm.num_queried_tokens_total,
             "prefill_tokens_computed": self.scheduler.num_prefill_tokens_computed,

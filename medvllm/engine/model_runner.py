@@ -41,7 +41,7 @@ class ModelRunner:
         self.vocab_size = source.hf_config.vocab_size
         if tp is not None:  # every rank must size its pool to the same number of blocks
             from medvllm.distributed.kv_blocks import agree_on_kv_blocks
-            config = agree_on_kv_blocks(config, self.model, config.kv_torch_dtype, self.device, tp)
+            config = agree_on_kv_blocks(config, self.model, config.kv_torch_dtype, self.device, tp, max_model_len)
         self.kv_cache = allocate_kv_cache(self.model, config, config.kv_torch_dtype, self.device, max_model_len)
         self.num_blocks = self.kv_cache[0].shape[1]
         generator = torch.Generator(device=self.device)

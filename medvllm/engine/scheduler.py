@@ -18,7 +18,10 @@ class Scheduler:
     def __init__(self, config: Config, num_blocks: int):
         self.max_num_seqs = config.max_num_seqs
         self.max_num_batched_tokens = config.max_num_batched_tokens
-        self.block_manager = BlockManager(num_blocks, config.kvcache_block_size, config.enable_prefix_caching)
+        # an unpooled CPU cache maps pages in as blocks are first written (engine/kv_cache.py)
+        lazy_pages = config.resolved_device.type == "cpu" and not config.enable_memory_pooling
+        self.block_manager = BlockManager(num_blocks, config.kvcache_block_size, config.enable_prefix_caching,
+                                          reuse_first=lazy_pages)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
