@@ -102,3 +102,19 @@ def test_fresh_blocks_first_by_default_freed_blocks_first_with_reuse_first():
         assert b.block_table == expected
         assert bm.num_used_ever == (2 if reuse_first else 4)
         assert bm.num_free_blocks == 6
+
+
+def test_blank_freed_blocks_go_first_and_scratch_never_evicts_a_prefix_while_room_is_left():
+    bm = BlockManager(8, BS, reuse_first=True)
+    a = seq(range(10), "a")  # blocks 0, 1 full (cached), 2 a partial tail
+    bm.allocate(a)
+    bm.deallocate(a)
+    b = seq(range(100, 102), "b")
+    bm.allocate(b)
+    assert b.block_table == [2]  # the blank tail, not a cached prefix
+    scratch = bm.take_scratch_blocks(3)
+    assert scratch == [3, 4, 5]  # untouched blocks, so a's prefix survives scoring
+    bm.release_scratch_blocks(scratch)
+    again = seq(range(9), "again")
+    bm.allocate(again)
+    assert again.num_computed_tokens == 8 and again.block_table[:2] == [0, 1]

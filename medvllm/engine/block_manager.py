@@ -4,10 +4,12 @@ A full block is named by a hash chained over every token before it, so two reque
 prefix (a system prompt, a discharge-note template) share its blocks, computed once. Freed blocks keep
 their contents and hash until reused, oldest-freed first, so a prefix can outlive its requests.
 
-Blocks never used yet are handed out in id order. Where the pool's memory is committed up front (a
-CUDA tensor, a pooled CPU cache) they come before freed blocks, so cached prefixes live as long as
-possible. Where pages are only mapped in when first written (an unpooled CPU cache), freed blocks are
-reused first (`reuse_first`): the resident KV then stays at the peak the requests needed, not the limit.
+A freed block holding nothing reusable (a partial tail, a scratch block) is always taken first: it
+costs no cached prefix. Then, where the pool's memory is committed up front (a CUDA tensor, a pooled
+CPU cache), blocks never used yet come before freed cached ones, so cached prefixes live as long as
+possible. Where pages are only mapped in when first written (an unpooled CPU cache), freed cached blocks
+are reused first (`reuse_first`): the resident KV then stays at the peak the requests needed, not the
+limit. Scratch blocks (scoring) never evict a prefix while an untouched block is left.
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ class BlockManager:
         self.enable_prefix_caching = enable_prefix_caching
         self.reuse_first = reuse_first
         self.blocks = [Block(i) for i in range(num_blocks)]
-        self.free: OrderedDict[int, None] = OrderedDict()  # freed blocks, oldest first
+        self.free: OrderedDict[int, None] = OrderedDict()  # freed blocks holding a prefix, oldest first
+        self.free_blank: OrderedDict[int, None] = OrderedDict()  # freed blocks holding nothing reusable
         self.num_used_ever = 0  # blocks [0, num_used_ever) have been handed out at least once
         self.cached: dict[int, int] = {}  # chain hash -> block id
         self.num_cached_tokens_total = 0  # prompt tokens served from the cache, since start
@@ -49,7 +52,7 @@ class BlockManager:
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self.free) + len(self.blocks) - self.num_used_ever
+        return len(self.free) + len(self.free_blank) + len(self.blocks) - self.num_used_ever
 
     @property
     def usage(self) -> float:
@@ -78,20 +81,29 @@ class BlockManager:
         revived = sum(1 for b in hits if b.ref_count == 0)
         return seq.num_blocks - len(hits) + revived <= self.num_free_blocks
 
-    def _take_free_block(self) -> Block:
-        fresh = self.num_used_ever < len(self.blocks)
-        if fresh and not (self.reuse_first and self.free):
-            block = self.blocks[self.num_used_ever]
+    def _take_free_block(self, keep_prefixes: bool = False) -> Block:
+        if self.free_blank:
+            block_id, _ = self.free_blank.popitem(last=False)
+        elif self.num_used_ever < len(self.blocks) and not (
+                self.reuse_first and self.free and not keep_prefixes):
+            block_id = self.num_used_ever
             self.num_used_ever += 1
-            block.ref_count = 1
-            return block
-        block_id, _ = self.free.popitem(last=False)
+        else:
+            block_id, _ = self.free.popitem(last=False)
         block = self.blocks[block_id]
         if block.hash is not None and self.cached.get(block.hash) == block_id:
             del self.cached[block.hash]
         block.hash, block.token_ids = None, ()
         block.ref_count = 1
         return block
+
+    def _release(self, block: Block) -> None:
+        """A block no request holds: kept for its prefix if it is the cached copy, else blank."""
+        if block.hash is not None and self.cached.get(block.hash) == block.block_id:
+            self.free[block.block_id] = None
+        else:
+            block.hash, block.token_ids = None, ()
+            self.free_blank[block.block_id] = None
 
     def _register(self, block: Block, prev_hash: int | None, tokens: tuple[int, ...]) -> None:
         if not self.enable_prefix_caching:
@@ -124,12 +136,12 @@ class BlockManager:
     def take_scratch_blocks(self, n: int) -> list[int]:
         """n free blocks outside any sequence and the prefix cache (e.g. for scoring); give them back
         with release_scratch_blocks."""
-        return [self._take_free_block().block_id for _ in range(n)]
+        return [self._take_free_block(keep_prefixes=True).block_id for _ in range(n)]
 
     def release_scratch_blocks(self, block_ids: list[int]) -> None:
         for block_id in block_ids:
             self.blocks[block_id].ref_count = 0
-            self.free[block_id] = None
+            self._release(self.blocks[block_id])
 
     def deallocate(self, seq: Sequence) -> None:
         # tail first, so the free list evicts the ends of prefixes before their heads
@@ -137,7 +149,7 @@ class BlockManager:
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
-                self.free[block_id] = None
+                self._release(block)
         seq.block_table = []
         seq.num_computed_tokens = 0
 
