@@ -4,9 +4,11 @@
 
 Three measurements, each profile run in a fresh process so peak RSS is its own:
 1. kernels: µs per call of the default model's four Linear shapes (summed) for float32 and the int8
-   candidates: fbgemm with per-token scaling (what `dynamic` runs), torch._int_mm, the weight-only
-   int8 kernel, and torchao's int8 dynamic config when it is installed. This is what picked fbgemm.
-2. weights: RSS taken by every Linear layer of the model as float32, then as packed int8.
+   candidates: our native kernel (what `dynamic` runs where it builds), fbgemm with per-token scaling
+   (its fallback), torch._int_mm, the weight-only int8 kernel, and torchao's int8 dynamic config when
+   it is installed. This is what picked the kernels.
+2. weights: RSS taken by every Linear layer of the model as float32, then as packed int8 (the kernel
+   `dynamic` picks here).
 3. generate: peak RSS (VmHWM, load included) and batched throughput of the same greedy workload under
    `--deployment-profile none` (float32), `cpu` and `edge_cpu_int8`, with the same KV size for all.
 Targets (issue #4): Linear weight memory <= 0.3x float32; peak RSS <= 0.6x float32's; throughput >= it.
@@ -55,9 +57,15 @@ def kernel_candidates(weight: torch.Tensor):
     from medvllm.layers.linear import ReplicatedLinear
     from medvllm.quantization import quantize_layer
     from medvllm.quantization.dynamic_int8 import DynamicInt8Method
-    layer = ReplicatedLinear(weight.shape[1], weight.shape[0])
-    layer.weight.data.copy_(weight)
-    quantize_layer(layer, DynamicInt8Method())
+    layers = {}
+    for kernel in ("native", "fbgemm"):
+        try:
+            layers[kernel] = ReplicatedLinear(weight.shape[1], weight.shape[0])
+            layers[kernel].weight.data.copy_(weight)
+            quantize_layer(layers[kernel], DynamicInt8Method(kernel))
+        except Exception as e:  # no compiler, or no fbgemm in this torch
+            print(f"  {kernel}: skipped ({str(e)[:80]})", file=sys.stderr)
+            del layers[kernel]
     scale = weight.abs().amax(1) / 127
     w_q = torch.round(weight / scale[:, None]).to(torch.int8)
     w_qt = w_q.t().contiguous()
@@ -70,7 +78,7 @@ def kernel_candidates(weight: torch.Tensor):
         return out.float() * s * scale
 
     candidates = {"float32": lambda x: torch.nn.functional.linear(x, weight),
-                  "fbgemm per-token (ours)": layer,
+                  **{f"{k} per-token" + (" (ours)" if k == "native" else " (fallback)"): m for k, m in layers.items()},
                   "torch._int_mm per-token": int_mm,
                   "_weight_int8pack_mm (weight-only)": lambda x: torch._weight_int8pack_mm(x, w_q, scale)}
     try:

@@ -19,11 +19,22 @@ from medvllm.errors import ConfigError
 from medvllm.layers.cpu_linear import packing_available
 from medvllm.layers.linear import ReplicatedLinear
 from medvllm.quantization import METHODS, quantize_model, quantizable_layers
-from medvllm.quantization.dynamic_int8 import WEIGHT_QMAX, DynamicInt8Method
+from medvllm.layers.native.build import NativeUnavailable, load
+from medvllm.quantization.dynamic_int8 import DynamicInt8Method
 from quant_quality import max_ngram_repeats, teacher_forced
 
-pytestmark = pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines,
-                                reason="this torch build has no fbgemm int8 kernels")
+
+def _native_builds() -> bool:
+    try:
+        load("int8_linear")
+        return True
+    except NativeUnavailable:
+        return False
+
+
+KERNELS = [pytest.param("native", marks=pytest.mark.skipif(not _native_builds(), reason="no C compiler")),
+           pytest.param("fbgemm", marks=pytest.mark.skipif(
+               "fbgemm" not in torch.backends.quantized.supported_engines, reason="no fbgemm in this torch"))]
 
 
 def _layer(n_in=96, n_out=80, bias=True, seed=0):
@@ -35,10 +46,10 @@ def _layer(n_in=96, n_out=80, bias=True, seed=0):
     return layer
 
 
-def _reference(weight: torch.Tensor, bias, x: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel symmetric weights (|q| <= WEIGHT_QMAX), per-token activations, in float64."""
+def _reference(weight: torch.Tensor, bias, x: torch.Tensor, weight_qmax: int) -> torch.Tensor:
+    """Per-output-channel symmetric weights (|q| <= weight_qmax), per-token activations, in float64."""
     w = weight.double()
-    w_scale = w.abs().amax(1, keepdim=True) / WEIGHT_QMAX
+    w_scale = w.abs().amax(1, keepdim=True) / weight_qmax
     w_q = torch.round(w / w_scale) * w_scale
     x = x.double()
     x_scale = x.abs().amax(-1, keepdim=True) / 127
@@ -46,39 +57,58 @@ def _reference(weight: torch.Tensor, bias, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x_q, w_q, None if bias is None else bias.double())
 
 
-def test_int8_linear_matches_quantized_math_and_frees_the_float_weight():
-    layer = _layer()
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_int8_linear_matches_quantized_math_and_frees_the_float_weight(kernel):
+    layer = _layer(n_in=98, n_out=83)  # widths off the kernels' blocking
     weight, bias = layer.weight.detach().clone(), layer.bias.detach().clone()
-    x = torch.randn(7, 96)
+    x = torch.randn(7, 98)
     x[3] *= 50  # an outlier token must not cost the others their precision
-    quantize_model(torch.nn.ModuleDict({"proj": layer}), DynamicInt8Method())
+    method = DynamicInt8Method(kernel)
+    quantize_model(torch.nn.ModuleDict({"proj": layer}), method)
     out = layer(x)
-    exact, ref = F.linear(x, weight, bias).double(), _reference(weight, bias, x)
-    assert layer.weight.numel() == 0 and layer.method.name == "dynamic-int8"
-    # the kernel's u8 activation grid (255 steps over [-1, 1]) is the int8 grid up to rounding details
-    assert (out.double() - ref).norm() / ref.norm() < 0.01
+    exact, ref = F.linear(x, weight, bias).double(), _reference(weight, bias, x, method.weight_qmax)
+    assert layer.weight.numel() == 0 and layer.method.name == "dynamic-int8" and method.kernel == kernel
+    # native: exact int32 sums, so float rounding only; fbgemm's u8 activation grid (255 steps over
+    # [-1, 1]) is the int8 grid up to rounding details
+    assert (out.double() - ref).norm() / ref.norm() < (1e-6 if kernel == "native" else 0.01)
     per_row = (out.double() - exact).norm(dim=1) / exact.norm(dim=1)
-    assert per_row.max() < 0.05
+    assert per_row.max() < (0.02 if kernel == "native" else 0.05)
 
 
-def test_int8_rows_do_not_depend_on_the_batch():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_int8_rows_do_not_depend_on_the_batch(kernel):
     layer = _layer(bias=False)
-    quantize_model(torch.nn.ModuleDict({"proj": layer}), DynamicInt8Method())
-    x = torch.randn(5, 96)
+    quantize_model(torch.nn.ModuleDict({"proj": layer}), DynamicInt8Method(kernel))
+    x = torch.randn(70, 96)  # past the native kernel's 64-token block, ending in a partial group of 4
     x[0] *= 100
     batched = layer(x)
-    for i in range(5):
+    for i in (0, 1, 5, 63, 64, 69):
         assert torch.equal(layer(x[i:i + 1]), batched[i:i + 1])
+    assert torch.equal(layer(x[62:67]), batched[62:67])
 
 
-def test_int8_keeps_leading_dims_and_zero_rows():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_int8_keeps_leading_dims_and_zero_rows(kernel):
     layer = _layer()
-    quantize_model(torch.nn.ModuleDict({"proj": layer}), DynamicInt8Method())
+    quantize_model(torch.nn.ModuleDict({"proj": layer}), DynamicInt8Method(kernel))
     x = torch.randn(2, 3, 96)
     x[1, 2] = 0
     out = layer(x)
     assert out.shape == (2, 3, 80)
     assert torch.allclose(out[1, 2], layer.bias)
+
+
+def test_without_the_native_kernel_dynamic_runs_on_fbgemm_and_says_so(monkeypatch):
+    from medvllm.layers import cpu_int8_linear
+
+    def unavailable():
+        raise NativeUnavailable("no C compiler found (install gcc, or set CC)")
+    monkeypatch.setattr(cpu_int8_linear, "native_int8_kernel", unavailable)
+    if "fbgemm" in torch.backends.quantized.supported_engines:
+        method = DynamicInt8Method()
+        assert method.kernel == "fbgemm" and method.weight_qmax == 63
+    with pytest.raises(ConfigError, match="native int8 kernel is unavailable here .*install gcc"):
+        DynamicInt8Method("native")
 
 
 def test_engine_implements_the_profile_methods():
@@ -118,9 +148,13 @@ def test_int8_default_model_quantizes_every_linear_but_the_head(int8_llm):
     info = int8_llm.runtime_info()
     assert info["quantization"]["method"] == "dynamic-int8" and info["quantization"]["layers"] == len(layers)
     assert info["dtype"] == "float32"
-    # int8 weight bytes (with per-row scale, zero point and column offset) against float32
+    # int8 weight bytes (with the per-row scales) against float32
     float_bytes = sum(layer.in_features * layer.out_features * 4 for layer in layers.values())
     assert sum(layer.int8_weight_bytes for layer in layers.values()) <= 0.3 * float_bytes
+    if info["quantization"]["kernel"] == "native":  # what the tensors really hold, padding included
+        held = sum(layer.int8_panels.untyped_storage().nbytes() + layer.int8_scale.untyped_storage().nbytes()
+                   for layer in layers.values())
+        assert held <= 0.26 * float_bytes
 
 
 @pytest.mark.slow

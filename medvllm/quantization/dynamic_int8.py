@@ -1,15 +1,17 @@
 """Dynamic int8 on CPU: int8 weights per output channel, activations quantized per token at run time.
 
-The matmul is fbgemm's u8 x s8 -> s32 kernel (`torch.ops.quantized.linear_dynamic`), the one int8 path
-that beat float32 on the CPUs we measured (see benchmarks/int8_cpu.py; torch._int_mm, the weight-only
-int8 kernel and torchao's int8 config were 3-30x slower than float32 there). That kernel quantizes its
-input per tensor; we make that per token by scaling each row to [-1, 1] first and multiplying the
-rows back afterwards (the matmul is linear in each row). A constant extra row pins the kernel's
-range to exactly [-1, 1], so a row's result never depends on the other rows in the batch.
-
-Weights use 7 bits of the int8 range (|q| <= 63): on AVX2 the kernel sums pairs of u8*s8 products in
-int16, which saturates for full-range weights (255 * 127 * 2 > 32767) and measurably wrecked the
-default model's answers; 255 * 63 * 2 fits.
+Two kernels, the choice recorded in runtime_info["quantization"]["kernel"]:
+- "native" (layers/native/int8_linear.c), used wherever the C kernels build: full-range weights
+  (|q| <= 127) held once at one byte each, activations quantized inside the kernel, exact int32 sums.
+  Measured here (2 threads, AVX2, the default model's four Linear shapes summed, benchmarks/int8_cpu.py):
+  faster than fbgemm and float32 at every row count from 1 to 2,048.
+- "fbgemm" (`torch.ops.quantized.linear_dynamic`), where no C compiler is found. That kernel
+  quantizes its input per tensor; we make that per token by scaling each row to [-1, 1] first and
+  multiplying the rows back afterwards (the matmul is linear in each row). A constant extra row pins
+  the kernel's range to exactly [-1, 1], so a row's result never depends on the other rows in the batch.
+  Its weights use 7 bits of the int8 range (|q| <= 63): on AVX2 it sums pairs of u8*s8 products in
+  int16, which saturates for full-range weights (255 * 127 * 2 > 32767) and measurably wrecked the
+  default model's answers; 255 * 63 * 2 fits. Its packed form pads the input dimension to its block size.
 """
 from __future__ import annotations
 
@@ -19,31 +21,50 @@ from contextlib import contextmanager
 import torch
 
 from medvllm.errors import ConfigError
+from medvllm.layers import cpu_int8_linear as native
 from medvllm.layers.linear import LinearBase, LinearMethod
+from medvllm.layers.native.build import NativeUnavailable
 
-WEIGHT_QMAX = 63
+FBGEMM_WEIGHT_QMAX = 63
 _TINY = 1e-12
 
 
 class DynamicInt8Method(LinearMethod):
     name = "dynamic-int8"
-    kernel = "fbgemm"
 
-    def __init__(self):
-        if "fbgemm" not in torch.backends.quantized.supported_engines:
-            raise ConfigError("quantization_method='dynamic' needs PyTorch's fbgemm int8 kernels, which this "
-                              "build of torch lacks (x86-64 builds have them): drop quantization on this machine")
+    def __init__(self, kernel: str | None = None):
+        """kernel: "native" or "fbgemm"; None takes the native kernel where it builds."""
+        self.native = None
+        if kernel in (None, "native"):
+            try:
+                self.native = native.native_int8_kernel()
+            except NativeUnavailable as e:
+                if kernel == "native":
+                    raise ConfigError(f"the native int8 kernel is unavailable here ({e}): install gcc") from None
+        self.kernel = "native" if self.native is not None else "fbgemm"
+        self.weight_qmax = native.QMAX if self.native is not None else FBGEMM_WEIGHT_QMAX
+        if self.native is None and "fbgemm" not in torch.backends.quantized.supported_engines:
+            raise ConfigError("quantization_method='dynamic' needs a C compiler for its int8 kernel (install gcc) "
+                              "or PyTorch's fbgemm kernels, which this build of torch lacks: drop quantization here")
 
     def process_weights_after_loading(self, layer: LinearBase) -> None:
         weight = layer.weight.detach()
         if weight.dtype != torch.float32 or weight.device.type != "cpu":
             raise ConfigError(f"quantization_method='dynamic' needs float32 weights on the CPU, got "
                               f"{weight.dtype} on {weight.device}: turn mixed precision off and use device='cpu'")
-        layer.packed_int8 = pack_weight(weight)
-        layer.int8_weight_bytes = weight.numel() + 3 * 4 * weight.shape[0]  # int8 + scale/zero/offset per row
+        if self.native is not None:
+            layer.int8_panels, layer.int8_scale = native.pack_int8(weight)
+            layer.int8_weight_bytes = layer.int8_panels.numel() + 4 * layer.int8_scale.numel()
+        else:
+            layer.packed_int8 = pack_weight(weight)
+            # fbgemm's own padding is not counted here: int8 + scale/zero/offset per row
+            layer.int8_weight_bytes = weight.numel() + 3 * 4 * weight.shape[0]
         free_float_weight(layer)
 
     def apply(self, layer: LinearBase, x: torch.Tensor) -> torch.Tensor:
+        if self.native is not None:
+            bias = None if layer.bias is None else layer.bias.detach()
+            return native.int8_linear(self.native, x, layer.int8_panels, layer.int8_scale, bias)
         rows = x.reshape(-1, x.shape[-1])
         n = rows.shape[0]
         amax = rows.abs().amax(dim=-1, keepdim=True).clamp_(min=_TINY)
@@ -57,9 +78,9 @@ class DynamicInt8Method(LinearMethod):
 
 
 def pack_weight(weight: torch.Tensor):
-    """float [out, in] -> fbgemm's packed int8 weight, one symmetric scale per output row."""
+    """float [out, in] -> fbgemm's packed int8 weight, one symmetric scale per output row (7 bits)."""
     w = weight.float()
-    scale = (w.abs().amax(dim=1) / WEIGHT_QMAX).clamp(min=_TINY).double()
+    scale = (w.abs().amax(dim=1) / FBGEMM_WEIGHT_QMAX).clamp(min=_TINY).double()
     zero = torch.zeros(w.shape[0], dtype=torch.long)
     with _quiet(), _engine("fbgemm"):
         q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)

@@ -1,0 +1,52 @@
+"""The native dynamic-int8 linear kernel (native/int8_linear.c): packing a weight for it, and calling it.
+
+The weight is held once, as int8 in the kernel's panel layout, with one float32 scale per output
+channel: 1 byte per weight plus 4 per row, where fbgemm's packed form pads the input dimension to its
+block size (1.6x the bytes on the default model's 576-wide layers).
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from medvllm.layers.native.build import load
+
+PANEL = 16  # output columns per packed panel (PANEL in int8_linear.c)
+QMAX = 127
+_TINY = 1e-12
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+
+
+def native_int8_kernel():
+    """The loaded kernel, or raises NativeUnavailable with the reason."""
+    fn = load("int8_linear").int8_linear
+    fn.restype = ctypes.c_int
+    fn.argtypes = [_P, _P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int]
+    return fn
+
+
+def pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float [out, in] -> (int8 panels [out/16, in/4, 16, 4], float32 scale [out]); symmetric per row."""
+    n_out, n_in = weight.shape
+    w = weight.float()
+    scale = (w.abs().amax(dim=1) / QMAX).clamp(min=_TINY)
+    padded = torch.zeros(-(-n_out // PANEL) * PANEL, -(-n_in // 4) * 4, dtype=torch.int8)
+    padded[:n_out, :n_in] = torch.round(w / scale[:, None]).to(torch.int8)
+    panels = padded.view(padded.shape[0] // PANEL, PANEL, padded.shape[1] // 4, 4).permute(0, 2, 1, 3)
+    return panels.contiguous(), scale.contiguous()
+
+
+def int8_linear(kernel, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor:
+    """x [..., in] float32 -> [..., out] float32, x quantized per token inside the kernel."""
+    n_out = scale.shape[0]
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    out = torch.empty(rows.shape[0], n_out, dtype=torch.float32)
+    bias_ptr = None if bias is None else bias.data_ptr()
+    status = kernel(out.data_ptr(), rows.data_ptr(), packed.data_ptr(), scale.data_ptr(), bias_ptr,
+                    rows.shape[0], rows.shape[1], n_out, packed.shape[1] * 4, torch.get_num_threads())
+    if status != 0:
+        raise MemoryError("the native int8 linear could not allocate its scratch memory")
+    return out.view(*x.shape[:-1], n_out)
