@@ -147,6 +147,12 @@ def test_int8_default_model_quantizes_every_linear_but_the_head(int8_llm):
     assert model.lm_head.method.name == ("float-packed" if packing_available(torch.float32) else "float")
     info = int8_llm.runtime_info()
     assert info["quantization"]["method"] == "dynamic-int8" and info["quantization"]["layers"] == len(layers)
+    # the packed head holds its own copy, so the embedding table is int8 rows (where packing exists)
+    embedding = model.model.embed_tokens
+    if packing_available(torch.float32):
+        assert info["quantization"]["embedding"] == "int8-rows" and embedding.weight.numel() == 0
+    else:  # the float head reads the table itself
+        assert info["quantization"]["embedding"] == "float" and model.lm_head.weight is embedding.weight
     assert info["dtype"] == "float32"
     # int8 weight bytes (with the per-row scales) against float32
     float_bytes = sum(layer.in_features * layer.out_features * 4 for layer in layers.values())
@@ -176,3 +182,19 @@ def test_int8_default_model_answers_without_degenerating(int8_llm):
     for out in outs:
         tokens = out.outputs[0].token_ids
         assert len(tokens) >= 8 and max_ngram_repeats(tokens) <= 3, out.outputs[0].text
+
+
+def test_int8_embedding_rows_are_the_float_rows_within_half_a_step():
+    from medvllm.layers.embedding import VocabParallelEmbedding
+    torch.manual_seed(0)
+    emb = VocabParallelEmbedding(50, 24)
+    emb.weight.data.normal_(0, 0.1)
+    emb.weight.data[7] *= 40  # a row with a wide range keeps its own scale
+    table = emb.weight.detach().clone()
+    emb.quantize_rows_int8()
+    ids = torch.tensor([[7, 0, 49], [3, 3, 7]])
+    out = emb(ids)
+    step = table.abs().amax(1) / 127
+    assert emb.weight.numel() == 0 and emb.int8_rows.dtype == torch.int8 and out.shape == (2, 3, 24)
+    # per-row steps: with one scale for the table, row 0 would be off by up to row 7's half step
+    assert ((out - table[ids]).abs() <= step[ids][..., None] / 2 + 1e-7).all()

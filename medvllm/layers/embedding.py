@@ -22,14 +22,32 @@ class VocabParallelEmbedding(nn.Module):
         self.vocab_size, self.hidden_size = vocab_size, hidden_size
         self.rows = split(vocab_size, self.tp.size, self.tp.rank)
         self.weight = nn.Parameter(torch.empty(self.rows[1], hidden_size), requires_grad=False)
+        self.int8_rows: torch.Tensor | None = None  # set by quantize_rows_int8
+        self.row_scale: torch.Tensor | None = None
+
+    def quantize_rows_int8(self) -> None:
+        """Hold the table as int8 with one float32 scale per row (symmetric), and free the float rows.
+        A looked-up row is then q * scale in float32: a quarter of the memory, each value within half a
+        step of the original."""
+        w = self.weight.detach().float()
+        self.row_scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
+        self.int8_rows = torch.round(w / self.row_scale[:, None]).to(torch.int8)
+        self.weight.data = torch.empty(0, dtype=self.weight.dtype, device=self.weight.device)
+
+    def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.int8_rows is None:
+            return F.embedding(ids, self.weight)
+        flat = ids.reshape(-1)
+        rows = self.int8_rows.index_select(0, flat).float().mul_(self.row_scale.index_select(0, flat)[:, None])
+        return rows.view(*ids.shape, self.hidden_size)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
-            return F.embedding(input_ids, self.weight)
+            return self._lookup(input_ids)
         start, size = self.rows
         local = input_ids - start
         mine = (local >= 0) & (local < size)
-        out = F.embedding(torch.where(mine, local, 0), self.weight)
+        out = self._lookup(torch.where(mine, local, 0))
         out = out.masked_fill(~mine.unsqueeze(-1), 0)
         return self.tp.all_reduce(out)
 

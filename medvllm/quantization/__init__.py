@@ -96,11 +96,26 @@ def _complete(layer: LinearBase, parts: set) -> bool:
     return has("weight") and (layer.bias is None or has("bias"))
 
 
-def describe(model: nn.Module, method: LinearMethod | None) -> dict | None:
-    """What quantization really runs, for runtime_info: method, kernel, and how many layers use it."""
+def quantize_embedding(model: nn.Module, method: LinearMethod | None) -> bool:
+    """Under dynamic int8, hold the token embedding as int8 rows too (the quality gate's numbers in
+    docs/QUALITY.md include it). Not while a float LM head still reads the same tensor. Returns whether
+    it did."""
+    if method is None or not getattr(method, "quantizes_embedding", False):
+        return False
+    embedding = model.model.embed_tokens
+    if getattr(model.lm_head, "weight", None) is embedding.weight:
+        return False
+    embedding.quantize_rows_int8()
+    return True
+
+
+def describe(model: nn.Module, method: LinearMethod | None, embedding_int8: bool = False) -> dict | None:
+    """What quantization really runs, for runtime_info: method, kernel, how many layers use it, and
+    whether the token embedding is held as int8 rows."""
     if method is None:
         return None
     layers = quantizable_layers(model).values()
     return {"method": method.name, "kernel": getattr(method, "kernel", "bitsandbytes"),
             "layers": sum(layer.method is method for layer in layers),
-            "float_layers": sum(layer.method is not method for layer in layers) + len(KEEP_FLOAT)}
+            "float_layers": sum(layer.method is not method for layer in layers) + len(KEEP_FLOAT),
+            "embedding": "int8-rows" if embedding_int8 else "float"}

@@ -31,6 +31,7 @@ _TINY = 1e-12
 
 class DynamicInt8Method(LinearMethod):
     name = "dynamic-int8"
+    quantizes_embedding = True  # the token embedding is held as int8 rows as well (quantize_embedding)
 
     def __init__(self, kernel: str | None = None):
         """kernel: "native" or "fbgemm"; None takes the native kernel where it builds."""
