@@ -6,6 +6,7 @@ import torch
 
 from engine_probe import LogitsRecorder
 from medvllm import LLM, SamplingParams
+from medvllm.layers.norm import RMSNorm
 from tiny_models import ARCHS, build_tiny
 
 DECODE_STEPS = 8
@@ -22,7 +23,8 @@ def prompts_of(lengths, seed):
     return [torch.randint(3, 256, (n,), generator=g).tolist() for n in lengths]
 
 
-# "auto" on CPU decodes through the native paged kernel; "sdpa" keeps every step on SDPA
+# "auto" on CPU decodes through the native paged kernel and norms through the native RMSNorm; "sdpa"
+# keeps every step on PyTorch (SDPA, and the norms' PyTorch path)
 @pytest.fixture(scope="module", params=[(arch, impl) for arch in ARCHS for impl in ("auto", "sdpa")],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def tiny(request, tmp_path_factory):
@@ -31,6 +33,11 @@ def tiny(request, tmp_path_factory):
     model = build_tiny(arch, folder)
     llm = LLM(str(folder), kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256, attention_impl=impl)
     assert llm.runtime_info()["attention_backend"] == ("cpu-paged" if impl == "auto" else "sdpa")
+    assert llm.runtime_info()["rms_norm"] == "native"
+    if impl == "sdpa":
+        for module in llm.engine.runner.model.modules():
+            if isinstance(module, RMSNorm):
+                module.native = None
     return arch, model, llm
 
 

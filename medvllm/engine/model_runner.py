@@ -16,6 +16,7 @@ from medvllm.engine.memory_pool import keep_freed_memory, release_free_memory
 from medvllm.engine.precision import apply_backend_flags, keep_logits_float32
 from medvllm.layers.cpu_linear import pack_float_linears
 from medvllm.layers.attention_backends import install as install_attention, select_backend
+from medvllm.layers.norm import use_native_norms
 from medvllm.quantization import describe as describe_quantization
 from medvllm.quantization import linear_method, quantize_embedding, quantize_model, quantize_while_loading
 
@@ -41,6 +42,7 @@ class ModelRunner:
             release_free_memory()
         self.attention_backend = select_backend(config, self.device, self.dtype, _has_sliding_window(self.model))
         install_attention(self.model, self.attention_backend)
+        self.rms_norm = use_native_norms(self.model, self.device, self.dtype)
         self.vocab_size = source.hf_config.vocab_size
         if tp is not None:  # every rank must size its pool to the same number of blocks
             from medvllm.distributed.kv_blocks import agree_on_kv_blocks
