@@ -82,7 +82,9 @@ def test_edge_cpu_int8_stays_within_the_8bit_tier(reference, texts):
     _, ref = reference
     res, int8 = _load({}, profile="edge_cpu_int8")
     assert int8.runtime_info()["quantization"]["method"] == "dynamic-int8" and tier_of(res.config) == "8-bit"
-    m = compare(ref, int8, pick(texts, 16)).metrics
+    # the whole set, as the thresholds are defined: on a 16-text slice greedy match swings by +-10 points
+    # with a change of summation order in the reference (one near-tie flips a whole continuation)
+    m = compare(ref, int8, texts).metrics
     assert crossed(m, TIERS["8-bit"]) == {}, m
     assert m["mean_kl"] > TIERS["float"].max_mean_kl  # int8 really ran, and the float tier would refuse it
 
