@@ -27,13 +27,24 @@ def native_int8_kernel():
     return fn
 
 
+def int8_rows(weight: torch.Tensor, rows_at_once: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """float [n, d] -> (int8 [n, d], float32 scale [n]): symmetric, one scale per row, so row i is
+    q[i] * scale[i] within half a step. Converted a slice of rows at a time: no float temporary the size
+    of the whole matrix."""
+    scale = (weight.detach().abs().amax(dim=1).float() / QMAX).clamp(min=_TINY)
+    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    for start in range(0, weight.shape[0], rows_at_once):
+        rows = slice(start, start + rows_at_once)
+        q[rows] = torch.round(weight[rows].detach().float() / scale[rows, None])
+    return q, scale
+
+
 def pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """float [out, in] -> (int8 panels [out/16, in/4, 16, 4], float32 scale [out]); symmetric per row."""
     n_out, n_in = weight.shape
-    w = weight.float()
-    scale = (w.abs().amax(dim=1) / QMAX).clamp(min=_TINY)
+    q, scale = int8_rows(weight)
     padded = torch.zeros(-(-n_out // PANEL) * PANEL, -(-n_in // 4) * 4, dtype=torch.int8)
-    padded[:n_out, :n_in] = torch.round(w / scale[:, None]).to(torch.int8)
+    padded[:n_out, :n_in] = q
     panels = padded.view(padded.shape[0] // PANEL, PANEL, padded.shape[1] // 4, 4).permute(0, 2, 1, 3)
     return panels.contiguous(), scale.contiguous()
 

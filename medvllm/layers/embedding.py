@@ -12,6 +12,7 @@ from torch import nn
 
 from medvllm.distributed.parallel import SINGLE, TensorParallel
 from medvllm.distributed.partition import split, split_sizes
+from medvllm.layers.cpu_int8_linear import int8_rows
 from medvllm.layers.linear import ColumnParallelLinear
 
 
@@ -29,12 +30,7 @@ class VocabParallelEmbedding(nn.Module):
         """Hold the table as int8 with one float32 scale per row (symmetric), and free the float rows.
         A looked-up row is then q * scale in float32: a quarter of the memory, each value within half a
         step of the original."""
-        w = self.weight.detach()
-        self.row_scale = (w.abs().amax(dim=1).float() / 127).clamp(min=1e-12)
-        self.int8_rows = torch.empty(w.shape, dtype=torch.int8, device=w.device)
-        for start in range(0, w.shape[0], 4096):  # in slices: no float temporary the size of the table
-            rows = slice(start, start + 4096)
-            self.int8_rows[rows] = torch.round(w[rows].float() / self.row_scale[rows, None])
+        self.int8_rows, self.row_scale = int8_rows(self.weight)
         self.weight.data = torch.empty(0, dtype=self.weight.dtype, device=self.weight.device)
 
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
