@@ -4,7 +4,8 @@ Two kernels, the choice recorded in runtime_info["quantization"]["kernel"]:
 - "native" (layers/native/int8_linear.c), used wherever the C kernels build: full-range weights
   (|q| <= 127) held once at one byte each, activations quantized inside the kernel, exact int32 sums.
   Measured here (2 threads, AVX2, the default model's four Linear shapes summed, benchmarks/int8_cpu.py):
-  faster than fbgemm and float32 at every row count from 1 to 2,048.
+  faster than float32 at every row count from 1 to 2,048; 2-4x faster than fbgemm at 1-16 rows (decode),
+  even at 64, and 2-12% slower than it from 128 rows up (prefill).
 - "fbgemm" (`torch.ops.quantized.linear_dynamic`), where no C compiler is found. That kernel
   quantizes its input per tensor; we make that per token by scaling each row to [-1, 1] first and
   multiplying the rows back afterwards (the matmul is linear in each row). A constant extra row pins
