@@ -24,12 +24,16 @@ from medvllm.quantization.dynamic_int8 import DynamicInt8Method
 from quant_quality import max_ngram_repeats, teacher_forced
 
 
-def _native_builds() -> bool:
+def _native_builds(name: str = "int8_linear") -> bool:
     try:
-        load("int8_linear")
+        load(name)
         return True
     except NativeUnavailable:
         return False
+
+
+def _rows_kernel_builds() -> bool:
+    return _native_builds() and _native_builds("int8_rows_matmul")
 
 
 KERNELS = [pytest.param("native", marks=pytest.mark.skipif(not _native_builds(), reason="no C compiler")),
@@ -98,6 +102,23 @@ def test_int8_keeps_leading_dims_and_zero_rows(kernel):
     assert torch.allclose(out[1, 2], layer.bias)
 
 
+@pytest.mark.skipif(not _native_builds("int8_rows_matmul"), reason="no C compiler")
+def test_int8_rows_head_is_weight_only_math_and_batch_invariant():
+    from medvllm.layers.cpu_int8_linear import int8_rows, int8_rows_linear, native_rows_kernel
+    torch.manual_seed(0)
+    weight = torch.randn(203, 100) * 0.1  # rows and width off every blocking (3, 8, 96 rows; 8 lanes)
+    weight[5] *= 30
+    q, scale = int8_rows(weight)
+    x = torch.randn(11, 100)
+    x[2] *= 50  # activations stay float: an outlier token changes nobody else's rounding
+    out = int8_rows_linear(native_rows_kernel(), x, q, scale)
+    exact = x.double() @ (q.double() * scale.double()[:, None]).T
+    assert out.shape == (11, 203) and ((out.double() - exact).abs() / exact.abs().amax()).max() < 1e-6
+    for rows in (slice(0, 1), slice(2, 3), slice(4, 9), slice(9, 11)):  # 1-row, 4-token and tail paths
+        assert torch.equal(int8_rows_linear(native_rows_kernel(), x[rows], q, scale), out[rows])
+    assert int8_rows_linear(native_rows_kernel(), x.view(1, 11, 100), q, scale).shape == (1, 11, 203)
+
+
 def test_without_the_native_kernel_dynamic_runs_on_fbgemm_and_says_so(monkeypatch):
     from medvllm.layers import cpu_int8_linear
 
@@ -138,21 +159,21 @@ def int8_llm():
 
 
 @pytest.mark.slow
-def test_int8_default_model_quantizes_every_linear_but_the_head(int8_llm):
+def test_int8_default_model_quantizes_every_linear_and_shares_one_int8_table_for_head_and_embedding(int8_llm):
     model = int8_llm.engine.runner.model
     layers = quantizable_layers(model)
     assert len(layers) == 4 * model.config.num_hidden_layers
     assert all(layer.method.name == "dynamic-int8" and layer.weight.numel() == 0 for layer in layers.values())
-    # the head stays float32 (oneDNN-packed where this torch can)
-    assert model.lm_head.method.name == ("float-packed" if packing_available(torch.float32) else "float")
     info = int8_llm.runtime_info()
     assert info["quantization"]["method"] == "dynamic-int8" and info["quantization"]["layers"] == len(layers)
-    # the packed head holds its own copy, so the embedding table is int8 rows (where packing exists)
-    embedding = model.model.embed_tokens
-    if packing_available(torch.float32):
-        assert info["quantization"]["embedding"] == "int8-rows" and embedding.weight.numel() == 0
-    else:  # the float head reads the table itself
-        assert info["quantization"]["embedding"] == "float" and model.lm_head.weight is embedding.weight
+    head, embedding = model.lm_head, model.model.embed_tokens
+    assert info["lm_head"] == head.method.name and info["quantization"]["embedding"] == "int8-rows"
+    if _rows_kernel_builds():  # the tied head and the embedding read the same int8 rows; no float table left
+        assert head.method.name == "int8-rows" and head.int8_rows is embedding.int8_rows
+        assert head.weight.numel() == 0 and embedding.weight.numel() == 0
+        assert info["quantization"]["float_layers"] == 0
+    else:  # fbgemm fallback: a float32 head (oneDNN-packed, its own copy) beside int8 embedding rows
+        assert head.method.name == ("float-packed" if packing_available(torch.float32) else "float")
     assert info["dtype"] == "float32"
     # int8 weight bytes (with the per-row scales) against float32
     float_bytes = sum(layer.in_features * layer.out_features * 4 for layer in layers.values())

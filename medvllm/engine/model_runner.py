@@ -34,9 +34,9 @@ class ModelRunner:
         if config.memory_efficient:  # the freed float weights go back to the OS, not to the heap
             release_free_memory()
         keep_logits_float32(self.model, self.dtype)
+        embedding_int8 = quantize_embedding(self.model, self.quant_method)  # the head too, where it can
         if self.device.type == "cpu":  # float32 layers left in float get oneDNN-packed weights
             pack_float_linears(self.model, self.dtype)
-        embedding_int8 = quantize_embedding(self.model, self.quant_method)
         self.quantization = describe_quantization(self.model, self.quant_method, embedding_int8)
         if embedding_int8 and config.memory_efficient:
             release_free_memory()

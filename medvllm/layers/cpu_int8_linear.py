@@ -1,8 +1,10 @@
-"""The native dynamic-int8 linear kernel (native/int8_linear.c): packing a weight for it, and calling it.
+"""The native int8 kernels on CPU: packing weights for them, and calling them.
 
-The weight is held once, as int8 in the kernel's panel layout, with one float32 scale per output
-channel: 1 byte per weight plus 4 per row, where fbgemm's packed form pads the input dimension to its
-block size (1.6x the bytes on the default model's 576-wide layers).
+- int8_linear.c (dynamic int8): the weight is held once, as int8 in the kernel's panel layout, with one
+  float32 scale per output channel: 1 byte per weight plus 4 per row, where fbgemm's packed form pads
+  the input dimension to its block size (1.6x the bytes on the default model's 576-wide layers).
+- int8_rows_matmul.c (weight-only): plain int8 rows with a scale each, float activations; the LM head
+  uses it, sharing its rows with the token embedding.
 """
 from __future__ import annotations
 
@@ -24,6 +26,14 @@ def native_int8_kernel():
     fn = load("int8_linear").int8_linear
     fn.restype = ctypes.c_int
     fn.argtypes = [_P, _P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int]
+    return fn
+
+
+def native_rows_kernel():
+    """The loaded weight-only kernel, or raises NativeUnavailable with the reason."""
+    fn = load("int8_rows_matmul").int8_rows_matmul
+    fn.restype = None
+    fn.argtypes = [_P, _P, _P, _P, _I, _I, _I, ctypes.c_int]
     return fn
 
 
@@ -61,3 +71,12 @@ def int8_linear(kernel, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tens
     if status != 0:
         raise MemoryError("the native int8 linear could not allocate its scratch memory")
     return out.view(*x.shape[:-1], n_out)
+
+
+def int8_rows_linear(kernel, x: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [..., in] float32 -> [..., out] float32 against int8 rows [out, in] (weight-only: x stays float)."""
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    out = torch.empty(flat.shape[0], rows.shape[0], dtype=torch.float32)
+    kernel(out.data_ptr(), flat.data_ptr(), rows.data_ptr(), scale.data_ptr(),
+           flat.shape[0], flat.shape[1], rows.shape[0], torch.get_num_threads())
+    return out.view(*x.shape[:-1], rows.shape[0])

@@ -33,7 +33,8 @@ def _numerics(s: dict) -> str:
     quant = rt.get("quantization") or "no quantization"
     if isinstance(quant, dict):  # runtime_info's account: method, kernel, layer counts
         quant = f"{quant.get('method')} on {quant.get('layers')} layers ({quant.get('float_layers')} kept in float)" + (
-            ", int8 embedding rows" if quant.get("embedding") == "int8-rows" else "")
+            ", int8 embedding rows" if quant.get("embedding") == "int8-rows" else "") + (
+            " shared with the LM head (weight-only)" if rt.get("lm_head") == "int8-rows" else "")
     return f"{rt['dtype']}, {quant}, on {rt['device']}"
 
 

@@ -3,8 +3,8 @@
 `linear_method(config)` builds the method a Config asks for (None: no quantization). While the model
 loads, `quantize_while_loading` quantizes each layer as soon as all of its tensors have been copied in
 and frees its float weight, so the whole float model never sits in memory at once; `quantize_model`
-then handles whatever the stream did not complete. The LM head stays in float: the default model's
-answers were measurably worse with an int8 head, and it is tied to the embeddings there anyway.
+then handles whatever the stream did not complete. The LM head is not quantized with the other layers:
+under dynamic int8 it becomes weight-only int8 rows shared with the embedding (quantize_embedding).
 Each method works on whatever weight the layer holds, so a tensor-parallel shard quantizes the same way.
 """
 from __future__ import annotations
@@ -97,13 +97,23 @@ def _complete(layer: LinearBase, parts: set) -> bool:
 
 
 def quantize_embedding(model: nn.Module, method: LinearMethod | None) -> bool:
-    """Under dynamic int8, hold the token embedding as int8 rows too (the quality gate's numbers in
-    docs/QUALITY.md include it). Not while a float LM head still reads the same tensor. Returns whether
-    it did."""
+    """Under dynamic int8, hold the token embedding as int8 rows too, and, where the weight-only kernel
+    builds, the LM head as well: a tied head then shares the embedding's int8 table (int8_head.py).
+    A float head tied to the embedding keeps the float table. The quality gate's numbers in
+    docs/QUALITY.md include all of it. Returns whether the embedding is int8."""
     if method is None or not getattr(method, "quantizes_embedding", False):
         return False
-    embedding = model.model.embed_tokens
-    if getattr(model.lm_head, "weight", None) is embedding.weight:
+    embedding, head = model.model.embed_tokens, model.lm_head
+    tied = getattr(head, "weight", None) is embedding.weight
+    kernel = getattr(method, "rows_kernel", None)
+    if kernel is not None:
+        from medvllm.quantization.int8_head import Int8RowsHead
+        quantize_layer(head, Int8RowsHead(kernel))
+        if tied:  # one table for both
+            embedding.int8_rows, embedding.row_scale = head.int8_rows, head.int8_scale
+            embedding.weight.data = torch.empty(0, dtype=embedding.weight.dtype)
+            return True
+    elif tied:
         return False
     embedding.quantize_rows_int8()
     return True
@@ -111,11 +121,13 @@ def quantize_embedding(model: nn.Module, method: LinearMethod | None) -> bool:
 
 def describe(model: nn.Module, method: LinearMethod | None, embedding_int8: bool = False) -> dict | None:
     """What quantization really runs, for runtime_info: method, kernel, how many layers use it, and
-    whether the token embedding is held as int8 rows."""
+    whether the token embedding is held as int8 rows (the head's own form is runtime_info's lm_head)."""
     if method is None:
         return None
     layers = quantizable_layers(model).values()
+    from medvllm.quantization.int8_head import Int8RowsHead
+    head_float = not isinstance(model.lm_head.method, Int8RowsHead)
     return {"method": method.name, "kernel": getattr(method, "kernel", "bitsandbytes"),
             "layers": sum(layer.method is method for layer in layers),
-            "float_layers": sum(layer.method is not method for layer in layers) + len(KEEP_FLOAT),
+            "float_layers": sum(layer.method is not method for layer in layers) + int(head_float),
             "embedding": "int8-rows" if embedding_int8 else "float"}

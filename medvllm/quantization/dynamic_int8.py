@@ -44,6 +44,12 @@ class DynamicInt8Method(LinearMethod):
                 if kernel == "native":
                     raise ConfigError(f"the native int8 kernel is unavailable here ({e}): install gcc") from None
         self.kernel = "native" if self.native is not None else "fbgemm"
+        self.rows_kernel = None  # the LM head's weight-only kernel (quantization.int8_head), if it builds
+        if self.native is not None:
+            try:
+                self.rows_kernel = native.native_rows_kernel()
+            except NativeUnavailable:
+                pass
         self.weight_qmax = native.QMAX if self.native is not None else FBGEMM_WEIGHT_QMAX
         if self.native is None and "fbgemm" not in torch.backends.quantized.supported_engines:
             raise ConfigError("quantization_method='dynamic' needs a C compiler for its int8 kernel (install gcc) "
