@@ -12,7 +12,8 @@ class LogitsRecorder:
         current: list[list[str]] = [[]]
 
         def run_and_note(seqs, is_prefill):
-            current[0] = [s.request_id for s in seqs]
+            from medvllm.engine.step_inputs import samples
+            current[0] = [s.request_id for s in seqs if samples(s, is_prefill)]
             return run(seqs, is_prefill)
 
         def compute_and_record(hidden):
@@ -28,3 +29,26 @@ class LogitsRecorder:
         import torch
         rows = [logits[ids.index(request_id)] for ids, logits in self.steps if request_id in ids]
         return torch.stack(rows)
+
+
+def hf_logits(model, token_ids: list[int]):
+    """transformers' logits [T, V] for one sequence, in float32."""
+    import torch
+    with torch.no_grad():
+        return model(torch.tensor([token_ids])).logits[0].float()
+
+
+def check_against_hf(model, llm, prompts, decode_steps: int = 8, tol: float = 1e-4):
+    """Greedy-generate `prompts` and compare every step's logits with transformers' on the same tokens."""
+    from medvllm import SamplingParams
+    recorder = LogitsRecorder(llm.engine)
+    params = SamplingParams(temperature=0, max_tokens=decode_steps + 1, ignore_eos=True)
+    outs = llm.generate(prompts, params)
+    for prompt, out in zip(prompts, outs):
+        ours = recorder.logits_of(out.request_id)
+        full = prompt + out.outputs[0].token_ids[:-1]
+        ref = hf_logits(model, full)[len(prompt) - 1:]
+        assert ours.shape == ref.shape
+        diff = (ours - ref).abs().max().item()
+        assert diff < tol, f"max-abs logits difference {diff:.2e}"
+    return outs

@@ -4,18 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine_probe import LogitsRecorder
-from medvllm import LLM, SamplingParams
+from engine_probe import check_against_hf, hf_logits
+from medvllm import LLM
 from medvllm.layers.norm import RMSNorm
 from tiny_models import ARCHS, build_tiny
 
-DECODE_STEPS = 8
 TOL = 1e-4
-
-
-def hf_logits(model, token_ids: list[int]) -> torch.Tensor:
-    with torch.no_grad():
-        return model(torch.tensor([token_ids])).logits[0].float()
 
 
 def prompts_of(lengths, seed):
@@ -39,20 +33,6 @@ def tiny(request, tmp_path_factory):
             if isinstance(module, RMSNorm):
                 module.native = None
     return arch, model, llm
-
-
-def check_against_hf(model, llm, prompts):
-    recorder = LogitsRecorder(llm.engine)
-    params = SamplingParams(temperature=0, max_tokens=DECODE_STEPS + 1, ignore_eos=True)
-    outs = llm.generate(prompts, params)
-    for prompt, out in zip(prompts, outs):
-        ours = recorder.logits_of(out.request_id)
-        full = prompt + out.outputs[0].token_ids[:-1]
-        ref = hf_logits(model, full)[len(prompt) - 1:]
-        assert ours.shape == ref.shape
-        diff = (ours - ref).abs().max().item()
-        assert diff < TOL, f"max-abs logits difference {diff:.2e}"
-    return outs
 
 
 def test_batch_of_mixed_lengths_matches_transformers(tiny):

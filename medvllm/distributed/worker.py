@@ -74,7 +74,8 @@ def serve(runner, tp: TensorParallel) -> None:
             return
         step = channel.to_device(message[1], runner.device)
         hidden = runner.model(step.input_ids, step.positions, step.attn)
-        runner.model.compute_logits(hidden[step.logits_index])  # its slice goes to rank 0
+        if step.sampling:  # as ModelRunner.run: no logits when only inner prompt chunks ran
+            runner.model.compute_logits(hidden[step.logits_index])  # its slice goes to rank 0
 
 
 def _die(rank: int, what: str, error: BaseException) -> None:

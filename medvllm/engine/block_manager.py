@@ -76,10 +76,22 @@ class BlockManager:
             prev = h
         return hits
 
-    def can_allocate(self, seq: Sequence) -> bool:
+    def num_cached_tokens(self, seq: Sequence) -> int:
+        """Leading tokens of the sequence whose KV the cache already holds."""
+        return len(self._lookup(seq)) * self.block_size
+
+    def can_allocate(self, seq: Sequence, upto: int | None = None, reserved: int = 0) -> bool:
+        """Room for the sequence's first `upto` tokens (all of them by default), cached ones included,
+        with `reserved` free blocks left over."""
         hits = self._lookup(seq)
         revived = sum(1 for b in hits if b.ref_count == 0)
-        return seq.num_blocks - len(hits) + revived <= self.num_free_blocks
+        return self._blocks_for(upto or len(seq)) - len(hits) + revived + reserved <= self.num_free_blocks
+
+    def can_grow(self, seq: Sequence, upto: int) -> bool:
+        return self._blocks_for(upto) - len(seq.block_table) <= self.num_free_blocks
+
+    def _blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
 
     def _take_free_block(self, keep_prefixes: bool = False) -> Block:
         if self.free_blank:
@@ -112,7 +124,8 @@ class BlockManager:
         block.token_ids = tokens
         self.cached.setdefault(block.hash, block.block_id)
 
-    def allocate(self, seq: Sequence) -> None:
+    def allocate(self, seq: Sequence, upto: int | None = None) -> None:
+        """Admit a sequence: its cached leading blocks, then new blocks up to token `upto` (default: all)."""
         assert not seq.block_table
         hits = self._lookup(seq)
         for block in hits:
@@ -124,14 +137,21 @@ class BlockManager:
         seq.metrics.num_cached_tokens = max(seq.metrics.num_cached_tokens, seq.num_computed_tokens)
         self.num_cached_tokens_total += seq.num_computed_tokens
         self.num_queried_tokens_total += len(seq)
-        prev = hits[-1].hash if hits else None
-        for i in range(len(hits), seq.num_blocks):
-            block = self._take_free_block()
-            tokens = tuple(seq.block_tokens(i))
-            if len(tokens) == self.block_size:
-                self._register(block, prev, tokens)
-                prev = block.hash
-            seq.block_table.append(block.block_id)
+        self.grow(seq, upto or len(seq))
+
+    def grow(self, seq: Sequence, upto: int) -> None:
+        """Blocks for the sequence's tokens up to `upto`. The full blocks among them that the step about
+        to run computes are named for reuse now: a block is never found by a later request before the
+        step that fills it has been scheduled."""
+        while len(seq.block_table) < self._blocks_for(upto):
+            seq.block_table.append(self._take_free_block().block_id)
+        if not self.enable_prefix_caching:
+            return
+        for i in range(seq.num_computed_tokens // self.block_size, upto // self.block_size):
+            block = self.blocks[seq.block_table[i]]
+            prev = self.blocks[seq.block_table[i - 1]].hash if i else None
+            if block.hash is None and (i == 0 or prev is not None):
+                self._register(block, prev, tuple(seq.block_tokens(i)))
 
     def take_scratch_blocks(self, n: int) -> list[int]:
         """n free blocks outside any sequence and the prefix cache (e.g. for scoring); give them back

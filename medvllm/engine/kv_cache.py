@@ -38,7 +38,7 @@ def allocate_kv_cache(model, config: Config, dtype: torch.dtype, device: torch.d
     """[2, layers, blocks, block_size, kv_heads, head_dim]; each attention layer gets its slices."""
     blocks = num_blocks_for(config, model, dtype, device, max_model_len)
     needed = -(-max_model_len // config.kvcache_block_size)
-    if blocks < needed:
+    if blocks < needed and (config.max_model_len is not None or blocks < 1):
         raise ConfigError(
             f"the KV cache holds {blocks} blocks of {config.kvcache_block_size} tokens, fewer than the "
             f"{needed} one request of max_model_len={max_model_len} needs: raise kv_cache_space_gib "
@@ -55,6 +55,20 @@ def allocate_kv_cache(model, config: Config, dtype: torch.dtype, device: torch.d
         layer.self_attn.attn.k_cache = cache[0, i]
         layer.self_attn.attn.v_cache = cache[1, i]
     return cache
+
+
+def fitted_max_model_len(config: Config, cache: torch.Tensor, max_model_len: int) -> int:
+    """An automatic max_model_len (the model's context) lowered to what the pool holds, with a note;
+    an explicit one that does not fit was refused above."""
+    capacity = cache.shape[2] * config.kvcache_block_size
+    if capacity >= max_model_len:
+        return max_model_len
+    import warnings
+    from medvllm.config import ConfigWarning
+    warnings.warn(f"max_model_len lowered from the model's {max_model_len} to {capacity} tokens, what the KV cache "
+                  "holds: raise kv_cache_space_gib (CPU) / gpu_memory_utilization (CUDA) for longer requests",
+                  ConfigWarning, stacklevel=2)
+    return capacity
 
 
 def zeroed(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -9,6 +9,7 @@ from medvllm.engine.model_runner import ModelRunner
 from medvllm.engine.output_processor import OutputProcessor
 from medvllm.engine.scheduler import Scheduler
 from medvllm.engine.sequence import Sequence
+from medvllm.engine.step_inputs import samples
 from medvllm.errors import RequestError
 from medvllm.loader import ModelSource, open_model
 from medvllm.outputs import RequestOutput
@@ -20,21 +21,16 @@ class LLMEngine:
         self.config = config
         self.source = source or open_model(config.model)
         hf = self.source.hf_config
-        self.max_model_len = config.max_model_len or min(
-            getattr(hf, "max_position_embeddings", 4096) or 4096, config.max_num_batched_tokens)
-        if self.max_model_len > config.max_num_batched_tokens:
-            from medvllm.errors import ConfigError
-            raise ConfigError(
-                f"max_model_len={self.max_model_len} exceeds max_num_batched_tokens="
-                f"{config.max_num_batched_tokens}: a full-length prompt could never be scheduled; "
-                "raise max_num_batched_tokens or lower max_model_len")
+        # prompts longer than max_num_batched_tokens are prefilled in chunks (scheduler.py)
+        self.max_model_len = config.max_model_len or getattr(hf, "max_position_embeddings", 4096) or 4096
         self.tokenizer = self.source.tokenizer
         if config.tensor_parallel_size > 1:  # shards over worker processes; see medvllm/distributed
             from medvllm.distributed.runner import TensorParallelRunner
             self.runner = TensorParallelRunner(config, self.source, self.max_model_len)
         else:
             self.runner = ModelRunner(config, self.source, self.max_model_len)
-        self.scheduler = Scheduler(config, self.runner.num_blocks)
+        self.max_model_len = self.runner.max_model_len  # lowered to the KV pool where that is smaller
+        self.scheduler = Scheduler(config, self.runner.num_blocks, self.max_model_len)
         self.outputs = OutputProcessor(self.tokenizer, eos_token_ids(hf, self.tokenizer), self.max_model_len)
         self._ids = itertools.count()
         self._seqs: dict[str, Sequence] = {}
@@ -93,13 +89,17 @@ class LLMEngine:
         tokens, logprobs = self.runner.run(seqs, is_prefill)
         now = time.time()
         results = []
-        for row, (seq, token) in enumerate(zip(seqs, tokens)):
+        sampling = [seq for seq in seqs if samples(seq, is_prefill)]
+        for seq in seqs:  # a prompt's inner chunk only advances
+            seq.num_computed_tokens = (seq.prefill_end or len(seq)) if is_prefill else len(seq)
+            seq.prefill_end = None
+        for row, (seq, token) in enumerate(zip(sampling, tokens)):
             finished = self.outputs.append(seq, token, None if logprobs is None else logprobs[row], now)
             if finished:
                 self.scheduler.finish(seq)
                 self._seqs.pop(seq.request_id, None)
             results.append(self.outputs.make_output(seq, finished))
-        self.num_generated_tokens += len(seqs)
+        self.num_generated_tokens += len(results)
         return results
 
     def score(self, token_ids: list[int]):

@@ -7,8 +7,8 @@ pool device (on CPU the pool is capped at what max_num_seqs requests of max_mode
 the engine holds is known (and fails, if it must, at start), and the steady state maps in nothing new:
 tests/test_memory_pool.py shows RSS flat over 1,000 decode steps.
 The per-step activations come back from the allocators: the caching allocator on CUDA, and on CPU
-glibc's heap once `keep_freed_memory` has told it to keep large blocks (see there); the same test
-measures it.
+glibc's heap (told by `keep_freed_memory` to keep blocks larger than it would by itself, where a
+step's buffers are that large); the same test measures it.
 """
 from __future__ import annotations
 
@@ -57,21 +57,31 @@ def release_free_memory() -> bool:
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_KEEP_BYTES = 1 << 30
+GLIBC_DYNAMIC_MMAP_MAX = 32 << 20  # the largest block glibc's own threshold learns to keep (64-bit)
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed blocks up to 1 GiB in its heap for reuse instead of unmapping them.
+def step_buffer_bytes(hf_config, max_num_batched_tokens: int) -> int:
+    """The largest activation a step allocates: the fused gate/up projection of a full token budget."""
+    width = max(2 * getattr(hf_config, "intermediate_size", 0), 3 * hf_config.hidden_size)
+    return max_num_batched_tokens * width * 4
 
-    By default every allocation over 32 MiB (a prefill's activations: 7,000 tokens x 3,072 floats is
-    86 MB) is a fresh mmap, so each step page-faults its work buffers in again and zeroes them. Kept
-    in the heap they are reused: the default model's 64-prompt prefill went from 21 s to 15.5 s on 2
-    cores. Peak memory is unchanged (it is the same buffers); the heap just does not shrink between
-    steps. Process-wide, like any allocator setting; returns False off glibc.
+
+def keep_freed_memory(largest: int) -> bool:
+    """Make glibc keep freed blocks up to twice `largest` bytes in its heap instead of unmapping them,
+    when they exceed what glibc keeps by itself (32 MiB). Returns whether it had to (False off glibc).
+
+    Past that size every allocation is a fresh mmap, so each step page-faults its work buffers in again
+    and zeroes them: with 8,192-token steps (86 MB buffers) the default model's 64-prompt prefill took
+    21 s instead of 15.5 s on 2 cores. With 2,048-token steps (the CPU default; 25 MB buffers) glibc's
+    own threshold already reuses them, and raising it only fragments the heap: 64 requests peaked
+    ~100 MB higher, no faster. Process-wide, like any allocator setting.
     """
+    if largest <= GLIBC_DYNAMIC_MMAP_MAX:
+        return False
     name = ctypes.util.find_library("c")
     try:
         mallopt = ctypes.CDLL(name).mallopt
     except (OSError, AttributeError, TypeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+    keep = 2 * largest
+    return bool(mallopt(_M_MMAP_THRESHOLD, keep)) and bool(mallopt(_M_TRIM_THRESHOLD, keep))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from medvllm.config import Config
-from medvllm.engine.kv_cache import allocate_kv_cache
+from medvllm.engine.kv_cache import allocate_kv_cache, fitted_max_model_len
 from medvllm.engine.sequence import Sequence
 from medvllm.engine.step_inputs import prepare_step, sampling_batch
 from medvllm.errors import ModelLoadError
@@ -12,7 +12,7 @@ from medvllm.layers.sampler import Sampler
 from medvllm.loader import ModelSource
 from medvllm.models.registry import model_class
 from medvllm.models.weights import load_weights
-from medvllm.engine.memory_pool import keep_freed_memory, release_free_memory
+from medvllm.engine.memory_pool import keep_freed_memory, release_free_memory, step_buffer_bytes
 from medvllm.engine.precision import apply_backend_flags, keep_logits_float32
 from medvllm.layers.cpu_linear import pack_float_linears
 from medvllm.layers.attention_backends import install as install_attention, select_backend
@@ -48,20 +48,26 @@ class ModelRunner:
             from medvllm.distributed.kv_blocks import agree_on_kv_blocks
             config = agree_on_kv_blocks(config, self.model, config.kv_torch_dtype, self.device, tp, max_model_len)
         self.kv_cache = allocate_kv_cache(self.model, config, config.kv_torch_dtype, self.device, max_model_len)
+        self.max_model_len = fitted_max_model_len(config, self.kv_cache, max_model_len)
         self.num_blocks = self.kv_cache[0].shape[1]
         generator = torch.Generator(device=self.device)
         generator.manual_seed(config.seed)
         self.sampler = Sampler(generator)
         # weights and KV cache in place: from here on, keep each step's work buffers for the next step
-        self.keeps_freed_memory = self.device.type == "cpu" and keep_freed_memory()
+        self.keeps_freed_memory = self.device.type == "cpu" and keep_freed_memory(
+            step_buffer_bytes(source.hf_config, config.max_num_batched_tokens))
 
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool):
-        """One forward pass + sampling. Returns (token ids [B] list, logprobs [B, V] or None)."""
+        """One forward pass + sampling. Returns (token ids [S] list, logprobs [S, V] or None) for the S
+        sequences that sample this step, in order (a prompt's inner chunk does not)."""
         step = self.prepare(seqs, is_prefill)
         hidden = self.model(step.input_ids, step.positions, step.attn)
+        if not step.sampling:  # only inner chunks of long prompts
+            return [], None
         logits = self.model.compute_logits(hidden[step.logits_index])
-        tokens, logprobs = self.sampler(logits, sampling_batch(seqs, self.vocab_size, self.device))
+        sampling = [seqs[i] for i in step.sampling]
+        tokens, logprobs = self.sampler(logits, sampling_batch(sampling, self.vocab_size, self.device))
         return tokens.tolist(), logprobs
 
     @torch.inference_mode()

@@ -27,6 +27,8 @@ class Sequence:
         self.block_table: list[int] = []
         # tokens whose KV is already in the cache (prefix-cache hits + computed ones)
         self.num_computed_tokens = 0
+        # a prefill step computes tokens [num_computed_tokens, prefill_end): a long prompt takes several
+        self.prefill_end: int | None = None
         self.finish_reason: str | None = None
         self.ends_with_stop_token = False  # finished by eos or a stop token id (not in the text)
         self.stream = False  # detokenize every step (streaming) rather than once at the end
@@ -53,6 +55,11 @@ class Sequence:
     @property
     def num_blocks(self) -> int:
         return (len(self.token_ids) + self.block_size - 1) // self.block_size
+
+    @property
+    def is_prefilling(self) -> bool:
+        """Admitted, with prompt tokens still to compute before it can decode (a prompt split over steps)."""
+        return bool(self.block_table) and self.num_computed_tokens < len(self.token_ids) - 1
 
     @property
     def is_finished(self) -> bool:

@@ -15,7 +15,13 @@ class StepInputs:
     input_ids: torch.Tensor  # [T]
     positions: torch.Tensor  # [T]
     attn: AttentionMetadata
-    logits_index: torch.Tensor  # [B] the token whose logits each sequence samples from
+    logits_index: torch.Tensor  # [S] the token whose logits each sampling sequence samples from
+    sampling: list[int]  # the S rows of the step's sequences that sample (not a prompt's inner chunk)
+
+
+def samples(seq: Sequence, is_prefill: bool) -> bool:
+    """Whether the step computes the sequence's last token (and so samples the next one)."""
+    return not is_prefill or seq.prefill_end in (None, len(seq))
 
 
 def prepare_step(seqs: list[Sequence], is_prefill: bool, block_size: int, device: torch.device,
@@ -24,21 +30,23 @@ def prepare_step(seqs: list[Sequence], is_prefill: bool, block_size: int, device
     positions: list[int] = []
     slots: list[int] = []
     query_lens: list[int] = []
+    context_lens: list[int] = []
     for seq in seqs:
         start = seq.num_computed_tokens if is_prefill else len(seq) - 1
-        input_ids.extend(seq.token_ids[start:])
-        span = range(start, len(seq))
+        end = (seq.prefill_end or len(seq)) if is_prefill else len(seq)
+        input_ids.extend(seq.token_ids[start:end])
+        span = range(start, end)
         positions.extend(span)
         table = seq.block_table
         slots.extend(table[p // block_size] * block_size + p % block_size for p in span)
-        query_lens.append(len(seq) - start)
+        query_lens.append(end - start)
+        context_lens.append(end)
     max_blocks = max(len(s.block_table) for s in seqs)
     tables = [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in seqs]
 
     def t(x):
         return torch.tensor(x, dtype=torch.long, device=device)
 
-    context_lens = [len(s) for s in seqs]
     block_tables = t(tables)
     meta = AttentionMetadata(slot_mapping=t(slots), block_tables=block_tables,
                              flat_block_tables=block_tables.flatten(), context_lens=t(context_lens),
@@ -49,8 +57,12 @@ def prepare_step(seqs: list[Sequence], is_prefill: bool, block_size: int, device
         _add_padding(meta, lens, ends, t(context_lens))
     else:
         meta.query_positions = meta.context_lens.unsqueeze(1) - 1
-    logits_index = torch.arange(len(input_ids), device=device) if all_logits else ends - 1
-    return StepInputs(t(input_ids), t(positions), meta, logits_index)
+    sampling = [i for i, seq in enumerate(seqs) if samples(seq, is_prefill)]
+    if all_logits:
+        logits_index = torch.arange(len(input_ids), device=device)
+    else:
+        logits_index = (ends - 1)[t(sampling)] if len(sampling) < len(seqs) else ends - 1
+    return StepInputs(t(input_ids), t(positions), meta, logits_index, sampling)
 
 
 def _add_padding(meta: AttentionMetadata, lens: torch.Tensor, ends: torch.Tensor, ctx: torch.Tensor) -> None:
