@@ -53,6 +53,7 @@ class LLM:
             "kv_block_size": self.config.kvcache_block_size,
             "tensor_parallel_size": self.config.tensor_parallel_size,
             "memory_pool": self.config.enable_memory_pooling,  # KV cache committed at start (engine/memory_pool.py)
+            "decode_layer": runner.decode_layer,  # "native": one C call per layer in decode steps
             "keeps_freed_memory": runner.keeps_freed_memory,  # CPU: glibc reuses work buffers (same file)
         }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from medvllm.config import Config
+from medvllm.layers.cpu_decode_layer import use_fused_decode
 from medvllm.engine.kv_cache import allocate_kv_cache, fitted_max_model_len
 from medvllm.engine.sequence import Sequence
 from medvllm.engine.step_inputs import prepare_step, sampling_batch
@@ -50,6 +51,7 @@ class ModelRunner:
         self.kv_cache = allocate_kv_cache(self.model, config, config.kv_torch_dtype, self.device, max_model_len)
         self.max_model_len = fitted_max_model_len(config, self.kv_cache, max_model_len)
         self.num_blocks = self.kv_cache[0].shape[1]
+        self.decode_layer = use_fused_decode(self.model, self.device, self.dtype)  # needs the KV cache in place
         generator = torch.Generator(device=self.device)
         generator.manual_seed(config.seed)
         self.sampler = Sampler(generator)

@@ -49,8 +49,9 @@ def load(name: str) -> ctypes.CDLL:
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         raise NativeUnavailable("no C compiler found (install gcc, or set CC)")
-    source = (HERE / f"{name}.c").read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(),
+    # every source of the folder goes into the key: a file may include another (decode_layer.c does)
+    sources = b"\0".join(path.read_bytes() for path in sorted(HERE.glob("*.c")))
+    key = hashlib.sha256(b"\0".join([name.encode(), sources, " ".join(FLAGS).encode(), compiler.encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
     target = cache_dir() / f"{name}-{key}.so"
     if not target.exists():

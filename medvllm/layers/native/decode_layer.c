@@ -1,0 +1,123 @@
+/* One decoder layer of a decode step in one call, for float32 Llama-family models whose Linear layers
+ * run the native dynamic-int8 kernel on CPU: norm, QKV, rotary, KV-cache write, paged attention,
+ * output projection, norm, gate/up, SiLU * up, down.
+ *
+ * One-token decode of the default model spends less time in arithmetic than in getting to it: the same
+ * layer through PyTorch and ctypes is ~15 dispatches, allocations and Python calls, 0.35 ms a layer
+ * against ~0.15 ms of kernels. Here it is one call. The kernels are the ones the PyTorch path calls
+ * (this file includes their sources), so each step computes the same arithmetic; only rotary and SiLU
+ * are written out here, in float32 as layers/rotary.py and F.silu do.
+ *
+ * Built at first use by medvllm/layers/native/build.py (gcc -O3 -march=native -fopenmp).
+ */
+#include "fused_norm.c"
+#include "int8_linear.c"
+#include "paged_attention.c"
+
+/* One int8 Linear: packed panels, per-output-channel scales, bias or NULL, outputs, padded inputs. */
+typedef struct {
+    const int8_t *panels;
+    const float *scale;
+    const float *bias;
+    int64_t n_out, k_padded;
+} Int8Weight;
+
+/* What a layer holds; built once per layer (layers/cpu_decode_layer.py). */
+typedef struct {
+    Int8Weight qkv, o, gate_up, down;
+    const float *input_norm, *post_norm;
+    void *k_cache, *v_cache;  /* [num_blocks, block_size, kv_heads, head_dim] */
+    int64_t hidden, heads, kv_heads, head_dim, intermediate, block_size, window, cache_dtype;
+    float eps, scale;
+} Layer;
+
+/* What a step gives every layer. */
+typedef struct {
+    const int64_t *positions, *slots, *block_tables, *token_rows;  /* [T], [T], [T, max_blocks], [T] */
+    const float *cos, *sin;                                        /* [max_positions, head_dim] */
+    int64_t tokens, max_blocks;
+    int threads;
+} Step;
+
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);  /* round to nearest even, as torch's float -> bfloat16 */
+    return (uint16_t)(u >> 16);
+}
+
+static int linear(float *out, const float *x, const Int8Weight *w, int64_t T, int64_t K, int threads) {
+    return int8_linear(out, x, w->panels, w->scale, w->bias, T, K, w->n_out, w->k_padded, threads);
+}
+
+/* x * cos + rotate_half(x) * sin on every head of a row, at the row's position: two products and a sum,
+ * rounded as PyTorch's three ops round them (no fused multiply-add). */
+__attribute__((optimize("fp-contract=off"))) static void rotate(float *row, int64_t heads, int64_t D, const float *cos, const float *sin) {
+    const int64_t half = D / 2;
+    float tmp[512];
+    for (int64_t h = 0; h < heads; ++h) {
+        float *x = row + h * D;
+        memcpy(tmp, x, sizeof(float) * (size_t)D);
+        for (int64_t d = 0; d < half; ++d) x[d] = tmp[d] * cos[d] + (-tmp[d + half]) * sin[d];
+        for (int64_t d = half; d < D; ++d) x[d] = tmp[d] * cos[d] + tmp[d - half] * sin[d];
+    }
+}
+
+static void write_cache(void *cache, int64_t dtype, int64_t slot, const float *row, int64_t width) {
+    if (dtype == CACHE_F32) {
+        memcpy((float *)cache + slot * width, row, sizeof(float) * (size_t)width);
+        return;
+    }
+    uint16_t *dst = (uint16_t *)cache + slot * width;
+    for (int64_t i = 0; i < width; ++i) dst[i] = to_bf16(row[i]);
+}
+
+/* hidden [T, hidden]: in, the previous layer's output (the embeddings when first); out, this layer's.
+ * residual [T, hidden]: the residual stream, updated in place. Returns 0, or 1 when memory ran out. */
+int decode_layer(const Layer *L, const Step *S, float *hidden, float *residual, int first) {
+    const int64_t T = S->tokens, D = L->hidden, Dh = L->head_dim, H = L->heads, Hkv = L->kv_heads;
+    const int64_t q_width = H * Dh, kv_width = Hkv * Dh, qkv_width = q_width + 2 * kv_width;
+    if (Dh > 512) return 1;
+    float *x = malloc(sizeof(float) * (size_t)(T * (D + qkv_width + 2 * q_width + 3 * L->intermediate)));
+    if (!x) return 1;
+    float *qkv = x + T * D, *q = qkv + T * qkv_width, *att = q + T * q_width, *gate_up = att + T * q_width;
+    float *act = gate_up + T * 2 * L->intermediate;
+    int failed = 0;
+
+    if (first) {
+        memcpy(residual, hidden, sizeof(float) * (size_t)(T * D));
+        rms_norm(x, NULL, hidden, NULL, L->input_norm, L->eps, T, D, S->threads);
+    } else {
+        rms_norm(x, residual, hidden, residual, L->input_norm, L->eps, T, D, S->threads);
+    }
+    failed |= linear(qkv, x, &L->qkv, T, D, S->threads);
+    for (int64_t t = 0; t < T && !failed; ++t) {
+        float *row = qkv + t * qkv_width;
+        const int64_t pos = S->positions[t];
+        rotate(row, H + Hkv, Dh, S->cos + pos * Dh, S->sin + pos * Dh);  /* q and k heads sit side by side */
+        memcpy(q + t * q_width, row, sizeof(float) * (size_t)q_width);
+        write_cache(L->k_cache, L->cache_dtype, S->slots[t], row + q_width, kv_width);
+        write_cache(L->v_cache, L->cache_dtype, S->slots[t], row + q_width + kv_width, kv_width);
+    }
+    if (!failed)
+        failed |= paged_attention(att, q, L->k_cache, L->v_cache, (int)L->cache_dtype, S->block_tables,
+                                  S->max_blocks, S->token_rows, S->positions, T, H, Hkv, Dh, L->block_size,
+                                  L->scale, L->window, S->threads) != 0;
+    if (!failed) failed |= linear(x, att, &L->o, T, q_width, S->threads);
+    if (!failed) {
+        rms_norm(x, residual, x, residual, L->post_norm, L->eps, T, D, S->threads);
+        failed |= linear(gate_up, x, &L->gate_up, T, D, S->threads);
+    }
+    if (!failed) {
+        const int64_t I = L->intermediate;
+        for (int64_t t = 0; t < T; ++t) {
+            const float *g = gate_up + t * 2 * I, *u = g + I;
+            float *a = act + t * I;
+            for (int64_t i = 0; i < I; ++i) a[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+        }
+        failed |= linear(hidden, act, &L->down, T, I, S->threads);
+    }
+    free(x);
+    return failed;
+}

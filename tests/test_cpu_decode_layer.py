@@ -1,0 +1,60 @@
+"""The fused native decode layer (layers/cpu_decode_layer.py) computes what the layer-by-layer PyTorch
+path computes: same logits at every decode step, same greedy tokens, for each architecture it covers
+and both KV cache dtypes it reads; it stands aside where it does not apply."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine_probe import LogitsRecorder
+from medvllm import LLM, SamplingParams
+from medvllm.layers.native.build import NativeUnavailable, load
+from tiny_models import build_tiny
+
+
+def _builds() -> bool:
+    try:
+        load("decode_layer")
+        return True
+    except NativeUnavailable:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _builds(), reason="no C compiler")
+
+
+def _prompts():
+    g = torch.Generator().manual_seed(7)
+    return [torch.randint(3, 256, (n,), generator=g).tolist() for n in (5, 19, 33, 40)]
+
+
+def _run(llm):
+    recorder = LogitsRecorder(llm.engine)
+    outs = llm.generate(_prompts(), SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
+    return [o.outputs[0].token_ids for o in outs], [recorder.logits_of(o.request_id) for o in outs]
+
+
+# mistral: a sliding window (12) shorter than the contexts; qwen2: a QKV bias; llama: tied embeddings
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("kv_dtype", ["auto", "bfloat16"])
+def test_fused_decode_matches_the_layer_by_layer_path(tmp_path, arch, kv_dtype):
+    build_tiny(arch, tmp_path)
+    llm = LLM(str(tmp_path), quantization_method="dynamic", kv_cache_dtype=kv_dtype, kvcache_block_size=16,
+              num_kvcache_blocks=64, max_model_len=256)
+    assert llm.runtime_info()["decode_layer"] == "native"
+    fused_tokens, fused_logits = _run(llm)
+    llm.engine.runner.model.model.fused_decode = None  # the PyTorch path, same weights and engine
+    tokens, logits = _run(llm)
+    assert fused_tokens == tokens
+    for a, b in zip(fused_logits, logits):
+        assert a.shape == b.shape == (12, a.shape[1])
+        assert (a - b).abs().max().item() < 1e-4
+
+
+def test_fused_decode_stands_aside_where_it_does_not_apply(tmp_path):
+    build_tiny("qwen3", tmp_path / "qwen3")  # q/k norms
+    assert LLM(str(tmp_path / "qwen3"), quantization_method="dynamic", num_kvcache_blocks=64,
+               max_model_len=256).runtime_info()["decode_layer"] == "torch"
+    build_tiny("llama", tmp_path / "llama")  # float32 Linears (oneDNN), not the int8 kernel
+    assert LLM(str(tmp_path / "llama"), num_kvcache_blocks=64,
+               max_model_len=256).runtime_info()["decode_layer"] == "torch"
