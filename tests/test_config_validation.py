@@ -174,3 +174,10 @@ def test_error_records_the_fields_it_is_about():
 
 def test_default_hardware_is_detected():
     Config()  # validates against this machine without raising
+
+
+def test_step_budget_defaults_per_device_and_covers_max_num_seqs():
+    from medvllm.config import DEFAULT_BATCHED_TOKENS
+    assert Config(device="cpu").max_num_batched_tokens == DEFAULT_BATCHED_TOKENS["cpu"] == 2048
+    assert Config(device="cpu", max_num_seqs=4096).max_num_batched_tokens == 4096
+    assert Config(device="cpu", max_num_batched_tokens=512).max_num_batched_tokens == 512

@@ -146,3 +146,21 @@ def test_a_pooled_cpu_cache_is_no_bigger_than_the_requests_can_fill(wide_tiny):
     unpooled = LLMEngine(Config(model=wide_tiny, device="cpu", kv_cache_space_gib=0.01, max_model_len=100,
                                 max_num_seqs=3, max_num_batched_tokens=512))
     assert unpooled.runner.num_blocks == int(0.01 * 2**30) // (16 * KV_BYTES_PER_TOKEN)  # the limit, mapped lazily
+
+
+def test_glibc_is_left_alone_while_a_step_buffer_fits_its_own_threshold():
+    """keep_freed_memory only raises glibc's mmap threshold for buffers beyond the 32 MiB it learns by
+    itself (at 8,192-token steps); at the CPU default of 2,048 tokens it changes nothing."""
+    from medvllm.engine.memory_pool import GLIBC_DYNAMIC_MMAP_MAX, keep_freed_memory, step_buffer_bytes
+    default_model = transformers.LlamaConfig(hidden_size=576, intermediate_size=1536)
+    assert step_buffer_bytes(default_model, 2048) == 2048 * 3072 * 4 <= GLIBC_DYNAMIC_MMAP_MAX
+    assert step_buffer_bytes(default_model, 8192) > GLIBC_DYNAMIC_MMAP_MAX
+    assert keep_freed_memory(step_buffer_bytes(default_model, 2048)) is False
+
+
+def test_an_automatic_max_model_len_is_lowered_to_what_the_pool_holds(wide_tiny):
+    with pytest.warns(UserWarning, match="max_model_len lowered from the model's 2048 to 320 tokens"):
+        engine = LLMEngine(Config(model=wide_tiny, device="cpu", num_kvcache_blocks=20, max_num_seqs=4))
+    assert engine.max_model_len == 320
+    with pytest.raises(ConfigError, match="fewer than the 32 one request of max_model_len=512 needs"):
+        LLMEngine(Config(model=wide_tiny, device="cpu", num_kvcache_blocks=20, max_model_len=512))
