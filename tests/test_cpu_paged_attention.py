@@ -94,7 +94,7 @@ def test_build_failure_is_reported_not_raised_into_the_engine(monkeypatch, tmp_p
     from medvllm.config import Config
     from medvllm.layers import attention_backends
     from medvllm.layers.native import build
-    build.load.cache_clear()
+    build._library.cache_clear()
     monkeypatch.setenv("MEDVLLM_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     try:
@@ -103,4 +103,4 @@ def test_build_failure_is_reported_not_raised_into_the_engine(monkeypatch, tmp_p
         assert attention_backends.select_backend(Config(device="cpu"), torch.device("cpu"), torch.float32,
                                                  False) == "sdpa"
     finally:
-        build.load.cache_clear()
+        build._library.cache_clear()

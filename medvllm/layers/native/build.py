@@ -1,8 +1,9 @@
 """Builds the C kernels in this folder with the system C compiler at first use, and loads them.
 
-The library is compiled for this CPU (-march=native) into a cache folder keyed by the source, the
-flags and the CPU, so only the first start on a machine pays the ~1 s build. Without a compiler the
-loader says why, and the caller keeps PyTorch's path (and records which one runs).
+The library is compiled for this CPU (-march=native) into a cache folder keyed by the sources, the
+flags and the CPU, so only the first start on a machine pays the build (~1.7 s here, one compile of
+kernels.c, which includes every other file). Without a compiler the loader says why, and the caller
+keeps PyTorch's path (and records which one runs).
 """
 from __future__ import annotations
 
@@ -41,21 +42,31 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
-@lru_cache(maxsize=None)
-def load(name: str) -> ctypes.CDLL:
-    """The compiled `name`.c of this folder, built on first use. Raises NativeUnavailable."""
+LIBRARY = "kernels"  # kernels.c includes every other source of the folder
+
+
+def load(name: str = LIBRARY) -> ctypes.CDLL:
+    """The compiled kernels, built on first use; `name` says which file's functions the caller wants
+    (they all live in one library). Raises NativeUnavailable."""
+    if not (HERE / f"{name}.c").exists():
+        raise NativeUnavailable(f"no native source {name}.c")
     if os.environ.get("MEDVLLM_DISABLE_NATIVE") == "1":
         raise NativeUnavailable("MEDVLLM_DISABLE_NATIVE=1")
+    return _library()
+
+
+@lru_cache(maxsize=None)
+def _library() -> ctypes.CDLL:
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         raise NativeUnavailable("no C compiler found (install gcc, or set CC)")
-    # every source of the folder goes into the key: a file may include another (decode_layer.c does)
+    # every source of the folder goes into the key: kernels.c includes them all
     sources = b"\0".join(path.read_bytes() for path in sorted(HERE.glob("*.c")))
-    key = hashlib.sha256(b"\0".join([name.encode(), sources, " ".join(FLAGS).encode(), compiler.encode(),
+    key = hashlib.sha256(b"\0".join([sources, " ".join(FLAGS).encode(), compiler.encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
-    target = cache_dir() / f"{name}-{key}.so"
+    target = cache_dir() / f"{LIBRARY}-{key}.so"
     if not target.exists():
-        _compile(compiler, HERE / f"{name}.c", target)
+        _compile(compiler, HERE / f"{LIBRARY}.c", target)
     try:
         return ctypes.CDLL(str(target))
     except OSError as e:
