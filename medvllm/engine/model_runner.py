@@ -32,14 +32,16 @@ class ModelRunner:
         self.backend_flags = apply_backend_flags(config, self.device)
         self.quant_method = linear_method(config)
         self.model = build_model(source, max_model_len, self.dtype, self.device, self.quant_method, tp=tp)
-        if config.memory_efficient:  # the freed float weights go back to the OS, not to the heap
+        # the float weights freed by quantization, or by a memory-efficient load, go back to the OS
+        release_freed = config.memory_efficient or self.quant_method is not None
+        if release_freed:
             release_free_memory()
         keep_logits_float32(self.model, self.dtype)
         embedding_int8 = quantize_embedding(self.model, self.quant_method)  # the head too, where it can
         if self.device.type == "cpu":  # float32 layers left in float get oneDNN-packed weights
             pack_float_linears(self.model, self.dtype)
         self.quantization = describe_quantization(self.model, self.quant_method, embedding_int8)
-        if embedding_int8 and config.memory_efficient:
+        if embedding_int8 and release_freed:
             release_free_memory()
         self.attention_backend = select_backend(config, self.device, self.dtype, _has_sliding_window(self.model))
         install_attention(self.model, self.attention_backend)
