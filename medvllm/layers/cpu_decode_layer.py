@@ -11,6 +11,7 @@ import ctypes
 
 import torch
 
+from medvllm.layers.cpu_attention import CpuPagedBackend
 from medvllm.layers.native.build import NativeUnavailable, load
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
@@ -52,7 +53,7 @@ def _why_not(model) -> str | None:
         if any(lin.tp.size != 1 or not hasattr(lin, "int8_panels") for lin in linears):
             return "a Linear layer not on the native int8 kernel"
         cache = attn.attn.k_cache
-        if cache is None or cache.dtype not in _CACHE_DTYPES or type(attn.attn.backend).__name__ != "CpuPagedBackend":
+        if cache is None or cache.dtype not in _CACHE_DTYPES or not isinstance(attn.attn.backend, CpuPagedBackend):
             return "the attention backend or KV cache dtype"
         if attn.head_dim > _MAX_HEAD_DIM:
             return "head_dim"

@@ -22,7 +22,8 @@ class Int8RowsHead(LinearMethod):
 
     def process_weights_after_loading(self, layer: LinearBase) -> None:
         layer.int8_rows, layer.int8_scale = native.int8_rows(layer.weight)
-        layer.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)  # unties; the caller reties
+        # a new, empty Parameter: a tied embedding keeps its own until quantize_embedding hands it these rows
+        layer.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)
 
     def apply(self, layer: LinearBase, x: torch.Tensor) -> torch.Tensor:
         out = native.int8_rows_linear(self.kernel, x, layer.int8_rows, layer.int8_scale)
