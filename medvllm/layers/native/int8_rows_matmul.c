@@ -3,12 +3,12 @@
  * so one int8 table serves both, and the activations stay float (no per-token rounding of the hidden
  * state the logits come from).
  *
- * Each int8 weight is widened to float in registers and met by fused multiply-adds: 8 rows at a time for
- * one token (enough independent sums in flight), blocks of 4 tokens x 3 rows for more (each widened
- * vector used 4 times). Widening into a float buffer instead was 1.6x slower here: it reads 4x the bytes
- * from L2. One output is the same float32 dot product of the row's K products, summed in 8 lanes and then
- * across them, whatever the blocking: a token's result does not depend on the other tokens of the batch
- * or on the thread count.
+ * Each int8 weight is widened to float in registers and met by fused multiply-adds: 6 rows at a time
+ * for one token (enough independent sums in flight; 8 spilled two of them to the stack, ~10% slower),
+ * blocks of 4 tokens x 3 rows for more (each widened vector used 4 times). Widening into a float buffer
+ * instead was 1.6x slower here: it reads 4x the bytes from L2. One output is the same float32 dot
+ * product of the row's K products, summed in 8 lanes and then across them, whatever the blocking: a
+ * token's result does not depend on the other tokens of the batch or on the thread count.
  *
  * Built at first use by medvllm/layers/native/build.py (gcc -O3 -march=native -fopenmp).
  */
@@ -18,8 +18,8 @@
 #endif
 
 #define TOKENS 4       /* tokens per register block */
-#define ROWS 8         /* most weight rows per register block */
-#define ROW_CHUNK 96   /* weight rows a thread takes at a time (a multiple of 3 and 8) */
+#define ROWS 6         /* most weight rows per register block */
+#define ROW_CHUNK 96   /* weight rows a thread takes at a time (a multiple of 3 and 6) */
 
 #ifdef __AVX2__
 static inline float hsum(__m256 v) {
@@ -69,7 +69,7 @@ static inline __attribute__((always_inline)) void block(
 static void dispatch(int t, int r, const float *const *x, const int8_t *const *q, const float *scale,
                      float *const *out, int64_t K) {
 #define CASE(T, R) if (t == T && r == R) { block(T, R, x, q, scale, out, K); return; }
-    CASE(1, 8) CASE(1, 7) CASE(1, 6) CASE(1, 5) CASE(1, 4) CASE(1, 3) CASE(1, 2) CASE(1, 1)
+    CASE(1, 6) CASE(1, 5) CASE(1, 4) CASE(1, 3) CASE(1, 2) CASE(1, 1)
     CASE(2, 3) CASE(2, 2) CASE(2, 1) CASE(3, 3) CASE(3, 2) CASE(3, 1) CASE(4, 3) CASE(4, 2) CASE(4, 1)
 #undef CASE
 }
@@ -78,8 +78,8 @@ static void dispatch(int t, int r, const float *const *x, const int8_t *const *q
 void int8_rows_matmul(float *out, const float *x, const int8_t *q, const float *scale,
                       int64_t M, int64_t K, int64_t N, int threads) {
     const int64_t chunks = (N + ROW_CHUNK - 1) / ROW_CHUNK;
-    /* one token: 8 rows at a time keep 8 sums in flight; more: 4 x 3 blocks reuse each widened vector */
-    const int rows_at_once = M == 1 ? 8 : 3;
+    /* one token: 6 rows at a time keep 6 sums in flight; more: 4 x 3 blocks reuse each widened vector */
+    const int rows_at_once = M == 1 ? 6 : 3;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t c = 0; c < chunks; ++c) {
         const int64_t first = c * ROW_CHUNK, end = first + ROW_CHUNK < N ? first + ROW_CHUNK : N;
