@@ -9,7 +9,7 @@ from medvllm.engine.model_runner import ModelRunner
 from medvllm.engine.output_processor import OutputProcessor
 from medvllm.engine.scheduler import Scheduler
 from medvllm.engine.sequence import Sequence
-from medvllm.engine.step_inputs import samples
+from medvllm.engine.step_inputs import samples, step_end
 from medvllm.errors import RequestError
 from medvllm.loader import ModelSource, open_model
 from medvllm.outputs import RequestOutput
@@ -91,7 +91,7 @@ class LLMEngine:
         results = []
         sampling = [seq for seq in seqs if samples(seq, is_prefill)]
         for seq in seqs:  # a prompt's inner chunk only advances
-            seq.num_computed_tokens = (seq.prefill_end or len(seq)) if is_prefill else len(seq)
+            seq.num_computed_tokens = step_end(seq, is_prefill)
             seq.prefill_end = None
         for row, (seq, token) in enumerate(zip(sampling, tokens)):
             finished = self.outputs.append(seq, token, None if logprobs is None else logprobs[row], now)

@@ -19,9 +19,14 @@ class StepInputs:
     sampling: list[int]  # the S rows of the step's sequences that sample (not a prompt's inner chunk)
 
 
+def step_end(seq: Sequence, is_prefill: bool) -> int:
+    """The step computes the sequence's tokens up to here (a prefill chunk may stop short of its end)."""
+    return (seq.prefill_end or len(seq)) if is_prefill else len(seq)
+
+
 def samples(seq: Sequence, is_prefill: bool) -> bool:
     """Whether the step computes the sequence's last token (and so samples the next one)."""
-    return not is_prefill or seq.prefill_end in (None, len(seq))
+    return step_end(seq, is_prefill) == len(seq)
 
 
 def prepare_step(seqs: list[Sequence], is_prefill: bool, block_size: int, device: torch.device,
@@ -33,7 +38,7 @@ def prepare_step(seqs: list[Sequence], is_prefill: bool, block_size: int, device
     context_lens: list[int] = []
     for seq in seqs:
         start = seq.num_computed_tokens if is_prefill else len(seq) - 1
-        end = (seq.prefill_end or len(seq)) if is_prefill else len(seq)
+        end = step_end(seq, is_prefill)
         input_ids.extend(seq.token_ids[start:end])
         span = range(start, end)
         positions.extend(span)

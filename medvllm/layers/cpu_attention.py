@@ -13,7 +13,7 @@ import torch
 
 from medvllm.layers.native.build import load
 
-_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+CACHE_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # CACHE_F32 / CACHE_BF16 in native/paged_attention.c
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 
@@ -33,7 +33,7 @@ def paged_attention(kernel, q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                     scale: float, sliding_window: int | None) -> torch.Tensor:
     """q: [T, H, D]; caches [num_blocks, block_size, Hkv, D]. Token t attends to positions
     0..token_positions[t] (within the window) of block_tables[token_rows[t]]. Returns [T, H, D] in q's dtype."""
-    if k_cache.dtype not in _DTYPES:
+    if k_cache.dtype not in CACHE_DTYPES:
         raise TypeError(f"the native paged attention reads float32 or bfloat16 caches, not {k_cache.dtype}")
     num_tokens, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
@@ -42,7 +42,7 @@ def paged_attention(kernel, q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     tables = block_tables.to(torch.int64).contiguous()
     rows = token_rows.to(torch.int64).contiguous()
     positions = token_positions.to(torch.int64).contiguous()
-    status = kernel(out.data_ptr(), q32.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), _DTYPES[k_cache.dtype],
+    status = kernel(out.data_ptr(), q32.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), CACHE_DTYPES[k_cache.dtype],
                     tables.data_ptr(), tables.shape[1], rows.data_ptr(), positions.data_ptr(), num_tokens,
                     num_heads, num_kv_heads, head_dim, block_size, scale, sliding_window or 0,
                     torch.get_num_threads())

@@ -11,11 +11,10 @@ import ctypes
 
 import torch
 
-from medvllm.layers.cpu_attention import CpuPagedBackend
+from medvllm.layers.cpu_attention import CACHE_DTYPES, CpuPagedBackend
 from medvllm.layers.native.build import NativeUnavailable, load
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-_CACHE_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # CACHE_F32 / CACHE_BF16 in paged_attention.c
 _MAX_HEAD_DIM = 512  # decode_layer.c's rotary scratch
 
 
@@ -53,7 +52,7 @@ def _why_not(model) -> str | None:
         if any(lin.tp.size != 1 or not hasattr(lin, "int8_panels") for lin in linears):
             return "a Linear layer not on the native int8 kernel"
         cache = attn.attn.k_cache
-        if cache is None or cache.dtype not in _CACHE_DTYPES or not isinstance(attn.attn.backend, CpuPagedBackend):
+        if cache is None or cache.dtype not in CACHE_DTYPES or not isinstance(attn.attn.backend, CpuPagedBackend):
             return "the attention backend or KV cache dtype"
         if attn.head_dim > _MAX_HEAD_DIM:
             return "head_dim"
@@ -75,7 +74,7 @@ class FusedDecode:
                 layer.input_layernorm.weight.data_ptr(), layer.post_attention_layernorm.weight.data_ptr(),
                 cache.data_ptr(), attn.attn.v_cache.data_ptr(), layer.input_layernorm.weight.shape[0],
                 attn.num_heads, attn.num_kv_heads, attn.head_dim, mlp.intermediate, cache.shape[1],
-                attn.attn.sliding_window or 0, _CACHE_DTYPES[cache.dtype], layer.input_layernorm.eps,
+                attn.attn.sliding_window or 0, CACHE_DTYPES[cache.dtype], layer.input_layernorm.eps,
                 attn.attn.scale))
 
     def __call__(self, hidden: torch.Tensor, positions: torch.Tensor, meta) -> tuple[torch.Tensor, torch.Tensor]:
