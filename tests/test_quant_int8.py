@@ -91,6 +91,32 @@ def test_int8_rows_do_not_depend_on_the_batch(kernel):
     assert torch.equal(layer(x[62:67]), batched[62:67])
 
 
+def _native_int8_in_torch(x, weight, bias):
+    """The native kernel's arithmetic written out in torch: per-token and per-channel symmetric int8,
+    exact integer dot products (float64 holds them exactly), then the kernel's float32 epilogue."""
+    from medvllm.layers.cpu_int8_linear import int8_rows
+    q, w_scale = int8_rows(weight)
+    amax = x.abs().amax(dim=1)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    sums = torch.round(x * inv[:, None]).double() @ q.double().T
+    return sums.float() * (amax / 127.0)[:, None] * w_scale[None, :] + bias
+
+
+@pytest.mark.skipif(not _native_builds(), reason="no C compiler")
+@pytest.mark.parametrize("rows,n_in,n_out", [(1, 128, 40), (15, 128, 40), (16, 128, 48), (17, 128, 33),
+                                             (70, 192, 200), (48, 576, 80), (33, 96, 50)])
+def test_native_int8_linear_is_the_exact_integer_math_on_every_path(rows, n_in, n_out):
+    # whichever path this CPU takes (AMX for blocks of 16 tokens when the input width is a multiple of
+    # 64, AVX-512 VNNI or AVX2 for the rest), the int32 sums are exact: equal to the bit
+    from medvllm.layers.cpu_int8_linear import int8_linear, native_int8_kernel, pack_int8
+    torch.manual_seed(rows)
+    weight, x, bias = torch.randn(n_out, n_in), torch.randn(rows, n_in), torch.randn(n_out)
+    x[0] *= 30
+    packed, scale = pack_int8(weight)
+    out = int8_linear(native_int8_kernel(), x, packed, scale, bias)
+    assert torch.equal(out, _native_int8_in_torch(x, weight, bias))
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_int8_keeps_leading_dims_and_zero_rows(kernel):
     layer = _layer()

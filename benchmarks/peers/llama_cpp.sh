@@ -31,6 +31,15 @@ if [[ ! -d "$ROOT/src" ]]; then
   mv "$tmp" "$ROOT/src"
 fi
 
+# GCC 12's _tile_loadconfig declares an 8-byte operand, so the stores that fill the 64-byte tile config
+# are dropped and the AMX path dies with an illegal instruction; a compiler barrier before the load
+# keeps them. Applied once, and harmless where the CPU has no AMX (the file is not built there).
+MMQ="$ROOT/src/vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp"
+if [[ -f "$MMQ" ]] && ! grep -q 'medvllm: keep tile config stores' "$MMQ"; then
+  sed -i 's|^\( *\)_tile_loadconfig(&tc);|\1asm volatile("" ::: "memory");  // medvllm: keep tile config stores\n\1_tile_loadconfig(\&tc);|' "$MMQ"
+  grep -q 'medvllm: keep tile config stores' "$MMQ" || { echo "could not patch $MMQ" >&2; exit 1; }
+fi
+
 # Native Release build of the two tools only. No curl (nothing is downloaded at run time), no tests.
 nice -n "$NICE" cmake -S "$ROOT/src/vendor/llama.cpp" -B "$ROOT/build" -G Ninja \
   -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \

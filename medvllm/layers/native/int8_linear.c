@@ -11,14 +11,33 @@
  * every dot product is exact in int32 and the result does not depend on the kernel's blocking, on the
  * thread count, or on the other tokens of the batch.
  *
+ * Where the CPU has them, two faster paths compute the same int32 sums, so the result is the same to the
+ * bit whichever runs:
+ * - AVX-512 VNNI: vpdpbusd multiplies u8 by s8 and adds 4 products straight into int32. The token goes
+ *   in as x + 128 (unsigned), and 128 * (the column's weight sum) comes off at the end; one 512-bit
+ *   register holds a whole panel.
+ * - AMX: blocks of 16 tokens meet 16 columns in one tile instruction (s8 x s8 into int32); the panel
+ *   layout is the tile's B layout already. Rows past the last full 16 take the path above.
+ *
  * Built at first use by medvllm/layers/native/build.py (gcc -O3 -march=native -fopenmp).
  */
+#ifndef _DEFAULT_SOURCE
+#define _DEFAULT_SOURCE  /* syscall() */
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef __AVX2__
 #include <immintrin.h>
+#endif
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define HAVE_VNNI512 1
+#endif
+#if defined(__AMX_INT8__) && defined(__AMX_TILE__) && defined(__linux__)
+#define HAVE_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 #define PANEL 16       /* output columns per packed panel */
@@ -32,9 +51,17 @@ static void quantize_row(const float *x, int64_t K, int64_t Kp, int8_t *q, uint8
     for (int64_t k = 0; k < K; ++k) {
         const int v = (int)nearbyintf(x[k] * inv);  /* round half to even, as torch.round */
         q[k] = (int8_t)v;
-        mag[k] = (uint8_t)(v < 0 ? -v : v);
+#ifdef HAVE_VNNI512
+        mag[k] = (uint8_t)(v + 128);  /* the unsigned side of vpdpbusd: x + 128 */
+#else
+        mag[k] = (uint8_t)(v < 0 ? -v : v);  /* the unsigned side of vpmaddubsw: |x| */
+#endif
     }
+#ifdef HAVE_VNNI512
+    for (int64_t k = K; k < Kp; ++k) q[k] = 0, mag[k] = 128;
+#else
     for (int64_t k = K; k < Kp; ++k) q[k] = 0, mag[k] = 0;
+#endif
     *step = amax / 127.f;
 }
 
@@ -44,13 +71,51 @@ static inline int32_t load4(const void *p) {
     return v;
 }
 
+/* int32 sums of `count` tokens x one panel -> their float outputs for columns n0.. (every path). */
+static inline __attribute__((always_inline)) void store_panel(
+        const int count, const int32_t (*acc)[PANEL], const float *steps, const float *w_scale,
+        const float *bias, float *const *out, int64_t n0, int64_t N) {
+    const int64_t width = N - n0 < PANEL ? N - n0 : PANEL;
+    for (int r = 0; r < count; ++r)
+        for (int64_t c = 0; c < width; ++c)
+            out[r][n0 + c] = (float)acc[r][c] * steps[r] * w_scale[n0 + c] + (bias ? bias[n0 + c] : 0.f);
+}
+
 /* Rows r of `count` (1..4) tokens against one panel; writes their float outputs for columns n0.. */
 static inline __attribute__((always_inline)) void panel_rows(
         const int count, const int8_t *const *q, const uint8_t *const *mag, const float *steps,
         const int8_t *panel, int64_t K4, const float *w_scale, const float *bias, float *const *out,
         int64_t n0, int64_t N) {
     int32_t acc[4][PANEL];
-#ifdef __AVX2__
+#if defined(HAVE_VNNI512)
+    /* even and odd groups into separate sums: two chains of vpdpbusd in flight, not one (int32 sums are
+     * exact, so the split changes nothing) */
+    __m512i even[4], odd[4], wsum_even = _mm512_setzero_si512(), wsum_odd = _mm512_setzero_si512();
+    for (int r = 0; r < count; ++r) even[r] = odd[r] = _mm512_setzero_si512();
+    const __m512i ones = _mm512_set1_epi8(1);
+    int64_t g = 0;
+    for (; g + 2 <= K4; g += 2) {
+        const __m512i w0 = _mm512_loadu_si512((const void *)(panel + 64 * g));
+        const __m512i w1 = _mm512_loadu_si512((const void *)(panel + 64 * g + 64));
+        wsum_even = _mm512_dpbusd_epi32(wsum_even, ones, w0);
+        wsum_odd = _mm512_dpbusd_epi32(wsum_odd, ones, w1);
+        for (int r = 0; r < count; ++r) {
+            even[r] = _mm512_dpbusd_epi32(even[r], _mm512_set1_epi32(load4(mag[r] + 4 * g)), w0);
+            odd[r] = _mm512_dpbusd_epi32(odd[r], _mm512_set1_epi32(load4(mag[r] + 4 * g + 4)), w1);
+        }
+    }
+    if (g < K4) {
+        const __m512i w = _mm512_loadu_si512((const void *)(panel + 64 * g));
+        wsum_even = _mm512_dpbusd_epi32(wsum_even, ones, w);
+        for (int r = 0; r < count; ++r)
+            even[r] = _mm512_dpbusd_epi32(even[r], _mm512_set1_epi32(load4(mag[r] + 4 * g)), w);
+    }
+    /* 128 * the column's weight sum */
+    const __m512i correction = _mm512_slli_epi32(_mm512_add_epi32(wsum_even, wsum_odd), 7);
+    for (int r = 0; r < count; ++r)
+        _mm512_storeu_si512((void *)acc[r], _mm512_sub_epi32(_mm512_add_epi32(even[r], odd[r]), correction));
+    (void)q;
+#elif defined(__AVX2__)
     __m256i sum[4][2];
     for (int r = 0; r < count; ++r) sum[r][0] = sum[r][1] = _mm256_setzero_si256();
     const __m256i ones = _mm256_set1_epi16(1);
@@ -78,11 +143,93 @@ static inline __attribute__((always_inline)) void panel_rows(
                 for (int j = 0; j < 4; ++j) acc[r][c] += (int32_t)q[r][4 * g + j] * panel[64 * g + 4 * c + j];
     }
 #endif
-    const int64_t width = N - n0 < PANEL ? N - n0 : PANEL;
-    for (int r = 0; r < count; ++r)
-        for (int64_t c = 0; c < width; ++c)
-            out[r][n0 + c] = (float)acc[r][c] * steps[r] * w_scale[n0 + c] + (bias ? bias[n0 + c] : 0.f);
+    store_panel(count, (const int32_t (*)[PANEL])acc, steps, w_scale, bias, out, n0, N);
 }
+
+#ifdef HAVE_AMX
+#define AMX_ROWS 16  /* tokens per tile */
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+/* Linux hands out the AMX register state only on request, once per process. */
+static int amx_ready(void) {
+    static int state;  /* 0: not asked yet, 1: granted, -1: refused */
+    if (state == 0) state = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 ? 1 : -1;
+    return state == 1;
+}
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} TileConfig;
+
+/* tmm0-3: int32 sums of 2 x 2 blocks (16 tokens x 16 columns); tmm4-5: tokens; tmm6-7: weights. */
+static void amx_configure(void) {
+    TileConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    /* GCC 12 declares _tile_loadconfig's operand as 8 bytes and may drop the stores above: keep them */
+    __asm__ volatile("" ::: "memory");
+    _tile_loadconfig(&cfg);
+}
+
+/* Tokens [m, m + 16 * row_tiles) x panels [p, p + panel_tiles), 1 or 2 of each, over all of K. */
+static void amx_block(int row_tiles, int panel_tiles, const int8_t *q, int64_t m, const int8_t *packed,
+                      int64_t p, int64_t Kp, const float *steps, const float *w_scale, const float *bias,
+                      float *out, int64_t N) {
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    const int8_t *a0 = q + m * Kp, *a1 = a0 + AMX_ROWS * Kp;
+    const int8_t *b0 = packed + p * PANEL * Kp, *b1 = b0 + PANEL * Kp;
+    for (int64_t k = 0; k < Kp; k += 64) {
+        _tile_loadd(4, a0 + k, Kp);
+        _tile_loadd(6, b0 + 16 * k, 64);  /* 16 groups of 4 inputs: 1 KiB of the panel */
+        _tile_dpbssd(0, 4, 6);
+        if (panel_tiles == 2) {
+            _tile_loadd(7, b1 + 16 * k, 64);
+            _tile_dpbssd(1, 4, 7);
+        }
+        if (row_tiles == 2) {
+            _tile_loadd(5, a1 + k, Kp);
+            _tile_dpbssd(2, 5, 6);
+            if (panel_tiles == 2) _tile_dpbssd(3, 5, 7);
+        }
+    }
+    int32_t acc[4][AMX_ROWS][PANEL];
+    _tile_stored(0, acc[0], 64);
+    if (panel_tiles == 2) _tile_stored(1, acc[1], 64);
+    if (row_tiles == 2) _tile_stored(2, acc[2], 64);
+    if (row_tiles == 2 && panel_tiles == 2) _tile_stored(3, acc[3], 64);
+    for (int i = 0; i < row_tiles; ++i)
+        for (int j = 0; j < panel_tiles; ++j) {
+            const int64_t first = m + i * AMX_ROWS;
+            float *os[AMX_ROWS];
+            for (int r = 0; r < AMX_ROWS; ++r) os[r] = out + (first + r) * N;
+            store_panel(AMX_ROWS, (const int32_t (*)[PANEL])acc[2 * i + j], steps + first, w_scale, bias, os,
+                        (p + j) * PANEL, N);
+        }
+}
+
+/* The first `rows` tokens (a multiple of 16) through AMX, in blocks of 32 tokens x 32 columns. */
+static void amx_rows(const int8_t *q, int64_t rows, const int8_t *packed, int64_t Kp, const float *steps,
+                     const float *w_scale, const float *bias, float *out, int64_t N, int threads) {
+    const int64_t panels = (N + PANEL - 1) / PANEL, row_pairs = (rows / AMX_ROWS + 1) / 2,
+                  panel_pairs = (panels + 1) / 2;
+#pragma omp parallel num_threads(threads)
+    {
+        amx_configure();
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t i = 0; i < row_pairs; ++i)
+            for (int64_t j = 0; j < panel_pairs; ++j) {
+                const int64_t m = 2 * i * AMX_ROWS, p = 2 * j;
+                amx_block(m + 2 * AMX_ROWS <= rows ? 2 : 1, p + 2 <= panels ? 2 : 1, q, m, packed, p, Kp,
+                          steps, w_scale, bias, out, N);
+            }
+        _tile_release();
+    }
+}
+#endif
 
 /* x [M, K] float32, packed weight of N columns and Kp = K rounded up to 4, w_scale [N], bias [N] or NULL,
  * out [M, N] float32. Returns 0, or 1 when scratch memory cannot be had. */
@@ -98,13 +245,21 @@ int int8_linear(float *out, const float *x, const int8_t *packed, const float *w
 #pragma omp parallel for num_threads(threads) schedule(static) if (M > 8)
     for (int64_t m = 0; m < M; ++m) quantize_row(x + m * K, K, Kp, q + m * Kp, mag + m * Kp, steps + m);
 
-    const int64_t panels = (N + PANEL - 1) / PANEL, blocks = (M + ROW_BLOCK - 1) / ROW_BLOCK, K4 = Kp / 4;
-#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+    int64_t first = 0;  /* tokens before it went through AMX */
+#ifdef HAVE_AMX
+    if (M >= AMX_ROWS && Kp % 64 == 0 && amx_ready()) {
+        first = M / AMX_ROWS * AMX_ROWS;
+        amx_rows(q, first, packed, Kp, steps, w_scale, bias, out, N, threads);
+    }
+#endif
+    const int64_t panels = (N + PANEL - 1) / PANEL, K4 = Kp / 4;
+    const int64_t blocks = (M - first + ROW_BLOCK - 1) / ROW_BLOCK;
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static) if (blocks > 0)
     for (int64_t b = 0; b < blocks; ++b)
         for (int64_t p = 0; p < panels; ++p) {
             const int8_t *panel = packed + p * PANEL * Kp;
-            const int64_t end = (b + 1) * ROW_BLOCK < M ? (b + 1) * ROW_BLOCK : M;
-            for (int64_t m = b * ROW_BLOCK; m < end; m += 4) {
+            const int64_t end = first + (b + 1) * ROW_BLOCK < M ? first + (b + 1) * ROW_BLOCK : M;
+            for (int64_t m = first + b * ROW_BLOCK; m < end; m += 4) {
                 const int8_t *qs[4];
                 const uint8_t *ms[4];
                 float *os[4];
