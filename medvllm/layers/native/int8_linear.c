@@ -46,7 +46,8 @@
 /* One token: int8 values (sign carried), their magnitudes, and the float step of one unit. */
 static void quantize_row(const float *x, int64_t K, int64_t Kp, int8_t *q, uint8_t *mag, float *step) {
     float amax = 0.f;
-    for (int64_t k = 0; k < K; ++k) amax = fmaxf(amax, fabsf(x[k]));
+#pragma omp simd reduction(max : amax)
+    for (int64_t k = 0; k < K; ++k) amax = amax > fabsf(x[k]) ? amax : fabsf(x[k]);
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
     for (int64_t k = 0; k < K; ++k) {
         const int v = (int)nearbyintf(x[k] * inv);  /* round half to even, as torch.round */
@@ -76,9 +77,21 @@ static inline __attribute__((always_inline)) void store_panel(
         const int count, const int32_t (*acc)[PANEL], const float *steps, const float *w_scale,
         const float *bias, float *const *out, int64_t n0, int64_t N) {
     const int64_t width = N - n0 < PANEL ? N - n0 : PANEL;
+#ifdef __AVX512F__
+    /* the same three roundings as the loop below, 16 columns at a time (no fused multiply-add) */
+    const __mmask16 cols = (__mmask16)((1u << width) - 1u);
+    const __m512 ws = _mm512_maskz_loadu_ps(cols, w_scale + n0);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(cols, bias + n0) : _mm512_setzero_ps();
+    for (int r = 0; r < count; ++r) {
+        const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(acc[r])),
+                                                     _mm512_set1_ps(steps[r])), ws);
+        _mm512_mask_storeu_ps(out[r] + n0, cols, _mm512_add_ps(v, b));
+    }
+#else
     for (int r = 0; r < count; ++r)
         for (int64_t c = 0; c < width; ++c)
             out[r][n0 + c] = (float)acc[r][c] * steps[r] * w_scale[n0 + c] + (bias ? bias[n0 + c] : 0.f);
+#endif
 }
 
 /* Rows r of `count` (1..4) tokens against one panel; writes their float outputs for columns n0.. */
