@@ -14,8 +14,131 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
 enum { CACHE_F32 = 0, CACHE_BF16 = 1 };
 #define KEYS_PER_PASS 4
+#define WIDE_KEYS 16  /* keys per pass of the AVX-512 path */
+
+#ifdef __AVX512F__
+/* 16 floats of a cache row at `offset`, widened from bf16 when the cache holds bf16 (exact). */
+static inline __m512 row16(const void *cache, int dtype, int64_t offset) {
+    if (dtype == CACHE_F32) return _mm512_loadu_ps((const float *)cache + offset);
+    const __m256i half = _mm256_loadu_si256((const __m256i *)((const uint16_t *)cache + offset));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+
+/* v[0..15] -> one vector whose lane j is the sum of v[j]'s 16 lanes: 45 operations for 16 sums,
+ * where 16 horizontal sums take ~8 each. */
+static inline __m512 sum16(const __m512 *v) {
+    __m512 t[8], u[4];
+    for (int i = 0; i < 8; ++i)  /* per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] */
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; ++i) {  /* per 128-bit lane: the lane's sums of v[4i .. 4i+3] */
+        const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
+        u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    /* then across the four 128-bit lanes */
+    const __m512 w01 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xdd));
+    const __m512 w23 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xdd));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, 0x88), _mm512_shuffle_f32x4(w01, w23, 0xdd));
+}
+
+/* softmax in place over n scores; the float32 steps of the portable path below */
+static void softmax(float *sg, int64_t n) {
+    float top = -INFINITY, sum = 0.f;
+    for (int64_t i = 0; i < n; ++i) top = sg[i] > top ? sg[i] : top;
+    for (int64_t i = 0; i < n; ++i) {
+        sg[i] = expf(sg[i] - top);
+        sum += sg[i];
+    }
+    const float inv = 1.f / sum;
+    for (int64_t i = 0; i < n; ++i) sg[i] *= inv;
+}
+
+/* Asks for the next window's rows ahead of use: the blocks of a sequence lie anywhere in the pool, so
+ * the hardware prefetcher loses the stream at every block. */
+static inline void prefetch_window(const void *cache, int dtype, const int64_t *offsets, int64_t from,
+                                   int64_t n, int64_t at, int64_t width) {
+    const int64_t size = dtype == CACHE_F32 ? 4 : 2, end = from + WIDE_KEYS < n ? from + WIDE_KEYS : n;
+    for (int64_t k = from; k < end; ++k) {
+        const char *row = (const char *)cache + (offsets[k] + at) * size;
+        for (int64_t b = 0; b < width * size; b += 64) _mm_prefetch(row + b, _MM_HINT_T0);
+    }
+}
+
+/* One token, KV heads [h0, h1), D a multiple of 16. Keys go by in windows of 16, each cache row read
+ * whole (all the task's heads) and once for the scores and once for the values: a cache row is
+ * [Hkv, D], and reading a third of it per pass streams far slower. Scores: the 16 keys' dot products
+ * with a query head reduced together (sum16). Values: each value vector read meets up to 4 query heads,
+ * even and odd keys in separate sums. out: the token's [H, D]; `offsets`: n slots; `scores`: [H, stride]
+ * with stride >= n + WIDE_KEYS. */
+static void attend_wide(float *out, const float *q, const void *k_cache, const void *v_cache, int dtype,
+                        const int64_t *table, int64_t first, int64_t n, int64_t h0, int64_t h1, int64_t G,
+                        int64_t D, int64_t block_size, int64_t block_stride, int64_t slot_stride, float scale,
+                        float *scores, int64_t stride, int64_t *offsets) {
+    const int64_t chunks = D / 16;
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t p = first + i;
+        offsets[i] = table[p / block_size] * block_stride + (p % block_size) * slot_stride;
+    }
+    for (int64_t i = 0; i < n; i += WIDE_KEYS) {
+        const int count = n - i < WIDE_KEYS ? (int)(n - i) : WIDE_KEYS;
+        prefetch_window(k_cache, dtype, offsets, i + WIDE_KEYS, n, h0 * D, (h1 - h0) * D);
+        for (int64_t head = h0 * G; head < h1 * G; ++head) {
+            const float *qg = q + head * D;
+            const int64_t at = (head / G) * D;
+            __m512 part[WIDE_KEYS];
+            for (int j = 0; j < WIDE_KEYS; ++j) {
+                __m512 acc = _mm512_setzero_ps();
+                if (j < count)
+                    for (int64_t c = 0; c < chunks; ++c)
+                        acc = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * c),
+                                              row16(k_cache, dtype, offsets[i + j] + at + 16 * c), acc);
+                part[j] = acc;
+            }
+            _mm512_storeu_ps(scores + head * stride + i, _mm512_mul_ps(sum16(part), _mm512_set1_ps(scale)));
+        }
+    }
+    for (int64_t head = h0 * G; head < h1 * G; ++head) softmax(scores + head * stride, n);
+
+    memset(out + h0 * G * D, 0, sizeof(float) * (size_t)((h1 - h0) * G * D));
+    for (int64_t i = 0; i < n; i += WIDE_KEYS) {
+        const int64_t end = n - i < WIDE_KEYS ? n : i + WIDE_KEYS;
+        prefetch_window(v_cache, dtype, offsets, i + WIDE_KEYS, n, h0 * D, (h1 - h0) * D);
+        for (int64_t h = h0; h < h1; ++h)
+            for (int64_t g0 = h * G; g0 < (h + 1) * G; g0 += 4) {
+                const int heads = (h + 1) * G - g0 < 4 ? (int)((h + 1) * G - g0) : 4;
+                for (int64_t c = 0; c < chunks; ++c) {
+                    const int64_t at = h * D + 16 * c;
+                    __m512 even[4], odd[4];
+                    for (int b = 0; b < 4; ++b) even[b] = odd[b] = _mm512_setzero_ps();
+                    int64_t k = i;
+                    for (; k + 2 <= end; k += 2) {
+                        const __m512 v0 = row16(v_cache, dtype, offsets[k] + at);
+                        const __m512 v1 = row16(v_cache, dtype, offsets[k + 1] + at);
+                        for (int b = 0; b < heads; ++b) {
+                            const float *w = scores + (g0 + b) * stride + k;
+                            even[b] = _mm512_fmadd_ps(_mm512_set1_ps(w[0]), v0, even[b]);
+                            odd[b] = _mm512_fmadd_ps(_mm512_set1_ps(w[1]), v1, odd[b]);
+                        }
+                    }
+                    if (k < end) {
+                        const __m512 v0 = row16(v_cache, dtype, offsets[k] + at);
+                        for (int b = 0; b < heads; ++b)
+                            even[b] = _mm512_fmadd_ps(_mm512_set1_ps(scores[(g0 + b) * stride + k]), v0, even[b]);
+                    }
+                    for (int b = 0; b < heads; ++b) {
+                        float *o = out + (g0 + b) * D + 16 * c;
+                        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), _mm512_add_ps(even[b], odd[b])));
+                    }
+                }
+            }
+    }
+}
+#endif
 
 /* The cache rows of one head at positions first..first+count-1 as float32 row pointers: the rows
  * themselves, or their bf16 values widened into `scratch` ([KEYS_PER_PASS, D]). */
@@ -51,7 +174,10 @@ int paged_attention(float *out, const float *q, const void *k_cache, const void 
     int64_t max_ctx = 1;
     for (int64_t t = 0; t < num_tokens; ++t)
         if (token_pos[t] + 1 > max_ctx) max_ctx = token_pos[t] + 1;
-    const int64_t stride = max_ctx + KEYS_PER_PASS;  /* one query head's scores */
+    const int64_t stride = max_ctx + WIDE_KEYS;  /* one query head's scores, with room for padding lanes */
+#ifdef __AVX512F__
+    const int wide = D % 16 == 0;
+#endif
     /* A task is one token and a range of its KV heads. All heads at once reads each cache row whole
      * (rows are [Hkv, D]: a third of a row at a time streams 3-4x slower); with fewer tokens than
      * threads, the heads are split across tasks so every thread has work. */
@@ -64,7 +190,8 @@ int paged_attention(float *out, const float *q, const void *k_cache, const void 
         float *scores = malloc(sizeof(float) * (size_t)(num_heads * stride));
         float *acc = malloc(sizeof(float) * (size_t)(num_heads * D));
         float *scratch = malloc(sizeof(float) * (size_t)(KEYS_PER_PASS * D));
-        if (!scores || !acc || !scratch) {
+        int64_t *offsets = malloc(sizeof(int64_t) * (size_t)stride);
+        if (!scores || !acc || !scratch || !offsets) {
 #pragma omp atomic write
             failed = 1;
         }
@@ -79,6 +206,13 @@ int paged_attention(float *out, const float *q, const void *k_cache, const void 
             const int64_t last = token_pos[t];
             const int64_t first = (window > 0 && last - window + 1 > 0) ? last - window + 1 : 0;
             const int64_t n = last - first + 1;
+#ifdef __AVX512F__
+            if (wide) {
+                attend_wide(out + t * num_heads * D, q + t * num_heads * D, k_cache, v_cache, dtype, table, first,
+                            n, h0, h1, G, D, block_size, block_stride, slot_stride, scale, scores, stride, offsets);
+                continue;
+            }
+#endif
             const float *r[KEYS_PER_PASS];
 
             /* scores = q . k * scale for every visible key */
@@ -136,6 +270,7 @@ int paged_attention(float *out, const float *q, const void *k_cache, const void 
         free(scores);
         free(acc);
         free(scratch);
+        free(offsets);
     }
     return failed ? -1 : 0;
 }
