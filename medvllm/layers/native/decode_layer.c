@@ -114,7 +114,16 @@ int decode_layer(const Layer *L, const Step *S, float *hidden, float *residual, 
         for (int64_t t = 0; t < T; ++t) {
             const float *g = gate_up + t * 2 * I, *u = g + I;
             float *a = act + t * I;
-            for (int64_t i = 0; i < I; ++i) a[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+            int64_t i = 0;
+#ifdef __AVX512F__
+            for (; i + 16 <= I; i += 16) {
+                const __m512 gv = _mm512_loadu_ps(g + i);
+                const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+                _mm512_storeu_ps(a + i, _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f), e)),
+                                                      _mm512_loadu_ps(u + i)));
+            }
+#endif
+            for (; i < I; ++i) a[i] = g[i] / (1.f + expf(-g[i])) * u[i];
         }
         failed |= linear(hidden, act, &L->down, T, I, S->threads);
     }

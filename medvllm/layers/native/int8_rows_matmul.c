@@ -3,12 +3,13 @@
  * so one int8 table serves both, and the activations stay float (no per-token rounding of the hidden
  * state the logits come from).
  *
- * Each int8 weight is widened to float in registers and met by fused multiply-adds: 6 rows at a time
- * for one token (enough independent sums in flight; 8 spilled two of them to the stack, ~10% slower),
- * blocks of 4 tokens x 3 rows for more (each widened vector used 4 times). Widening into a float buffer
- * instead was 1.6x slower here: it reads 4x the bytes from L2. One output is the same float32 dot
- * product of the row's K products, summed in 8 lanes and then across them, whatever the blocking: a
- * token's result does not depend on the other tokens of the batch or on the thread count.
+ * Each int8 weight is widened to float in registers and met by fused multiply-adds. AVX2 (16 registers
+ * of 8 lanes): 6 rows at a time for one token (8 spilled two sums to the stack, ~10% slower), blocks of
+ * 4 tokens x 3 rows for more (each widened vector used 4 times). AVX-512 (32 registers of 16 lanes):
+ * 8 rows for one token, 4 tokens x 6 rows for more. Widening into a float buffer instead was 1.6x
+ * slower: it reads 4x the bytes from L2. One output is the same float32 dot product of the row's K
+ * products, summed in the vector's lanes and then across them, whatever the blocking: a token's result
+ * does not depend on the other tokens of the batch or on the thread count.
  *
  * Built at first use by medvllm/layers/native/build.py (gcc -O3 -march=native -fopenmp).
  */
@@ -18,10 +19,28 @@
 #endif
 
 #define TOKENS 4       /* tokens per register block */
-#define ROWS 6         /* most weight rows per register block */
-#define ROW_CHUNK 96   /* weight rows a thread takes at a time (a multiple of 3 and 6) */
+#define ROW_CHUNK 96   /* weight rows a thread takes at a time (a multiple of 3, 6 and 8) */
 
-#ifdef __AVX2__
+#ifdef __AVX512F__
+/* 32 registers of 16 lanes: 8 rows for one token, 4 tokens x 6 rows for more */
+#define ROWS 8
+#define ONE_TOKEN_ROWS 8
+#define BLOCK_ROWS 6
+#define LANES 16
+typedef __m512 vec;
+static inline vec widen(const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+static inline float hsum(vec v) { return _mm512_reduce_add_ps(v); }
+#define vzero _mm512_setzero_ps
+#define vload _mm512_loadu_ps
+#define vfmadd _mm512_fmadd_ps
+#elif defined(__AVX2__)
+#define ROWS 6
+#define ONE_TOKEN_ROWS 6
+#define BLOCK_ROWS 3
+#define LANES 8
+typedef __m256 vec;
 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -29,9 +48,16 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-static inline __m256 widen8(const int8_t *p) {
+static inline vec widen(const int8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
+#define vzero _mm256_setzero_ps
+#define vload _mm256_loadu_ps
+#define vfmadd _mm256_fmadd_ps
+#else
+#define ROWS 6
+#define ONE_TOKEN_ROWS 6
+#define BLOCK_ROWS 3
 #endif
 
 /* `t` tokens (1..TOKENS) x `r` rows (1..ROWS): out[i][j] = scale[j] * dot(x[i], q[j]). */
@@ -40,16 +66,16 @@ static inline __attribute__((always_inline)) void block(
         float *const *out, int64_t K) {
     float dot[TOKENS][ROWS];
     int64_t k = 0;
-#ifdef __AVX2__
-    __m256 acc[TOKENS][ROWS];
+#if defined(__AVX512F__) || defined(__AVX2__)
+    vec acc[TOKENS][ROWS];
     for (int i = 0; i < t; ++i)
-        for (int j = 0; j < r; ++j) acc[i][j] = _mm256_setzero_ps();
-    for (; k + 8 <= K; k += 8) {
-        __m256 w[ROWS];
-        for (int j = 0; j < r; ++j) w[j] = widen8(q[j] + k);
+        for (int j = 0; j < r; ++j) acc[i][j] = vzero();
+    for (; k + LANES <= K; k += LANES) {
+        vec w[ROWS];
+        for (int j = 0; j < r; ++j) w[j] = widen(q[j] + k);
         for (int i = 0; i < t; ++i) {
-            const __m256 xv = _mm256_loadu_ps(x[i] + k);
-            for (int j = 0; j < r; ++j) acc[i][j] = _mm256_fmadd_ps(xv, w[j], acc[i][j]);
+            const vec xv = vload(x[i] + k);
+            for (int j = 0; j < r; ++j) acc[i][j] = vfmadd(xv, w[j], acc[i][j]);
         }
     }
     for (int i = 0; i < t; ++i)
@@ -69,8 +95,12 @@ static inline __attribute__((always_inline)) void block(
 static void dispatch(int t, int r, const float *const *x, const int8_t *const *q, const float *scale,
                      float *const *out, int64_t K) {
 #define CASE(T, R) if (t == T && r == R) { block(T, R, x, q, scale, out, K); return; }
-    CASE(1, 6) CASE(1, 5) CASE(1, 4) CASE(1, 3) CASE(1, 2) CASE(1, 1)
-    CASE(2, 3) CASE(2, 2) CASE(2, 1) CASE(3, 3) CASE(3, 2) CASE(3, 1) CASE(4, 3) CASE(4, 2) CASE(4, 1)
+#define TOKEN_CASES(T) CASE(T, 6) CASE(T, 5) CASE(T, 4) CASE(T, 3) CASE(T, 2) CASE(T, 1)
+#if ROWS == 8
+    CASE(1, 8) CASE(1, 7)
+#endif
+    TOKEN_CASES(1) TOKEN_CASES(2) TOKEN_CASES(3) TOKEN_CASES(4)
+#undef TOKEN_CASES
 #undef CASE
 }
 
@@ -78,8 +108,9 @@ static void dispatch(int t, int r, const float *const *x, const int8_t *const *q
 void int8_rows_matmul(float *out, const float *x, const int8_t *q, const float *scale,
                       int64_t M, int64_t K, int64_t N, int threads) {
     const int64_t chunks = (N + ROW_CHUNK - 1) / ROW_CHUNK;
-    /* one token: 6 rows at a time keep 6 sums in flight; more: 4 x 3 blocks reuse each widened vector */
-    const int rows_at_once = M == 1 ? 6 : 3;
+    /* one token: several rows at a time keep that many sums in flight; more: blocks of 4 tokens reuse
+     * each widened vector 4 times */
+    const int rows_at_once = M == 1 ? ONE_TOKEN_ROWS : BLOCK_ROWS;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t c = 0; c < chunks; ++c) {
         const int64_t first = c * ROW_CHUNK, end = first + ROW_CHUNK < N ? first + ROW_CHUNK : N;

@@ -17,6 +17,7 @@
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
+#include "vector_exp.c"
 
 enum { CACHE_F32 = 0, CACHE_BF16 = 1 };
 #define KEYS_PER_PASS 4
@@ -46,16 +47,25 @@ static inline __m512 sum16(const __m512 *v) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, 0x88), _mm512_shuffle_f32x4(w01, w23, 0xdd));
 }
 
-/* softmax in place over n scores; the float32 steps of the portable path below */
+/* softmax in place over n scores, 16 at a time: the float32 steps of the portable path below */
 static void softmax(float *sg, int64_t n) {
-    float top = -INFINITY, sum = 0.f;
-    for (int64_t i = 0; i < n; ++i) top = sg[i] > top ? sg[i] : top;
-    for (int64_t i = 0; i < n; ++i) {
-        sg[i] = expf(sg[i] - top);
-        sum += sg[i];
+    __m512 top = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+        top = _mm512_max_ps(top, _mm512_mask_loadu_ps(top, m, sg + i));
     }
-    const float inv = 1.f / sum;
-    for (int64_t i = 0; i < n; ++i) sg[i] *= inv;
+    const __m512 t = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sg + i), t));
+        _mm512_mask_storeu_ps(sg + i, m, e);
+        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, e));
+    }
+    const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(sum));
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_ps(sg + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sg + i), inv));
+    }
 }
 
 /* Asks for the next window's rows ahead of use: the blocks of a sequence lie anywhere in the pool, so
