@@ -21,9 +21,6 @@
  *
  * Built at first use by medvllm/layers/native/build.py (gcc -O3 -march=native -fopenmp).
  */
-#ifndef _DEFAULT_SOURCE
-#define _DEFAULT_SOURCE  /* syscall() */
-#endif
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -34,10 +31,9 @@
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define HAVE_VNNI512 1
 #endif
-#if defined(__AMX_INT8__) && defined(__AMX_TILE__) && defined(__linux__)
+#include "amx.c"
+#if defined(HAVE_AMX_TILES) && defined(__AMX_INT8__)
 #define HAVE_AMX 1
-#include <sys/syscall.h>
-#include <unistd.h>
 #endif
 
 #define PANEL 16       /* output columns per packed panel */
@@ -161,34 +157,9 @@ static inline __attribute__((always_inline)) void panel_rows(
 
 #ifdef HAVE_AMX
 #define AMX_ROWS 16  /* tokens per tile */
-#define ARCH_REQ_XCOMP_PERM 0x1023
-#define XFEATURE_XTILEDATA 18
 
-/* Linux hands out the AMX register state only on request, once per process. */
-static int amx_ready(void) {
-    static int state;  /* 0: not asked yet, 1: granted, -1: refused */
-    if (state == 0) state = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 ? 1 : -1;
-    return state == 1;
-}
-
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} TileConfig;
-
-/* tmm0-3: int32 sums of 2 x 2 blocks (16 tokens x 16 columns); tmm4-5: tokens; tmm6-7: weights. */
-static void amx_configure(void) {
-    TileConfig cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;
-    /* GCC 12 declares _tile_loadconfig's operand as 8 bytes and may drop the stores above: keep them */
-    __asm__ volatile("" ::: "memory");
-    _tile_loadconfig(&cfg);
-}
-
-/* Tokens [m, m + 16 * row_tiles) x panels [p, p + panel_tiles), 1 or 2 of each, over all of K. */
+/* Tokens [m, m + 16 * row_tiles) x panels [p, p + panel_tiles), 1 or 2 of each, over all of K.
+ * tmm0-3: int32 sums of the 2 x 2 blocks (16 tokens x 16 columns); tmm4-5: tokens; tmm6-7: weights. */
 static void amx_block(int row_tiles, int panel_tiles, const int8_t *q, int64_t m, const int8_t *packed,
                       int64_t p, int64_t Kp, const float *steps, const float *w_scale, const float *bias,
                       float *out, int64_t N) {
