@@ -17,7 +17,7 @@
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
-#include "vector_exp.c"
+#include "vector_math.c"
 
 enum { CACHE_F32 = 0, CACHE_BF16 = 1 };
 #define KEYS_PER_PASS 4
@@ -29,22 +29,6 @@ static inline __m512 row16(const void *cache, int dtype, int64_t offset) {
     if (dtype == CACHE_F32) return _mm512_loadu_ps((const float *)cache + offset);
     const __m256i half = _mm256_loadu_si256((const __m256i *)((const uint16_t *)cache + offset));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
-}
-
-/* v[0..15] -> one vector whose lane j is the sum of v[j]'s 16 lanes: 45 operations for 16 sums,
- * where 16 horizontal sums take ~8 each. */
-static inline __m512 sum16(const __m512 *v) {
-    __m512 t[8], u[4];
-    for (int i = 0; i < 8; ++i)  /* per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] */
-        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-    for (int i = 0; i < 4; ++i) {  /* per 128-bit lane: the lane's sums of v[4i .. 4i+3] */
-        const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
-        u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-    }
-    /* then across the four 128-bit lanes */
-    const __m512 w01 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xdd));
-    const __m512 w23 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xdd));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, 0x88), _mm512_shuffle_f32x4(w01, w23, 0xdd));
 }
 
 /* softmax in place over n scores, 16 at a time: the float32 steps of the portable path below */
