@@ -58,3 +58,39 @@ def test_fused_decode_stands_aside_where_it_does_not_apply(tmp_path):
     build_tiny("llama", tmp_path / "llama")  # float32 Linears (oneDNN), not the int8 kernel
     assert LLM(str(tmp_path / "llama"), num_kvcache_blocks=64,
                max_model_len=256).runtime_info()["decode_layer"] == "torch"
+
+
+@pytest.mark.parametrize("prompt_limit", [10_000, 24])  # prompt steps fused / long ones on PyTorch's path
+def test_fused_prompt_steps_with_chunks_and_prefix_hits_match_the_layer_by_layer_path(tmp_path, monkeypatch,
+                                                                                     prompt_limit):
+    import medvllm.layers.cpu_decode_layer as fused
+    monkeypatch.setattr(fused, "MAX_PROMPT_CONTEXT", prompt_limit)
+    prompt_steps = []
+    call = fused.FusedDecode.__call__
+
+    def counting(self, hidden, positions, meta):
+        prompt_steps.append(not meta.is_decode)
+        return call(self, hidden, positions, meta)
+    monkeypatch.setattr(fused.FusedDecode, "__call__", counting)
+    build_tiny("llama", tmp_path)
+    llm = LLM(str(tmp_path), quantization_method="dynamic", kvcache_block_size=16, num_kvcache_blocks=64,
+              max_model_len=256, max_num_batched_tokens=24, max_num_seqs=4, enable_prefix_caching=True)
+    shared = _prompts()[3][:32]  # two full blocks every prompt below starts with
+    prompts = [shared + p for p in _prompts()]
+
+    def run():
+        recorder = LogitsRecorder(llm.engine)
+        params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+        outs = llm.generate(prompts[:1], params)
+        hits = llm.engine.scheduler.block_manager.num_cached_tokens_total
+        outs += llm.generate(prompts[1:], params)  # their first two blocks come from the cache
+        assert llm.engine.scheduler.block_manager.num_cached_tokens_total >= hits + 3 * 32
+        return [o.outputs[0].token_ids for o in outs], [recorder.logits_of(o.request_id) for o in outs]
+
+    fused_tokens, fused_logits = run()
+    assert any(prompt_steps)  # some prompt chunks ran fused (all of them with the high limit)
+    llm.engine.runner.model.model.fused_decode = None  # the PyTorch path, same weights and engine
+    tokens, logits = run()
+    assert fused_tokens == tokens
+    for a, b in zip(fused_logits, logits):
+        assert a.shape == b.shape and (a - b).abs().max().item() < 1e-4

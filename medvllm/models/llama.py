@@ -114,11 +114,11 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, opts, max_positions, tp)
                                     for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.fused_decode = None  # all layers of a decode step in native code (layers/cpu_decode_layer.py)
+        self.fused_decode = None  # all layers of a step in native code (layers/cpu_decode_layer.py)
 
     def forward(self, input_ids, positions, meta):
         x, residual = self.embed_tokens(input_ids), None
-        if self.fused_decode is not None and meta.is_decode:
+        if self.fused_decode is not None and self.fused_decode.handles(meta):
             x, residual = self.fused_decode(x, positions, meta)
         else:
             for layer in self.layers:

@@ -1,4 +1,4 @@
-/* One decoder layer of a decode step in one call, for float32 Llama-family models whose Linear layers
+/* One decoder layer of a step in one call, for float32 Llama-family models whose Linear layers
  * run the native dynamic-int8 kernel on CPU: norm, QKV, rotary, KV-cache write, paged attention,
  * output projection, norm, gate/up, SiLU * up, down.
  *
@@ -73,13 +73,22 @@ static void write_cache(void *cache, int64_t dtype, int64_t slot, const float *r
     for (int64_t i = 0; i < width; ++i) dst[i] = to_bf16(row[i]);
 }
 
+/* Floats of work memory one call needs per token. */
+int64_t decode_layer_work(const Layer *L) {
+    const int64_t q_width = L->heads * L->head_dim, kv_width = L->kv_heads * L->head_dim;
+    return L->hidden + q_width + 2 * kv_width + 2 * q_width + 3 * L->intermediate;
+}
+
 /* hidden [T, hidden]: in, the previous layer's output (the embeddings when first); out, this layer's.
- * residual [T, hidden]: the residual stream, updated in place. Returns 0, or 1 when memory ran out. */
-int decode_layer(const Layer *L, const Step *S, float *hidden, float *residual, int first) {
+ * residual [T, hidden]: the residual stream, updated in place. work: T * decode_layer_work(L) floats,
+ * or NULL to allocate them here. The step's tokens may be several per sequence (a prompt): each
+ * attends to its own sequence up to its position, and every token's K and V are written first.
+ * Returns 0, or 1 when memory ran out. */
+int decode_layer(const Layer *L, const Step *S, float *hidden, float *residual, int first, float *work) {
     const int64_t T = S->tokens, D = L->hidden, Dh = L->head_dim, H = L->heads, Hkv = L->kv_heads;
     const int64_t q_width = H * Dh, kv_width = Hkv * Dh, qkv_width = q_width + 2 * kv_width;
     if (Dh > 512) return 1;
-    float *x = malloc(sizeof(float) * (size_t)(T * (D + qkv_width + 2 * q_width + 3 * L->intermediate)));
+    float *x = work ? work : malloc(sizeof(float) * (size_t)(T * decode_layer_work(L)));
     if (!x) return 1;
     float *qkv = x + T * D, *q = qkv + T * qkv_width, *att = q + T * q_width, *gate_up = att + T * q_width;
     float *act = gate_up + T * 2 * L->intermediate;
@@ -92,7 +101,8 @@ int decode_layer(const Layer *L, const Step *S, float *hidden, float *residual, 
         rms_norm(x, residual, hidden, residual, L->input_norm, L->eps, T, D, S->threads);
     }
     failed |= linear(qkv, x, &L->qkv, T, D, S->threads);
-    for (int64_t t = 0; t < T && !failed; ++t) {
+#pragma omp parallel for num_threads(S->threads) schedule(static) if (T >= 64 && !failed)
+    for (int64_t t = 0; t < T; ++t) {
         float *row = qkv + t * qkv_width;
         const int64_t pos = S->positions[t];
         rotate(row, H + Hkv, Dh, S->cos + pos * Dh, S->sin + pos * Dh);  /* q and k heads sit side by side */
@@ -111,6 +121,7 @@ int decode_layer(const Layer *L, const Step *S, float *hidden, float *residual, 
     }
     if (!failed) {
         const int64_t I = L->intermediate;
+#pragma omp parallel for num_threads(S->threads) schedule(static) if (T >= 64)
         for (int64_t t = 0; t < T; ++t) {
             const float *g = gate_up + t * 2 * I, *u = g + I;
             float *a = act + t * I;
@@ -127,6 +138,6 @@ int decode_layer(const Layer *L, const Step *S, float *hidden, float *residual, 
         }
         failed |= linear(hidden, act, &L->down, T, I, S->threads);
     }
-    free(x);
+    if (!work) free(x);
     return failed;
 }
