@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from medvllm import LLM, SamplingParams
 from medvllm.config import Config
 from medvllm.errors import ConfigError
+from medvllm.layers.cpu_int8_linear import rows_kernel_uses_amx
 from medvllm.layers.cpu_linear import packing_available
 from medvllm.layers.linear import ReplicatedLinear
 from medvllm.quantization import METHODS, quantize_model, quantizable_layers
@@ -147,6 +148,39 @@ def test_int8_rows_head_is_weight_only_math_and_batch_invariant():
     assert int8_rows_linear(native_rows_kernel(), x.view(1, 11, 100), q, scale).shape == (1, 11, 203)
 
 
+def _two_part_head_in_torch(x, q, scale):
+    """int8_rows_amx.c written out in torch: each token as two int8 parts (a, then the rounding of what
+    a leaves out), exact integer sums (float64 holds them), then the kernel's float32 epilogue."""
+    amax = x.abs().amax(dim=1, keepdim=True)
+    s1 = amax / 127.0
+    a = torch.round(x * torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax)))
+    rest = x - a * s1
+    rmax = rest.abs().amax(dim=1, keepdim=True)
+    s2 = rmax / 127.0
+    b = torch.round(rest * torch.where(rmax > 0, 127.0 / rmax, torch.zeros_like(rmax)))
+    sum_a, sum_b = (a.double() @ q.double().T).float(), (b.double() @ q.double().T).float()
+    return (sum_a * s1 + sum_b * s2) * scale
+
+
+@pytest.mark.skipif(not _rows_kernel_builds() or not rows_kernel_uses_amx(128), reason="no AMX here")
+def test_int8_rows_on_amx_is_the_two_part_integer_math_and_batch_invariant():
+    from medvllm.layers.cpu_int8_linear import int8_rows, int8_rows_linear, native_rows_kernel
+    torch.manual_seed(1)
+    weight = torch.randn(203, 128) * 0.1  # a last partial tile of rows
+    q, scale = int8_rows(weight)
+    x = torch.randn(37, 128)  # two token tiles and a partial one
+    x[2] *= 50
+    x[5] = 0
+    out = int8_rows_linear(native_rows_kernel(), x, q, scale)
+    assert torch.equal(out, _two_part_head_in_torch(x, q, scale))
+    for rows in (slice(0, 1), slice(2, 3), slice(4, 20), slice(30, 37)):
+        assert torch.equal(int8_rows_linear(native_rows_kernel(), x[rows], q, scale), out[rows])
+    # the two parts carry ~16 bits: within max|x| / 64516 per input of the float32-input result
+    exact = x.double() @ (q.double() * scale.double()[:, None]).T
+    bound = x.abs().amax(dim=1, keepdim=True).double() / 64516 * (q.double() * scale.double()[:, None]).abs().sum(1)
+    assert ((out.double() - exact).abs() <= bound * 1.01 + 1e-6).all()
+
+
 def test_without_the_native_kernel_dynamic_runs_on_fbgemm_and_says_so(monkeypatch):
     from medvllm.layers import cpu_int8_linear
 
@@ -197,7 +231,8 @@ def test_int8_default_model_quantizes_every_linear_and_shares_one_int8_table_for
     head, embedding = model.lm_head, model.model.embed_tokens
     assert info["lm_head"] == head.method.name and info["quantization"]["embedding"] == "int8-rows"
     if _rows_kernel_builds():  # the tied head and the embedding read the same int8 rows; no float table left
-        assert head.method.name == "int8-rows" and head.int8_rows is embedding.int8_rows
+        expected = "int8-rows-2x8" if rows_kernel_uses_amx(head.int8_rows.shape[1]) else "int8-rows"
+        assert head.method.name == expected and head.int8_rows is embedding.int8_rows
         assert head.weight.numel() == 0 and embedding.weight.numel() == 0
         assert info["quantization"]["float_layers"] == 0
     else:  # fbgemm fallback: a float32 head (oneDNN-packed, its own copy) beside int8 embedding rows

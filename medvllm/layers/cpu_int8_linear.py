@@ -4,7 +4,7 @@
   float32 scale per output channel: 1 byte per weight plus 4 per row, where fbgemm's packed form pads
   the input dimension to its block size (1.6x the bytes on the default model's 576-wide layers).
 - int8_rows_matmul.c (weight-only): plain int8 rows with a scale each, float activations; the LM head
-  uses it, sharing its rows with the token embedding.
+  uses it, sharing its rows with the token embedding (int8_rows_amx.c where the CPU has AMX).
 """
 from __future__ import annotations
 
@@ -32,9 +32,17 @@ def native_int8_kernel():
 def native_rows_kernel():
     """The loaded weight-only kernel, or raises NativeUnavailable with the reason."""
     fn = load("int8_rows_matmul").int8_rows_matmul
-    fn.restype = None
+    fn.restype = ctypes.c_int
     fn.argtypes = [_P, _P, _P, _P, _I, _I, _I, ctypes.c_int]
     return fn
+
+
+def rows_kernel_uses_amx(width: int) -> bool:
+    """Whether the weight-only kernel runs on AMX tiles for rows of this width (int8_rows_amx.c:
+    activations as two int8 parts, ~16 bits) rather than with float32 activations."""
+    fn = load("int8_rows_matmul").int8_rows_uses_amx
+    fn.restype, fn.argtypes = ctypes.c_int, [_I]
+    return bool(fn(width))
 
 
 def int8_rows(weight: torch.Tensor, rows_at_once: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,6 +85,8 @@ def int8_rows_linear(kernel, x: torch.Tensor, rows: torch.Tensor, scale: torch.T
     """x [..., in] float32 -> [..., out] float32 against int8 rows [out, in] (weight-only: x stays float)."""
     flat = x.reshape(-1, x.shape[-1]).contiguous()
     out = torch.empty(flat.shape[0], rows.shape[0], dtype=torch.float32)
-    kernel(out.data_ptr(), flat.data_ptr(), rows.data_ptr(), scale.data_ptr(),
-           flat.shape[0], flat.shape[1], rows.shape[0], torch.get_num_threads())
+    status = kernel(out.data_ptr(), flat.data_ptr(), rows.data_ptr(), scale.data_ptr(),
+                    flat.shape[0], flat.shape[1], rows.shape[0], torch.get_num_threads())
+    if status != 0:
+        raise MemoryError("the native int8 head could not allocate its scratch memory")
     return out.view(*x.shape[:-1], rows.shape[0])

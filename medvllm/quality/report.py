@@ -28,13 +28,17 @@ def build(result: QualityResult, thresholds: Thresholds, reference: dict, candid
             "greedy_tokens": greedy_tokens, "seconds": round(result.seconds, 1)}
 
 
+_HEAD_INPUT = {"int8-rows": " shared with the LM head (weight-only)",
+               "int8-rows-2x8": " shared with the LM head (its input as two int8 parts)"}
+
+
 def _numerics(s: dict) -> str:
     rt = s["runtime"]
     quant = rt.get("quantization") or "no quantization"
     if isinstance(quant, dict):  # runtime_info's account: method, kernel, layer counts
         quant = f"{quant.get('method')} on {quant.get('layers')} layers ({quant.get('float_layers')} kept in float)" + (
             ", int8 embedding rows" if quant.get("embedding") == "int8-rows" else "") + (
-            " shared with the LM head (weight-only)" if rt.get("lm_head") == "int8-rows" else "")
+            _HEAD_INPUT.get(rt.get("lm_head"), ""))
     return f"{rt['dtype']}, {quant}, on {rt['device']}"
 
 

@@ -14,6 +14,7 @@
  * Built at first use by medvllm/layers/native/build.py (gcc -O3 -march=native -fopenmp).
  */
 #include <stdint.h>
+#include "int8_rows_amx.c"
 #ifdef __AVX2__
 #include <immintrin.h>
 #endif
@@ -104,9 +105,21 @@ static void dispatch(int t, int r, const float *const *x, const int8_t *const *q
 #undef CASE
 }
 
-/* x [M, K] float32, q [N, K] int8, scale [N] float32, out [M, N] float32. */
-void int8_rows_matmul(float *out, const float *x, const int8_t *q, const float *scale,
-                      int64_t M, int64_t K, int64_t N, int threads) {
+/* Whether calls of this width take the AMX path (int8_rows_amx.c): the same answer for every call. */
+int int8_rows_uses_amx(int64_t K) {
+#ifdef HAVE_ROWS_AMX
+    return rows_amx_usable(K);
+#else
+    (void)K;
+    return 0;
+#endif
+}
+
+/* x [M, K] float32, q [N, K] int8, scale [N] float32, out [M, N] float32. Returns 0, or 1 when memory
+ * ran out. */
+int int8_rows_matmul(float *out, const float *x, const int8_t *q, const float *scale,
+                     int64_t M, int64_t K, int64_t N, int threads) {
+    if (int8_rows_uses_amx(K)) return int8_rows_amx(out, x, q, scale, M, K, N, threads);
     const int64_t chunks = (N + ROW_CHUNK - 1) / ROW_CHUNK;
     /* one token: several rows at a time keep that many sums in flight; more: blocks of 4 tokens reuse
      * each widened vector 4 times */
@@ -128,4 +141,5 @@ void int8_rows_matmul(float *out, const float *x, const int8_t *q, const float *
             }
         }
     }
+    return 0;
 }

@@ -55,11 +55,14 @@ static void softmax(float *sg, int64_t n) {
 /* Asks for the next window's rows ahead of use: the blocks of a sequence lie anywhere in the pool, so
  * the hardware prefetcher loses the stream at every block. */
 static inline void prefetch_window(const void *cache, int dtype, const int64_t *offsets, int64_t from,
-                                   int64_t n, int64_t at, int64_t width) {
+                                   int64_t n, int64_t at, int64_t width, int to_l1) {
     const int64_t size = dtype == CACHE_F32 ? 4 : 2, end = from + WIDE_KEYS < n ? from + WIDE_KEYS : n;
     for (int64_t k = from; k < end; ++k) {
         const char *row = (const char *)cache + (offsets[k] + at) * size;
-        for (int64_t b = 0; b < width * size; b += 64) _mm_prefetch(row + b, _MM_HINT_T0);
+        if (to_l1)
+            for (int64_t b = 0; b < width * size; b += 64) _mm_prefetch(row + b, _MM_HINT_T0);
+        else
+            for (int64_t b = 0; b < width * size; b += 64) _mm_prefetch(row + b, _MM_HINT_T1);
     }
 }
 
@@ -80,7 +83,9 @@ static void attend_wide(float *out, const float *q, const void *k_cache, const v
     }
     for (int64_t i = 0; i < n; i += WIDE_KEYS) {
         const int count = n - i < WIDE_KEYS ? (int)(n - i) : WIDE_KEYS;
-        prefetch_window(k_cache, dtype, offsets, i + WIDE_KEYS, n, h0 * D, (h1 - h0) * D);
+        prefetch_window(k_cache, dtype, offsets, i + WIDE_KEYS, n, h0 * D, (h1 - h0) * D, 1);
+        /* the values of this window, into L2 for the second pass: a token's fit there */
+        prefetch_window(v_cache, dtype, offsets, i, n, h0 * D, (h1 - h0) * D, 0);
         for (int64_t head = h0 * G; head < h1 * G; ++head) {
             const float *qg = q + head * D;
             const int64_t at = (head / G) * D;
@@ -101,7 +106,7 @@ static void attend_wide(float *out, const float *q, const void *k_cache, const v
     memset(out + h0 * G * D, 0, sizeof(float) * (size_t)((h1 - h0) * G * D));
     for (int64_t i = 0; i < n; i += WIDE_KEYS) {
         const int64_t end = n - i < WIDE_KEYS ? n : i + WIDE_KEYS;
-        prefetch_window(v_cache, dtype, offsets, i + WIDE_KEYS, n, h0 * D, (h1 - h0) * D);
+        prefetch_window(v_cache, dtype, offsets, i + WIDE_KEYS, n, h0 * D, (h1 - h0) * D, 1);
         for (int64_t h = h0; h < h1; ++h)
             for (int64_t g0 = h * G; g0 < (h + 1) * G; g0 += 4) {
                 const int heads = (h + 1) * G - g0 < 4 ? (int)((h + 1) * G - g0) : 4;
