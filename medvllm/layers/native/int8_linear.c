@@ -203,13 +203,20 @@ static void amx_rows(const int8_t *q, int64_t rows, const int8_t *packed, int64_
 #pragma omp parallel num_threads(threads)
     {
         amx_configure();
-#pragma omp for collapse(2) schedule(static)
-        for (int64_t i = 0; i < row_pairs; ++i)
-            for (int64_t j = 0; j < panel_pairs; ++j) {
-                const int64_t m = 2 * i * AMX_ROWS, p = 2 * j;
-                amx_block(m + 2 * AMX_ROWS <= rows ? 2 : 1, p + 2 <= panels ? 2 : 1, q, m, packed, p, Kp,
-                          steps, w_scale, bias, out, N);
-            }
+        /* Up to 64 tokens (decode), panels outermost: a thread's share is whole panels, each read from
+         * memory once a call (tokens outermost, both threads read every weight: 64 tokens took twice
+         * 32's time). More tokens (prompts), tokens outermost: a thread's tokens stay in L1 while the
+         * panels stream from L2 (1.3x faster on 2,048 tokens than the other order). */
+        const int64_t blocks = row_pairs * panel_pairs;
+        const int by_panel = row_pairs <= 2;
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < blocks; ++b) {
+            const int64_t i = by_panel ? b % row_pairs : b / panel_pairs;
+            const int64_t j = by_panel ? b / row_pairs : b % panel_pairs;
+            const int64_t m = 2 * i * AMX_ROWS, p = 2 * j;
+            amx_block(m + 2 * AMX_ROWS <= rows ? 2 : 1, p + 2 <= panels ? 2 : 1, q, m, packed, p, Kp,
+                      steps, w_scale, bias, out, N);
+        }
         _tile_release();
     }
 }
