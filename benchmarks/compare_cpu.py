@@ -15,6 +15,7 @@ Everything built or converted lives in ~/.cache/medvllm-bench (MEDVLLM_BENCH_CAC
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -38,6 +39,8 @@ NOT_BUILT = {"llama.cpp": "not built: run bash benchmarks/peers/llama_cpp.sh",
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a terminated run still ends its children
     args = parse_args()
+    if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the run, not after it
+        sys.exit("--plot needs matplotlib: pip install -e '.[bench]'")
     spec = {"counts": args.counts, "levels": args.levels if args.plot else [], "max_tokens": args.max_tokens,
             "threads": args.threads, "repeats": args.repeats, "single_prompt_len": 30,
             "prefix_caching": False, "hf_batch_size": args.hf_batch_size, "timeout_s": args.timeout_s}
@@ -72,7 +75,7 @@ def main() -> None:
     if args.plot:
         import plot
         plot.plot(results, args.levels, args.plot, f"default model, {args.threads} threads, {args.max_tokens} "
-                                                   f"output tokens ({common.cpu_summary()})")
+                                                   f"output tokens\n{common.cpu_summary()}")
         print(f"\nplot: {args.plot}")
 
 

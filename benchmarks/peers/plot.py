@@ -19,7 +19,7 @@ def plot(results: dict[str, dict], levels: list[int], path: str, title: str) -> 
     ax.set_xticks(levels, [str(n) for n in levels])
     ax.set_xlabel("parallel requests")
     ax.set_ylabel("output tokens/s (prefill included)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=8)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
