@@ -1,8 +1,8 @@
 """Builds the C kernels in this folder with the system C compiler at first use, and loads them.
 
-The library is compiled for this CPU (-march=native) into a cache folder keyed by the sources, the
-flags and the CPU, so only the first start on a machine pays the build (~1.7 s here, one compile of
-kernels.c, which includes every other file). Without a compiler the loader says why, and the caller
+The library is compiled for this CPU (-march=native, or MEDVLLM_NATIVE_MARCH) into a cache folder
+keyed by the sources, the flags and the CPU, so only the first start on a machine pays the build (~2 s,
+one compile of kernels.c, which includes every other file). Without a compiler the loader says why, and the caller
 keeps PyTorch's path (and records which one runs).
 """
 from __future__ import annotations
@@ -18,7 +18,13 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 # no -ffast-math: linked into a shared library it sets flush-to-zero for the whole process
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11", "-fno-math-errno"]
+BASE_FLAGS = ["-O3", "-fopenmp", "-fPIC", "-shared", "-std=c11", "-fno-math-errno"]
+
+
+def flags() -> list[str]:
+    """Compiler flags: for this CPU, or for the target MEDVLLM_NATIVE_MARCH names (x86-64-v3 builds the
+    AVX2 paths on any x86-64 machine: the tests check every path that way; a fleet can share a build)."""
+    return [*BASE_FLAGS, f"-march={os.environ.get('MEDVLLM_NATIVE_MARCH') or 'native'}"]
 
 
 class NativeUnavailable(RuntimeError):
@@ -62,7 +68,7 @@ def _library() -> ctypes.CDLL:
         raise NativeUnavailable("no C compiler found (install gcc, or set CC)")
     # every source of the folder goes into the key: kernels.c includes them all
     sources = b"\0".join(path.read_bytes() for path in sorted(HERE.glob("*.c")))
-    key = hashlib.sha256(b"\0".join([sources, " ".join(FLAGS).encode(), compiler.encode(),
+    key = hashlib.sha256(b"\0".join([sources, " ".join(flags()).encode(), compiler.encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
     target = cache_dir() / f"{LIBRARY}-{key}.so"
     if not target.exists():
@@ -79,7 +85,7 @@ def _compile(compiler: str, source: Path, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, str(source), "-o", tmp, "-lm"],
+        done = subprocess.run([compiler, *flags(), str(source), "-o", tmp, "-lm"],
                               capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             first = (done.stderr.strip().splitlines() or ["(no message)"])[0]

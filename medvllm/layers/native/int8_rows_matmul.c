@@ -119,7 +119,9 @@ int int8_rows_uses_amx(int64_t K) {
  * ran out. */
 int int8_rows_matmul(float *out, const float *x, const int8_t *q, const float *scale,
                      int64_t M, int64_t K, int64_t N, int threads) {
+#ifdef HAVE_ROWS_AMX
     if (int8_rows_uses_amx(K)) return int8_rows_amx(out, x, q, scale, M, K, N, threads);
+#endif
     const int64_t chunks = (N + ROW_CHUNK - 1) / ROW_CHUNK;
     /* one token: several rows at a time keep that many sums in flight; more: blocks of 4 tokens reuse
      * each widened vector 4 times */

@@ -1,0 +1,34 @@
+"""Every instruction-set path of the native kernels, on whatever x86-64 machine runs the tests.
+
+The kernels compile for the machine they run on: an AVX-512 / AMX machine never builds the AVX2 paths,
+an AVX2 one never builds the AVX-512 ones. Here the kernel tests (each against plain PyTorch math or
+attention written out in float64) run again in a fresh process whose kernels are built for an older
+target: x86-64-v3 (AVX2 + FMA) and x86-64 (the portable C loops).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+KERNEL_TESTS = ["test_cpu_paged_attention.py", "test_quant_int8.py", "test_cpu_decode_layer.py"]
+# the kernels' own tests; the default-model ones repeat what the engine tests cover and cost a load each
+SELECT = "not default_model and not fbgemm and not stands_aside"
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or shutil.which("gcc") is None,
+                    reason="x86-64 targets, built with gcc")
+@pytest.mark.parametrize("march", ["x86-64-v3", "x86-64"])
+def test_kernel_tests_pass_on_an_older_instruction_set(tmp_path, march):
+    env = {**os.environ, "MEDVLLM_NATIVE_MARCH": march, "MEDVLLM_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider", "-k", SELECT,
+                           *[str(TESTS / name) for name in KERNEL_TESTS]],
+                          env=env, cwd=TESTS.parent, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and list(tmp_path.rglob("kernels-*.so"))  # built there, for that target
