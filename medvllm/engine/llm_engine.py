@@ -36,9 +36,12 @@ class LLMEngine:
         self._ids = itertools.count()
         self._seqs: dict[str, Sequence] = {}
         self.num_generated_tokens = 0
-        # everything built so far lives as long as the engine: out of the collector's way, so its full
-        # passes during generation walk only what steps create (they were ~3% of a 64-request run)
-        gc.freeze()
+        if config.tensor_parallel_size == 1:
+            # everything built so far lives as long as the engine: out of the collector's way, so its
+            # full passes during generation walk only what steps create (~3% of a 64-request run). Not
+            # with tensor parallelism: frozen, its process group is finalized out of order at exit and
+            # under torchrun the process aborted there about half the time.
+            gc.freeze()
 
     # ---- requests
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
@@ -151,3 +154,4 @@ def eos_token_ids(hf_config, tokenizer) -> set[int]:
         elif isinstance(value, (list, tuple)):
             ids.update(v for v in value if isinstance(v, int))
     return ids
+
