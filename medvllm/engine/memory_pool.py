@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import math
+import sys
 
 import torch
 
@@ -53,6 +54,8 @@ def ask_for_huge_pages(tensor: torch.Tensor) -> bool:
     transparent huge pages in "madvise" mode wait for). Attention reads the KV cache a block at a time
     from all over the pool; with 4 KiB pages nearly every block is a TLB miss. Returns whether the
     kernel took the advice (never off Linux, or for less than one aligned huge page)."""
+    if not sys.platform.startswith("linux"):  # the advice number is Linux's own
+        return False
     start = tensor.data_ptr()
     first = -(-start // _HUGE_PAGE) * _HUGE_PAGE
     length = (start + tensor.numel() * tensor.element_size() - first) // _HUGE_PAGE * _HUGE_PAGE
