@@ -76,7 +76,9 @@ static void write_cache(void *cache, int64_t dtype, int64_t slot, const float *r
 /* Floats of work memory one call needs per token. */
 int64_t decode_layer_work(const Layer *L) {
     const int64_t q_width = L->heads * L->head_dim, kv_width = L->kv_heads * L->head_dim;
-    return L->hidden + q_width + 2 * kv_width + 2 * q_width + 3 * L->intermediate;
+    const int64_t attention = q_width + 2 * kv_width + 2 * q_width;  /* qkv, q, att: dead once o has run */
+    /* SiLU's output reuses the attention buffers when they are large enough */
+    return L->hidden + (attention > L->intermediate ? attention : L->intermediate) + 2 * L->intermediate;
 }
 
 /* hidden [T, hidden]: in, the previous layer's output (the embeddings when first); out, this layer's.
@@ -90,8 +92,10 @@ int decode_layer(const Layer *L, const Step *S, float *hidden, float *residual, 
     if (Dh > 512) return 1;
     float *x = work ? work : malloc(sizeof(float) * (size_t)(T * decode_layer_work(L)));
     if (!x) return 1;
-    float *qkv = x + T * D, *q = qkv + T * qkv_width, *att = q + T * q_width, *gate_up = att + T * q_width;
-    float *act = gate_up + T * 2 * L->intermediate;
+    const int64_t attention = qkv_width + 2 * q_width;
+    float *qkv = x + T * D, *q = qkv + T * qkv_width, *att = q + T * q_width;
+    float *act = qkv;  /* written after the attention buffers are last read */
+    float *gate_up = qkv + T * (attention > L->intermediate ? attention : L->intermediate);
     int failed = 0;
 
     if (first) {
