@@ -55,9 +55,41 @@ def test_fused_decode_stands_aside_where_it_does_not_apply(tmp_path):
     build_tiny("qwen3", tmp_path / "qwen3")  # q/k norms
     assert LLM(str(tmp_path / "qwen3"), quantization_method="dynamic", num_kvcache_blocks=64,
                max_model_len=256).runtime_info()["decode_layer"] == "torch"
-    build_tiny("llama", tmp_path / "llama")  # float32 Linears (oneDNN), not the int8 kernel
-    assert LLM(str(tmp_path / "llama"), num_kvcache_blocks=64,
+    assert LLM(str(tmp_path / "qwen3"), num_kvcache_blocks=64,
                max_model_len=256).runtime_info()["decode_layer"] == "torch"
+
+
+# float32 Linears: the fused layer takes decode steps of up to MAX_FLOAT_TOKENS; 20 prompts make the
+# first steps bigger (PyTorch's path) and the last ones, as requests finish, small enough (fused)
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+def test_fused_float32_decode_matches_the_layer_by_layer_path(tmp_path, arch):
+    import medvllm.layers.cpu_decode_layer as fused
+    build_tiny(arch, tmp_path)
+    llm = LLM(str(tmp_path), kvcache_block_size=16, num_kvcache_blocks=128, max_model_len=256)
+    assert llm.runtime_info()["decode_layer"] == "native"
+    assert llm.engine.runner.model.model.layers[0].mlp.gate_up_proj.method.name == "float"  # plain, read by both
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, 256, (int(n),), generator=g).tolist() for n in torch.randint(4, 40, (20,), generator=g)]
+    lengths = [4 + i % 9 for i in range(20)]
+
+    def run():
+        recorder = LogitsRecorder(llm.engine)
+        outs = llm.generate(prompts, [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in lengths])
+        return [o.outputs[0].token_ids for o in outs], [recorder.logits_of(o.request_id) for o in outs]
+
+    calls = []
+    step = fused.FusedDecode.__call__
+    fused.FusedDecode.__call__ = lambda self, *a: calls.append(a[0].shape[0]) or step(self, *a)
+    try:
+        fused_tokens, fused_logits = run()
+    finally:
+        fused.FusedDecode.__call__ = step
+    assert calls and max(calls) <= fused.MAX_FLOAT_TOKENS
+    llm.engine.runner.model.model.fused_decode = None
+    tokens, logits = run()
+    assert fused_tokens == tokens
+    for a, b in zip(fused_logits, logits):
+        assert a.shape == b.shape and (a - b).abs().max().item() < 1e-4
 
 
 @pytest.mark.parametrize("prompt_limit", [10_000, 24])  # prompt steps fused / long ones on PyTorch's path

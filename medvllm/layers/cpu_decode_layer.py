@@ -1,13 +1,16 @@
-"""Steps of a dynamic-int8 Llama-family model on CPU, one native call per decoder layer.
+"""Steps of a float32 Llama-family model on CPU, one native call per decoder layer.
 
-native/decode_layer.c runs a whole layer (norms, the four int8 Linears, rotary, the KV write, paged
-attention, SiLU) with the same kernels the PyTorch path calls one by one. Decode steps always take it;
+native/decode_layer.c runs a whole layer (norms, the four Linears, rotary, the KV write, paged
+attention, SiLU) with the kernels the PyTorch path calls one by one, without ~15 dispatches and Python
+calls a layer. Dynamic int8 models (the native int8 kernel): decode steps always take it;
 prompt steps too while no sequence's context exceeds MAX_PROMPT_CONTEXT (each prompt token attends
 over the paged cache on its own; past that, SDPA's blocked kernel over the gathered context is
 faster: one prompt of 128 / 512 / 1024 / 2000 tokens took 29 / 171 / 550 / 2371 ms here against
-48 / 184 / 485 / 1561 ms for the PyTorch path). Models or settings it does not cover (tensor parallel, q/k norms, a cache dtype the kernel
-cannot read, a Linear not on the native int8 kernel) keep the PyTorch path; runtime_info["decode_layer"]
-says which runs.
+48 / 184 / 485 / 1561 ms for the PyTorch path). Models whose Linears are plain float32 (f32_linear.c,
+reading the weights PyTorch reads): decode steps of up to MAX_FLOAT_TOKENS tokens, where one stream
+waits on weight reads and Python; bigger steps and prompts keep PyTorch's matmuls. Models or settings
+it does not cover (tensor parallel, q/k norms, a cache dtype the kernel cannot read, another kind of
+Linear) keep the PyTorch path; runtime_info["decode_layer"] says which runs.
 """
 from __future__ import annotations
 
@@ -21,14 +24,15 @@ from medvllm.layers.native.build import NativeUnavailable, load
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _MAX_HEAD_DIM = 512  # decode_layer.c's rotary scratch
 MAX_PROMPT_CONTEXT = 768  # longest context a prompt step may have to run here (see the module doc)
+MAX_FLOAT_TOKENS = 16  # most tokens a decode step of a float32 model may have to run here
 
 
-class _Int8Weight(ctypes.Structure):
-    _fields_ = [("panels", _P), ("scale", _P), ("bias", _P), ("n_out", _I), ("k_padded", _I)]
+class _Weight(ctypes.Structure):
+    _fields_ = [("panels", _P), ("scale", _P), ("bias", _P), ("n_out", _I), ("k_padded", _I), ("f32", _P)]
 
 
 class _Layer(ctypes.Structure):
-    _fields_ = [("qkv", _Int8Weight), ("o", _Int8Weight), ("gate_up", _Int8Weight), ("down", _Int8Weight),
+    _fields_ = [("qkv", _Weight), ("o", _Weight), ("gate_up", _Weight), ("down", _Weight),
                 ("input_norm", _P), ("post_norm", _P), ("k_cache", _P), ("v_cache", _P),
                 ("hidden", _I), ("heads", _I), ("kv_heads", _I), ("head_dim", _I), ("intermediate", _I),
                 ("block_size", _I), ("window", _I), ("cache_dtype", _I), ("eps", _F), ("scale", _F)]
@@ -39,10 +43,18 @@ class _Step(ctypes.Structure):
                 ("sin", _P), ("tokens", _I), ("max_blocks", _I), ("threads", ctypes.c_int)]
 
 
-def _weight(layer) -> _Int8Weight:
+def _is_plain_float32(layer) -> bool:
+    w = layer.weight
+    return (layer.method.name == "float" and w.dtype == torch.float32 and w.dim() == 2 and w.is_contiguous()
+            and (layer.bias is None or layer.bias.dtype == torch.float32))
+
+
+def _weight(layer) -> _Weight:
     bias = None if layer.bias is None else layer.bias.data_ptr()
-    return _Int8Weight(layer.int8_panels.data_ptr(), layer.int8_scale.data_ptr(), bias,
-                       layer.int8_scale.shape[0], layer.int8_panels.shape[1] * 4)
+    if hasattr(layer, "int8_panels"):
+        return _Weight(layer.int8_panels.data_ptr(), layer.int8_scale.data_ptr(), bias,
+                       layer.int8_scale.shape[0], layer.int8_panels.shape[1] * 4, None)
+    return _Weight(None, None, bias, layer.weight.shape[0], layer.weight.shape[1], layer.weight.data_ptr())
 
 
 def _why_not(model) -> str | None:
@@ -54,8 +66,8 @@ def _why_not(model) -> str | None:
     for layer in layers:
         attn = layer.self_attn
         linears = (attn.qkv_proj, attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj)
-        if any(lin.tp.size != 1 or not hasattr(lin, "int8_panels") for lin in linears):
-            return "a Linear layer not on the native int8 kernel"
+        if any(lin.tp.size != 1 or not (hasattr(lin, "int8_panels") or _is_plain_float32(lin)) for lin in linears):
+            return "a Linear layer neither on the native int8 kernel nor plain float32"
         cache = attn.attn.k_cache
         if cache is None or cache.dtype not in CACHE_DTYPES or not isinstance(attn.attn.backend, CpuPagedBackend):
             return "the attention backend or KV cache dtype"
@@ -82,9 +94,14 @@ class FusedDecode:
                 attn.attn.sliding_window or 0, CACHE_DTYPES[cache.dtype], layer.input_layernorm.eps,
                 attn.attn.scale))
         self.work_floats = work_floats(ctypes.byref(self.layers[0]))  # per token, the same for every layer
+        first = model.model.layers[0].self_attn.qkv_proj
+        self.float32 = not hasattr(first, "int8_panels")
 
     def handles(self, meta) -> bool:
-        """Decode steps, and prompt steps whose contexts are all short (see the module doc)."""
+        """int8: decode steps, and prompt steps whose contexts are all short. float32: decode steps of up
+        to MAX_FLOAT_TOKENS tokens (see the module doc)."""
+        if self.float32:
+            return meta.is_decode and meta.slot_mapping.shape[0] <= MAX_FLOAT_TOKENS
         return meta.is_decode or int(meta.context_lens.max()) <= MAX_PROMPT_CONTEXT
 
     def __call__(self, hidden: torch.Tensor, positions: torch.Tensor, meta) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,10 +1,13 @@
-"""Float32 linear layers on CPU with their weights pre-packed for oneDNN.
+"""Float32 linear layers on CPU with their weights pre-packed for oneDNN: the LM head and any float
+layer outside the decoder layers.
 
 F.linear hands MKL the plain [out, in] weight at every call and MKL re-blocks it each time; packing
-once at load time into oneDNN's blocked layout saves that work. Measured here (2 threads, AVX2) on
-the default model's shapes: the 49152x576 LM head at 64 rows 53 -> 29 ms, at one row 8.5 -> 4.9 ms;
-the MLP projections 15-25% faster up to ~2,000 rows, and the whole 64-prompt prefill (7,000 rows) no
-slower. Same float32 arithmetic, only the summation order differs.
+once at load time into oneDNN's blocked layout saves that work. Measured on an AVX2 machine on the
+default model's shapes: the 49152x576 LM head at 64 rows 53 -> 29 ms, at one row 8.5 -> 4.9 ms.
+The decoder layers' Linears stay plain: the fused layer (cpu_decode_layer.py) reads their weights as
+they are, and on an AVX-512 machine packing them did not pay (the 120 Linears of the default model:
+1 row 16.4 ms plain / 20.1 packed, 64 rows 61.6 / 61.7, 2,048 rows 1063 / 1093; 8 rows 33.5 / 25.5).
+Same float32 arithmetic, only the summation order differs.
 """
 from __future__ import annotations
 
@@ -35,12 +38,16 @@ class PackedFloatMethod(LinearMethod):
 
 
 def pack_float_linears(model: torch.nn.Module, dtype: torch.dtype) -> int:
-    """Give every still-float linear layer of a CPU model packed weights; returns how many."""
+    """Give every still-float linear layer of a CPU model outside its decoder layers packed weights;
+    returns how many."""
     from medvllm.layers.linear import UNQUANTIZED, LinearBase
     if not packing_available(dtype):
         return 0
     method = PackedFloatMethod()
-    layers = [m for m in model.modules() if isinstance(m, LinearBase) and m.method is UNQUANTIZED]
+    decoder = getattr(getattr(model, "model", None), "layers", None)
+    inside = {id(m) for m in decoder.modules()} if isinstance(decoder, torch.nn.Module) else set()
+    layers = [m for m in model.modules()
+              if isinstance(m, LinearBase) and m.method is UNQUANTIZED and id(m) not in inside]
     for layer in layers:
         method.process_weights_after_loading(layer)
         layer.method = method

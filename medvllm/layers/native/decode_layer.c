@@ -1,6 +1,6 @@
-/* One decoder layer of a step in one call, for float32 Llama-family models whose Linear layers
- * run the native dynamic-int8 kernel on CPU: norm, QKV, rotary, KV-cache write, paged attention,
- * output projection, norm, gate/up, SiLU * up, down.
+/* One decoder layer of a step in one call, for float32 Llama-family models on CPU whose Linear layers
+ * run the native dynamic-int8 kernel, or are plain float32 (f32_linear.c): norm, QKV, rotary, KV-cache
+ * write, paged attention, output projection, norm, gate/up, SiLU * up, down.
  *
  * One-token decode of the default model spends less time in arithmetic than in getting to it: the same
  * layer through PyTorch and ctypes is ~15 dispatches, allocations and Python calls, 0.35 ms a layer
@@ -10,21 +10,24 @@
  *
  * Built at first use by medvllm/layers/native/build.py (gcc -O3 -march=native -fopenmp).
  */
+#include "f32_linear.c"
 #include "fused_norm.c"
 #include "int8_linear.c"
 #include "paged_attention.c"
 
-/* One int8 Linear: packed panels, per-output-channel scales, bias or NULL, outputs, padded inputs. */
+/* One Linear: int8 (packed panels, per-output-channel scales, padded inputs) or, with f32 set, the
+ * plain float32 weight; bias or NULL; outputs. */
 typedef struct {
     const int8_t *panels;
     const float *scale;
     const float *bias;
     int64_t n_out, k_padded;
-} Int8Weight;
+    const float *f32;
+} Weight;
 
 /* What a layer holds; built once per layer (layers/cpu_decode_layer.py). */
 typedef struct {
-    Int8Weight qkv, o, gate_up, down;
+    Weight qkv, o, gate_up, down;
     const float *input_norm, *post_norm;
     void *k_cache, *v_cache;  /* [num_blocks, block_size, kv_heads, head_dim] */
     int64_t hidden, heads, kv_heads, head_dim, intermediate, block_size, window, cache_dtype;
@@ -47,7 +50,11 @@ static inline uint16_t to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-static int linear(float *out, const float *x, const Int8Weight *w, int64_t T, int64_t K, int threads) {
+static int linear(float *out, const float *x, const Weight *w, int64_t T, int64_t K, int threads) {
+    if (w->f32) {
+        f32_linear(out, x, w->f32, w->bias, T, K, w->n_out, threads);
+        return 0;
+    }
     return int8_linear(out, x, w->panels, w->scale, w->bias, T, K, w->n_out, w->k_padded, threads);
 }
 
