@@ -39,7 +39,8 @@
 #define PANEL 16       /* output columns per packed panel */
 #define ROW_BLOCK 64   /* tokens whose quantized inputs stay in L2 while every panel passes over them */
 
-/* One token: int8 values (sign carried), their magnitudes, and the float step of one unit. */
+/* One token: int8 values, the unsigned side of the multiply (|x|, or x + 128 with VNNI), and the float
+ * step of one unit. */
 static void quantize_row(const float *x, int64_t K, int64_t Kp, int8_t *q, uint8_t *mag, float *step) {
     float amax = 0.f;
 #pragma omp simd reduction(max : amax)
