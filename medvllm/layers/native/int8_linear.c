@@ -32,6 +32,7 @@
 #define HAVE_VNNI512 1
 #endif
 #include "amx.c"
+#include "vector_math.c"
 #if defined(HAVE_AMX_TILES) && defined(__AMX_INT8__)
 #define HAVE_AMX 1
 #endif
@@ -42,9 +43,7 @@
 /* One token: int8 values, the unsigned side of the multiply (|x|, or x + 128 with VNNI), and the float
  * step of one unit. */
 static void quantize_row(const float *x, int64_t K, int64_t Kp, int8_t *q, uint8_t *mag, float *step) {
-    float amax = 0.f;
-#pragma omp simd reduction(max : amax)
-    for (int64_t k = 0; k < K; ++k) amax = amax > fabsf(x[k]) ? amax : fabsf(x[k]);
+    const float amax = abs_max(x, K);
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
     for (int64_t k = 0; k < K; ++k) {
         const int v = (int)nearbyintf(x[k] * inv);  /* round half to even, as torch.round */

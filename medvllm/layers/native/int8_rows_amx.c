@@ -11,6 +11,7 @@
  * use AMX; ~12x faster than the AVX-512 float path on 64 tokens, the same speed on one.
  */
 #include "amx.c"
+#include "vector_math.c"
 #if defined(HAVE_AMX_TILES) && defined(__AMX_INT8__) && defined(__AVX512F__)
 #define HAVE_ROWS_AMX 1
 #include <math.h>
@@ -28,8 +29,7 @@ static void split_tokens(int8_t *parts, float *steps, const float *x, int64_t M,
     for (int64_t m = 0; m < M; ++m) {
         const float *row = x + m * K;
         int8_t *a = parts + (m / ROWS_TILE) * ROWS_TILE * K + (m % ROWS_TILE) * 4, *b = a + part_size;
-        float amax = 0.f;
-        for (int64_t k = 0; k < K; ++k) amax = amax > fabsf(row[k]) ? amax : fabsf(row[k]);
+        const float amax = abs_max(row, K);
         const float s1 = amax / 127.f, inv1 = amax > 0.f ? 127.f / amax : 0.f;
         float rmax = 0.f;
         for (int64_t k = 0; k < K; ++k) {

@@ -1,4 +1,4 @@
-/* AVX-512 helpers shared by the kernels.
+/* Vector helpers shared by the kernels (abs_max portable, the rest AVX-512).
  *
  * exp16: exp of 16 floats at once, for softmax and SiLU: libm's expf is a call per element, and those
  * calls were a tenth of a decode step's attention. Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts, so r is exact enough), a degree-6
@@ -11,6 +11,16 @@
  */
 #ifndef MEDVLLM_VECTOR_MATH
 #define MEDVLLM_VECTOR_MATH
+#include <math.h>
+#include <stdint.h>
+
+/* max |x[k]| over n floats (0 for none): the scale of a per-token int8 quantization. */
+static inline float abs_max(const float *x, int64_t n) {
+    float top = 0.f;
+#pragma omp simd reduction(max : top)
+    for (int64_t k = 0; k < n; ++k) top = top > fabsf(x[k]) ? top : fabsf(x[k]);
+    return top;
+}
 #ifdef __AVX512F__
 #include <immintrin.h>
 
