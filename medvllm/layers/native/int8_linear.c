@@ -38,6 +38,7 @@
 #endif
 
 #define PANEL 16       /* output columns per packed panel */
+#define PREFETCH_AHEAD 2048  /* bytes of weight asked for ahead of the VNNI loop */
 #define ROW_BLOCK 64   /* tokens whose quantized inputs stay in L2 while every panel passes over them */
 
 /* One token: int8 values, the unsigned side of the multiply (|x|, or x + 128 with VNNI), and the float
@@ -104,6 +105,10 @@ static inline __attribute__((always_inline)) void panel_rows(
     const __m512i ones = _mm512_set1_epi8(1);
     int64_t g = 0;
     for (; g + 2 <= K4; g += 2) {
+        /* a thread's panels lie end to end: ask for the bytes 2 KB ahead (into the next panel near the end)
+         * so the stream does not stall at each new call while the hardware prefetcher picks it up again */
+        _mm_prefetch((const char *)(panel + 64 * g + PREFETCH_AHEAD), _MM_HINT_T0);
+        _mm_prefetch((const char *)(panel + 64 * g + PREFETCH_AHEAD + 64), _MM_HINT_T0);
         const __m512i w0 = _mm512_loadu_si512((const void *)(panel + 64 * g));
         const __m512i w1 = _mm512_loadu_si512((const void *)(panel + 64 * g + 64));
         wsum_even = _mm512_dpbusd_epi32(wsum_even, ones, w0);

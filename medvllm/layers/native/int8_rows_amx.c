@@ -18,6 +18,7 @@
 #include <stdlib.h>
 
 #define ROWS_TILE 16  /* tokens, or table rows, per tile */
+#define ROWS_AHEAD 2  /* blocks of 16 table rows asked for ahead of the tiles */
 
 static int rows_amx_usable(int64_t K) { return K % 64 == 0 && amx_ready(); }
 
@@ -88,6 +89,10 @@ static int int8_rows_amx(float *out, const float *x, const int8_t *q, const floa
                 const int pair = tiles - t0 >= 2 ? 2 : 1;
                 _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
                 for (int64_t kb = 0; kb < K / 64; ++kb) {
+                    if (t0 == 0)  /* a sixteenth of the block ROWS_AHEAD on (a thread's blocks lie end to end) */
+                        for (int i = 0; i < 16; ++i)
+                            _mm_prefetch((const char *)(q + (n0 + ROWS_AHEAD * ROWS_TILE) * K + kb * 1024 + 64 * i),
+                                         _MM_HINT_T0);
                     /* tmm4: 16 table rows x 64 inputs; tmm5 / tmm6: part a / part b of 16 tokens */
                     const int8_t *b0 = parts + t0 * tile_size + kb * 16 * 64;
                     _tile_loadd(4, rows + kb * 64, K);
