@@ -54,9 +54,9 @@ static void softmax(float *sg, int64_t n) {
 
 /* Asks for the next window's rows ahead of use: the blocks of a sequence lie anywhere in the pool, so
  * the hardware prefetcher loses the stream at every block. */
-static inline void prefetch_window(const void *cache, int dtype, const int64_t *offsets, int64_t from,
-                                   int64_t n, int64_t at, int64_t width, int to_l1) {
-    const int64_t size = dtype == CACHE_F32 ? 4 : 2, end = from + WIDE_KEYS < n ? from + WIDE_KEYS : n;
+static inline void prefetch_keys(const void *cache, int dtype, const int64_t *offsets, int64_t from,
+                                 int64_t to, int64_t n, int64_t at, int64_t width, int to_l1) {
+    const int64_t size = dtype == CACHE_F32 ? 4 : 2, end = to < n ? to : n;
     for (int64_t k = from; k < end; ++k) {
         const char *row = (const char *)cache + (offsets[k] + at) * size;
         if (to_l1)
@@ -83,10 +83,14 @@ static void attend_wide(float *out, const float *q, const void *k_cache, const v
     }
     for (int64_t i = 0; i < n; i += WIDE_KEYS) {
         const int count = n - i < WIDE_KEYS ? (int)(n - i) : WIDE_KEYS;
-        prefetch_window(k_cache, dtype, offsets, i + WIDE_KEYS, n, h0 * D, (h1 - h0) * D, 1);
-        /* the values of this window, into L2 for the second pass: a token's fit there */
-        prefetch_window(v_cache, dtype, offsets, i, n, h0 * D, (h1 - h0) * D, 0);
+        const int64_t heads = (h1 - h0) * G;
         for (int64_t head = h0 * G; head < h1 * G; ++head) {
+            /* a share of the next window's keys into L1, and of this window's values into L2 for the second
+             * pass (a token's fit there), spread over the heads: a burst of them all would stall on the
+             * core's few outstanding misses before any arithmetic could start */
+            const int64_t share = head - h0 * G, lo = share * WIDE_KEYS / heads, hi = (share + 1) * WIDE_KEYS / heads;
+            prefetch_keys(k_cache, dtype, offsets, i + WIDE_KEYS + lo, i + WIDE_KEYS + hi, n, h0 * D, (h1 - h0) * D, 1);
+            prefetch_keys(v_cache, dtype, offsets, i + lo, i + hi, n, h0 * D, (h1 - h0) * D, 0);
             const float *qg = q + head * D;
             const int64_t at = (head / G) * D;
             __m512 part[WIDE_KEYS];
@@ -106,8 +110,9 @@ static void attend_wide(float *out, const float *q, const void *k_cache, const v
     memset(out + h0 * G * D, 0, sizeof(float) * (size_t)((h1 - h0) * G * D));
     for (int64_t i = 0; i < n; i += WIDE_KEYS) {
         const int64_t end = n - i < WIDE_KEYS ? n : i + WIDE_KEYS;
-        prefetch_window(v_cache, dtype, offsets, i + WIDE_KEYS, n, h0 * D, (h1 - h0) * D, 1);
-        for (int64_t h = h0; h < h1; ++h)
+        for (int64_t h = h0; h < h1; ++h) {
+            const int64_t lo = (h - h0) * WIDE_KEYS / (h1 - h0), hi = (h - h0 + 1) * WIDE_KEYS / (h1 - h0);
+            prefetch_keys(v_cache, dtype, offsets, i + WIDE_KEYS + lo, i + WIDE_KEYS + hi, n, h0 * D, (h1 - h0) * D, 1);
             for (int64_t g0 = h * G; g0 < (h + 1) * G; g0 += 4) {
                 const int heads = (h + 1) * G - g0 < 4 ? (int)((h + 1) * G - g0) : 4;
                 for (int64_t c = 0; c < chunks; ++c) {
@@ -135,6 +140,7 @@ static void attend_wide(float *out, const float *q, const void *k_cache, const v
                     }
                 }
             }
+        }
     }
 }
 #endif
