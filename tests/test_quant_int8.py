@@ -104,11 +104,12 @@ def _native_int8_in_torch(x, weight, bias):
 
 
 @pytest.mark.skipif(not _native_builds(), reason="no C compiler")
-@pytest.mark.parametrize("rows,n_in,n_out", [(1, 128, 40), (15, 128, 40), (16, 128, 48), (17, 128, 33),
-                                             (70, 192, 200), (48, 576, 80), (33, 96, 50)])
+@pytest.mark.parametrize("rows,n_in,n_out", [(1, 128, 40), (4, 128, 40), (5, 64, 16), (15, 128, 40),
+                                             (16, 128, 48), (17, 128, 33), (70, 192, 200), (48, 576, 80),
+                                             (33, 96, 50)])
 def test_native_int8_linear_is_the_exact_integer_math_on_every_path(rows, n_in, n_out):
-    # whichever path this CPU takes (AMX for blocks of 16 tokens when the input width is a multiple of
-    # 64, AVX-512 VNNI or AVX2 for the rest), the int32 sums are exact: equal to the bit
+    # whichever path this CPU takes (AMX for every token from 5 on when the input width is a multiple of
+    # 64, the last tile padded; AVX-512 VNNI or AVX2 otherwise), the int32 sums are exact: equal to the bit
     from medvllm.layers.cpu_int8_linear import int8_linear, native_int8_kernel, pack_int8
     torch.manual_seed(rows)
     weight, x, bias = torch.randn(n_out, n_in), torch.randn(rows, n_in), torch.randn(n_out)
