@@ -104,3 +104,42 @@ def test_build_failure_is_reported_not_raised_into_the_engine(monkeypatch, tmp_p
                                                  False) == "sdpa"
     finally:
         build._library.cache_clear()
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])  # mistral: a sliding window shorter than the prompts
+def test_prompt_steps_on_the_kernel_match_sdpa_in_the_engine(kernel, tmp_path, monkeypatch, arch):
+    # prompt steps with short contexts attend through the kernel, longer ones through SDPA: the same
+    # logits either way, chunked prompts and prefix-cache hits included
+    from engine_probe import LogitsRecorder
+    from medvllm import LLM, SamplingParams
+    from medvllm.layers import cpu_attention
+    from tiny_models import build_tiny
+    build_tiny(arch, tmp_path)
+    llm = LLM(str(tmp_path), kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256,
+              max_num_batched_tokens=24, max_num_seqs=4, enable_prefix_caching=True)
+    assert llm.engine.runner.attention_backend == "cpu-paged"
+    g = torch.Generator().manual_seed(3)
+    shared = torch.randint(3, 256, (32,), generator=g).tolist()
+    prompts = [shared + torch.randint(3, 256, (n,), generator=g).tolist() for n in (3, 17, 30)]
+
+    plan = cpu_attention._token_rows_and_positions
+
+    def run(limit):
+        monkeypatch.setattr(cpu_attention, "MAX_PROMPT_CONTEXT", limit)
+        on_sdpa = []  # for each prompt step: whether it went to SDPA
+
+        def recording(meta, tokens):
+            step = plan(meta, tokens)
+            if not meta.is_decode:
+                on_sdpa.append(step is cpu_attention._SDPA)
+            return step
+        monkeypatch.setattr(cpu_attention, "_token_rows_and_positions", recording)
+        recorder = LogitsRecorder(llm.engine)
+        outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
+        return on_sdpa, [recorder.logits_of(o.request_id) for o in outs]
+
+    kernel_paths, kernel_logits = run(10_000)
+    sdpa_paths, sdpa_logits = run(0)
+    assert kernel_paths and not any(kernel_paths) and all(sdpa_paths)
+    for a, b in zip(kernel_logits, sdpa_logits):
+        assert a.shape == b.shape and (a - b).abs().max().item() < 1e-4

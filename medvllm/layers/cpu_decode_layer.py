@@ -3,10 +3,8 @@
 native/decode_layer.c runs a whole layer (norms, the four Linears, rotary, the KV write, paged
 attention, SiLU) with the kernels the PyTorch path calls one by one, without ~15 dispatches and Python
 calls a layer. Dynamic int8 models (the native int8 kernel): decode steps always take it;
-prompt steps too while no sequence's context exceeds MAX_PROMPT_CONTEXT (each prompt token attends
-over the paged cache on its own; past that, SDPA's blocked kernel over the gathered context is
-faster: one prompt of 128 / 512 / 1024 / 2000 tokens took 29 / 171 / 550 / 2371 ms here against
-48 / 184 / 485 / 1561 ms for the PyTorch path). Models whose Linears are plain float32 (f32_linear.c,
+prompt steps too while no sequence's context exceeds MAX_PROMPT_CONTEXT (cpu_attention.py: each
+prompt token attends over the paged cache on its own). Models whose Linears are plain float32 (f32_linear.c,
 reading the weights PyTorch reads): decode steps of up to MAX_FLOAT_TOKENS tokens, where one stream
 waits on weight reads and Python; bigger steps and prompts keep PyTorch's matmuls. Models or settings
 it does not cover (tensor parallel, q/k norms, a cache dtype the kernel cannot read, another kind of
@@ -18,12 +16,11 @@ import ctypes
 
 import torch
 
-from medvllm.layers.cpu_attention import CACHE_DTYPES, CpuPagedBackend
+from medvllm.layers.cpu_attention import CACHE_DTYPES, MAX_PROMPT_CONTEXT, CpuPagedBackend
 from medvllm.layers.native.build import NativeUnavailable, load
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _MAX_HEAD_DIM = 512  # decode_layer.c's rotary scratch
-MAX_PROMPT_CONTEXT = 768  # longest context a prompt step may have to run here (see the module doc)
 MAX_FLOAT_TOKENS = 16  # most tokens a decode step of a float32 model may have to run here
 
 
