@@ -46,7 +46,17 @@
 static void quantize_row(const float *x, int64_t K, int64_t Kp, int8_t *q, uint8_t *mag, float *step) {
     const float amax = abs_max(x, K);
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
-    for (int64_t k = 0; k < K; ++k) {
+    int64_t k0 = 0;
+#ifdef HAVE_VNNI512
+    /* 16 at a time: the conversion rounds half to even (the default rounding mode), as nearbyintf */
+    for (; k0 + 16 <= K; k0 += 16) {
+        const __m128i v = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k0),
+                                                                                 _mm512_set1_ps(inv))));
+        _mm_storeu_si128((__m128i *)(q + k0), v);
+        _mm_storeu_si128((__m128i *)(mag + k0), _mm_xor_si128(v, _mm_set1_epi8((char)0x80)));  /* + 128 */
+    }
+#endif
+    for (int64_t k = k0; k < K; ++k) {
         const int v = (int)nearbyintf(x[k] * inv);  /* round half to even, as torch.round */
         q[k] = (int8_t)v;
 #ifdef HAVE_VNNI512
