@@ -105,3 +105,4 @@ def test_stop_string_truncates_text(default_llm):
     streamed = "".join(o.outputs[0].delta_text for o in default_llm.stream(
         ids, SamplingParams(temperature=0, max_tokens=40, stop=[stop])))
     assert streamed == out.text
+

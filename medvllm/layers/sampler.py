@@ -6,9 +6,13 @@ on nothing else in the batch, and a preempted, recomputed request draws the same
 """
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
+
+from medvllm.layers.native.build import NativeUnavailable, load
 
 _SEED_MIX = 0x9E3779B97F4A7C15  # spreads (seed, step) pairs over the generator's seed space
 
@@ -32,9 +36,27 @@ class SamplingBatch:
 
 
 def first_max(x: torch.Tensor) -> torch.Tensor:
-    """Index of each row's largest value, the first on ties: argmax's answer, 2.6x faster on CPU (64 rows
-    of 49,152 logits: 0.77 ms against 2.0)."""
-    return x.max(dim=-1).indices
+    """Index of each row's largest value, the first on ties: argmax's answer. On CPU float32 rows, the
+    native kernel (native/first_max.c); else max().indices, 2.6x faster than argmax on CPU (64 rows of
+    49,152 logits: 0.77 ms against 2.0)."""
+    kernel = _native_first_max()
+    if kernel is None or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2:
+        return x.max(dim=-1).indices
+    x = x.contiguous()
+    out = torch.empty(x.shape[0], dtype=torch.int64)
+    kernel(out.data_ptr(), x.data_ptr(), x.shape[0], x.shape[1], torch.get_num_threads())
+    return out
+
+
+@lru_cache(maxsize=None)
+def _native_first_max():
+    try:
+        fn = load("first_max").first_max
+    except NativeUnavailable:
+        return None
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    return fn
 
 
 class Sampler:

@@ -6,3 +6,4 @@
 #define _DEFAULT_SOURCE
 #include "decode_layer.c"
 #include "int8_rows_matmul.c"
+#include "first_max.c"
