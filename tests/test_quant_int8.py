@@ -110,13 +110,15 @@ def _native_int8_in_torch(x, weight, bias):
 def test_native_int8_linear_is_the_exact_integer_math_on_every_path(rows, n_in, n_out):
     # whichever path this CPU takes (AMX for every token from 5 on when the input width is a multiple of
     # 64, the last tile padded; AVX-512 VNNI or AVX2 otherwise), the int32 sums are exact: equal to the bit
-    from medvllm.layers.cpu_int8_linear import int8_linear, native_int8_kernel, pack_int8
+    from medvllm.layers.cpu_int8_linear import column_sums, int8_linear, native_int8_kernel, pack_int8
     torch.manual_seed(rows)
     weight, x, bias = torch.randn(n_out, n_in), torch.randn(rows, n_in), torch.randn(n_out)
     x[0] *= 30
     packed, scale = pack_int8(weight)
-    out = int8_linear(native_int8_kernel(), x, packed, scale, bias)
-    assert torch.equal(out, _native_int8_in_torch(x, weight, bias))
+    expected = _native_int8_in_torch(x, weight, bias)
+    # the column sums packed beside the weight, or summed by the kernel at the call: the same bits
+    assert torch.equal(int8_linear(native_int8_kernel(), x, packed, scale, bias, column_sums(packed)), expected)
+    assert torch.equal(int8_linear(native_int8_kernel(), x, packed, scale, bias), expected)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

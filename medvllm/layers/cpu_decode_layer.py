@@ -25,7 +25,8 @@ MAX_FLOAT_TOKENS = 16  # most tokens a decode step of a float32 model may have t
 
 
 class _Weight(ctypes.Structure):
-    _fields_ = [("panels", _P), ("scale", _P), ("bias", _P), ("n_out", _I), ("k_padded", _I), ("f32", _P)]
+    _fields_ = [("panels", _P), ("scale", _P), ("bias", _P), ("n_out", _I), ("k_padded", _I), ("f32", _P),
+                ("col_sums", _P)]
 
 
 class _Layer(ctypes.Structure):
@@ -50,8 +51,9 @@ def _weight(layer) -> _Weight:
     bias = None if layer.bias is None else layer.bias.data_ptr()
     if hasattr(layer, "int8_panels"):
         return _Weight(layer.int8_panels.data_ptr(), layer.int8_scale.data_ptr(), bias,
-                       layer.int8_scale.shape[0], layer.int8_panels.shape[1] * 4, None)
-    return _Weight(None, None, bias, layer.weight.shape[0], layer.weight.shape[1], layer.weight.data_ptr())
+                       layer.int8_scale.shape[0], layer.int8_panels.shape[1] * 4, None,
+                       layer.int8_col_sums.data_ptr())
+    return _Weight(None, None, bias, layer.weight.shape[0], layer.weight.shape[1], layer.weight.data_ptr(), None)
 
 
 def _why_not(model) -> str | None:

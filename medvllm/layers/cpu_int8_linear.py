@@ -25,7 +25,7 @@ def native_int8_kernel():
     """The loaded kernel, or raises NativeUnavailable with the reason."""
     fn = load("int8_linear").int8_linear
     fn.restype = ctypes.c_int
-    fn.argtypes = [_P, _P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int]
+    fn.argtypes = [_P, _P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int, _P]
     return fn
 
 
@@ -67,15 +67,24 @@ def pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return panels.contiguous(), scale.contiguous()
 
 
+def column_sums(packed: torch.Tensor) -> torch.Tensor:
+    """int32 [out rounded up to 16]: each column's sum of its int8 weights, from the panels. The VNNI path
+    feeds the token in as x + 128 and takes 128 * this sum back off; held beside the weight (4 bytes a
+    column), the kernel need not add the weights up again at every call."""
+    return packed.sum(dim=(1, 3), dtype=torch.int32).reshape(-1).contiguous()
+
+
 def int8_linear(kernel, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
-                bias: torch.Tensor | None) -> torch.Tensor:
-    """x [..., in] float32 -> [..., out] float32, x quantized per token inside the kernel."""
+                bias: torch.Tensor | None, col_sums: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., in] float32 -> [..., out] float32, x quantized per token inside the kernel; col_sums from
+    column_sums(packed), or None to have the kernel sum the weights itself."""
     n_out = scale.shape[0]
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     out = torch.empty(rows.shape[0], n_out, dtype=torch.float32)
     bias_ptr = None if bias is None else bias.data_ptr()
     status = kernel(out.data_ptr(), rows.data_ptr(), packed.data_ptr(), scale.data_ptr(), bias_ptr,
-                    rows.shape[0], rows.shape[1], n_out, packed.shape[1] * 4, torch.get_num_threads())
+                    rows.shape[0], rows.shape[1], n_out, packed.shape[1] * 4, torch.get_num_threads(),
+                    None if col_sums is None else col_sums.data_ptr())
     if status != 0:
         raise MemoryError("the native int8 linear could not allocate its scratch memory")
     return out.view(*x.shape[:-1], n_out)

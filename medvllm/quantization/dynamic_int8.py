@@ -62,7 +62,9 @@ class DynamicInt8Method(LinearMethod):
                               f"{weight.dtype} on {weight.device}: turn mixed precision off and use device='cpu'")
         if self.native is not None:
             layer.int8_panels, layer.int8_scale = native.pack_int8(weight)
-            layer.int8_weight_bytes = layer.int8_panels.numel() + 4 * layer.int8_scale.numel()
+            layer.int8_col_sums = native.column_sums(layer.int8_panels)
+            layer.int8_weight_bytes = (layer.int8_panels.numel() + 4 * layer.int8_scale.numel()
+                                       + 4 * layer.int8_col_sums.numel())
         else:
             layer.packed_int8 = pack_weight(weight)
             # fbgemm's own padding is not counted here: int8 + scale/zero/offset per row
@@ -72,7 +74,7 @@ class DynamicInt8Method(LinearMethod):
     def apply(self, layer: LinearBase, x: torch.Tensor) -> torch.Tensor:
         if self.native is not None:
             bias = None if layer.bias is None else layer.bias.detach()
-            return native.int8_linear(self.native, x, layer.int8_panels, layer.int8_scale, bias)
+            return native.int8_linear(self.native, x, layer.int8_panels, layer.int8_scale, bias, layer.int8_col_sums)
         rows = x.reshape(-1, x.shape[-1])
         n = rows.shape[0]
         amax = rows.abs().amax(dim=-1, keepdim=True).clamp_(min=_TINY)

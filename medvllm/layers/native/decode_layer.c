@@ -23,6 +23,7 @@ typedef struct {
     const float *bias;
     int64_t n_out, k_padded;
     const float *f32;
+    const int32_t *col_sums;  /* int8: each column's weight sum, or NULL */
 } Weight;
 
 /* What a layer holds; built once per layer (layers/cpu_decode_layer.py). */
@@ -55,7 +56,7 @@ static int linear(float *out, const float *x, const Weight *w, int64_t T, int64_
         f32_linear(out, x, w->f32, w->bias, T, K, w->n_out, threads);
         return 0;
     }
-    return int8_linear(out, x, w->panels, w->scale, w->bias, T, K, w->n_out, w->k_padded, threads);
+    return int8_linear(out, x, w->panels, w->scale, w->bias, T, K, w->n_out, w->k_padded, threads, w->col_sums);
 }
 
 /* x * cos + rotate_half(x) * sin on every head of a row, at the row's position: two products and a sum,

@@ -105,7 +105,7 @@ static inline __attribute__((always_inline)) void store_panel(
 static inline __attribute__((always_inline)) void panel_rows(
         const int count, const int8_t *const *q, const uint8_t *const *mag, const float *steps,
         const int8_t *panel, int64_t K4, const float *w_scale, const float *bias, float *const *out,
-        int64_t n0, int64_t N) {
+        int64_t n0, int64_t N, const int32_t *col_sums) {
     int32_t acc[4][PANEL];
 #if defined(HAVE_VNNI512)
     /* even and odd groups into separate sums: two chains of vpdpbusd in flight, not one (int32 sums are
@@ -121,8 +121,10 @@ static inline __attribute__((always_inline)) void panel_rows(
         _mm_prefetch((const char *)(panel + 64 * g + PREFETCH_AHEAD + 64), _MM_HINT_T0);
         const __m512i w0 = _mm512_loadu_si512((const void *)(panel + 64 * g));
         const __m512i w1 = _mm512_loadu_si512((const void *)(panel + 64 * g + 64));
-        wsum_even = _mm512_dpbusd_epi32(wsum_even, ones, w0);
-        wsum_odd = _mm512_dpbusd_epi32(wsum_odd, ones, w1);
+        if (!col_sums) {
+            wsum_even = _mm512_dpbusd_epi32(wsum_even, ones, w0);
+            wsum_odd = _mm512_dpbusd_epi32(wsum_odd, ones, w1);
+        }
         for (int r = 0; r < count; ++r) {
             even[r] = _mm512_dpbusd_epi32(even[r], _mm512_set1_epi32(load4(mag[r] + 4 * g)), w0);
             odd[r] = _mm512_dpbusd_epi32(odd[r], _mm512_set1_epi32(load4(mag[r] + 4 * g + 4)), w1);
@@ -130,16 +132,18 @@ static inline __attribute__((always_inline)) void panel_rows(
     }
     if (g < K4) {
         const __m512i w = _mm512_loadu_si512((const void *)(panel + 64 * g));
-        wsum_even = _mm512_dpbusd_epi32(wsum_even, ones, w);
+        if (!col_sums) wsum_even = _mm512_dpbusd_epi32(wsum_even, ones, w);
         for (int r = 0; r < count; ++r)
             even[r] = _mm512_dpbusd_epi32(even[r], _mm512_set1_epi32(load4(mag[r] + 4 * g)), w);
     }
-    /* 128 * the column's weight sum */
-    const __m512i correction = _mm512_slli_epi32(_mm512_add_epi32(wsum_even, wsum_odd), 7);
+    /* 128 * the column's weight sum (packed beside the weight, or summed here) */
+    const __m512i correction = _mm512_slli_epi32(
+        col_sums ? _mm512_loadu_si512((const void *)(col_sums + n0)) : _mm512_add_epi32(wsum_even, wsum_odd), 7);
     for (int r = 0; r < count; ++r)
         _mm512_storeu_si512((void *)acc[r], _mm512_sub_epi32(_mm512_add_epi32(even[r], odd[r]), correction));
     (void)q;
 #elif defined(__AVX2__)
+    (void)col_sums;
     __m256i sum[4][2];
     for (int r = 0; r < count; ++r) sum[r][0] = sum[r][1] = _mm256_setzero_si256();
     const __m256i ones = _mm256_set1_epi16(1);
@@ -251,9 +255,10 @@ static void amx_rows(const int8_t *q, int64_t rows, const int8_t *packed, int64_
 #endif
 
 /* x [M, K] float32, packed weight of N columns and Kp = K rounded up to 4, w_scale [N], bias [N] or NULL,
- * out [M, N] float32. Returns 0, or 1 when scratch memory cannot be had. */
+ * out [M, N] float32; col_sums: each column's int32 weight sum, N rounded up to 16 (the VNNI path's
+ * correction, else summed at every call), or NULL. Returns 0, or 1 when scratch memory cannot be had. */
 int int8_linear(float *out, const float *x, const int8_t *packed, const float *w_scale, const float *bias,
-                int64_t M, int64_t K, int64_t N, int64_t Kp, int threads) {
+                int64_t M, int64_t K, int64_t N, int64_t Kp, int threads, const int32_t *col_sums) {
     /* rows held: M, or M rounded up to whole tiles when AMX takes every token */
     int64_t held = M;
 #ifdef HAVE_AMX
@@ -295,10 +300,10 @@ int int8_linear(float *out, const float *x, const int8_t *packed, const float *w
                     qs[r] = q + (m + r) * Kp, ms[r] = mag + (m + r) * Kp, os[r] = out + (m + r) * N;
                 /* constant counts, so each case compiles to its own fully unrolled kernel */
                 switch (count) {
-                    case 4: panel_rows(4, qs, ms, steps + m, panel, K4, w_scale, bias, os, p * PANEL, N); break;
-                    case 3: panel_rows(3, qs, ms, steps + m, panel, K4, w_scale, bias, os, p * PANEL, N); break;
-                    case 2: panel_rows(2, qs, ms, steps + m, panel, K4, w_scale, bias, os, p * PANEL, N); break;
-                    default: panel_rows(1, qs, ms, steps + m, panel, K4, w_scale, bias, os, p * PANEL, N); break;
+                    case 4: panel_rows(4, qs, ms, steps + m, panel, K4, w_scale, bias, os, p * PANEL, N, col_sums); break;
+                    case 3: panel_rows(3, qs, ms, steps + m, panel, K4, w_scale, bias, os, p * PANEL, N, col_sums); break;
+                    case 2: panel_rows(2, qs, ms, steps + m, panel, K4, w_scale, bias, os, p * PANEL, N, col_sums); break;
+                    default: panel_rows(1, qs, ms, steps + m, panel, K4, w_scale, bias, os, p * PANEL, N, col_sums); break;
                 }
             }
         }
