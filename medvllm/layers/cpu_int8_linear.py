@@ -48,12 +48,14 @@ def rows_kernel_uses_amx(width: int) -> bool:
 def int8_rows(weight: torch.Tensor, rows_at_once: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """float [n, d] -> (int8 [n, d], float32 scale [n]): symmetric, one scale per row, so row i is
     q[i] * scale[i] within half a step. Converted a slice of rows at a time: no float temporary the size
-    of the whole matrix."""
-    scale = (weight.detach().abs().amax(dim=1).float() / QMAX).clamp(min=_TINY)
+    of the whole matrix (the default model's 113 MB embedding table made the load's peak that way)."""
+    scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
     q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
     for start in range(0, weight.shape[0], rows_at_once):
         rows = slice(start, start + rows_at_once)
-        q[rows] = torch.round(weight[rows].detach().float() / scale[rows, None])
+        part = weight[rows].detach().float()
+        scale[rows] = (part.abs().amax(dim=1) / QMAX).clamp(min=_TINY)
+        q[rows] = torch.round(part / scale[rows, None])
     return q, scale
 
 

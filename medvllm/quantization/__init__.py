@@ -62,10 +62,17 @@ def quantize_while_loading(model: nn.Module, weights: Iterable[tuple[str, torch.
     layers = quantizable_layers(model)
     packed = getattr(model, "packed_modules", {})
     seen: dict[str, set] = defaultdict(set)
+    # the token embedding (and a tied head) too, once in: its float table is the largest tensor of a
+    # small model (113 MB on the default one), and it comes first in a GGUF file
+    table_parts = {"model.embed_tokens"} if _head_is_tied(model) else {"model.embed_tokens", "lm_head"}
     with torch.no_grad():
         for name, tensor in weights:
             yield name, tensor
             module_name, part = _route(name, packed)
+            if table_parts and module_name in table_parts and part[0] == "weight":
+                table_parts.discard(module_name)
+                if not table_parts:
+                    quantize_embedding(model, method)
             layer = layers.get(module_name)
             if layer is None:
                 continue
@@ -104,7 +111,9 @@ def quantize_embedding(model: nn.Module, method: LinearMethod | None) -> bool:
     if method is None or not getattr(method, "quantizes_embedding", False):
         return False
     embedding, head = model.model.embed_tokens, model.lm_head
-    tied = getattr(head, "weight", None) is embedding.weight
+    if embedding.int8_rows is not None:  # done while loading
+        return True
+    tied = _head_is_tied(model)
     kernel = getattr(method, "rows_kernel", None)
     if kernel is not None:
         from medvllm.quantization.int8_head import Int8RowsHead
@@ -117,6 +126,11 @@ def quantize_embedding(model: nn.Module, method: LinearMethod | None) -> bool:
         return False
     embedding.quantize_rows_int8()
     return True
+
+
+def _head_is_tied(model: nn.Module) -> bool:
+    head, embedding = getattr(model, "lm_head", None), getattr(getattr(model, "model", None), "embed_tokens", None)
+    return embedding is not None and getattr(head, "weight", None) is embedding.weight
 
 
 def describe(model: nn.Module, method: LinearMethod | None, embedding_int8: bool = False) -> dict | None:
