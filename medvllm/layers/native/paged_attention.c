@@ -131,6 +131,26 @@ static void attend_wide(float *out, const float *q, const void *k_cache, const v
             prefetch_keys(v_cache, dtype, offsets, i + WIDE_KEYS + lo, i + WIDE_KEYS + hi, n, h0 * D, (h1 - h0) * D, 1);
             for (int64_t g0 = h * G; g0 < (h + 1) * G; g0 += 4) {
                 const int heads = (h + 1) * G - g0 < 4 ? (int)((h + 1) * G - g0) : 4;
+                if (chunks == 4) {  /* D = 64: the heads' whole outputs in registers over the window */
+                    __m512 acc[4][4];
+                    for (int b = 0; b < heads; ++b)
+                        for (int c = 0; c < 4; ++c) acc[b][c] = _mm512_loadu_ps(out + (g0 + b) * D + 16 * c);
+                    for (int64_t k = i; k < end; ++k) {
+                        const int64_t o = offsets[k] + h * D;
+                        const __m512 v0 = row16(v_cache, dtype, o), v1 = row16(v_cache, dtype, o + 16),
+                                     v2 = row16(v_cache, dtype, o + 32), v3 = row16(v_cache, dtype, o + 48);
+                        for (int b = 0; b < heads; ++b) {
+                            const __m512 w = _mm512_set1_ps(scores[(g0 + b) * stride + k]);
+                            acc[b][0] = _mm512_fmadd_ps(w, v0, acc[b][0]);
+                            acc[b][1] = _mm512_fmadd_ps(w, v1, acc[b][1]);
+                            acc[b][2] = _mm512_fmadd_ps(w, v2, acc[b][2]);
+                            acc[b][3] = _mm512_fmadd_ps(w, v3, acc[b][3]);
+                        }
+                    }
+                    for (int b = 0; b < heads; ++b)
+                        for (int c = 0; c < 4; ++c) _mm512_storeu_ps(out + (g0 + b) * D + 16 * c, acc[b][c]);
+                    continue;
+                }
                 for (int64_t c = 0; c < chunks; ++c) {
                     const int64_t at = h * D + 16 * c;
                     __m512 even[4], odd[4];
