@@ -16,7 +16,8 @@ import torch.multiprocessing as mp
 from medvllm.config import Config
 from medvllm.distributed import DistributedError, channel
 from medvllm.distributed import nccl_watch
-from medvllm.distributed.group import JOIN_TIMEOUT, backend_for, join, leave, refuse_second_group, torchrun_env
+from medvllm.distributed.group import (JOIN_TIMEOUT, agree_to_stop, backend_for, join, leave, refuse_second_group,
+                                      torchrun_env)
 from medvllm.distributed.parallel import TensorParallel
 from medvllm.distributed.worker import SpawnArgs, serve_until_stopped, spawned_main
 from medvllm.errors import MedVLLMError
@@ -168,6 +169,7 @@ class Workers:
         if self.tp is not None and not force and not self.in_step:
             try:
                 self.send(("stop",))
+                agree_to_stop(self.tp)
             except RuntimeError:
                 force = True
         for proc in self.procs:

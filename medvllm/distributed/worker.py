@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from medvllm.distributed import channel
-from medvllm.distributed.group import JOIN_TIMEOUT, join, leave
+from medvllm.distributed.group import JOIN_TIMEOUT, agree_to_stop, join, leave
 from medvllm.distributed.parallel import TensorParallel
 
 
@@ -54,6 +54,7 @@ def serve_until_stopped(tp: TensorParallel) -> None:
         _, config, model, max_model_len = channel.receive(tp)
         runner = _load(config, model, max_model_len, tp)
         serve(runner, tp)
+        agree_to_stop(tp)
     except Exception as e:  # noqa: BLE001
         lost = isinstance(e, RuntimeError) and "connection" in str(e).lower()
         _die(tp.rank, "lost contact with rank 0, exiting" if lost else "failed", e)
