@@ -14,8 +14,9 @@
 #endif
 
 static int64_t row_first_max(const float *x, int64_t n) {
-    int64_t i = 0;
+    /* pass 1: the largest value, NaN once any value is NaN */
     float top = -INFINITY;
+    int64_t i = 0;
 #ifdef __AVX512F__
     __m512 best = _mm512_set1_ps(-INFINITY);
     __mmask16 nan = 0;
@@ -24,18 +25,15 @@ static int64_t row_first_max(const float *x, int64_t n) {
         nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
         best = _mm512_max_ps(best, v);
     }
-    if (nan) i = 0, top = NAN;  /* the scalar loop below finds the first NaN */
-    else top = _mm512_reduce_max_ps(best);
+    top = nan ? NAN : _mm512_reduce_max_ps(best);
 #endif
-    for (; i < n; ++i) {
-        if (isnan(x[i])) {
-            for (int64_t j = 0; j < n; ++j)
-                if (isnan(x[j])) return j;
-        }
-        if (x[i] > top) top = x[i];
-    }
-    if (isnan(top)) return 0;  /* not reached: a NaN returned above */
+    for (; i < n; ++i) top = isnan(x[i]) || x[i] > top ? x[i] : top;  /* a NaN top stays NaN */
+    /* pass 2: where it first is */
     int64_t k = 0;
+    if (isnan(top)) {
+        while (!isnan(x[k])) ++k;
+        return k;
+    }
 #ifdef __AVX512F__
     const __m512 t = _mm512_set1_ps(top);
     for (; k + 16 <= n; k += 16) {
@@ -45,7 +43,7 @@ static int64_t row_first_max(const float *x, int64_t n) {
 #endif
     for (; k < n; ++k)
         if (x[k] == top) return k;
-    return 0;  /* every value -inf: the first */
+    return 0;  /* no values */
 }
 
 /* x [rows, n] float32 -> out [rows] int64. */
