@@ -181,3 +181,13 @@ def test_step_budget_defaults_per_device_and_covers_max_num_seqs():
     assert Config(device="cpu").max_num_batched_tokens == DEFAULT_BATCHED_TOKENS["cpu"] == 2048
     assert Config(device="cpu", max_num_seqs=4096).max_num_batched_tokens == 4096
     assert Config(device="cpu", max_num_batched_tokens=512).max_num_batched_tokens == 512
+
+
+def test_memory_efficient_lowers_the_cpu_defaults_but_not_explicit_values():
+    from medvllm.config import DEFAULT_KV_SPACE_GIB, MEMORY_EFFICIENT_BATCHED_TOKENS
+    lean = Config(device="cpu", memory_efficient=True)
+    assert (lean.kv_cache_space_gib, lean.max_num_batched_tokens) == (DEFAULT_KV_SPACE_GIB[True], 1024)
+    assert MEMORY_EFFICIENT_BATCHED_TOKENS == 1024 and DEFAULT_KV_SPACE_GIB == {False: 1.0, True: 0.4}
+    assert Config(device="cpu").kv_cache_space_gib == 1.0
+    given = Config(device="cpu", memory_efficient=True, kv_cache_space_gib=2.0, max_num_batched_tokens=4096)
+    assert (given.kv_cache_space_gib, given.max_num_batched_tokens) == (2.0, 4096)

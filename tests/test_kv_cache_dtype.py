@@ -81,3 +81,20 @@ def test_a_narrower_cache_is_refused_with_flash_attention():
 def test_unknown_cache_dtype_names_the_choices():
     with pytest.raises(ConfigError, match="kv_cache_dtype='int4' is invalid: use one of auto, float32, bfloat16"):
         Config(kv_cache_dtype="int4", hardware=CPU)
+
+
+def test_memory_efficient_stores_a_float32_models_cache_in_bf16_on_cpu(hf_with_bf16_kv):
+    """memory_efficient's automatic KV dtype is the same bf16 cache as above, and says so."""
+    folder, model = hf_with_bf16_kv
+    llm = LLM(str(folder), kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256, memory_efficient=True)
+    assert llm.runtime_info()["kv_cache_dtype"] == "bfloat16"
+    check_against_hf(model, llm, prompts_of([5, 17, 33, 40], seed=11))
+
+
+def test_memory_efficient_cache_dtype_rules():
+    kv = lambda **kw: Config(**kw).kv_torch_dtype  # noqa: E731
+    assert kv(device="cpu", memory_efficient=True, hardware=CPU) == torch.bfloat16
+    assert kv(device="cpu", memory_efficient=True, kv_cache_dtype="float32", hardware=CPU) == torch.float32
+    assert kv(device="cpu", hardware=CPU) == torch.float32  # without it: the model's dtype
+    # under bf16 mixed precision the model's dtype is already 16-bit: unchanged
+    assert kv(device="cpu", memory_efficient=True, enable_mixed_precision=True, hardware=CPU) == torch.bfloat16

@@ -39,7 +39,9 @@ def _numerics(s: dict) -> str:
         quant = f"{quant.get('method')} on {quant.get('layers')} layers ({quant.get('float_layers')} kept in float)" + (
             ", int8 embedding rows" if quant.get("embedding") == "int8-rows" else "") + (
             _HEAD_INPUT.get(rt.get("lm_head"), ""))
-    return f"{rt['dtype']}, {quant}, on {rt['device']}"
+    kv = rt.get("kv_cache_dtype")
+    cache = f", {kv} KV cache" if kv and kv != rt["dtype"] else ""
+    return f"{rt['dtype']}, {quant}{cache}, on {rt['device']}"
 
 
 def _pct(x: float) -> str:
