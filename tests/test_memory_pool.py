@@ -164,3 +164,18 @@ def test_an_automatic_max_model_len_is_lowered_to_what_the_pool_holds(wide_tiny)
     assert engine.max_model_len == 320
     with pytest.raises(ConfigError, match="fewer than the 32 one request of max_model_len=512 needs"):
         LLMEngine(Config(model=wide_tiny, device="cpu", num_kvcache_blocks=20, max_model_len=512))
+
+
+@pytest.mark.parametrize("memory_efficient", [True, False])
+def test_a_memory_efficient_engine_returns_free_heap_pages_when_it_goes_idle(wide_tiny, monkeypatch, memory_efficient):
+    import medvllm.engine.llm_engine as llm_engine
+    engine = LLMEngine(Config(model=wide_tiny, device="cpu", memory_efficient=memory_efficient, max_model_len=128,
+                              num_kvcache_blocks=64))
+    calls = []
+    monkeypatch.setattr(llm_engine, "release_free_memory", lambda: calls.append(len(engine._seqs)))
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    engine.add_request([5, 6, 7], params)
+    engine.add_request([8, 9, 10, 11, 12], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert calls == ([0] if memory_efficient else [])  # once, and only with nothing left to run

@@ -6,6 +6,7 @@ import itertools
 import time
 
 from medvllm.config import Config
+from medvllm.engine.memory_pool import release_free_memory
 from medvllm.engine.model_runner import ModelRunner
 from medvllm.engine.output_processor import OutputProcessor
 from medvllm.engine.scheduler import Scheduler
@@ -107,6 +108,10 @@ class LLMEngine:
                 self._seqs.pop(seq.request_id, None)
             results.append(self.outputs.make_output(seq, finished))
         self.num_generated_tokens += len(results)
+        if not self._seqs and self.config.memory_efficient:
+            # idle: hand the heap's free pages back (~2 ms), so a later batch of another shape does not
+            # add its buffers on top of this one's leftovers (64 requests after 1-32: peak 996 -> 966 MiB)
+            release_free_memory()
         return results
 
     def score(self, token_ids: list[int]):
