@@ -209,7 +209,12 @@ def test_llama3_rope_freqs(tmp_path, head_dim, theta, factor, context):
 
 
 @pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1])
-def test_fast_dequantize_is_bit_identical_to_gguf(qtype):
+@pytest.mark.parametrize("rows_at_once", [None, 5])
+def test_fast_dequantize_is_bit_identical_to_gguf(qtype, rows_at_once, monkeypatch):
+    if rows_at_once:  # big tensors are decoded a slice of rows at a time: slices of 5 rows, the last short
+        import medvllm.loader.gguf_weights as gguf_weights
+        monkeypatch.setattr(gguf_weights, "ROW_BYTES_AT_ONCE", rows_at_once * quantize(np.zeros((1, 256), np.float32),
+                                                                                       qtype).view(np.uint8).shape[-1])
     rng = np.random.default_rng(0)
     array = (rng.standard_normal((64, 256)) * rng.uniform(0.01, 10, (64, 1))).astype(np.float32)
     raw = quantize(array, qtype)

@@ -75,3 +75,18 @@ def test_streamed_quantization_equals_quantizing_after_load(tiny_source):
         other = quantizable_layers(after)[name]
         inp = x if layer.in_features == x.shape[1] else torch.randn(5, layer.in_features)
         assert torch.equal(layer(inp), other(inp)), name
+
+
+def test_the_embedding_keeps_a_whole_table_handed_over_and_copies_anything_else():
+    """A loader's fresh full table is kept as the weight (no second copy of the largest tensor); a view
+    into a bigger buffer, or another dtype, is copied as before."""
+    from medvllm.layers.embedding import VocabParallelEmbedding
+    table = torch.randn(50, 8)
+    emb = VocabParallelEmbedding(50, 8)
+    emb.load_weight("weight", table)
+    assert emb.weight.data_ptr() == table.data_ptr()
+    bigger = torch.randn(60, 8)
+    emb.load_weight("weight", bigger[:50])
+    assert emb.weight.data_ptr() != bigger.data_ptr() and torch.equal(emb.weight, bigger[:50])
+    emb.load_weight("weight", table.double())
+    assert emb.weight.dtype == torch.float32 and torch.equal(emb.weight, table)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import math
 import sys
 
@@ -49,6 +50,12 @@ _MADV_HUGEPAGE = 14  # linux/mman.h
 _HUGE_PAGE = 2 << 20
 
 
+@functools.lru_cache(maxsize=None)
+def _libc(use_errno: bool = False):
+    """The C library, looked up once: find_library runs `ldconfig -p` in a subprocess at every call."""
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=use_errno)
+
+
 def ask_for_huge_pages(tensor: torch.Tensor) -> bool:
     """Ask Linux to back the tensor's untouched memory with 2 MiB pages (madvise MADV_HUGEPAGE, which
     transparent huge pages in "madvise" mode wait for). Attention reads the KV cache a block at a time
@@ -62,7 +69,7 @@ def ask_for_huge_pages(tensor: torch.Tensor) -> bool:
     if length <= 0:
         return False
     try:
-        madvise = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).madvise
+        madvise = _libc(use_errno=True).madvise
     except (OSError, AttributeError, TypeError):
         return False
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -75,9 +82,8 @@ def release_free_memory() -> bool:
     Loading frees each float tensor once it is copied or quantized, but glibc keeps freed blocks below
     its mmap threshold for reuse, so without this they stay resident. Returns False off glibc.
     """
-    name = ctypes.util.find_library("c")
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        trim = _libc().malloc_trim
     except (OSError, AttributeError, TypeError):
         return False
     trim(0)
@@ -107,9 +113,8 @@ def keep_freed_memory(largest: int) -> bool:
     """
     if largest <= GLIBC_DYNAMIC_MMAP_MAX:
         return False
-    name = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(name).mallopt
+        mallopt = _libc().mallopt
     except (OSError, AttributeError, TypeError):
         return False
     keep = 2 * largest

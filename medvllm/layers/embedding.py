@@ -54,7 +54,14 @@ class VocabParallelEmbedding(nn.Module):
         return (self.vocab_size, self.hidden_size) if name == "weight" else None
 
     def load_weight(self, name: str, full: torch.Tensor, shard: int | None = None) -> None:
-        self.weight.data.copy_(full.narrow(0, *self.rows))
+        w = self.weight
+        if (tuple(full.shape) == tuple(w.shape) and full.dtype == w.dtype and full.device == w.device
+                and full.is_contiguous() and full.untyped_storage().nbytes() == full.numel() * full.element_size()):
+            # the whole table in a tensor of its own, as loaders hand it over: keep it instead of a copy,
+            # which would hold the largest tensor of a small model twice (2 x 113 MB on the default one)
+            w.data = full
+            return
+        w.data.copy_(full.narrow(0, *self.rows))
 
     def extra_repr(self) -> str:
         return f"vocab={self.vocab_size} (rows {self.rows[0]}..{sum(self.rows)}), hidden={self.hidden_size}"

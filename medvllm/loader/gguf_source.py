@@ -41,14 +41,19 @@ def open_gguf(path: str) -> ModelSource:
 
     heads = {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads}
 
+    def decoded(hf, info):
+        tensor = dequantize(f.raw(info), info.qtype)
+        f.release(info)  # decoded: its file pages can go before the loader copies it
+        proj = hf.split(".")[-2]
+        if arch in PERMUTED_QK and proj in heads:
+            tensor = unpermute_qk(tensor, heads[proj])
+        return tensor
+
     def weights():
         for hf, info in names.items():
-            tensor = dequantize(f.raw(info), info.qtype)
-            proj = hf.split(".")[-2]
-            if arch in PERMUTED_QK and proj in heads:
-                tensor = unpermute_qk(tensor, heads[proj])
-            yield hf, tensor
-            f.release(info)  # the loader has copied it by the time it asks for the next one
+            # no local keeps the tensor while the loader holds it: once copied, the loader's quantizing
+            # step (quantize_while_loading) frees the float copy before it makes the int8 one
+            yield hf, decoded(hf, info)
         f.release_all()
 
     tokenizer = build_tokenizer(f.metadata, path)

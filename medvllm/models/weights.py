@@ -39,6 +39,7 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) 
             else:
                 params[target].data.copy_(tensor)
         filled.add(target if shard is None else f"{target}#{shard}")
+        del tensor  # copied: not held while the source makes the next one (or quantizes this layer)
     _check_complete(model, params, packed, filled)
 
 
