@@ -45,7 +45,7 @@ def rows_kernel_uses_amx(width: int) -> bool:
     return bool(fn(width))
 
 
-def int8_rows(weight: torch.Tensor, rows_at_once: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def int8_rows(weight: torch.Tensor, rows_at_once: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """float [n, d] -> (int8 [n, d], float32 scale [n]): symmetric, one scale per row, so row i is
     q[i] * scale[i] within half a step. Converted a slice of rows at a time: no float temporary the size
     of the whole matrix (the default model's 113 MB embedding table made the load's peak that way)."""

@@ -67,6 +67,10 @@ class GGUFFile:
         """
         self._drop(info.start, info.start + info.nbytes)
 
+    def release_rows(self, info: TensorInfo, row_bytes: int, start: int, stop: int) -> None:
+        """release() for rows start..stop-1 of the tensor (as raw() lays them out), once they are decoded."""
+        self._drop(info.start + start * row_bytes, info.start + stop * row_bytes)
+
     def release_metadata(self) -> None:
         """Drop the pages of the header (the vocabulary: 12 MB on the default model) once it is parsed."""
         self._drop(0, self.data_start)

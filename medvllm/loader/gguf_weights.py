@@ -15,10 +15,11 @@ from gguf.quants import dequantize as gguf_dequantize
 from medvllm.errors import ModelLoadError
 
 
-def dequantize(raw: np.ndarray, qtype: Q) -> torch.Tensor:
-    """uint8 rows (*shape[:-1], bytes per row) -> float32 tensor of the logical shape."""
+def dequantize(raw: np.ndarray, qtype: Q, done=None) -> torch.Tensor:
+    """uint8 rows (*shape[:-1], bytes per row) -> float32 tensor of the logical shape. `done(start, stop)`,
+    if given, is told each range of rows (flattened) as soon as they are decoded."""
     with _one_thread():
-        return _dequantize(raw, qtype)
+        return _dequantize(raw, qtype, done)
 
 
 @contextmanager
@@ -33,11 +34,14 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-def _dequantize(raw: np.ndarray, qtype: Q) -> torch.Tensor:
+def _dequantize(raw: np.ndarray, qtype: Q, done) -> torch.Tensor:
     fast = _FAST.get(qtype)
     if fast is None:
         try:
-            return torch.from_numpy(np.require(gguf_dequantize(raw, qtype), np.float32, ["C", "W"]))
+            out = torch.from_numpy(np.require(gguf_dequantize(raw, qtype), np.float32, ["C", "W"]))
+            if done is not None:
+                done(0, int(np.prod(raw.shape[:-1])))
+            return out
         except NotImplementedError:
             raise ModelLoadError(
                 f"GGUF tensor type {qtype.name} cannot be dequantized by the installed gguf package; "
@@ -52,10 +56,12 @@ def _dequantize(raw: np.ndarray, qtype: Q) -> torch.Tensor:
     for start in range(0, flat.shape[0], step):
         rows = torch.from_numpy(flat[start:start + step].copy())  # the map is read-only; torch wants writable memory
         out[start:start + step] = fast(rows.reshape(-1, block_bytes), block).view(rows.shape[0], -1)
+        if done is not None:
+            done(start, start + rows.shape[0])
     return out.reshape(*raw.shape[:-1], out.shape[-1])
 
 
-ROW_BYTES_AT_ONCE = 4 << 20
+ROW_BYTES_AT_ONCE = 1 << 20
 
 
 def _f32(blocks, block):
