@@ -67,6 +67,7 @@ class Config:
     hardware: InitVar[HardwareInfo | None] = None
 
     def __post_init__(self, hardware: HardwareInfo | None) -> None:
+        self.derived: dict[str, str] = {}  # automatic fields whose value another setting chose, and which
         if self.max_num_batched_tokens is None and self.device in DEVICES:
             # longer prompts are prefilled in chunks of this many tokens: on CPU a step of 2,048 is as fast
             # per token as 8,192 and holds a quarter of the activations
@@ -74,16 +75,21 @@ class Config:
             self.max_num_batched_tokens = DEFAULT_BATCHED_TOKENS[device]
             if self.memory_efficient is True and device == "cpu":  # half the prompt step's activations
                 self.max_num_batched_tokens = MEMORY_EFFICIENT_BATCHED_TOKENS
+                self.derived["max_num_batched_tokens"] = "memory_efficient"
             if _is_int(self.max_num_seqs):  # every running sequence still gets its decode token
                 self.max_num_batched_tokens = max(self.max_num_batched_tokens, self.max_num_seqs)
         if self.kv_cache_space_gib is None:
             self.kv_cache_space_gib = DEFAULT_KV_SPACE_GIB[self.memory_efficient is True]
+            if self.memory_efficient is True:
+                self.derived["kv_cache_space_gib"] = "memory_efficient"
         check_fields(self)
         if hardware is None:
             from medvllm.hardware import detect
 
             hardware = detect()
         self.warnings: list[str] = check_hardware(self, hardware)
+        if self.kv_cache_dtype == "auto" and kv_dtype(self, effective_device(self, hardware)) != run_dtype(self):
+            self.derived["kv_cache_dtype"] = "memory_efficient"
         for message in self.warnings:
             _warnings.warn(message, ConfigWarning, stacklevel=3)
 

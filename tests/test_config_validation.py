@@ -191,3 +191,12 @@ def test_memory_efficient_lowers_the_cpu_defaults_but_not_explicit_values():
     assert Config(device="cpu").kv_cache_space_gib == 1.0
     given = Config(device="cpu", memory_efficient=True, kv_cache_space_gib=2.0, max_num_batched_tokens=4096)
     assert (given.kv_cache_space_gib, given.max_num_batched_tokens) == (2.0, 4096)
+
+
+def test_fields_memory_efficient_chose_say_so():
+    lean = Config(device="cpu", memory_efficient=True)
+    assert lean.derived == {"max_num_batched_tokens": "memory_efficient", "kv_cache_space_gib": "memory_efficient",
+                            "kv_cache_dtype": "memory_efficient"}
+    assert Config(device="cpu", memory_efficient=True, kv_cache_dtype="float32", kv_cache_space_gib=1.0,
+                  max_num_batched_tokens=2048).derived == {}
+    assert Config(device="cpu").derived == {}

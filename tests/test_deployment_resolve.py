@@ -36,6 +36,15 @@ def test_auto_selection_fills_fields_with_auto_source():
     assert r.sources["max_num_seqs"] == "default" and "chosen" in r.reasons[-1]
 
 
+def test_settings_say_which_automatic_values_memory_efficient_chose():
+    settings = resolve({}, None, {}, CPU).settings()  # edge_cpu_int8 names memory_efficient
+    assert settings["memory_efficient"] == {"value": True, "source": "auto:edge_cpu_int8"}
+    assert settings["kv_cache_space_gib"] == {"value": 0.4, "source": "default (memory_efficient)"}
+    assert settings["kv_cache_dtype"] == {"value": "auto", "source": "default (memory_efficient)"}
+    given = resolve({"kv_cache_space_gib": 2.0}, None, {}, CPU).settings()["kv_cache_space_gib"]
+    assert given == {"value": 2.0, "source": "cli"}
+
+
 def test_env_profile_beats_auto_selection():
     r = resolve({}, None, {PROFILE_ENV: "cpu"}, CPU)
     assert (r.profile_name, r.how_chosen) == ("cpu", "env")

@@ -30,12 +30,19 @@ class Resolution:
     profile_path: str | None = None
 
     def settings(self) -> dict[str, dict]:
-        """Every resolved setting with its source, for --json output and run metadata."""
-        return {name: {"value": value, "source": self.sources[name]} for name, value in self.config.to_dict().items()}
+        """Every resolved setting with its source, for --json output and run metadata. An automatic field
+        that another setting chose says which: `default (memory_efficient)`."""
+        derived = getattr(self.config, "derived", {})
+        return {name: {"value": value, "source": _source(self.sources[name], derived.get(name))}
+                for name, value in self.config.to_dict().items()}
 
     def to_dict(self) -> dict:
         return {"profile": self.profile_name, "profile_path": self.profile_path, "how_chosen": self.how_chosen,
                 "reasons": self.reasons, "warnings": self.warnings, "settings": self.settings()}
+
+
+def _source(source: str, chosen_by: str | None) -> str:
+    return f"{source} ({chosen_by})" if source == merge.DEFAULT and chosen_by else source
 
 
 def _requested(profile: str | None, env: Mapping[str, str]) -> tuple[str | None, str]:
