@@ -67,7 +67,7 @@ class Config:
     hardware: InitVar[HardwareInfo | None] = None
 
     def __post_init__(self, hardware: HardwareInfo | None) -> None:
-        self.derived: dict[str, str] = {}  # automatic fields whose value another setting chose, and which
+        self.derived: dict[str, str] = {}  # automatic field -> the setting that chose its value
         if self.max_num_batched_tokens is None and self.device in DEVICES:
             # longer prompts are prefilled in chunks of this many tokens: on CPU a step of 2,048 is as fast
             # per token as 8,192 and holds a quarter of the activations
