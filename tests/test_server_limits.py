@@ -219,6 +219,30 @@ def test_a_model_that_fails_to_load_keeps_health_at_503_and_reports_why():
         thread.join(30)
 
 
+def test_a_server_stopped_while_loading_waits_for_the_load_then_starts_nothing(tiny):
+    """Leaving under the loader's native code aborted the process (exit 134): shutdown now waits for the
+    load, releases what it made, and never starts the engine."""
+    started, release, shut = threading.Event(), threading.Event(), []
+
+    def load():
+        started.set()
+        release.wait(60)
+        engine = LLMEngine(Config(model=tiny, max_num_seqs=1, **ENGINE))
+        engine.shutdown = lambda: shut.append(True)
+        return engine
+    app = create_app(ServerSettings(), load)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert started.wait(60)
+    server.should_exit = True
+    time.sleep(0.5)
+    assert thread.is_alive() and app.state.served.status == "stopping"  # waiting for the load
+    release.set()
+    thread.join(60)
+    assert not thread.is_alive() and app.state.served.engine is None and shut == [True]
+
+
 # ---- backpressure
 def test_full_queue_answers_503_with_retry_after(srv):
     long = {"model": "tiny", "prompt": "w5 w6", "max_tokens": 400, "temperature": 0, "stream": True}

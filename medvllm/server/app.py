@@ -56,11 +56,17 @@ class ServerState:
         self.error: BaseException | None = None
         self.inflight = 0  # engine requests admitted and not yet done
         self._load, self._on_failure = load, on_failure
+        self.stopping = threading.Event()  # set by shutdown; a load still running then ends unstarted
 
     def load(self) -> None:
         try:
             started = time.perf_counter()
             engine = self._load()
+            if self.stopping.is_set():  # stopped while loading: release what the load made, start nothing
+                shutdown = getattr(engine, "shutdown", None)
+                if shutdown is not None:
+                    shutdown()
+                return
             warm_up(engine)
             self.tokenizer = engine.tokenizer
             self.vocab_size = engine.source.hf_config.vocab_size
@@ -98,9 +104,17 @@ def create_app(settings: ServerSettings, load: Callable[[], LLMEngine],
 
     @asynccontextmanager
     async def lifespan(app):
-        threading.Thread(target=state.load, name="medvllm-loader", daemon=True).start()
+        loader = threading.Thread(target=state.load, name="medvllm-loader", daemon=True)
+        loader.start()
         yield
         state.status = "stopping"
+        state.stopping.set()
+        if loader.is_alive():
+            # leaving now would end the process under the loader's native code, which aborts it ("terminate
+            # called without an active exception", exit 134): the load finishes first, then nothing starts
+            log.info("stopping: waiting for the model load to finish")
+            await asyncio.to_thread(loader.join)
+            state.status = "stopping"  # not the "ready" a load that just finished may have set
         if state.engine is not None:
             await asyncio.to_thread(state.engine.stop)
             # the engine thread has ended; now release what the engine holds (tensor-parallel workers)
