@@ -120,6 +120,17 @@ def test_bad_settings_are_one_line_errors(capsys, monkeypatch, argv, message):
     assert code == 1 and out == "" and err.count("\n") == 1 and message in err, err
 
 
+def test_engine_warnings_are_one_line_each():
+    """A setting the engine adjusts while it starts (here max_model_len, to a tiny KV pool) is reported as
+    a `medvllm: warning:` line, not in Python's file:line form."""
+    out = subprocess.run([sys.executable, "-m", "medvllm.cli", "inference", "generate", "--text", "hi",
+                          "--max-tokens", "2", "--kv-cache-space-gib", "0.001"], capture_output=True, text=True)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and "ConfigWarning" not in out.stderr
+    assert any(line.startswith("medvllm: warning: max_model_len lowered from the model's 8192") for line in lines)
+    assert lines[-1].startswith("medvllm: error: prompt (") and "exceeds max_model_len" in lines[-1]
+
+
 def test_empty_stdin_is_an_error(capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     code, out, err = run(capsys, "inference", "generate")

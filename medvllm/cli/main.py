@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 
 from medvllm.errors import MedVLLMError
 
@@ -40,9 +41,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_engine_warnings() -> None:
+    """The engine's own warnings (ConfigWarning: a setting adjusted or without effect) as one
+    `medvllm: warning:` line, like the CLI's, instead of Python's file:line form with a source line."""
+    from medvllm.config import ConfigWarning
+    from medvllm.cli.output import warn
+    shown = warnings.showwarning
+    if getattr(shown, "medvllm", False):  # already in place (main called again in one process)
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConfigWarning):
+            warn(" ".join(str(message).split()))
+        else:
+            shown(message, category, filename, lineno, file, line)
+    show.medvllm = True
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     verbose = "-v" in argv or "--verbose" in argv
+    _show_engine_warnings()
     try:
         args = build_parser().parse_args(argv)
         args.verbose = getattr(args, "verbose", False)
