@@ -59,15 +59,15 @@ def test_fused_decode_stands_aside_where_it_does_not_apply(tmp_path):
                max_model_len=256).runtime_info()["decode_layer"] == "torch"
 
 
-# float32 Linears: the fused layer takes decode steps of up to MAX_FLOAT_TOKENS; 20 prompts make the
-# first steps bigger (PyTorch's path) and the last ones, as requests finish, small enough (fused)
+# float32 Linears (packed panels): the fused layer takes the prompt step of 20 prompts and every decode
+# step, 20 tokens down to a few as requests finish
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
 def test_fused_float32_decode_matches_the_layer_by_layer_path(tmp_path, arch):
     import medvllm.layers.cpu_decode_layer as fused
     build_tiny(arch, tmp_path)
     llm = LLM(str(tmp_path), kvcache_block_size=16, num_kvcache_blocks=128, max_model_len=256)
     assert llm.runtime_info()["decode_layer"] == "native"
-    assert llm.engine.runner.model.model.layers[0].mlp.gate_up_proj.method.name == "float"  # plain, read by both
+    assert llm.engine.runner.model.model.layers[0].mlp.gate_up_proj.method.name == "float-panels"  # read by both
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, 256, (int(n),), generator=g).tolist() for n in torch.randint(4, 40, (20,), generator=g)]
     lengths = [4 + i % 9 for i in range(20)]
@@ -84,7 +84,7 @@ def test_fused_float32_decode_matches_the_layer_by_layer_path(tmp_path, arch):
         fused_tokens, fused_logits = run()
     finally:
         fused.FusedDecode.__call__ = step
-    assert calls and max(calls) <= fused.MAX_FLOAT_TOKENS
+    assert max(calls) == sum(map(len, prompts)) and min(calls) <= 2
     llm.engine.runner.model.model.fused_decode = None
     tokens, logits = run()
     assert fused_tokens == tokens
@@ -93,8 +93,9 @@ def test_fused_float32_decode_matches_the_layer_by_layer_path(tmp_path, arch):
 
 
 @pytest.mark.parametrize("prompt_limit", [10_000, 24])  # prompt steps fused / long ones on PyTorch's path
+@pytest.mark.parametrize("quantization", ["dynamic", None])  # int8 / float32 panels
 def test_fused_prompt_steps_with_chunks_and_prefix_hits_match_the_layer_by_layer_path(tmp_path, monkeypatch,
-                                                                                     prompt_limit):
+                                                                                     prompt_limit, quantization):
     import medvllm.layers.cpu_decode_layer as fused
     monkeypatch.setattr(fused, "MAX_PROMPT_CONTEXT", prompt_limit)
     prompt_steps = []
@@ -105,7 +106,7 @@ def test_fused_prompt_steps_with_chunks_and_prefix_hits_match_the_layer_by_layer
         return call(self, hidden, positions, meta)
     monkeypatch.setattr(fused.FusedDecode, "__call__", counting)
     build_tiny("llama", tmp_path)
-    llm = LLM(str(tmp_path), quantization_method="dynamic", kvcache_block_size=16, num_kvcache_blocks=64,
+    llm = LLM(str(tmp_path), quantization_method=quantization, kvcache_block_size=16, num_kvcache_blocks=64,
               max_model_len=256, max_num_batched_tokens=24, max_num_seqs=4, enable_prefix_caching=True)
     shared = _prompts()[3][:32]  # two full blocks every prompt below starts with
     prompts = [shared + p for p in _prompts()]

@@ -118,6 +118,7 @@ def test_prompt_steps_on_the_kernel_match_sdpa_in_the_engine(kernel, tmp_path, m
     llm = LLM(str(tmp_path), kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256,
               max_num_batched_tokens=24, max_num_seqs=4, enable_prefix_caching=True)
     assert llm.engine.runner.attention_backend == "cpu-paged"
+    llm.engine.runner.model.model.fused_decode = None  # the layer-by-layer path, where the backend decides
     g = torch.Generator().manual_seed(3)
     shared = torch.randint(3, 256, (32,), generator=g).tolist()
     prompts = [shared + torch.randint(3, 256, (n,), generator=g).tolist() for n in (3, 17, 30)]

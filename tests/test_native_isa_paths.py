@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).parent
-KERNEL_TESTS = ["test_cpu_paged_attention.py", "test_quant_int8.py", "test_cpu_decode_layer.py", "test_first_max.py"]
+KERNEL_TESTS = ["test_cpu_paged_attention.py", "test_quant_int8.py", "test_cpu_decode_layer.py", "test_first_max.py",
+                "test_cpu_panel_linear.py"]
 # the kernels' own tests; the default-model ones repeat what the engine tests cover and cost a load each
 SELECT = "not default_model and not fbgemm and not stands_aside"
 

@@ -55,6 +55,7 @@ def _engine(path, block_size=16):
 
 
 def _install(engine, backend):
+    engine.runner.model.model.fused_decode = None  # its own attention kernel would bypass the backend
     for module in engine.runner.model.modules():
         if hasattr(module, "k_cache") and hasattr(module, "sliding_window"):
             module.backend = backend

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from medvllm.hardware import detect
+from medvllm.layers.cpu_panel_linear import unpack_panels
 from medvllm.layers.linear import LinearBase, LinearMethod
 from medvllm.quality import engines
 from medvllm.quality.compare import compare
@@ -96,8 +97,12 @@ class PerTensorInt8(LinearMethod):
     name = "per-tensor-int8"
 
     def process_weights_after_loading(self, layer):
-        w = layer.weight.detach()
-        w = (w.to_dense() if w.is_mkldnn else w).float()  # CPU float layers hold oneDNN-packed weights
+        if hasattr(layer, "f32_panels"):  # CPU float32 decoder layers hold packed panels
+            w = unpack_panels(layer.f32_panels, layer.out_features, layer.in_features)
+            del layer.f32_panels
+        else:
+            w = layer.weight.detach()
+            w = (w.to_dense() if w.is_mkldnn else w).float()  # the LM head holds oneDNN-packed weights
         scale = w.abs().max() / 127
         layer.weight = torch.nn.Parameter((w / scale).round().clamp(-128, 127) * scale, requires_grad=False)
 
@@ -117,5 +122,6 @@ def test_per_tensor_int8_is_caught(reference, texts):
         if isinstance(module, LinearBase):
             method.process_weights_after_loading(module)  # a new Parameter: unties the LM head
             module.method = method
+    bad.engine.runner.model.model.fused_decode = None  # it read the panels: every step through the methods
     failures = crossed(compare(ref, bad, pick(texts, 4)).metrics, TIERS["8-bit"])
     assert set(failures) == set(RULES), failures

@@ -2,13 +2,11 @@
 
 native/decode_layer.c runs a whole layer (norms, the four Linears, rotary, the KV write, paged
 attention, SiLU) with the kernels the PyTorch path calls one by one, without ~15 dispatches and Python
-calls a layer. Dynamic int8 models (the native int8 kernel): decode steps always take it;
-prompt steps too while no sequence's context exceeds MAX_PROMPT_CONTEXT (cpu_attention.py: each
-prompt token attends over the paged cache on its own). Models whose Linears are plain float32 (f32_linear.c,
-reading the weights PyTorch reads): decode steps of up to MAX_FLOAT_TOKENS tokens, where one stream
-waits on weight reads and Python; bigger steps and prompts keep PyTorch's matmuls. Models or settings
-it does not cover (tensor parallel, q/k norms, a cache dtype the kernel cannot read, another kind of
-Linear) keep the PyTorch path; runtime_info["decode_layer"] says which runs.
+calls a layer. Its Linears are the native int8 kernel (dynamic int8) or float32 on packed panels
+(cpu_panel_linear.py). Decode steps always take it; prompt steps too while no sequence's context
+exceeds MAX_PROMPT_CONTEXT (cpu_attention.py: each prompt token attends over the paged cache on its
+own). Models or settings it does not cover (tensor parallel, q/k norms, a cache dtype the kernel
+cannot read, another kind of Linear) keep the PyTorch path; runtime_info["decode_layer"] says which runs.
 """
 from __future__ import annotations
 
@@ -21,11 +19,10 @@ from medvllm.layers.native.build import NativeUnavailable, load
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _MAX_HEAD_DIM = 512  # decode_layer.c's rotary scratch
-MAX_FLOAT_TOKENS = 16  # most tokens a decode step of a float32 model may have to run here
 
 
 class _Weight(ctypes.Structure):
-    _fields_ = [("panels", _P), ("scale", _P), ("bias", _P), ("n_out", _I), ("k_padded", _I), ("f32", _P),
+    _fields_ = [("panels", _P), ("scale", _P), ("bias", _P), ("n_out", _I), ("k_padded", _I), ("f32_panels", _P),
                 ("col_sums", _P)]
 
 
@@ -41,10 +38,8 @@ class _Step(ctypes.Structure):
                 ("sin", _P), ("tokens", _I), ("max_blocks", _I), ("threads", ctypes.c_int)]
 
 
-def _is_plain_float32(layer) -> bool:
-    w = layer.weight
-    return (layer.method.name == "float" and w.dtype == torch.float32 and w.dim() == 2 and w.is_contiguous()
-            and (layer.bias is None or layer.bias.dtype == torch.float32))
+def _is_float32_panels(layer) -> bool:
+    return hasattr(layer, "f32_panels") and (layer.bias is None or layer.bias.dtype == torch.float32)
 
 
 def _weight(layer) -> _Weight:
@@ -53,7 +48,7 @@ def _weight(layer) -> _Weight:
         return _Weight(layer.int8_panels.data_ptr(), layer.int8_scale.data_ptr(), bias,
                        layer.int8_scale.shape[0], layer.int8_panels.shape[1] * 4, None,
                        layer.int8_col_sums.data_ptr())
-    return _Weight(None, None, bias, layer.weight.shape[0], layer.weight.shape[1], layer.weight.data_ptr(), None)
+    return _Weight(None, None, bias, layer.out_features, layer.in_features, layer.f32_panels.data_ptr(), None)
 
 
 def _why_not(model) -> str | None:
@@ -65,8 +60,8 @@ def _why_not(model) -> str | None:
     for layer in layers:
         attn = layer.self_attn
         linears = (attn.qkv_proj, attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj)
-        if any(lin.tp.size != 1 or not (hasattr(lin, "int8_panels") or _is_plain_float32(lin)) for lin in linears):
-            return "a Linear layer neither on the native int8 kernel nor plain float32"
+        if any(lin.tp.size != 1 or not (hasattr(lin, "int8_panels") or _is_float32_panels(lin)) for lin in linears):
+            return "a Linear layer on neither the native int8 kernel nor float32 panels"
         cache = attn.attn.k_cache
         if cache is None or cache.dtype not in CACHE_DTYPES or not isinstance(attn.attn.backend, CpuPagedBackend):
             return "the attention backend or KV cache dtype"
@@ -97,14 +92,9 @@ class FusedDecode:
         # threshold: allocated per step, it was mapped in and zeroed again every step (36,000 page faults
         # and ~7% of a 64-prompt prefill here)
         self.work = torch.empty(0)
-        first = model.model.layers[0].self_attn.qkv_proj
-        self.float32 = not hasattr(first, "int8_panels")
 
     def handles(self, meta) -> bool:
-        """int8: decode steps, and prompt steps whose contexts are all short. float32: decode steps of up
-        to MAX_FLOAT_TOKENS tokens (see the module doc)."""
-        if self.float32:
-            return meta.is_decode and meta.slot_mapping.shape[0] <= MAX_FLOAT_TOKENS
+        """Decode steps, and prompt steps whose contexts are all short."""
         return meta.is_decode or int(meta.context_lens.max()) <= MAX_PROMPT_CONTEXT
 
     def __call__(self, hidden: torch.Tensor, positions: torch.Tensor, meta) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,5 +1,5 @@
 /* One decoder layer of a step in one call, for float32 Llama-family models on CPU whose Linear layers
- * run the native dynamic-int8 kernel, or are plain float32 (f32_linear.c): norm, QKV, rotary, KV-cache
+ * run the native dynamic-int8 kernel or float32 on packed panels (f32_panels.c): norm, QKV, rotary, KV-cache
  * write, paged attention, output projection, norm, gate/up, SiLU * up, down.
  *
  * One-token decode of the default model spends less time in arithmetic than in getting to it: the same
@@ -10,19 +10,19 @@
  *
  * Built at first use by medvllm/layers/native/build.py (gcc -O3 -march=native -fopenmp).
  */
-#include "f32_linear.c"
+#include "f32_panels.c"
 #include "fused_norm.c"
 #include "int8_linear.c"
 #include "paged_attention.c"
 
-/* One Linear: int8 (packed panels, per-output-channel scales, padded inputs) or, with f32 set, the
- * plain float32 weight; bias or NULL; outputs. */
+/* One Linear: int8 (packed panels, per-output-channel scales, padded inputs) or, with f32_panels set,
+ * float32 in f32_panels.c's layout; bias or NULL; outputs. */
 typedef struct {
     const int8_t *panels;
     const float *scale;
     const float *bias;
     int64_t n_out, k_padded;
-    const float *f32;
+    const float *f32_panels;
     const int32_t *col_sums;  /* int8: each column's weight sum, or NULL */
 } Weight;
 
@@ -52,8 +52,8 @@ static inline uint16_t to_bf16(float f) {
 }
 
 static int linear(float *out, const float *x, const Weight *w, int64_t T, int64_t K, int threads) {
-    if (w->f32) {
-        f32_linear(out, x, w->f32, w->bias, T, K, w->n_out, threads);
+    if (w->f32_panels) {
+        f32_panels_linear(out, x, w->f32_panels, w->bias, T, K, w->n_out, threads);
         return 0;
     }
     return int8_linear(out, x, w->panels, w->scale, w->bias, T, K, w->n_out, w->k_padded, threads, w->col_sums);

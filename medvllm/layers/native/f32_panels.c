@@ -1,0 +1,114 @@
+/* Float32 linear on weights packed once into K-major panels: y = x W^T + b for any number of rows.
+ *
+ * The plain [N, K] weight suits a dot product per output, which reuses a weight row for one token at a
+ * time. Here each panel holds 48 output columns laid out by k ([K][48], zero past the last column), so
+ * a tile of 8 tokens x 48 columns keeps 24 vector accumulators: every k loads three vectors of the panel
+ * and broadcasts 8 inputs into 24 fused multiply-adds. A panel is read from memory once per 256 tokens
+ * and served from L2 to every 8-token tile; while a thread works on one panel, its tiles prefetch the
+ * next one into L2, a share each, so the weight stream overlaps the arithmetic. Measured on the default
+ * model's 120 Linears (2 threads, AVX-512, weights cold): 64 tokens 57 ms with PyTorch's F.linear
+ * (MKL) -> 37 ms, 16 tokens 37 -> 23 ms, one token 15.3 ms (the plain-weight kernel) -> 14.5 ms; 2,048
+ * tokens 1.04 -> 1.10 s, MKL's large-matrix blocking being ahead there.
+ *
+ * Every output is one chain of multiply-adds over k in order, then + bias: a token's result does not
+ * depend on the other tokens of the call. Without AVX-512, the same loops in plain C.
+ *
+ * Built at first use by medvllm/layers/native/build.py (gcc -O3 -march=native -fopenmp).
+ */
+#include <stdint.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#define PANEL_COLS 48   /* output columns per panel: three 16-float vectors */
+#define TILE_ROWS 8     /* tokens per tile: 8 x 3 accumulators of the 32 vector registers */
+#define CHUNK_ROWS 256  /* tokens that share one pass over the weight */
+
+/* Floats the packed form of an [N, K] weight takes. */
+int64_t f32_panels_size(int64_t N, int64_t K) { return (N + PANEL_COLS - 1) / PANEL_COLS * K * PANEL_COLS; }
+
+/* w [N, K] row-major -> dst [panels][K][PANEL_COLS]; rows `first`..`first + count` of w only, so a
+ * caller can pack a large weight in slices (every panel a slice touches is rewritten whole). */
+void f32_panels_pack(float *dst, const float *w, int64_t N, int64_t K, int64_t first, int64_t count) {
+    const int64_t p0 = first / PANEL_COLS, p1 = (first + count + PANEL_COLS - 1) / PANEL_COLS;
+    for (int64_t p = p0; p < p1; ++p)
+        for (int64_t k = 0; k < K; ++k) {
+            float *row = dst + (p * K + k) * PANEL_COLS;
+            for (int64_t j = 0; j < PANEL_COLS; ++j) {
+                const int64_t n = p * PANEL_COLS + j;
+                row[j] = n < N ? w[n * K + k] : 0.f;
+            }
+        }
+}
+
+#ifdef __AVX512F__
+/* R tokens (x rows of K) x one panel's `cols` columns into out (row stride ldo). `prefetch`: a share of
+ * the next panel, touched at `step` bytes per k, or NULL. */
+static inline __attribute__((always_inline)) void panel_tile(float *out, int64_t ldo, const float *x, int64_t K,
+                                                             const float *panel, const float *bias, int R, int cols,
+                                                             const char *prefetch, int64_t step) {
+    __m512 acc[TILE_ROWS][3];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = acc[r][2] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; ++k) {
+        const float *b = panel + k * PANEL_COLS;
+        if (prefetch) _mm_prefetch(prefetch + k * step, _MM_HINT_T1);
+        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), b2 = _mm512_loadu_ps(b + 32);
+        for (int r = 0; r < R; ++r) {
+            const __m512 a = _mm512_set1_ps(x[r * K + k]);
+            acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+            acc[r][2] = _mm512_fmadd_ps(a, b2, acc[r][2]);
+        }
+    }
+    for (int i = 0; i < 3 && cols > 16 * i; ++i) {
+        const int left = cols - 16 * i;
+        const __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+        const __m512 bv = bias ? _mm512_maskz_loadu_ps(m, bias + 16 * i) : _mm512_setzero_ps();
+        for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(out + r * ldo + 16 * i, m, _mm512_add_ps(acc[r][i], bv));
+    }
+}
+
+/* The tile with its row count a constant, so each size gets registers of its own. */
+static void panel_tiles(float *out, int64_t ldo, const float *x, int64_t K, const float *panel, const float *bias,
+                        int R, int cols, const char *prefetch, int64_t step) {
+#define TILE(n) case n: panel_tile(out, ldo, x, K, panel, bias, n, cols, prefetch, step); break;
+    switch (R) { TILE(8) TILE(7) TILE(6) TILE(5) TILE(4) TILE(3) TILE(2) default: TILE(1) }
+#undef TILE
+}
+#else
+static void panel_tiles(float *out, int64_t ldo, const float *x, int64_t K, const float *panel, const float *bias,
+                        int R, int cols, const char *prefetch, int64_t step) {
+    (void)prefetch, (void)step;
+    for (int r = 0; r < R; ++r) {
+        float acc[PANEL_COLS] = {0};
+        for (int64_t k = 0; k < K; ++k) {
+            const float a = x[r * K + k], *b = panel + k * PANEL_COLS;
+            for (int j = 0; j < PANEL_COLS; ++j) acc[j] += a * b[j];
+        }
+        for (int j = 0; j < cols; ++j) out[r * ldo + j] = acc[j] + (bias ? bias[j] : 0.f);
+    }
+}
+#endif
+
+/* x [M, K], packed from an [N, K] weight, bias [N] or NULL, out [M, N]. */
+void f32_panels_linear(float *out, const float *x, const float *packed, const float *bias, int64_t M, int64_t K,
+                       int64_t N, int threads) {
+    const int64_t panels = (N + PANEL_COLS - 1) / PANEL_COLS, panel_bytes = K * PANEL_COLS * (int64_t)sizeof(float);
+    for (int64_t m0 = 0; m0 < M; m0 += CHUNK_ROWS) {
+        const int64_t rows = M - m0 < CHUNK_ROWS ? M - m0 : CHUNK_ROWS, tiles = (rows + TILE_ROWS - 1) / TILE_ROWS;
+        /* each tile of a panel prefetches its share of the next panel, spread over its k loop */
+        const int64_t share = (panel_bytes + tiles - 1) / tiles, step = (share + K - 1) / K;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && panels > 1)
+        for (int64_t p = 0; p < panels; ++p) {
+            const float *panel = packed + p * K * PANEL_COLS;
+            const char *next = p + 1 < panels ? (const char *)(panel + K * PANEL_COLS) : 0;
+            const int cols = N - p * PANEL_COLS < PANEL_COLS ? (int)(N - p * PANEL_COLS) : PANEL_COLS;
+            for (int64_t t = 0; t < tiles; ++t) {
+                const int64_t r = t * TILE_ROWS;
+                const int R = rows - r < TILE_ROWS ? (int)(rows - r) : TILE_ROWS;
+                panel_tiles(out + (m0 + r) * N + p * PANEL_COLS, N, x + (m0 + r) * K, K, panel,
+                            bias ? bias + p * PANEL_COLS : 0, R, cols, next ? next + t * share : 0, step);
+            }
+        }
+    }
+}

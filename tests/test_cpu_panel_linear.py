@@ -1,0 +1,71 @@
+"""The float32 packed-panel Linear (native/f32_panels.c) against the same product in float64."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medvllm.layers.native.build import NativeUnavailable
+
+
+def _lib():
+    from medvllm.layers.cpu_panel_linear import _library
+    try:
+        return _library()
+    except NativeUnavailable as e:
+        pytest.skip(f"native kernels unavailable: {e}")
+
+
+# columns around the 48 of a panel, tokens around the 8 of a tile and the 256 of a pass over the weight
+@pytest.mark.parametrize("n_out,n_in", [(1, 1), (47, 17), (48, 64), (49, 576), (100, 33), (960, 576)])
+@pytest.mark.parametrize("rows", [1, 7, 9, 64, 300])
+def test_matches_float64_math(n_out, n_in, rows):
+    from medvllm.layers.cpu_panel_linear import pack_panels, panel_linear
+    lib = _lib()
+    g = torch.Generator().manual_seed(n_out * 1000 + rows)
+    w, x, b = torch.randn(n_out, n_in, generator=g), torch.randn(rows, n_in, generator=g), torch.randn(n_out, generator=g)
+    panels = pack_panels(lib, w)
+    for bias in (b, None):
+        out = panel_linear(lib, x, panels, n_out, bias)
+        ref = x.double() @ w.double().T + (0 if bias is None else bias.double())
+        assert out.shape == (rows, n_out)
+        # float32 rounding over n_in products: a few ulps of the largest partial sums
+        assert (out.double() - ref).abs().max().item() <= 1e-5 * (n_in ** 0.5) * (1 + ref.abs().max().item())
+
+
+def test_a_tokens_result_does_not_depend_on_the_others_or_the_threads():
+    from medvllm.layers.cpu_panel_linear import pack_panels, panel_linear
+    lib = _lib()
+    g = torch.Generator().manual_seed(1)
+    w, x = torch.randn(200, 96, generator=g), torch.randn(300, 96, generator=g)
+    panels = pack_panels(lib, w)
+    batch = panel_linear(lib, x, panels, 200, None)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = torch.cat([panel_linear(lib, x[i:i + 1], panels, 200, None) for i in (0, 7, 8, 255, 256, 299)])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, batch[[0, 7, 8, 255, 256, 299]])
+
+
+def test_packing_in_slices_gives_the_same_panels(monkeypatch):
+    import medvllm.layers.cpu_panel_linear as panel
+    lib = _lib()
+    w = torch.randn(150, 40)
+    whole = panel.pack_panels(lib, w)
+    monkeypatch.setattr(panel, "PACK_ROWS_AT_ONCE", 7)  # slices that start and end inside panels
+    assert torch.equal(panel.pack_panels(lib, w), whole)
+    assert whole.numel() == 4 * 48 * 40  # 150 columns in four panels, the last zero-padded
+    assert torch.equal(panel.unpack_panels(whole, 150, 40), w)
+
+
+def test_engine_holds_each_decoder_weight_once_as_panels(tmp_path):
+    from medvllm import LLM
+    from tiny_models import build_tiny
+    _lib()
+    build_tiny("llama", tmp_path)
+    llm = LLM(str(tmp_path), num_kvcache_blocks=32, max_model_len=128)
+    layer = llm.engine.runner.model.model.layers[0]
+    for linear in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
+        assert linear.method.name == "float-panels" and linear.weight.numel() == 0
+        assert linear.f32_panels.numel() == -(-linear.out_features // 48) * 48 * linear.in_features
