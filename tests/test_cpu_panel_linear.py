@@ -59,13 +59,18 @@ def test_packing_in_slices_gives_the_same_panels(monkeypatch):
     assert torch.equal(panel.unpack_panels(whole, 150, 40), w)
 
 
-def test_engine_holds_each_decoder_weight_once_as_panels(tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "llama3_rope_untied"])  # tied / untied LM head
+def test_engine_holds_each_weight_once_as_panels(tmp_path, arch):
     from medvllm import LLM
     from tiny_models import build_tiny
     _lib()
-    build_tiny("llama", tmp_path)
+    build_tiny(arch, tmp_path)
     llm = LLM(str(tmp_path), num_kvcache_blocks=32, max_model_len=128)
-    layer = llm.engine.runner.model.model.layers[0]
-    for linear in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
+    model = llm.engine.runner.model
+    layer = model.model.layers[0]
+    for linear in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj,
+                   model.lm_head):
         assert linear.method.name == "float-panels" and linear.weight.numel() == 0
         assert linear.f32_panels.numel() == -(-linear.out_features // 48) * 48 * linear.in_features
+    assert llm.runtime_info()["lm_head"] == "float-panels"
+    assert model.model.embed_tokens.weight.shape == (256, 64)  # a tied head's table stays the embedding's

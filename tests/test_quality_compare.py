@@ -97,12 +97,12 @@ class PerTensorInt8(LinearMethod):
     name = "per-tensor-int8"
 
     def process_weights_after_loading(self, layer):
-        if hasattr(layer, "f32_panels"):  # CPU float32 decoder layers hold packed panels
+        if hasattr(layer, "f32_panels"):  # CPU float32 layers hold packed panels
             w = unpack_panels(layer.f32_panels, layer.out_features, layer.in_features)
             del layer.f32_panels
         else:
             w = layer.weight.detach()
-            w = (w.to_dense() if w.is_mkldnn else w).float()  # the LM head holds oneDNN-packed weights
+            w = (w.to_dense() if w.is_mkldnn else w).float()  # oneDNN-packed without the native kernels
         scale = w.abs().max() / 127
         layer.weight = torch.nn.Parameter((w / scale).round().clamp(-128, 127) * scale, requires_grad=False)
 

@@ -16,7 +16,7 @@ from medvllm.models.weights import load_weights
 from medvllm.engine.memory_pool import keep_freed_memory, release_free_memory, step_buffer_bytes
 from medvllm.engine.precision import apply_backend_flags, keep_logits_float32
 from medvllm.layers.cpu_linear import pack_float_linears
-from medvllm.layers.cpu_panel_linear import pack_decoder_panels
+from medvllm.layers.cpu_panel_linear import use_float_panels
 from medvllm.layers.attention_backends import install as install_attention, select_backend
 from medvllm.layers.norm import use_native_norms
 from medvllm.quantization import describe as describe_quantization
@@ -39,9 +39,8 @@ class ModelRunner:
             release_free_memory()
         keep_logits_float32(self.model, self.dtype)
         embedding_int8 = quantize_embedding(self.model, self.quant_method)  # the head too, where it can
-        if self.device.type == "cpu":  # float32 layers left in float: packed panels inside, oneDNN's outside
-            pack_decoder_panels(self.model, self.dtype)
-            pack_float_linears(self.model, self.dtype)
+        if self.device.type == "cpu" and not use_float_panels(self.model, self.dtype):
+            pack_float_linears(self.model, self.dtype)  # float32 layers left in float: panels, or oneDNN's
         self.quantization = describe_quantization(self.model, self.quant_method, embedding_int8)
         if embedding_int8 and release_freed:
             release_free_memory()

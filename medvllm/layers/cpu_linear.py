@@ -1,13 +1,13 @@
-"""Float32 linear layers on CPU with their weights pre-packed for oneDNN: the LM head and any float
-layer outside the decoder layers.
+"""Float32 linear layers on CPU with their weights pre-packed for oneDNN, where the engine's own
+packed panels (cpu_panel_linear.py) cannot be built (no C compiler): the LM head and any float layer
+outside the decoder layers.
 
 F.linear hands MKL the plain [out, in] weight at every call and MKL re-blocks it each time; packing
 once at load time into oneDNN's blocked layout saves that work. Measured on an AVX2 machine on the
 default model's shapes: the 49152x576 LM head at 64 rows 53 -> 29 ms, at one row 8.5 -> 4.9 ms.
-The decoder layers' Linears take the engine's own panel layout instead (cpu_panel_linear.py): oneDNN's
-packing did not pay for them on an AVX-512 machine (the 120 Linears of the default model: 1 row 16.4 ms
-plain / 20.1 packed, 64 rows 61.6 / 61.7, 2,048 rows 1063 / 1093; 8 rows 33.5 / 25.5), the panels do
-at up to 256 rows. Same float32 arithmetic, only the summation order differs.
+The decoder layers stay plain here: oneDNN's packing did not pay for them on an AVX-512 machine (the
+120 Linears of the default model: 1 row 16.4 ms plain / 20.1 packed, 64 rows 61.6 / 61.7, 2,048 rows
+1063 / 1093; 8 rows 33.5 / 25.5). Same float32 arithmetic, only the summation order differs.
 """
 from __future__ import annotations
 
