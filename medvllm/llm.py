@@ -53,9 +53,13 @@ class LLM:
             "kv_block_size": self.config.kvcache_block_size,
             "tensor_parallel_size": self.config.tensor_parallel_size,
             "memory_pool": self.config.enable_memory_pooling,  # KV cache committed at start (engine/memory_pool.py)
-            "decode_layer": runner.decode_layer,  # "native": one C call per layer in decode steps
+            "decode_layer": runner.decode_layer,  # "native": one C call per layer (decode, short prompts)
             "keeps_freed_memory": runner.keeps_freed_memory,  # CPU: glibc reuses work buffers (same file)
         }
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prompt prefix (as vLLM's LLM.reset_prefix_cache); False while requests run."""
+        return self.engine.reset_prefix_cache()
 
     def close(self) -> None:
         """Stops tensor-parallel worker processes, if any; the LLM is unusable afterwards."""

@@ -54,6 +54,20 @@ def test_freed_prefix_survives_until_its_blocks_are_reused():
     assert d.num_computed_tokens == 0
 
 
+def test_reset_prefix_cache_forgets_prefixes_only_when_no_request_holds_blocks():
+    bm = BlockManager(8, BS)
+    a = seq(range(9), "a")
+    bm.allocate(a)
+    used = set(a.block_table)
+    assert not bm.reset_prefix_cache()  # a is running: nothing changes
+    bm.deallocate(a)
+    assert bm.reset_prefix_cache() and bm.num_free_blocks == 8
+    b = seq(range(9), "b")
+    bm.allocate(b)
+    assert b.num_computed_tokens == 0  # computed whole, on the blocks a used (their pages are mapped)
+    assert set(b.block_table) == used
+
+
 def test_decode_blocks_register_when_full_and_can_be_shared():
     bm = BlockManager(8, BS)
     a = seq(range(3), "a")

@@ -53,6 +53,17 @@ def test_prefix_cache_hit_matches_transformers(tiny):
     assert after["prefill_tokens_computed"] - before["prefill_tokens_computed"] == len(second) - 32
 
 
+def test_reset_prefix_cache_makes_the_next_request_compute_its_whole_prompt(tiny):
+    _, model, llm = tiny
+    prompt = prompts_of([40], seed=7)[0]
+    check_against_hf(model, llm, [prompt])
+    assert llm.reset_prefix_cache()
+    before = llm.engine.stats()
+    outs = check_against_hf(model, llm, [prompt])
+    assert outs[0].metrics.num_cached_tokens == 0
+    assert llm.engine.stats()["prefill_tokens_computed"] - before["prefill_tokens_computed"] == len(prompt)
+
+
 def test_prefix_shared_within_one_batch_matches_transformers(tiny):
     _, model, llm = tiny
     head = prompts_of([40], seed=4)[0]

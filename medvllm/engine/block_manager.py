@@ -109,6 +109,18 @@ class BlockManager:
         block.ref_count = 1
         return block
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix, so the next requests compute their prompts whole (a benchmark's
+        repeats, or a deliberate cold start). False, with nothing changed, while a request holds blocks."""
+        if self.usage > 0:
+            return False
+        for block_id in self.free:
+            self.blocks[block_id].hash, self.blocks[block_id].token_ids = None, ()
+        self.free_blank.update(self.free)  # the pages stay mapped: taken again before untouched blocks
+        self.free.clear()
+        self.cached.clear()
+        return True
+
     def _release(self, block: Block) -> None:
         """A block no request holds: kept for its prefix if it is the cached copy, else blank."""
         if block.hash is not None and self.cached.get(block.hash) == block.block_id:

@@ -135,6 +135,10 @@ class LLMEngine:
         if stop is not None:
             stop()
 
+    def reset_prefix_cache(self) -> bool:
+        """Drop every cached prefix; False (nothing dropped) while requests are running."""
+        return self.scheduler.block_manager.reset_prefix_cache()
+
     def stats(self) -> dict:
         bm = self.scheduler.block_manager
         return {
