@@ -106,7 +106,7 @@ def runs(wide_tiny):
 
 def test_rss_flat_over_1000_decode_steps(runs):
     samples, generated, _ = runs[True]
-    assert _growth(samples) <= 1.02, _growth(samples)
+    assert _growth(samples) <= 1.005, _growth(samples)
     assert generated >= STEPS * IN_FLIGHT
 
 
@@ -114,7 +114,7 @@ def test_without_pooling_the_cache_maps_in_as_it_fills(runs):
     """The control: the same run without the pool grows by the KV pages it writes, so the test above
     would see a missing or lazy pool."""
     samples, _, _ = runs[False]
-    assert _growth(samples) > 1.02, _growth(samples)
+    assert _growth(samples) > 1.005, _growth(samples)  # ~1.018 here: 4 KB pages, as blocks are written
 
 
 def test_without_pooling_only_the_blocks_in_use_are_resident(runs):

@@ -1,6 +1,6 @@
 """Memory pooling (`enable_memory_pooling`): the KV cache is one allocation made and committed at start.
 
-Without pooling, the CPU KV cache is calloc'd zero pages that the OS maps in as blocks are first
+Without pooling, the CPU KV cache is an anonymous mapping of zero pages that the OS maps in as blocks are first
 written, and the block manager reuses freed blocks before untouched ones, so resident memory grows to
 the peak the requests needed at once. With pooling, every page of the pool is written at start, on the
 pool device (on CPU the pool is capped at what max_num_seqs requests of max_model_len can fill): what
