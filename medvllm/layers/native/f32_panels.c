@@ -50,29 +50,44 @@ void f32_panels_pack(float *dst, const float *w, int64_t N, int64_t K, int64_t f
 
 #ifdef __AVX512F__
 /* R tokens (x rows of K) x one panel's `cols` columns into out (row stride ldo). `prefetch`: a share of
- * the next panel, touched at `step` bytes per k, or NULL. */
+ * the next panel, touched at `step` bytes per k (the panel's own first line, step 0, for the last). */
 static inline __attribute__((always_inline)) void panel_tile(float *out, int64_t ldo, const float *x, int64_t K,
                                                              const float *panel, const float *bias, int R, int cols,
                                                              const char *prefetch, int64_t step) {
-    __m512 acc[TILE_ROWS][3];
-    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = acc[r][2] = _mm512_setzero_ps();
+    /* named accumulators, not an array: with an array gcc stored every sum to the stack at every k */
+#define ROW_DECLARE(r) __m512 c##r##0 = _mm512_setzero_ps(), c##r##1 = c##r##0, c##r##2 = c##r##0;
+#define ROW_STEP(r)                                                                        \
+    if (R > r) {                                                                           \
+        const __m512 a = _mm512_set1_ps(x[r * K + k]);                                     \
+        c##r##0 = _mm512_fmadd_ps(a, b0, c##r##0);                                         \
+        c##r##1 = _mm512_fmadd_ps(a, b1, c##r##1);                                         \
+        c##r##2 = _mm512_fmadd_ps(a, b2, c##r##2);                                         \
+    }
+#define ROW_STORE(r)                                                                       \
+    if (R > r) {                                                                           \
+        const __m512 sums[3] = {c##r##0, c##r##1, c##r##2};                                \
+        for (int i = 0; i < 3 && cols > 16 * i; ++i)                                       \
+            _mm512_mask_storeu_ps(out + r * ldo + 16 * i, mask[i], _mm512_add_ps(sums[i], bv[i])); \
+    }
+    ROW_DECLARE(0) ROW_DECLARE(1) ROW_DECLARE(2) ROW_DECLARE(3)
+    ROW_DECLARE(4) ROW_DECLARE(5) ROW_DECLARE(6) ROW_DECLARE(7)
     for (int64_t k = 0; k < K; ++k) {
         const float *b = panel + k * PANEL_COLS;
-        if (prefetch) _mm_prefetch(prefetch + k * step, _MM_HINT_T1);
+        _mm_prefetch(prefetch + k * step, _MM_HINT_T1);
         const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), b2 = _mm512_loadu_ps(b + 32);
-        for (int r = 0; r < R; ++r) {
-            const __m512 a = _mm512_set1_ps(x[r * K + k]);
-            acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
-            acc[r][2] = _mm512_fmadd_ps(a, b2, acc[r][2]);
-        }
+        ROW_STEP(0) ROW_STEP(1) ROW_STEP(2) ROW_STEP(3) ROW_STEP(4) ROW_STEP(5) ROW_STEP(6) ROW_STEP(7)
     }
-    for (int i = 0; i < 3 && cols > 16 * i; ++i) {
+    __mmask16 mask[3];
+    __m512 bv[3];
+    for (int i = 0; i < 3; ++i) {
         const int left = cols - 16 * i;
-        const __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-        const __m512 bv = bias ? _mm512_maskz_loadu_ps(m, bias + 16 * i) : _mm512_setzero_ps();
-        for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(out + r * ldo + 16 * i, m, _mm512_add_ps(acc[r][i], bv));
+        mask[i] = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+        bv[i] = bias ? _mm512_maskz_loadu_ps(mask[i], bias + 16 * i) : _mm512_setzero_ps();
     }
+    ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5) ROW_STORE(6) ROW_STORE(7)
+#undef ROW_DECLARE
+#undef ROW_STEP
+#undef ROW_STORE
 }
 
 /* The tile with its row count a constant, so each size gets registers of its own. */
@@ -87,24 +102,32 @@ static void panel_tiles(float *out, int64_t ldo, const float *x, int64_t K, cons
 static inline __attribute__((always_inline)) void third_tile(float *out, int64_t ldo, const float *x, int64_t K,
                                                              const float *panel, const float *bias, int R, int cols,
                                                              const char *prefetch, int64_t step) {
-    __m256 acc[TILE_ROWS][2];
-    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    /* named accumulators, not an array (see panel_tile) */
+#define ROW_DECLARE(r) __m256 c##r##0 = _mm256_setzero_ps(), c##r##1 = c##r##0;
+#define ROW_STEP(r)                                                                        \
+    if (R > r) {                                                                           \
+        const __m256 a = _mm256_broadcast_ss(x + r * K + k);                               \
+        c##r##0 = _mm256_fmadd_ps(a, b0, c##r##0);                                         \
+        c##r##1 = _mm256_fmadd_ps(a, b1, c##r##1);                                         \
+    }
+#define ROW_STORE(r)                                                                       \
+    if (R > r) {                                                                           \
+        float row[16];                                                                     \
+        _mm256_storeu_ps(row, c##r##0);                                                    \
+        _mm256_storeu_ps(row + 8, c##r##1);                                                \
+        for (int j = 0; j < cols; ++j) out[r * ldo + j] = row[j] + (bias ? bias[j] : 0.f); \
+    }
+    ROW_DECLARE(0) ROW_DECLARE(1) ROW_DECLARE(2) ROW_DECLARE(3) ROW_DECLARE(4) ROW_DECLARE(5)
     for (int64_t k = 0; k < K; ++k) {
         const float *b = panel + k * PANEL_COLS;
-        if (prefetch) _mm_prefetch(prefetch + k * step, _MM_HINT_T1);
+        _mm_prefetch(prefetch + k * step, _MM_HINT_T1);
         const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-        for (int r = 0; r < R; ++r) {
-            const __m256 a = _mm256_broadcast_ss(x + r * K + k);
-            acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
-        }
+        ROW_STEP(0) ROW_STEP(1) ROW_STEP(2) ROW_STEP(3) ROW_STEP(4) ROW_STEP(5)
     }
-    for (int r = 0; r < R; ++r) {
-        float row[16];
-        _mm256_storeu_ps(row, acc[r][0]);
-        _mm256_storeu_ps(row + 8, acc[r][1]);
-        for (int j = 0; j < cols; ++j) out[r * ldo + j] = row[j] + (bias ? bias[j] : 0.f);
-    }
+    ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5)
+#undef ROW_DECLARE
+#undef ROW_STEP
+#undef ROW_STORE
 }
 
 static void panel_tiles(float *out, int64_t ldo, const float *x, int64_t K, const float *panel, const float *bias,
@@ -112,8 +135,8 @@ static void panel_tiles(float *out, int64_t ldo, const float *x, int64_t K, cons
     for (int third = 0; third < 3 && cols > 16 * third; ++third) {
         const int c = cols - 16 * third < 16 ? cols - 16 * third : 16;
         const float *b = bias ? bias + 16 * third : 0;
-        const char *pf = third == 0 ? prefetch : 0;
-#define TILE(n) case n: third_tile(out + 16 * third, ldo, x, K, panel + 16 * third, b, n, c, pf, step); break;
+        const int64_t pf_step = third == 0 ? step : 0;  /* the share once, by the first third */
+#define TILE(n) case n: third_tile(out + 16 * third, ldo, x, K, panel + 16 * third, b, n, c, prefetch, pf_step); break;
         switch (R) { TILE(6) TILE(5) TILE(4) TILE(3) TILE(2) default: TILE(1) }
 #undef TILE
     }
@@ -150,7 +173,8 @@ void f32_panels_linear(float *out, const float *x, const float *packed, const fl
                 const int64_t r = t * TILE_ROWS;
                 const int R = rows - r < TILE_ROWS ? (int)(rows - r) : TILE_ROWS;
                 panel_tiles(out + (m0 + r) * N + p * PANEL_COLS, N, x + (m0 + r) * K, K, panel,
-                            bias ? bias + p * PANEL_COLS : 0, R, cols, next ? next + t * share : 0, step);
+                            bias ? bias + p * PANEL_COLS : 0, R, cols,
+                            next ? next + t * share : (const char *)panel, next ? step : 0);
             }
         }
     }
