@@ -18,14 +18,13 @@ from medvllm.layers.linear import UNQUANTIZED, LinearBase, LinearMethod
 from medvllm.layers.native.build import NativeUnavailable, load
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
-PACK_ROWS_AT_ONCE = 4096  # output rows packed per native call (any number gives the same panels)
 PANEL_COLS = 48  # output columns per panel (PANEL_COLS in f32_panels.c)
 
 
 def _library():
     lib = load("f32_panels")
     lib.f32_panels_size.restype, lib.f32_panels_size.argtypes = _I, [_I, _I]
-    lib.f32_panels_pack.restype, lib.f32_panels_pack.argtypes = None, [_P, _P, _I, _I, _I, _I, ctypes.c_int]
+    lib.f32_panels_pack.restype, lib.f32_panels_pack.argtypes = None, [_P, _P, _I, _I, ctypes.c_int]
     lib.f32_panels_linear.restype = None
     lib.f32_panels_linear.argtypes = [_P, _P, _P, _P, _I, _I, _I, ctypes.c_int]
     return lib
@@ -36,9 +35,7 @@ def pack_panels(lib, weight: torch.Tensor) -> torch.Tensor:
     weight = weight.detach().contiguous()
     n_out, n_in = weight.shape
     panels = torch.empty(lib.f32_panels_size(n_out, n_in), dtype=torch.float32)
-    for first in range(0, n_out, PACK_ROWS_AT_ONCE):
-        lib.f32_panels_pack(panels.data_ptr(), weight.data_ptr(), n_out, n_in, first,
-                            min(PACK_ROWS_AT_ONCE, n_out - first), torch.get_num_threads())
+    lib.f32_panels_pack(panels.data_ptr(), weight.data_ptr(), n_out, n_in, torch.get_num_threads())
     return panels
 
 

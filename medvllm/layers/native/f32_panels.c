@@ -34,12 +34,11 @@
 /* Floats the packed form of an [N, K] weight takes. */
 int64_t f32_panels_size(int64_t N, int64_t K) { return (N + PANEL_COLS - 1) / PANEL_COLS * K * PANEL_COLS; }
 
-/* w [N, K] row-major -> dst [panels][K][PANEL_COLS]; rows `first`..`first + count` of w only, so a
- * caller can pack a large weight in slices (every panel a slice touches is rewritten whole). */
-void f32_panels_pack(float *dst, const float *w, int64_t N, int64_t K, int64_t first, int64_t count, int threads) {
-    const int64_t p0 = first / PANEL_COLS, p1 = (first + count + PANEL_COLS - 1) / PANEL_COLS;
+/* w [N, K] row-major -> dst [panels][K][PANEL_COLS]. */
+void f32_panels_pack(float *dst, const float *w, int64_t N, int64_t K, int threads) {
+    const int64_t panels = (N + PANEL_COLS - 1) / PANEL_COLS;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t p = p0; p < p1; ++p)
+    for (int64_t p = 0; p < panels; ++p)
         for (int64_t k = 0; k < K; ++k) {
             float *row = dst + (p * K + k) * PANEL_COLS;
             for (int64_t j = 0; j < PANEL_COLS; ++j) {
