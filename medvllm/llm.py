@@ -37,15 +37,17 @@ class LLM:
     def runtime_info(self) -> dict:
         """What actually ran: recorded in outputs' metadata so a result can be traced to its numerics."""
         runner = self.engine.runner
+        backends = runner.backends
         return {
             "model": self.engine.source.description,
             "architecture": type(runner.model).__name__,
             "device": str(runner.device),
             "dtype": str(runner.dtype).replace("torch.", ""),
-            "attention_backend": runner.attention_backend,
-            "rms_norm": runner.rms_norm,  # "native": the C kernel of layers/native/fused_norm.c
+            "attention_backend": backends.attention,
+            "rms_norm": backends.norm,  # "native": the C kernel of backends/cpu/native/fused_norm.c
             "quantization": runner.quantization,
-            "lm_head": runner.model.lm_head.method.name,  # "float32-logits" under mixed precision
+            "lm_head": backends.lm_head,  # "float32-logits" under mixed precision
+            "linear": backends.linear,
             **runner.backend_flags,  # allow_tf32, cudnn_benchmark as set on CUDA; None on CPU
             "max_model_len": self.engine.max_model_len,
             "kv_cache_blocks": runner.num_blocks,
@@ -53,7 +55,8 @@ class LLM:
             "kv_block_size": self.config.kvcache_block_size,
             "tensor_parallel_size": self.config.tensor_parallel_size,
             "memory_pool": self.config.enable_memory_pooling,  # KV cache committed at start (engine/memory_pool.py)
-            "decode_layer": runner.decode_layer,  # "native": one C call per layer (decode, short prompts)
+            "decode_layer": backends.decode_layer,  # "native": one C call per layer (decode, short prompts)
+            "backend_reasons": dict(backends.reasons),  # why each part runs what it runs
             "keeps_freed_memory": runner.keeps_freed_memory,  # CPU: glibc reuses work buffers (same file)
         }
 

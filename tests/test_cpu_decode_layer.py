@@ -43,7 +43,7 @@ def test_fused_decode_matches_the_layer_by_layer_path(tmp_path, arch, kv_dtype):
               num_kvcache_blocks=64, max_model_len=256)
     assert llm.runtime_info()["decode_layer"] == "native"
     fused_tokens, fused_logits = _run(llm)
-    llm.engine.runner.model.model.fused_decode = None  # the PyTorch path, same weights and engine
+    llm.engine.runner.model.model.fused_layers = None  # the PyTorch path, same weights and engine
     tokens, logits = _run(llm)
     assert fused_tokens == tokens
     for a, b in zip(fused_logits, logits):
@@ -85,7 +85,7 @@ def test_fused_float32_decode_matches_the_layer_by_layer_path(tmp_path, arch):
     finally:
         fused.FusedDecode.__call__ = step
     assert max(calls) == sum(map(len, prompts)) and min(calls) <= 2
-    llm.engine.runner.model.model.fused_decode = None
+    llm.engine.runner.model.model.fused_layers = None
     tokens, logits = run()
     assert fused_tokens == tokens
     for a, b in zip(fused_logits, logits):
@@ -122,7 +122,7 @@ def test_fused_prompt_steps_with_chunks_and_prefix_hits_match_the_layer_by_layer
 
     fused_tokens, fused_logits = run()
     assert any(prompt_steps)  # some prompt chunks ran fused (all of them with the high limit)
-    llm.engine.runner.model.model.fused_decode = None  # the PyTorch path, same weights and engine
+    llm.engine.runner.model.model.fused_layers = None  # the PyTorch path, same weights and engine
     tokens, logits = run()
     assert fused_tokens == tokens
     for a, b in zip(fused_logits, logits):

@@ -92,7 +92,7 @@ def test_refuses_other_cache_dtypes(kernel):
 
 def test_build_failure_is_reported_not_raised_into_the_engine(monkeypatch, tmp_path):
     from medvllm.config import Config
-    from medvllm.layers import attention_backends
+    from medvllm.backends.select import ModelTraits, select_backends
     from medvllm.layers.native import build
     build._library.cache_clear()
     monkeypatch.setenv("MEDVLLM_CACHE_DIR", str(tmp_path))
@@ -100,8 +100,8 @@ def test_build_failure_is_reported_not_raised_into_the_engine(monkeypatch, tmp_p
     try:
         with pytest.raises(NativeUnavailable, match="cannot run"):
             build.load("paged_attention")
-        assert attention_backends.select_backend(Config(device="cpu"), torch.device("cpu"), torch.float32,
-                                                 False) == "sdpa"
+        chosen = select_backends(Config(device="cpu"), ModelTraits(hidden_size=64, head_dim=16))
+        assert chosen.attention == "sdpa" and "cannot run" in chosen.reasons["attention"]
     finally:
         build._library.cache_clear()
 
@@ -117,8 +117,8 @@ def test_prompt_steps_on_the_kernel_match_sdpa_in_the_engine(kernel, tmp_path, m
     build_tiny(arch, tmp_path)
     llm = LLM(str(tmp_path), kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256,
               max_num_batched_tokens=24, max_num_seqs=4, enable_prefix_caching=True)
-    assert llm.engine.runner.attention_backend == "cpu-paged"
-    llm.engine.runner.model.model.fused_decode = None  # the layer-by-layer path, where the backend decides
+    assert llm.runtime_info()["attention_backend"] == "cpu-paged"
+    llm.engine.runner.model.model.fused_layers = None  # the layer-by-layer path, where the backend decides
     g = torch.Generator().manual_seed(3)
     shared = torch.randint(3, 256, (32,), generator=g).tolist()
     prompts = [shared + torch.randint(3, 256, (n,), generator=g).tolist() for n in (3, 17, 30)]

@@ -70,6 +70,6 @@ def test_engine_holds_each_weight_once_as_panels(tmp_path, arch):
     for linear in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj,
                    model.lm_head):
         assert linear.method.name == "float-panels" and linear.weight.numel() == 0
-        assert linear.f32_panels.numel() == -(-linear.out_features // 48) * 48 * linear.in_features
+        assert linear.packed.numel() == -(-linear.out_features // 48) * 48 * linear.in_features
     assert llm.runtime_info()["lm_head"] == "float-panels"
     assert model.model.embed_tokens.weight.shape == (256, 64)  # a tied head's table stays the embedding's

@@ -31,7 +31,7 @@ def tiny(request, tmp_path_factory):
     if impl == "sdpa":
         for module in llm.engine.runner.model.modules():
             if isinstance(module, RMSNorm):
-                module.native = None
+                module.kernel = None
     return arch, model, llm
 
 

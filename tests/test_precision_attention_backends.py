@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from medvllm import SamplingParams
+from medvllm.backends.select import ModelTraits, select_backends
 from medvllm.config import Config
 from medvllm.engine.llm_engine import LLMEngine
 from medvllm.errors import ConfigError
-from medvllm.layers import attention_backends
 from medvllm.layers import flash_attention as fa
 
 
@@ -55,7 +55,7 @@ def _engine(path, block_size=16):
 
 
 def _install(engine, backend):
-    engine.runner.model.model.fused_decode = None  # its own attention kernel would bypass the backend
+    engine.runner.model.model.fused_layers = None  # its own attention kernel would bypass the backend
     for module in engine.runner.model.modules():
         if hasattr(module, "k_cache") and hasattr(module, "sliding_window"):
             module.backend = backend
@@ -108,13 +108,10 @@ def test_sdpa_flash_refuses_sliding_window_models(tmp_path):
 
 
 def test_selection_on_cpu():
-    cpu = torch.device("cpu")
-    assert attention_backends.select_backend(Config(device="cpu", attention_impl="sdpa"), cpu, torch.float32,
-                                             False) == "sdpa"
-    config = Config(device="cpu")
-    config.attention_impl = "flash"  # as a Config built for other hardware would say
-    with pytest.raises(ConfigError, match="flash attention needs a CUDA GPU"):
-        attention_backends.select_backend(config, cpu, torch.bfloat16, False)
+    traits = ModelTraits(hidden_size=64, head_dim=16)
+    assert select_backends(Config(device="cpu", attention_impl="sdpa"), traits).attention == "sdpa"
+    chosen = select_backends(Config(device="cpu"), traits)
+    assert chosen.attention in ("cpu-paged", "sdpa") and chosen.reasons["attention"]
 
 
 def test_config_refuses_flash_on_cpu():

@@ -96,22 +96,20 @@ class PerTensorInt8(LinearMethod):
 
     name = "per-tensor-int8"
 
-    def process_weights_after_loading(self, layer):
-        if hasattr(layer, "f32_panels"):  # CPU float32 layers hold packed panels
-            w = unpack_panels(layer.f32_panels, layer.out_features, layer.in_features)
-            del layer.f32_panels
+    def pack(self, layer):
+        if layer.method.name == "float-panels":  # CPU float32 layers hold packed panels
+            w = unpack_panels(layer.packed, layer.out_features, layer.in_features)
         else:
-            w = layer.weight.detach()
-            w = (w.to_dense() if w.is_mkldnn else w).float()  # oneDNN-packed without the native kernels
+            w = layer.weight.detach().float()
         scale = w.abs().max() / 127
-        layer.weight = torch.nn.Parameter((w / scale).round().clamp(-128, 127) * scale, requires_grad=False)
+        return (w / scale).round().clamp(-128, 127) * scale
 
     def apply(self, layer, x):
         lo, hi = x.min().clamp(max=0), x.max().clamp(min=0)
         scale = (hi - lo).clamp(min=1e-8) / 127
         zero = (-lo / scale).round()
         xq = ((x / scale).round() + zero).clamp(0, 127)
-        return F.linear((xq - zero) * scale, layer.weight, layer.bias)
+        return F.linear((xq - zero) * scale, layer.packed, layer.bias)
 
 
 def test_per_tensor_int8_is_caught(reference, texts):
@@ -120,8 +118,8 @@ def test_per_tensor_int8_is_caught(reference, texts):
     method = PerTensorInt8()
     for module in bad.engine.runner.model.modules():
         if isinstance(module, LinearBase):
-            method.process_weights_after_loading(module)  # a new Parameter: unties the LM head
-            module.method = method
-    bad.engine.runner.model.model.fused_decode = None  # it read the panels: every step through the methods
+            packed = method.pack(module)
+            module.method, module.packed = method, packed
+    bad.engine.runner.model.model.fused_layers = None  # it read the panels: every step through the methods
     failures = crossed(compare(ref, bad, pick(texts, 4)).metrics, TIERS["8-bit"])
     assert set(failures) == set(RULES), failures

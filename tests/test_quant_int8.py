@@ -16,10 +16,9 @@ import torch.nn.functional as F
 from medvllm import LLM, SamplingParams
 from medvllm.config import Config
 from medvllm.errors import ConfigError
-from medvllm.layers.cpu_int8_linear import rows_kernel_uses_amx
-from medvllm.layers.cpu_linear import packing_available
+from medvllm.layers.cpu_int8_linear import QMAX, rows_kernel_uses_amx
 from medvllm.layers.linear import ReplicatedLinear
-from medvllm.quantization import METHODS, quantize_model, quantizable_layers
+from medvllm.quantization import METHODS, quantizable_layers
 from medvllm.layers.native.build import NativeUnavailable, load
 from medvllm.quantization.dynamic_int8 import DynamicInt8Method
 from quant_quality import max_ngram_repeats, teacher_forced
@@ -37,17 +36,22 @@ def _rows_kernel_builds() -> bool:
     return _native_builds() and _native_builds("int8_rows_matmul")
 
 
-KERNELS = [pytest.param("native", marks=pytest.mark.skipif(not _native_builds(), reason="no C compiler")),
-           pytest.param("fbgemm", marks=pytest.mark.skipif(
-               "fbgemm" not in torch.backends.quantized.supported_engines, reason="no fbgemm in this torch"))]
+KERNELS = [pytest.param("native", marks=pytest.mark.skipif(not _native_builds(), reason="no C compiler"))]
 
 
-def _layer(n_in=96, n_out=80, bias=True, seed=0):
+def _layer(n_in=96, n_out=80, bias=True, seed=0, method=None):
     torch.manual_seed(seed)
-    layer = ReplicatedLinear(n_in, n_out, bias=bias)
+    layer = ReplicatedLinear(n_in, n_out, bias=bias, **({} if method is None else {"method": method}))
     layer.weight.data.normal_(0, 0.1)
     if bias:
         layer.bias.data.normal_(0, 0.1)
+    return layer
+
+
+def _quantized(**kwargs):
+    """A Linear on dynamic int8, its random weights processed as a load would."""
+    layer = _layer(method=DynamicInt8Method(), **kwargs)
+    layer.process_weights_after_loading()
     return layer
 
 
@@ -64,14 +68,14 @@ def _reference(weight: torch.Tensor, bias, x: torch.Tensor, weight_qmax: int) ->
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_int8_linear_matches_quantized_math_and_frees_the_float_weight(kernel):
-    layer = _layer(n_in=98, n_out=83)  # widths off the kernels' blocking
-    weight, bias = layer.weight.detach().clone(), layer.bias.detach().clone()
+    float_layer = _layer(n_in=98, n_out=83)  # widths off the kernels' blocking
+    weight, bias = float_layer.weight.detach().clone(), float_layer.bias.detach().clone()
     x = torch.randn(7, 98)
     x[3] *= 50  # an outlier token must not cost the others their precision
-    method = DynamicInt8Method(kernel)
-    quantize_model(torch.nn.ModuleDict({"proj": layer}), method)
+    layer = _quantized(n_in=98, n_out=83)
+    method = layer.method
     out = layer(x)
-    exact, ref = F.linear(x, weight, bias).double(), _reference(weight, bias, x, method.weight_qmax)
+    exact, ref = F.linear(x, weight, bias).double(), _reference(weight, bias, x, QMAX)
     assert layer.weight.numel() == 0 and layer.method.name == "dynamic-int8" and method.kernel == kernel
     # native: exact int32 sums, so float rounding only; fbgemm's u8 activation grid (255 steps over
     # [-1, 1]) is the int8 grid up to rounding details
@@ -82,8 +86,7 @@ def test_int8_linear_matches_quantized_math_and_frees_the_float_weight(kernel):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_int8_rows_do_not_depend_on_the_batch(kernel):
-    layer = _layer(bias=False)
-    quantize_model(torch.nn.ModuleDict({"proj": layer}), DynamicInt8Method(kernel))
+    layer = _quantized(bias=False)
     x = torch.randn(70, 96)  # past the native kernel's 64-token block, ending in a partial group of 4
     x[0] *= 100
     batched = layer(x)
@@ -123,8 +126,7 @@ def test_native_int8_linear_is_the_exact_integer_math_on_every_path(rows, n_in, 
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_int8_keeps_leading_dims_and_zero_rows(kernel):
-    layer = _layer()
-    quantize_model(torch.nn.ModuleDict({"proj": layer}), DynamicInt8Method(kernel))
+    layer = _quantized()
     x = torch.randn(2, 3, 96)
     x[1, 2] = 0
     out = layer(x)
@@ -184,17 +186,13 @@ def test_int8_rows_on_amx_is_the_two_part_integer_math_and_batch_invariant():
     assert ((out.double() - exact).abs() <= bound * 1.01 + 1e-6).all()
 
 
-def test_without_the_native_kernel_dynamic_runs_on_fbgemm_and_says_so(monkeypatch):
-    from medvllm.layers import cpu_int8_linear
-
-    def unavailable():
-        raise NativeUnavailable("no C compiler found (install gcc, or set CC)")
-    monkeypatch.setattr(cpu_int8_linear, "native_int8_kernel", unavailable)
-    if "fbgemm" in torch.backends.quantized.supported_engines:
-        method = DynamicInt8Method()
-        assert method.kernel == "fbgemm" and method.weight_qmax == 63
-    with pytest.raises(ConfigError, match="native int8 kernel is unavailable here .*install gcc"):
-        DynamicInt8Method("native")
+def test_without_the_native_kernel_dynamic_is_refused_with_the_fix(monkeypatch):
+    # no other kernel computes the same numbers: refused at engine start, never a silent substitute
+    from medvllm.backends import select
+    from medvllm.backends.select import ModelTraits, select_backends
+    monkeypatch.setattr(select, "native_unavailable", lambda: "no C compiler found (install gcc, or set CC)")
+    with pytest.raises(ConfigError, match="native int8 kernel, which cannot be built here .*install a C compiler"):
+        select_backends(Config(device="cpu", quantization_method="dynamic"), ModelTraits(hidden_size=64, head_dim=16))
 
 
 def test_engine_implements_the_profile_methods():
@@ -233,21 +231,19 @@ def test_int8_default_model_quantizes_every_linear_and_shares_one_int8_table_for
     assert info["quantization"]["method"] == "dynamic-int8" and info["quantization"]["layers"] == len(layers)
     head, embedding = model.lm_head, model.model.embed_tokens
     assert info["lm_head"] == head.method.name and info["quantization"]["embedding"] == "int8-rows"
-    if _rows_kernel_builds():  # the tied head and the embedding read the same int8 rows; no float table left
-        expected = "int8-rows-2x8" if rows_kernel_uses_amx(head.int8_rows.shape[1]) else "int8-rows"
-        assert head.method.name == expected and head.int8_rows is embedding.int8_rows
-        assert head.weight.numel() == 0 and embedding.weight.numel() == 0
-        assert info["quantization"]["float_layers"] == 0
-    else:  # fbgemm fallback: a float32 head (oneDNN-packed, its own copy) beside int8 embedding rows
-        assert head.method.name == ("float-packed" if packing_available(torch.float32) else "float")
+    # the tied head and the embedding read the same int8 rows; no float table left
+    expected = "int8-rows-2x8" if rows_kernel_uses_amx(head.packed.rows.shape[1]) else "int8-rows"
+    assert head.method.name == expected and head.packed.rows is embedding.int8_rows
+    assert head.weight.numel() == 0 and embedding.weight.numel() == 0
+    assert info["quantization"]["float_layers"] == 0
     assert info["dtype"] == "float32"
     # int8 weight bytes (with the per-row scales) against float32
     float_bytes = sum(layer.in_features * layer.out_features * 4 for layer in layers.values())
-    assert sum(layer.int8_weight_bytes for layer in layers.values()) <= 0.3 * float_bytes
-    if info["quantization"]["kernel"] == "native":  # what the tensors really hold, padding included
-        held = sum(layer.int8_panels.untyped_storage().nbytes() + layer.int8_scale.untyped_storage().nbytes()
-                   for layer in layers.values())
-        assert held <= 0.26 * float_bytes
+    assert sum(layer.packed.nbytes for layer in layers.values()) <= 0.3 * float_bytes
+    assert info["quantization"]["kernel"] == "native"  # what the tensors really hold, padding included
+    held = sum(layer.packed.panels.untyped_storage().nbytes() + layer.packed.scale.untyped_storage().nbytes()
+               for layer in layers.values())
+    assert held <= 0.26 * float_bytes
 
 
 @pytest.mark.slow
@@ -274,11 +270,11 @@ def test_int8_default_model_answers_without_degenerating(int8_llm):
 def test_int8_embedding_rows_are_the_float_rows_within_half_a_step():
     from medvllm.layers.embedding import VocabParallelEmbedding
     torch.manual_seed(0)
-    emb = VocabParallelEmbedding(50, 24)
+    emb = VocabParallelEmbedding(50, 24, int8=True)
     emb.weight.data.normal_(0, 0.1)
     emb.weight.data[7] *= 40  # a row with a wide range keeps its own scale
     table = emb.weight.detach().clone()
-    emb.quantize_rows_int8()
+    emb.process_weights_after_loading()
     ids = torch.tensor([[7, 0, 49], [3, 3, 7]])
     out = emb(ids)
     step = table.abs().amax(1) / 127

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medvllm.engine.model_runner import build_model
+from medvllm.layers.kit import LayerKit
+from medvllm.layers.native.build import NativeUnavailable
 from medvllm.loader import open_model
-from medvllm.errors import ConfigError
-from medvllm.quantization import quantizable_layers, quantize_model
+from medvllm.models.loading import build_model
+from medvllm.quantization import quantizable_layers
 from medvllm.quantization.dynamic_int8 import DynamicInt8Method
 
 
@@ -17,8 +18,12 @@ def _dynamic_unavailable() -> str | None:
     try:
         DynamicInt8Method()
         return None
-    except ConfigError as e:  # neither a C compiler for the native kernel nor fbgemm
+    except NativeUnavailable as e:  # no C compiler for the native kernel
         return str(e)
+
+
+def _int8_kit() -> LayerKit:
+    return LayerKit(linear=DynamicInt8Method())
 
 
 pytestmark = pytest.mark.skipif(_dynamic_unavailable() is not None, reason=str(_dynamic_unavailable()))
@@ -50,15 +55,15 @@ class WatchedSource:
 
 def test_layers_are_quantized_during_the_stream(tiny_source, monkeypatch):
     watched = WatchedSource(tiny_source)
-    import medvllm.engine.model_runner as mr
-    real = mr.load_weights
+    import medvllm.models.loading as loading
+    real = loading.load_weights
 
     def load(model, weights):
         watched.model = model
         return real(model, weights)
 
-    monkeypatch.setattr(mr, "load_weights", load)
-    model = build_model(watched, 64, torch.float32, torch.device("cpu"), quant_method=DynamicInt8Method())
+    monkeypatch.setattr(loading, "load_weights", load)
+    model = build_model(watched, 64, torch.float32, torch.device("cpu"), _int8_kit())
     total = len(quantizable_layers(model))
     assert watched.quantized_when[-1] == total
     # a layer's float weight is gone long before the stream ends: half the stream in, some are quantized
@@ -66,10 +71,8 @@ def test_layers_are_quantized_during_the_stream(tiny_source, monkeypatch):
 
 
 def test_streamed_quantization_equals_quantizing_after_load(tiny_source):
-    method = DynamicInt8Method()
-    streamed = build_model(tiny_source, 64, torch.float32, torch.device("cpu"), quant_method=method)
-    after = build_model(tiny_source, 64, torch.float32, torch.device("cpu"))
-    quantize_model(after, method)
+    streamed = build_model(tiny_source, 64, torch.float32, torch.device("cpu"), _int8_kit())
+    after = build_model(tiny_source, 64, torch.float32, torch.device("cpu"), _int8_kit(), process_while_loading=False)
     x = torch.randn(5, streamed.config.hidden_size)
     for name, layer in quantizable_layers(streamed).items():
         other = quantizable_layers(after)[name]

@@ -35,7 +35,7 @@ def num_blocks_for(config: Config, model, dtype: torch.dtype, device: torch.devi
 
 def allocate_kv_cache(model, config: Config, dtype: torch.dtype, device: torch.device,
                       max_model_len: int) -> torch.Tensor:
-    """[2, layers, blocks, block_size, kv_heads, head_dim]; each attention layer gets its slices."""
+    """[2, layers, blocks, block_size, kv_heads, head_dim]; the model binds each layer's slices."""
     blocks = num_blocks_for(config, model, dtype, device, max_model_len)
     needed = -(-max_model_len // config.kvcache_block_size)
     if blocks < needed and (config.max_model_len is not None or blocks < 1):
@@ -51,9 +51,6 @@ def allocate_kv_cache(model, config: Config, dtype: torch.dtype, device: torch.d
         cache = allocate_pool(shape, dtype, pool_device(config, device))
     else:
         cache = zeroed(shape, dtype, device)
-    for i, layer in enumerate(model.model.layers):
-        layer.self_attn.attn.k_cache = cache[0, i]
-        layer.self_attn.attn.v_cache = cache[1, i]
     return cache
 
 

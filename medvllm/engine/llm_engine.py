@@ -7,7 +7,7 @@ import time
 
 from medvllm.config import Config
 from medvllm.engine.memory_pool import release_free_memory
-from medvllm.engine.model_runner import ModelRunner
+from medvllm.engine.executor import make_executor
 from medvllm.engine.output_processor import OutputProcessor
 from medvllm.engine.scheduler import Scheduler
 from medvllm.engine.sequence import Sequence
@@ -26,11 +26,8 @@ class LLMEngine:
         # prompts longer than max_num_batched_tokens are prefilled in chunks (scheduler.py)
         self.max_model_len = config.max_model_len or getattr(hf, "max_position_embeddings", 4096) or 4096
         self.tokenizer = self.source.tokenizer
-        if config.tensor_parallel_size > 1:  # shards over worker processes; see medvllm/distributed
-            from medvllm.distributed.runner import TensorParallelRunner
-            self.runner = TensorParallelRunner(config, self.source, self.max_model_len)
-        else:
-            self.runner = ModelRunner(config, self.source, self.max_model_len)
+        self.executor = make_executor(config, self.source, self.max_model_len)
+        self.runner = self.executor.runner  # rank 0's: what runs, for runtime_info and stats
         self.max_model_len = self.runner.max_model_len  # lowered to the KV pool where that is smaller
         self.scheduler = Scheduler(config, self.runner.num_blocks, self.max_model_len)
         self.outputs = OutputProcessor(self.tokenizer, eos_token_ids(hf, self.tokenizer), self.max_model_len)
@@ -94,7 +91,7 @@ class LLMEngine:
         for seq in seqs:
             if seq.metrics.first_scheduled_time is None:
                 seq.metrics.first_scheduled_time = now
-        tokens, logprobs = self.runner.run(seqs, is_prefill)
+        tokens, logprobs = self.executor.run(seqs, is_prefill)
         now = time.time()
         results = []
         sampling = [seq for seq in seqs if samples(seq, is_prefill)]
@@ -109,8 +106,8 @@ class LLMEngine:
             results.append(self.outputs.make_output(seq, finished))
         self.num_generated_tokens += len(results)
         if not self._seqs and self.config.memory_efficient:
-            # idle: hand the heap's free pages back (~2 ms), so a later batch of another shape does not
-            # add its buffers on top of this one's leftovers (64 requests after 1-32: peak 996 -> 966 MiB)
+            # idle: hand the heap's free pages back, so a later batch of another shape does not add its
+            # buffers on top of this one's leftovers
             release_free_memory()
         return results
 
@@ -125,15 +122,13 @@ class LLMEngine:
                                f"{bm.num_free_blocks} are free: score when fewer requests are running")
         blocks = bm.take_scratch_blocks(needed)
         try:
-            return self.runner.score(token_ids, blocks)
+            return self.executor.score(token_ids, blocks)
         finally:
             bm.release_scratch_blocks(blocks)
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel worker processes, if any (also done at exit). The engine is then unusable."""
-        stop = getattr(self.runner, "shutdown", None)
-        if stop is not None:
-            stop()
+        self.executor.shutdown()
 
     def reset_prefix_cache(self) -> bool:
         """Drop every cached prefix; False (nothing dropped) while requests are running."""

@@ -3,64 +3,61 @@ from __future__ import annotations
 
 import torch
 
+from collections.abc import Callable
+
+from medvllm.backends.select import ModelTraits, select_backends
 from medvllm.config import Config
-from medvllm.layers.cpu_decode_layer import use_fused_decode
 from medvllm.engine.kv_cache import allocate_kv_cache, fitted_max_model_len
+from medvllm.engine.memory_pool import keep_freed_memory, release_free_memory, step_buffer_bytes
+from medvllm.engine.precision import apply_backend_flags
 from medvllm.engine.sequence import Sequence
-from medvllm.engine.step_inputs import prepare_step, sampling_batch
-from medvllm.errors import ModelLoadError
+from medvllm.engine.step_inputs import StepInputs, prepare_step, sampling_batch
 from medvllm.layers.sampler import Sampler
 from medvllm.loader import ModelSource
+from medvllm.models.loading import build_model
 from medvllm.models.registry import model_class
-from medvllm.models.weights import load_weights
-from medvllm.engine.memory_pool import keep_freed_memory, release_free_memory, step_buffer_bytes
-from medvllm.engine.precision import apply_backend_flags, keep_logits_float32
-from medvllm.layers.cpu_linear import pack_float_linears
-from medvllm.layers.cpu_panel_linear import use_float_panels
-from medvllm.layers.attention_backends import install as install_attention, select_backend
-from medvllm.layers.norm import use_native_norms
 from medvllm.quantization import describe as describe_quantization
-from medvllm.quantization import linear_method, quantize_embedding, quantize_model, quantize_while_loading
+
+CPU = torch.device("cpu")
 
 
 class ModelRunner:
-    def __init__(self, config: Config, source: ModelSource, max_model_len: int, tp=None):
-        """`tp` (a medvllm.distributed TensorParallel) makes this runner hold one rank's shard."""
+    def __init__(self, config: Config, source: ModelSource, max_model_len: int, tp=None,
+                 broadcast: Callable[[StepInputs], StepInputs] | None = None):
+        """`tp` (a medvllm.distributed TensorParallel) makes this runner hold one rank's shard;
+        `broadcast` sends each step's inputs, built on the CPU, to the other ranks and returns them on
+        this rank's device."""
         self.config = config
         self.device = config.resolved_device
         self.dtype = config.torch_dtype
         self.block_size = config.kvcache_block_size
+        self.broadcast = broadcast
         self.backend_flags = apply_backend_flags(config, self.device)
-        self.quant_method = linear_method(config)
-        self.model = build_model(source, max_model_len, self.dtype, self.device, self.quant_method, tp=tp)
-        # the float weights freed by quantization, or by a memory-efficient load, go back to the OS
-        release_freed = config.memory_efficient or self.quant_method is not None
-        if release_freed:
+        hf = source.hf_config
+        traits = ModelTraits.of(hf, model_class(hf).arch_options(hf), 1 if tp is None else tp.size)
+        self.backends = select_backends(config, traits)
+        # the float weights a packed or quantized layer replaces go back to the OS as each layer loads
+        trims = config.memory_efficient or config.quantization_method is not None
+        self.model = build_model(source, max_model_len, self.dtype, self.device, self.backends.kit, tp=tp,
+                                 release=release_free_memory if trims else None)
+        if trims:
             release_free_memory()
-        keep_logits_float32(self.model, self.dtype)
-        embedding_int8 = quantize_embedding(self.model, self.quant_method)  # the head too, where it can
-        if self.device.type == "cpu" and not use_float_panels(self.model, self.dtype):
-            pack_float_linears(self.model, self.dtype)  # float32 layers left in float: panels, or oneDNN's
-        self.quantization = describe_quantization(self.model, self.quant_method, embedding_int8)
-        if embedding_int8 and release_freed:
-            release_free_memory()
-        self.attention_backend = select_backend(config, self.device, self.dtype, _has_sliding_window(self.model))
-        install_attention(self.model, self.attention_backend)
-        self.rms_norm = use_native_norms(self.model, self.device, self.dtype)
-        self.vocab_size = source.hf_config.vocab_size
+        self.quantization = describe_quantization(
+            self.model, None if config.quantization_method is None else self.backends.linear)
+        self.vocab_size = hf.vocab_size
         if tp is not None:  # every rank must size its pool to the same number of blocks
             from medvllm.distributed.kv_blocks import agree_on_kv_blocks
             config = agree_on_kv_blocks(config, self.model, config.kv_torch_dtype, self.device, tp, max_model_len)
         self.kv_cache = allocate_kv_cache(self.model, config, config.kv_torch_dtype, self.device, max_model_len)
+        self.model.bind_kv_cache(self.kv_cache)
         self.max_model_len = fitted_max_model_len(config, self.kv_cache, max_model_len)
         self.num_blocks = self.kv_cache[0].shape[1]
-        self.decode_layer = use_fused_decode(self.model, self.device, self.dtype)  # needs the KV cache in place
         generator = torch.Generator(device=self.device)
         generator.manual_seed(config.seed)
         self.sampler = Sampler(generator)
         # weights and KV cache in place: from here on, keep each step's work buffers for the next step
         self.keeps_freed_memory = self.device.type == "cpu" and keep_freed_memory(
-            step_buffer_bytes(source.hf_config, config.max_num_batched_tokens))
+            step_buffer_bytes(hf, config.max_num_batched_tokens))
 
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool):
@@ -88,32 +85,11 @@ class ModelRunner:
         hidden = self.model(step.input_ids, step.positions, step.attn)
         return self.model.compute_logits(hidden).float()
 
-    def prepare(self, seqs: list[Sequence], is_prefill: bool, all_logits: bool = False):
-        """The step's input tensors (the tensor-parallel runner also sends them to its workers here)."""
-        return prepare_step(seqs, is_prefill, self.block_size, self.device, all_logits=all_logits)
-
-
-def build_model(source: ModelSource, max_model_len: int, dtype: torch.dtype, device: torch.device,
-                quant_method=None, tp=None):
-    cls = model_class(source.hf_config)
-    with torch.device("meta"):
-        model = cls(source.hf_config, max_model_len, tp=tp)
-    model = model.to(dtype).to_empty(device=device)  # cast while empty: the weights never exist twice
-    if model.tie_word_embeddings:  # to_empty unties shared parameters
-        model.lm_head.weight = model.model.embed_tokens.weight
-    if device.type != "cpu":
-        model.model.layers[0].self_attn.rotary.move_to(device)  # one table, shared by all layers
-    weights = source.iter_weights()
-    if quant_method is not None:  # each layer is quantized (its float weight freed) as soon as it is loaded
-        weights = quantize_while_loading(model, weights, quant_method)
-    load_weights(model, weights)
-    if quant_method is not None:
-        quantize_model(model, quant_method)
-    return model.eval()
-
-
-def _has_sliding_window(model) -> bool:
-    return any(getattr(m, "sliding_window", None) is not None for m in model.modules())
+    def prepare(self, seqs: list[Sequence], is_prefill: bool, all_logits: bool = False) -> StepInputs:
+        """The step's input tensors (sent to the other tensor-parallel ranks first, where there are some)."""
+        if self.broadcast is None:
+            return prepare_step(seqs, is_prefill, self.block_size, self.device, all_logits=all_logits)
+        return self.broadcast(prepare_step(seqs, is_prefill, self.block_size, CPU, all_logits=all_logits))
 
 
 from medvllm.sampling_params import SamplingParams  # noqa: E402  (after the classes that use it)

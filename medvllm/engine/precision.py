@@ -1,18 +1,14 @@
-"""Numerics that are set once at engine start: CUDA backend flags and where float32 is kept.
+"""CUDA backend flags set once at engine start (TF32, cuDNN benchmark).
 
 Mixed precision (bf16/fp16) runs weights and activations in that dtype, with float32 where it
 matters: RMSNorm statistics (layers/norm.py), the attention softmax (SDPA accumulates in float32 for
-bf16/fp16 inputs), and the logits the sampler sees, which `Float32Logits` computes from a float32
-copy of the LM head: on the default model, bf16 logits flipped the top-1 token at 3.3% of positions
-against float32, float32 logits from the same bf16 weights at 1.1%.
+bf16/fp16 inputs), and the logits the sampler sees (layers/linear.py's Float32Logits).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from medvllm.config import Config
-from medvllm.layers.linear import LinearBase, LinearMethod
 
 
 def apply_backend_flags(config: Config, device: torch.device) -> dict:
@@ -40,30 +36,3 @@ def backend_flags() -> dict:
     else:
         tf32 = torch.backends.cuda.matmul.allow_tf32
     return {"allow_tf32": tf32, "cudnn_benchmark": torch.backends.cudnn.benchmark}
-
-
-class Float32Logits(LinearMethod):
-    """The LM head of a bf16/fp16 model, computed in float32 from a float32 copy of its weight."""
-
-    name = "float32-logits"
-
-    def process_weights_after_loading(self, layer: LinearBase) -> None:
-        layer.weight_f32 = layer.weight.detach().float()
-        layer.bias_f32 = None if layer.bias is None else layer.bias.detach().float()
-
-    def apply(self, layer: LinearBase, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.float(), layer.weight_f32, layer.bias_f32)
-
-
-def keep_logits_float32(model, dtype: torch.dtype) -> None:
-    """Under mixed precision, give the LM head the float32 method. Its low-precision weight is freed,
-    unless it is tied to the embeddings, which look tokens up in the run dtype."""
-    if dtype == torch.float32:
-        return
-    head = model.lm_head
-    method = Float32Logits()
-    method.process_weights_after_loading(head)
-    head.method = method
-    if not getattr(model, "tie_word_embeddings", False):
-        from medvllm.quantization.dynamic_int8 import free_float_weight
-        free_float_weight(head)

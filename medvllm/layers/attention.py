@@ -6,7 +6,7 @@ and decode are one code path: a query at position p sees keys 0..p of its own se
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,9 @@ class AttentionMetadata:
     unpad_index: torch.Tensor | None = None  # [T] index into the flattened [B * max_q]
     masks: dict | None = None  # sliding window -> [B, 1, Q, L] bool mask, built by the first layer
     query_positions: torch.Tensor | None = None  # [B, Q] absolute position of each (padded) query
+    # what an attention backend derives from this step once and every layer reuses (e.g. host-side
+    # lengths, the native kernel's token rows), keyed by the backend
+    backend_state: dict = field(default_factory=dict)
 
 
 def build_mask(meta: AttentionMetadata, num_keys: int, sliding_window: int | None) -> torch.Tensor:
@@ -48,15 +51,23 @@ def gather_blocks(cache: torch.Tensor, flat_tables: torch.Tensor) -> torch.Tenso
 
 
 class PagedAttention(nn.Module):
+    """`backend`: how queries attend once the step's K/V are in the cache, chosen once per engine
+    (medvllm/backends/select.py): None is this class's SDPA path (any device); otherwise an object
+    called as backend(layer, q, meta) -> [T, H * D] (the CPU paged kernel, flash attention)."""
+
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
-                 sliding_window: int | None = None):
+                 sliding_window: int | None = None, backend=None):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = scale
         self.sliding_window = sliding_window
-        self.k_cache: torch.Tensor | None = None  # [num_blocks, block_size, Hkv, D], set by the runner
+        self.k_cache: torch.Tensor | None = None  # [num_blocks, block_size, Hkv, D], from bind_cache
         self.v_cache: torch.Tensor | None = None
-        self.backend = None  # a flash backend (layers/flash_attention.py) in place of the SDPA path below
+        self.backend = backend
+
+    def bind_cache(self, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+        """This layer's views of the engine's KV pool, given once the pool is allocated."""
+        self.k_cache, self.v_cache = k_cache, v_cache
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata):
         """q: [T, H, D], k/v: [T, Hkv, D] for the new tokens. Returns [T, H * D]."""

@@ -16,9 +16,8 @@ from medvllm.layers.native.build import load
 
 CACHE_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # CACHE_F32 / CACHE_BF16 in native/paged_attention.c
 # Prompt steps whose contexts are all this short attend through the kernel too, each prompt token over
-# the paged cache on its own; past it, SDPA's blocked kernel over the gathered context is faster (one
-# prompt of 128 / 512 / 1024 / 2000 tokens: 29 / 171 / 550 / 2371 ms for a whole int8 prompt step on
-# the kernel, 48 / 184 / 485 / 1561 ms with SDPA).
+# the paged cache on its own; past it, SDPA's blocked kernel over the gathered context is faster (the
+# crossover was measured: docs/ARCHITECTURE.md, "CPU backend").
 MAX_PROMPT_CONTEXT = 768
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -58,15 +57,17 @@ def paged_attention(kernel, q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
 
 
 class CpuPagedBackend:
-    """Installed on each PagedAttention layer by layers/flash_attention.install (backend "cpu-paged")."""
+    """The "cpu-paged" attention backend, handed to every PagedAttention layer at construction."""
+
+    name = "cpu-paged"
 
     def __init__(self):
-        self.kernel = native_kernel()
+        self.kernel = native_kernel()  # raises NativeUnavailable with the reason
 
     def __call__(self, attn, q: torch.Tensor, meta) -> torch.Tensor:
-        step = getattr(meta, "_native_step", None)
+        step = meta.backend_state.get(self.name)
         if step is None:  # once per step, shared by every layer
-            step = meta._native_step = _token_rows_and_positions(meta, q.shape[0])
+            step = meta.backend_state[self.name] = _token_rows_and_positions(meta, q.shape[0])
         if step is _SDPA:
             return attn.sdpa(q, meta)
         out = paged_attention(self.kernel, q, attn.k_cache, attn.v_cache, *step, attn.scale, attn.sliding_window)

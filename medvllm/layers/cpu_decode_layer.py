@@ -1,12 +1,12 @@
 """Steps of a float32 Llama-family model on CPU, one native call per decoder layer.
 
 native/decode_layer.c runs a whole layer (norms, the four Linears, rotary, the KV write, paged
-attention, SiLU) with the kernels the PyTorch path calls one by one, without ~15 dispatches and Python
-calls a layer. Its Linears are the native int8 kernel (dynamic int8) or float32 on packed panels
+attention, SiLU) with the kernels the PyTorch path calls one by one, without a dozen dispatches and
+Python calls a layer. Its Linears are the native int8 kernel (dynamic int8) or float32 on packed panels
 (cpu_panel_linear.py). Decode steps always take it; prompt steps too while no sequence's context
 exceeds MAX_PROMPT_CONTEXT (cpu_attention.py: each prompt token attends over the paged cache on its
-own). Models or settings it does not cover (tensor parallel, q/k norms, a cache dtype the kernel
-cannot read, another kind of Linear) keep the PyTorch path; runtime_info["decode_layer"] says which runs.
+own). Which models and settings it covers is decided with the other backends
+(medvllm/backends/select.py); runtime_info["decode_layer"] says whether it runs.
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import ctypes
 
 import torch
 
-from medvllm.layers.cpu_attention import CACHE_DTYPES, MAX_PROMPT_CONTEXT, CpuPagedBackend
-from medvllm.layers.native.build import NativeUnavailable, load
+from medvllm.layers.cpu_attention import CACHE_DTYPES, MAX_PROMPT_CONTEXT
+from medvllm.layers.native.build import load
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-_MAX_HEAD_DIM = 512  # decode_layer.c's rotary scratch
+MAX_HEAD_DIM = 512  # decode_layer.c's rotary scratch
 
 
 class _Weight(ctypes.Structure):
@@ -38,46 +38,25 @@ class _Step(ctypes.Structure):
                 ("sin", _P), ("tokens", _I), ("max_blocks", _I), ("threads", ctypes.c_int)]
 
 
-def _is_float32_panels(layer) -> bool:
-    return hasattr(layer, "f32_panels") and (layer.bias is None or layer.bias.dtype == torch.float32)
-
-
 def _weight(layer) -> _Weight:
+    """A Linear's packed form as the C struct: int8 panels (dynamic int8) or float32 panels."""
     bias = None if layer.bias is None else layer.bias.data_ptr()
-    if hasattr(layer, "int8_panels"):
-        return _Weight(layer.int8_panels.data_ptr(), layer.int8_scale.data_ptr(), bias,
-                       layer.int8_scale.shape[0], layer.int8_panels.shape[1] * 4, None,
-                       layer.int8_col_sums.data_ptr())
-    return _Weight(None, None, bias, layer.out_features, layer.in_features, layer.f32_panels.data_ptr(), None)
-
-
-def _why_not(model) -> str | None:
-    """Why the fused layer cannot run this model, or None when it can."""
-    layers = model.model.layers
-    first = layers[0]
-    if first.self_attn.qk_norm:
-        return "q/k norms"
-    for layer in layers:
-        attn = layer.self_attn
-        linears = (attn.qkv_proj, attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj)
-        if any(lin.tp.size != 1 or not (hasattr(lin, "int8_panels") or _is_float32_panels(lin)) for lin in linears):
-            return "a Linear layer on neither the native int8 kernel nor float32 panels"
-        cache = attn.attn.k_cache
-        if cache is None or cache.dtype not in CACHE_DTYPES or not isinstance(attn.attn.backend, CpuPagedBackend):
-            return "the attention backend or KV cache dtype"
-        if attn.head_dim > _MAX_HEAD_DIM:
-            return "head_dim"
-    return None
+    packed = layer.packed
+    if hasattr(packed, "panels"):
+        return _Weight(packed.panels.data_ptr(), packed.scale.data_ptr(), bias, packed.scale.shape[0],
+                       packed.panels.shape[1] * 4, None, packed.col_sums.data_ptr())
+    return _Weight(None, None, bias, layer.out_features, layer.in_features, packed.data_ptr(), None)
 
 
 class FusedDecode:
     """Runs every decoder layer of a step; returns (hidden, residual) before the final norm."""
 
     def __init__(self, model, kernel, work_floats):
+        """`model`: the decoder stack (LlamaModel), its KV cache bound and its weights packed."""
         self.kernel = kernel
-        self.rotary = model.model.layers[0].self_attn.rotary
+        self.rotary = model.layers[0].self_attn.rotary
         self.layers = []
-        for layer in model.model.layers:
+        for layer in model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             cache = attn.attn.k_cache
             self.layers.append(_Layer(
@@ -88,9 +67,8 @@ class FusedDecode:
                 attn.attn.sliding_window or 0, CACHE_DTYPES[cache.dtype], layer.input_layernorm.eps,
                 attn.attn.scale))
         self.work_floats = work_floats(ctypes.byref(self.layers[0]))  # per token, the same for every layer
-        # a prompt step's buffer (~40 MB at 2,048 tokens on the default model) is past glibc's mmap
-        # threshold: allocated per step, it was mapped in and zeroed again every step (36,000 page faults
-        # and ~7% of a 64-prompt prefill here)
+        # a prompt step's buffer is past glibc's mmap threshold: allocated per step, it would be mapped in
+        # and zeroed again every step; kept, it is reused
         self.work = torch.empty(0)
 
     def handles(self, meta) -> bool:
@@ -121,18 +99,11 @@ class FusedDecode:
         return hidden, residual
 
 
-def use_fused_decode(model, device: torch.device, dtype: torch.dtype) -> str:
-    """Give the model its fused decode path where it can run; returns "native" or "torch"."""
-    model.model.fused_decode = None
-    if device.type != "cpu" or dtype != torch.float32 or _why_not(model) is not None:
-        return "torch"
-    try:
-        library = load("decode_layer")
-    except NativeUnavailable:
-        return "torch"
+def fused_decode_layers():
+    """A builder for LayerKit.fused_layers: decoder stack -> FusedDecode. Raises NativeUnavailable with the reason."""
+    library = load("decode_layer")
     kernel, work_floats = library.decode_layer, library.decode_layer_work
     kernel.restype, work_floats.restype = ctypes.c_int, ctypes.c_int64
     kernel.argtypes = [_P, _P, _P, _P, ctypes.c_int, _P]
     work_floats.argtypes = [_P]
-    model.model.fused_decode = FusedDecode(model, kernel, work_floats)
-    return "native"
+    return lambda decoder: FusedDecode(decoder, kernel, work_floats)

@@ -1,12 +1,10 @@
 """Float32 Linears on CPU with their weights in native/f32_panels.c's packed layout.
 
 The weight is repacked once after loading and the plain [out, in] copy released, so it is held once.
-Every call then runs the native kernel: decode steps of any batch (one token to 256: 1.05-1.6x
-PyTorch's F.linear on the default model's shapes, weights read from memory) and prompt steps (2,048
-tokens: ~5% behind MKL's large-matrix blocking). The fused decoder layer (cpu_decode_layer.py) reads
-the same panels. The LM head too: 49152 x 576 at 64 tokens 11.4 ms with oneDNN's packing
-(cpu_linear.py, the fallback without a C compiler) -> 8.9 ms, at one token 2.5 -> 2.1 ms. Same float32
-arithmetic as F.linear, in a fixed order per output: one multiply-add chain over the inputs, then the bias.
+Every call then runs the native kernel, decode steps of any batch and prompt steps alike (README's
+figures compare it with PyTorch's F.linear); the fused decoder layer (cpu_decode_layer.py) reads the
+same panels, and so does the LM head. Same float32 arithmetic as F.linear, in a fixed order per
+output: one multiply-add chain over the inputs, then the bias.
 """
 from __future__ import annotations
 
@@ -14,8 +12,8 @@ import ctypes
 
 import torch
 
-from medvllm.layers.linear import UNQUANTIZED, LinearBase, LinearMethod
-from medvllm.layers.native.build import NativeUnavailable, load
+from medvllm.layers.linear import LinearBase, LinearMethod
+from medvllm.layers.native.build import load
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 PANEL_COLS = 48  # output columns per panel (PANEL_COLS in f32_panels.c)
@@ -56,34 +54,14 @@ def panel_linear(lib, x: torch.Tensor, panels: torch.Tensor, n_out: int, bias: t
 
 class PanelFloatMethod(LinearMethod):
     name = "float-panels"
+    frees_weight = True  # a tied LM head's plain copy stays: it is the token embedding's table
 
-    def __init__(self, lib):
-        self.lib = lib
+    def __init__(self):
+        self.lib = _library()  # raises NativeUnavailable with the reason
 
-    def process_weights_after_loading(self, layer: LinearBase) -> None:
-        layer.f32_panels = pack_panels(self.lib, layer.weight)  # this rank's [out_features, in_features]
-        # a new, empty Parameter: the plain copy is freed, except where it is the token embedding's too
-        # (a tied LM head), which keeps it
-        layer.weight = torch.nn.Parameter(torch.empty(0, dtype=torch.float32), requires_grad=False)
+    def pack(self, layer: LinearBase) -> torch.Tensor:
+        return pack_panels(self.lib, layer.weight)  # this rank's [out_features, in_features]
 
     def apply(self, layer: LinearBase, x: torch.Tensor) -> torch.Tensor:
         bias = None if layer.bias is None else layer.bias.detach()
-        return panel_linear(self.lib, x, layer.f32_panels, layer.out_features, bias)
-
-
-def use_float_panels(model: torch.nn.Module, dtype: torch.dtype) -> int:
-    """Give every still-float32 Linear of a CPU model (the decoder layers' and the LM head) packed
-    panels; returns how many (0 where the native kernels cannot be built: cpu_linear.py's oneDNN
-    packing then takes the head, and the decoder layers keep F.linear)."""
-    if dtype != torch.float32:
-        return 0
-    try:
-        method = PanelFloatMethod(_library())
-    except NativeUnavailable:
-        return 0
-    layers = [m for m in model.modules() if isinstance(m, LinearBase) and m.method is UNQUANTIZED
-              and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"]
-    for layer in layers:
-        method.process_weights_after_loading(layer)
-        layer.method = method
-    return len(layers)
+        return panel_linear(self.lib, x, layer.packed, layer.out_features, bias)

@@ -13,24 +13,32 @@ from torch import nn
 from medvllm.distributed.parallel import SINGLE, TensorParallel
 from medvllm.distributed.partition import split, split_sizes
 from medvllm.layers.cpu_int8_linear import int8_rows
-from medvllm.layers.linear import ColumnParallelLinear
+from medvllm.layers.linear import UNQUANTIZED, ColumnParallelLinear, LinearMethod
 
 
 class VocabParallelEmbedding(nn.Module):
-    def __init__(self, vocab_size: int, hidden_size: int, tp: TensorParallel | None = None):
+    """`int8`: once loaded, the table is held as int8 rows with one float32 scale each (symmetric), the
+    float rows freed. A looked-up row is then q * scale in float32: a quarter of the memory, each value
+    within half a step of the original."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, tp: TensorParallel | None = None, int8: bool = False):
         super().__init__()
         self.tp = tp or SINGLE
         self.vocab_size, self.hidden_size = vocab_size, hidden_size
         self.rows = split(vocab_size, self.tp.size, self.tp.rank)
         self.weight = nn.Parameter(torch.empty(self.rows[1], hidden_size), requires_grad=False)
-        self.int8_rows: torch.Tensor | None = None  # set by quantize_rows_int8
+        self.int8 = int8
+        self.int8_rows: torch.Tensor | None = None
         self.row_scale: torch.Tensor | None = None
 
-    def quantize_rows_int8(self) -> None:
-        """Hold the table as int8 with one float32 scale per row (symmetric), and free the float rows.
-        A looked-up row is then q * scale in float32: a quarter of the memory, each value within half a
-        step of the original."""
-        self.int8_rows, self.row_scale = int8_rows(self.weight)
+    def process_weights_after_loading(self) -> None:
+        if self.int8 and self.int8_rows is None:
+            self.use_int8_rows(*int8_rows(self.weight))
+
+    def use_int8_rows(self, rows: torch.Tensor, scale: torch.Tensor) -> None:
+        """Look tokens up in these int8 rows (a tied LM head's, which are this table's) and free the float
+        table."""
+        self.int8_rows, self.row_scale = rows, scale
         self.weight.data = torch.empty(0, dtype=self.weight.dtype, device=self.weight.device)
 
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
@@ -70,9 +78,14 @@ class VocabParallelEmbedding(nn.Module):
 class ParallelLMHead(ColumnParallelLinear):
     """hidden -> logits; rank 0 returns the full [N, vocab] logits, other ranks None."""
 
-    def __init__(self, hidden_size: int, vocab_size: int, tp: TensorParallel | None = None):
-        super().__init__(hidden_size, vocab_size, bias=False, tp=tp)
+    def __init__(self, hidden_size: int, vocab_size: int, tp: TensorParallel | None = None,
+                 method: LinearMethod = UNQUANTIZED, embedding: VocabParallelEmbedding | None = None):
+        """`embedding`: the token embedding whose table this head shares (tied weights), or None."""
+        super().__init__(hidden_size, vocab_size, bias=False, tp=tp, method=method)
         self.sizes = split_sizes(vocab_size, self.tp.size)
+        if embedding is not None:
+            self.weight = embedding.weight
+            self.shares_weight = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | None:
         logits = self.method.apply(self, x)

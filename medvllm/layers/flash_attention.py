@@ -1,6 +1,5 @@
 """Flash attention on CUDA: the flash-attn package's kernels when installed, else PyTorch SDPA held to
-its flash kernel. Never on CPU: the Config refuses it there, and so does
-layers/attention_backends.select_backend.
+its flash kernel. Never on CPU: the Config refuses it there.
 
 A backend is called by PagedAttention after the step's K/V are in the cache, with the flat queries
 [T, H, D], and returns [T, H * D]. Both read each sequence's context straight from the paged cache:
@@ -31,13 +30,13 @@ def flash_attn_installed() -> bool:
 
 def _lengths(q: torch.Tensor, meta) -> tuple[list[int], list[int]]:
     """(query tokens, context tokens) per sequence, as Python ints; computed once per step."""
-    cached = getattr(meta, "_host_lengths", None)
+    cached = meta.backend_state.get("host_lengths")
     if cached is None:
         if meta.is_decode:
             q_lens = [1] * meta.context_lens.shape[0]
         else:
             q_lens = (meta.pad_index != q.shape[0]).sum(dim=1).tolist()
-        cached = meta._host_lengths = (q_lens, meta.context_lens.tolist())
+        cached = meta.backend_state["host_lengths"] = (q_lens, meta.context_lens.tolist())
     return cached
 
 
@@ -46,6 +45,8 @@ def _cu(lengths: list[int], device) -> torch.Tensor:
 
 
 class FlashAttnBackend:
+    name = "flash-attn"
+
     def __init__(self):
         from flash_attn import flash_attn_varlen_func
         self.varlen = flash_attn_varlen_func
@@ -78,6 +79,8 @@ def gather_context(attn, meta, ctx_lens: list[int]) -> tuple[torch.Tensor, torch
 
 
 class SdpaFlashBackend:
+    name = "sdpa-flash"
+
     def __init__(self, kernels=None):
         from torch.nn.attention import SDPBackend
         self.kernels = kernels or [SDPBackend.FLASH_ATTENTION]  # tests pass MATH to run this on CPU

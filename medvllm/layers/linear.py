@@ -1,8 +1,10 @@
 """Linear layers whose weight storage and matmul belong to a pluggable LinearMethod.
 
 The model says *what* a projection is (replicated, column-split, row-split across tensor-parallel
-ranks); a LinearMethod says *how* it is stored and multiplied (float, dynamic int8, bitsandbytes).
-Quantization swaps the method after the float weights are loaded; the model code never changes.
+ranks); a LinearMethod says *how* it is stored and multiplied (float, packed panels, dynamic int8,
+bitsandbytes). The method is chosen once per engine (medvllm/backends/select.py) and handed to the
+layer at construction. Once the layer's checkpoint tensors are in, `process_weights_after_loading`
+asks the method for the layer's packed form, which the layer keeps as `packed`.
 """
 from __future__ import annotations
 
@@ -15,12 +17,15 @@ from medvllm.distributed.partition import split
 
 
 class LinearMethod:
-    """How a linear layer holds its weight and computes x @ W.T + b."""
+    """How a linear layer holds its weight and computes x @ W.T + b. This base class is the plain
+    PyTorch reference: the float weight as loaded, F.linear."""
 
     name = "float"
+    frees_weight = False  # whether the packed form replaces the float weight, which is then released
 
-    def process_weights_after_loading(self, layer: "LinearBase") -> None:
-        """Convert the loaded float weight (e.g. quantize it) and free what is no longer needed."""
+    def pack(self, layer: "LinearBase"):
+        """The layer's weight in this method's form, built from the loaded float weight (None: as is)."""
+        return None
 
     def apply(self, layer: "LinearBase", x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, layer.weight, layer.bias)
@@ -29,22 +34,57 @@ class LinearMethod:
 UNQUANTIZED = LinearMethod()
 
 
+class Float32Logits(LinearMethod):
+    """The LM head of a bf16/fp16 model, computed in float32 from a float32 copy of its weight: low
+    precision logits flip the top token noticeably more often (docs/QUALITY.md)."""
+
+    name = "float32-logits"
+    frees_weight = True  # the low-precision copy, unless the embedding table is the same tensor
+
+    def pack(self, layer: "LinearBase"):
+        bias = None if layer.bias is None else layer.bias.detach().float()
+        return layer.weight.detach().float(), bias
+
+    def apply(self, layer: "LinearBase", x: torch.Tensor) -> torch.Tensor:
+        weight, bias = layer.packed
+        return F.linear(x.float(), weight, bias)
+
+
 class LinearBase(nn.Module):
     """`in_features`/`out_features` are this rank's shapes; the checkpoint tensors are the full ones.
 
     The weight loader hands `load_weight` the full checkpoint tensor; each layer keeps its rank's slice.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, tp: TensorParallel | None = None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, tp: TensorParallel | None = None,
+                 method: LinearMethod = UNQUANTIZED):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
-        self.method: LinearMethod = UNQUANTIZED
+        self.method = method
+        self.packed = None  # the method's form of the weight, once loaded
+        self.processed = False
+        self.shares_weight = False  # a tied LM head: its weight is the embedding's table too
         self.tp = tp or SINGLE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.method.apply(self, x)
+
+    def process_weights_after_loading(self) -> None:
+        """Called once this layer's checkpoint tensors are in: keep the method's packed form, and release
+        the float weight it replaces. A shared table (a tied head's) stays with the embedding: this layer
+        only lets go of it. Otherwise the storage is dropped in place, as the loader may still hold the
+        Parameter object."""
+        self.packed = self.method.pack(self)
+        self.processed = True
+        if not self.method.frees_weight:
+            return
+        empty = torch.empty(0, dtype=self.weight.dtype, device=self.weight.device)
+        if self.shares_weight:
+            self.weight = nn.Parameter(empty, requires_grad=False)
+        else:
+            self.weight.data = empty
 
     # --- loading: full checkpoint tensor in, this rank's slice kept -------------------------------------
     def full_shape(self, name: str, shard: int | None = None) -> tuple[int, ...] | None:
@@ -70,11 +110,11 @@ class ColumnParallelLinear(LinearBase):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, tp: TensorParallel | None = None,
-                 rows: tuple[int, int] | None = None):
+                 rows: tuple[int, int] | None = None, method: LinearMethod = UNQUANTIZED):
         tp = tp or SINGLE
         self.full_out = out_features
         self.rows = rows or split(out_features, tp.size, tp.rank)
-        super().__init__(in_features, self.rows[1], bias, tp)
+        super().__init__(in_features, self.rows[1], bias, tp, method)
 
     def full_shape(self, name, shard=None):
         if getattr(self, name, None) is None:
@@ -94,12 +134,13 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     """
 
     def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False,
-                 tp: TensorParallel | None = None, shard_rows: list[tuple[int, int]] | None = None):
+                 tp: TensorParallel | None = None, shard_rows: list[tuple[int, int]] | None = None,
+                 method: LinearMethod = UNQUANTIZED):
         tp = tp or SINGLE
         self.full_output_sizes = list(output_sizes)
         self.row_slices = list(shard_rows or [split(n, tp.size, tp.rank) for n in output_sizes])
         self.output_sizes = [size for _, size in self.row_slices]
-        LinearBase.__init__(self, in_features, sum(self.output_sizes), bias, tp)
+        LinearBase.__init__(self, in_features, sum(self.output_sizes), bias, tp, method)
 
     def shard_rows(self, shard: int) -> tuple[int, int]:
         """(start, size) of one merged projection's rows in this layer's weight."""
@@ -129,12 +170,12 @@ class RowParallelLinear(LinearBase):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, tp: TensorParallel | None = None,
-                 cols: tuple[int, int] | None = None):
+                 cols: tuple[int, int] | None = None, method: LinearMethod = UNQUANTIZED):
         tp = tp or SINGLE
         self.full_in = in_features
         self.cols = cols or split(in_features, tp.size, tp.rank)
         self.has_bias = bias
-        super().__init__(self.cols[1], out_features, bias and tp.is_driver, tp)
+        super().__init__(self.cols[1], out_features, bias and tp.is_driver, tp, method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.method.apply(self, x)

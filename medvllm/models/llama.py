@@ -16,6 +16,7 @@ from medvllm.distributed.parallel import SINGLE, TensorParallel
 from medvllm.distributed.partition import head_shard
 from medvllm.layers.attention import AttentionMetadata, PagedAttention
 from medvllm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from medvllm.layers.kit import REFERENCE, LayerKit
 from medvllm.layers.linear import MergedColumnParallelLinear, RowParallelLinear
 from medvllm.layers.norm import RMSNorm
 from medvllm.layers.rotary import get_rotary, rope_parameters
@@ -31,7 +32,7 @@ class ArchOptions:
 class Attention(nn.Module):
     """num_heads / num_kv_heads / q_size / kv_size are this rank's (all of them when tp=1)."""
 
-    def __init__(self, cfg, opts: ArchOptions, max_positions: int, tp: TensorParallel = SINGLE):
+    def __init__(self, cfg, opts: ArchOptions, max_positions: int, kit: LayerKit, tp: TensorParallel = SINGLE):
         super().__init__()
         total_heads = cfg.num_attention_heads
         total_kv_heads = cfg.num_key_value_heads or total_heads
@@ -44,18 +45,18 @@ class Attention(nn.Module):
         kv_rows = (shard.kv_start * d, self.kv_size)
         self.qkv_proj = MergedColumnParallelLinear(
             cfg.hidden_size, [total_heads * d, total_kv_heads * d, total_kv_heads * d], bias=bias, tp=tp,
-            shard_rows=[(shard.q_start * d, self.q_size), kv_rows, kv_rows])
+            shard_rows=[(shard.q_start * d, self.q_size), kv_rows, kv_rows], method=kit.linear)
         self.o_proj = RowParallelLinear(total_heads * d, cfg.hidden_size,
                                         bias=bool(getattr(cfg, "attention_bias", False)), tp=tp,
-                                        cols=(shard.q_start * d, self.q_size))
+                                        cols=(shard.q_start * d, self.q_size), method=kit.linear)
         if opts.qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, kit.norm)
+            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, kit.norm)
         self.qk_norm = opts.qk_norm
         # shared by every layer; kept out of the module tree so casts and meta-init leave it alone
         self.__dict__["rotary"] = get_rotary(self.head_dim, max_positions, rope_parameters(cfg))
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim,
-                                   self.head_dim ** -0.5, opts.sliding_window)
+                                   self.head_dim ** -0.5, opts.sliding_window, kit.attention)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata):
         qkv = self.qkv_proj(x)
@@ -73,15 +74,16 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg, tp: TensorParallel = SINGLE):
+    def __init__(self, cfg, kit: LayerKit, tp: TensorParallel = SINGLE):
         super().__init__()
         if getattr(cfg, "hidden_act", "silu") != "silu":
             from medvllm.errors import ModelLoadError
             raise ModelLoadError(f"hidden_act={cfg.hidden_act!r} is not supported: Llama-family models use silu")
         bias = bool(getattr(cfg, "mlp_bias", False))
         self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=bias,
-                                                       tp=tp)
-        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=bias, tp=tp)
+                                                       tp=tp, method=kit.linear)
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=bias, tp=tp,
+                                           method=kit.linear)
         self.intermediate = self.gate_up_proj.output_sizes[0]  # this rank's share
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,12 +92,12 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg, opts: ArchOptions, max_positions: int, tp: TensorParallel = SINGLE):
+    def __init__(self, cfg, opts: ArchOptions, max_positions: int, kit: LayerKit, tp: TensorParallel = SINGLE):
         super().__init__()
-        self.self_attn = Attention(cfg, opts, max_positions, tp)
-        self.mlp = MLP(cfg, tp)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, opts, max_positions, kit, tp)
+        self.mlp = MLP(cfg, kit, tp)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kit.norm)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kit.norm)
 
     def forward(self, positions, x, residual, meta):
         if residual is None:
@@ -108,18 +110,26 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg, opts: ArchOptions, max_positions: int, tp: TensorParallel = SINGLE):
+    def __init__(self, cfg, opts: ArchOptions, max_positions: int, kit: LayerKit, tp: TensorParallel = SINGLE):
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, opts, max_positions, tp)
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp, int8=kit.embedding_int8)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, opts, max_positions, kit, tp)
                                     for _ in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.fused_decode = None  # all layers of a step in native code (layers/cpu_decode_layer.py)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kit.norm)
+        self.make_fused_layers = kit.fused_layers
+        self.fused_layers = None  # built by bind_kv_cache: it reads the cache and the packed weights
+
+    def bind_kv_cache(self, cache: torch.Tensor) -> None:
+        """Give each attention layer its views of the KV pool [2, layers, blocks, block_size, Hkv, D]."""
+        for i, layer in enumerate(self.layers):
+            layer.self_attn.attn.bind_cache(cache[0, i], cache[1, i])
+        if self.make_fused_layers is not None:
+            self.fused_layers = self.make_fused_layers(self)
 
     def forward(self, input_ids, positions, meta):
         x, residual = self.embed_tokens(input_ids), None
-        if self.fused_decode is not None and self.fused_decode.handles(meta):
-            x, residual = self.fused_decode(x, positions, meta)
+        if self.fused_layers is not None and self.fused_layers.handles(meta):
+            x, residual = self.fused_layers(x, positions, meta)
         else:
             for layer in self.layers:
                 x, residual = layer(positions, x, residual, meta)
@@ -134,15 +144,16 @@ class LlamaForCausalLM(nn.Module):
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
     }
 
-    def __init__(self, cfg, max_positions: int, opts: ArchOptions | None = None, tp: TensorParallel | None = None):
+    def __init__(self, cfg, max_positions: int, opts: ArchOptions | None = None, tp: TensorParallel | None = None,
+                 kit: LayerKit = REFERENCE):
         super().__init__()
         self.config = cfg
         tp = tp or SINGLE
-        self.model = LlamaModel(cfg, opts or self.arch_options(cfg), max_positions, tp)
+        self.model = LlamaModel(cfg, opts or self.arch_options(cfg), max_positions, kit, tp)
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
-        self.lm_head = ParallelLMHead(cfg.hidden_size, cfg.vocab_size, tp)  # vocab-split; full logits on rank 0
-        if self.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        # vocab-split; full logits on rank 0
+        self.lm_head = ParallelLMHead(cfg.hidden_size, cfg.vocab_size, tp, kit.lm_head,
+                                      self.model.embed_tokens if self.tie_word_embeddings else None)
 
     @staticmethod
     def arch_options(cfg) -> ArchOptions:
@@ -150,6 +161,25 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, input_ids, positions, meta) -> torch.Tensor:
         return self.model(input_ids, positions, meta)
+
+    def process_embeddings_after_loading(self) -> None:
+        """The token table and the head, once both are in: an int8 tied head hands the embedding its rows,
+        so one int8 table serves both."""
+        head, embedding = self.lm_head, self.model.embed_tokens
+        head.process_weights_after_loading()
+        rows = getattr(head.packed, "rows", None)
+        if self.tie_word_embeddings and embedding.int8 and rows is not None:
+            embedding.use_int8_rows(rows, head.packed.scale)
+        else:
+            embedding.process_weights_after_loading()
+
+    def tie_weights(self) -> None:
+        """Point a tied head at the embedding's table again (giving a meta model storage unties them)."""
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def bind_kv_cache(self, cache: torch.Tensor) -> None:
+        self.model.bind_kv_cache(cache)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """[N, vocab] logits on rank 0; None on the other tensor-parallel ranks."""

@@ -1,17 +1,18 @@
 """bitsandbytes 8-bit (LLM.int8 with outlier decomposition) and 4-bit NF4 weights, for CUDA.
 
 Each Linear's float weight is handed to a bitsandbytes layer, which quantizes it when moved to the
-weight's device; the float weight is then freed. The bitsandbytes layer is kept out of the module tree
-(like the rotary table), so casts and parameter walks over the model never touch its packed storage.
-The bias stays ours, in the run dtype.
+weight's device; the float weight is then freed. The bitsandbytes layer is the Linear's packed form,
+held in a plain wrapper out of the module tree (like the rotary table), so casts and parameter walks
+over the model never touch its packed storage. The bias stays ours, in the run dtype.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from medvllm.errors import ConfigError
 from medvllm.layers.linear import LinearBase, LinearMethod
-from medvllm.quantization.dynamic_int8 import free_float_weight
 
 OUTLIER_THRESHOLD = 6.0  # LLM.int8(): input columns above this magnitude run in 16-bit (the paper's value)
 
@@ -26,21 +27,26 @@ def _bnb(method: str):
     return bitsandbytes
 
 
+@dataclass(frozen=True)
+class BnbLinear:
+    module: torch.nn.Module  # a bitsandbytes Linear holding the quantized weight
+
+
 class _BnbMethod(LinearMethod):
     config_name = ""
+    frees_weight = True
 
     def __init__(self):
         self.bnb = _bnb(self.config_name)
 
-    def process_weights_after_loading(self, layer: LinearBase) -> None:
+    def pack(self, layer: LinearBase) -> BnbLinear:
         weight = layer.weight.detach()
         module = self._build(layer.in_features, layer.out_features, weight.dtype)
         module.weight = self._params(weight)
-        layer.__dict__["bnb_linear"] = module.to(weight.device)  # quantizes here
-        free_float_weight(layer)
+        return BnbLinear(module.to(weight.device))  # quantizes here
 
     def apply(self, layer: LinearBase, x: torch.Tensor) -> torch.Tensor:
-        out = layer.bnb_linear(x)
+        out = layer.packed.module(x)
         if layer.bias is not None:
             out = out + layer.bias
         return out

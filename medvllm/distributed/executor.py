@@ -1,7 +1,7 @@
-"""TensorParallelRunner: rank 0's ModelRunner when tensor_parallel_size > 1.
+"""TensorParallelExecutor: rank 0's side of a tensor-parallel engine (tensor_parallel_size > 1).
 
-It builds its own shard like every rank, and before each forward pass sends the step's inputs to the
-workers so that all ranks run the same step; the LM head gathers the logits here, and the sampler
+Rank 0 builds its own shard like every rank, and before each forward pass sends the step's inputs to
+the workers so that all ranks run the same step; the LM head gathers the logits here, and the sampler
 runs here only. A dead worker surfaces as a DistributedError, never a hang.
 """
 from __future__ import annotations
@@ -16,32 +16,31 @@ from medvllm.config import Config
 from medvllm.distributed.channel import to_device
 from medvllm.distributed.launcher import Workers
 from medvllm.distributed.partition import check_heads
+from medvllm.engine.executor import Executor
 from medvllm.engine.model_runner import ModelRunner
-from medvllm.engine.step_inputs import prepare_step
+from medvllm.engine.step_inputs import StepInputs
 from medvllm.loader import ModelSource, default_model_path
 
-CPU = torch.device("cpu")
 
-
-class TensorParallelRunner(ModelRunner):
+class TensorParallelExecutor(Executor):
     def __init__(self, config: Config, source: ModelSource, max_model_len: int):
         hf = source.hf_config
         check_heads(hf.num_attention_heads, hf.num_key_value_heads or hf.num_attention_heads,
                     config.tensor_parallel_size, source.description)
         self.workers = Workers(config)
         tp = self.workers.start()  # under torchrun, ranks other than 0 serve inside and never return
-        # stop the workers when this runner is dropped or the interpreter exits, whichever comes first
+        # stop the workers when this executor is dropped or the interpreter exits, whichever comes first
         self._finalizer = weakref.finalize(self, self.workers.shutdown)
         if config.resolved_device.type == "cpu" and tp.is_driver and tp.size > 1:
             warn_cpu_speed(config.tensor_parallel_size)
+        self.device = config.resolved_device
         with self.workers.guard("while loading the model"):
             self.workers.send(("init", config, model_reference(config, source), max_model_len))
-            super().__init__(config, source, max_model_len, tp)
+            self.runner = ModelRunner(config, source, max_model_len, tp, broadcast=self._broadcast)
 
-    def prepare(self, seqs, is_prefill, all_logits=False):
-        step = prepare_step(seqs, is_prefill, self.block_size, CPU, all_logits=all_logits)
+    def _broadcast(self, step: StepInputs) -> StepInputs:
         self.workers.send(("step", step))
-        return step if self.device == CPU else to_device(step, self.device)
+        return step if self.device.type == "cpu" else to_device(step, self.device)
 
     def run(self, seqs, is_prefill):
         with self.workers.guard("during a model step"):
