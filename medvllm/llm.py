@@ -43,7 +43,7 @@ class LLM:
             "device": str(runner.device),
             "dtype": str(runner.dtype).replace("torch.", ""),
             "attention_backend": runner.attention_backend,
-            "rms_norm": runner.rms_norm,  # "native": the C kernel of layers/native/fused_norm.c
+            "rms_norm": runner.rms_norm,  # "native": the C kernel of backends/cpu/native/fused_norm.c
             "quantization": runner.quantization,
             "lm_head": runner.model.lm_head.method.name,  # "float32-logits" under mixed precision
             **runner.backend_flags,  # allow_tf32, cudnn_benchmark as set on CUDA; None on CPU

@@ -8,7 +8,7 @@ import torch
 
 from engine_probe import LogitsRecorder
 from medvllm import LLM, SamplingParams
-from medvllm.layers.native.build import NativeUnavailable, load
+from medvllm.backends.cpu.native.build import NativeUnavailable, load
 from tiny_models import build_tiny
 
 

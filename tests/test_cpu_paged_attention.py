@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from medvllm.layers.cpu_attention import native_kernel, paged_attention
-from medvllm.layers.native.build import NativeUnavailable
+from medvllm.backends.cpu.native.build import NativeUnavailable
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_refuses_other_cache_dtypes(kernel):
 def test_build_failure_is_reported_not_raised_into_the_engine(monkeypatch, tmp_path):
     from medvllm.config import Config
     from medvllm.layers import attention_backends
-    from medvllm.layers.native import build
+    from medvllm.backends.cpu.native import build
     build._library.cache_clear()
     monkeypatch.setenv("MEDVLLM_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medvllm.layers.native.build import NativeUnavailable
+from medvllm.backends.cpu.native.build import NativeUnavailable
 
 
 def _lib():

@@ -20,7 +20,7 @@ from medvllm.layers.cpu_int8_linear import rows_kernel_uses_amx
 from medvllm.layers.cpu_linear import packing_available
 from medvllm.layers.linear import ReplicatedLinear
 from medvllm.quantization import METHODS, quantize_model, quantizable_layers
-from medvllm.layers.native.build import NativeUnavailable, load
+from medvllm.backends.cpu.native.build import NativeUnavailable, load
 from medvllm.quantization.dynamic_int8 import DynamicInt8Method
 from quant_quality import max_ngram_repeats, teacher_forced
 

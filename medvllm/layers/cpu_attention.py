@@ -12,7 +12,7 @@ import ctypes
 
 import torch
 
-from medvllm.layers.native.build import load
+from medvllm.backends.cpu.native.build import load
 
 CACHE_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # CACHE_F32 / CACHE_BF16 in native/paged_attention.c
 # Prompt steps whose contexts are all this short attend through the kernel too, each prompt token over

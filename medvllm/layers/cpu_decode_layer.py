@@ -15,7 +15,7 @@ import ctypes
 import torch
 
 from medvllm.layers.cpu_attention import CACHE_DTYPES, MAX_PROMPT_CONTEXT, CpuPagedBackend
-from medvllm.layers.native.build import NativeUnavailable, load
+from medvllm.backends.cpu.native.build import NativeUnavailable, load
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _MAX_HEAD_DIM = 512  # decode_layer.c's rotary scratch

@@ -12,7 +12,7 @@ import ctypes
 
 import torch
 
-from medvllm.layers.native.build import load
+from medvllm.backends.cpu.native.build import load
 
 PANEL = 16  # output columns per packed panel (PANEL in int8_linear.c)
 QMAX = 127

@@ -15,7 +15,7 @@ import ctypes
 import torch
 
 from medvllm.layers.linear import UNQUANTIZED, LinearBase, LinearMethod
-from medvllm.layers.native.build import NativeUnavailable, load
+from medvllm.backends.cpu.native.build import NativeUnavailable, load
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 PANEL_COLS = 48  # output columns per panel (PANEL_COLS in f32_panels.c)

@@ -10,7 +10,7 @@ import ctypes
 import torch
 from torch import nn
 
-from medvllm.layers.native.build import NativeUnavailable, load
+from medvllm.backends.cpu.native.build import NativeUnavailable, load
 
 
 class RMSNorm(nn.Module):

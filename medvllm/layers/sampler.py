@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import torch
 
-from medvllm.layers.native.build import NativeUnavailable, load
+from medvllm.backends.cpu.native.build import NativeUnavailable, load
 
 _SEED_MIX = 0x9E3779B97F4A7C15  # spreads (seed, step) pairs over the generator's seed space
 

@@ -1,7 +1,7 @@
 """Dynamic int8 on CPU: int8 weights per output channel, activations quantized per token at run time.
 
 Two kernels, the choice recorded in runtime_info["quantization"]["kernel"]:
-- "native" (layers/native/int8_linear.c), used wherever the C kernels build: full-range weights
+- "native" (backends/cpu/native/int8_linear.c), used wherever the C kernels build: full-range weights
   (|q| <= 127) held once at one byte each, activations quantized inside the kernel, exact int32 sums.
   Measured here (2 threads, AVX2, the default model's four Linear shapes summed, benchmarks/int8_cpu.py):
   faster than float32 at every row count from 1 to 2,048; 2-4x faster than fbgemm at 1-16 rows (decode),
@@ -24,7 +24,7 @@ import torch
 from medvllm.errors import ConfigError
 from medvllm.layers import cpu_int8_linear as native
 from medvllm.layers.linear import LinearBase, LinearMethod
-from medvllm.layers.native.build import NativeUnavailable
+from medvllm.backends.cpu.native.build import NativeUnavailable
 
 FBGEMM_WEIGHT_QMAX = 63
 _TINY = 1e-12

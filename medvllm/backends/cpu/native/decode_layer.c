@@ -8,7 +8,7 @@
  * (this file includes their sources), so each step computes the same arithmetic; only rotary and SiLU
  * are written out here, in float32 as layers/rotary.py and F.silu do.
  *
- * Built at first use by medvllm/layers/native/build.py (gcc -O3 -march=native -fopenmp).
+ * Built at first use by medvllm/backends/cpu/native/build.py (gcc -O3 -march=native -fopenmp).
  */
 #include "f32_panels.c"
 #include "fused_norm.c"

@@ -1,0 +1,1 @@
+"""Backends: the device-specific code behind the engine's small interfaces."""
