@@ -7,3 +7,4 @@
 #include "decode_layer.c"
 #include "int8_rows_matmul.c"
 #include "first_max.c"
+#include "layout.c"
