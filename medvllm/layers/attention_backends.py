@@ -47,8 +47,8 @@ def select_backend(config, device: torch.device, dtype: torch.dtype, sliding_win
 
 
 def _native_cpu_kernel_ready() -> bool:
-    from medvllm.layers.cpu_attention import native_kernel
     from medvllm.backends.cpu.native.build import NativeUnavailable
+    from medvllm.layers.cpu_attention import native_kernel
     try:
         native_kernel()
         return True

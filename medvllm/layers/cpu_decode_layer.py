@@ -10,45 +10,23 @@ cannot read, another kind of Linear) keep the PyTorch path; runtime_info["decode
 """
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
+from medvllm.backends.cpu.native import binding
+from medvllm.backends.cpu.native.build import NativeUnavailable
 from medvllm.layers.cpu_attention import CACHE_DTYPES, MAX_PROMPT_CONTEXT, CpuPagedBackend
-from medvllm.backends.cpu.native.build import NativeUnavailable, load
 
-_P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _MAX_HEAD_DIM = 512  # decode_layer.c's rotary scratch
-
-
-class _Weight(ctypes.Structure):
-    _fields_ = [("panels", _P), ("scale", _P), ("bias", _P), ("n_out", _I), ("k_padded", _I), ("f32_panels", _P),
-                ("col_sums", _P)]
-
-
-class _Layer(ctypes.Structure):
-    _fields_ = [("qkv", _Weight), ("o", _Weight), ("gate_up", _Weight), ("down", _Weight),
-                ("input_norm", _P), ("post_norm", _P), ("k_cache", _P), ("v_cache", _P),
-                ("hidden", _I), ("heads", _I), ("kv_heads", _I), ("head_dim", _I), ("intermediate", _I),
-                ("block_size", _I), ("window", _I), ("cache_dtype", _I), ("eps", _F), ("scale", _F)]
-
-
-class _Step(ctypes.Structure):
-    _fields_ = [("positions", _P), ("slots", _P), ("block_tables", _P), ("token_rows", _P), ("cos", _P),
-                ("sin", _P), ("tokens", _I), ("max_blocks", _I), ("threads", ctypes.c_int)]
 
 
 def _is_float32_panels(layer) -> bool:
     return hasattr(layer, "f32_panels") and (layer.bias is None or layer.bias.dtype == torch.float32)
 
 
-def _weight(layer) -> _Weight:
-    bias = None if layer.bias is None else layer.bias.data_ptr()
+def _weight(layer) -> binding.Weight:
     if hasattr(layer, "int8_panels"):
-        return _Weight(layer.int8_panels.data_ptr(), layer.int8_scale.data_ptr(), bias,
-                       layer.int8_scale.shape[0], layer.int8_panels.shape[1] * 4, None,
-                       layer.int8_col_sums.data_ptr())
-    return _Weight(None, None, bias, layer.out_features, layer.in_features, layer.f32_panels.data_ptr(), None)
+        return binding.decode_weight_int8(layer.int8_panels, layer.int8_scale, layer.bias, layer.int8_col_sums)
+    return binding.decode_weight_f32(layer.f32_panels, layer.bias, layer.out_features, layer.in_features)
 
 
 def _why_not(model) -> str | None:
@@ -80,14 +58,12 @@ class FusedDecode:
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             cache = attn.attn.k_cache
-            self.layers.append(_Layer(
+            self.layers.append(binding.decode_layer_params(
                 _weight(attn.qkv_proj), _weight(attn.o_proj), _weight(mlp.gate_up_proj), _weight(mlp.down_proj),
-                layer.input_layernorm.weight.data_ptr(), layer.post_attention_layernorm.weight.data_ptr(),
-                cache.data_ptr(), attn.attn.v_cache.data_ptr(), layer.input_layernorm.weight.shape[0],
-                attn.num_heads, attn.num_kv_heads, attn.head_dim, mlp.intermediate, cache.shape[1],
-                attn.attn.sliding_window or 0, CACHE_DTYPES[cache.dtype], layer.input_layernorm.eps,
-                attn.attn.scale))
-        self.work_floats = work_floats(ctypes.byref(self.layers[0]))  # per token, the same for every layer
+                layer.input_layernorm.weight, layer.post_attention_layernorm.weight, cache, attn.attn.v_cache,
+                attn.num_heads, attn.num_kv_heads, attn.head_dim, mlp.intermediate, attn.attn.sliding_window or 0,
+                layer.input_layernorm.eps, attn.attn.scale))
+        self.work_floats = work_floats(self.layers[0])  # per token, the same for every layer
         # a prompt step's buffer (~40 MB at 2,048 tokens on the default model) is past glibc's mmap
         # threshold: allocated per step, it was mapped in and zeroed again every step (36,000 page faults
         # and ~7% of a 64-prompt prefill here)
@@ -111,12 +87,10 @@ class FusedDecode:
             rows = torch.arange(tokens, dtype=torch.int64)
         else:  # each prompt token's sequence: its row of the padded [B, max_q] layout
             rows = torch.div(meta.unpad_index, meta.pad_index.shape[1], rounding_mode="floor").to(torch.int64)
-        step = _Step(positions.data_ptr(), slots.data_ptr(), tables.data_ptr(), rows.data_ptr(),
-                     self.rotary.cos.data_ptr(), self.rotary.sin.data_ptr(), tokens, tables.shape[1],
-                     torch.get_num_threads())
-        step_ref, h, r, w = ctypes.byref(step), hidden.data_ptr(), residual.data_ptr(), work.data_ptr()
+        step = binding.decode_step(positions, slots, tables, rows, self.rotary.cos, self.rotary.sin,
+                                   torch.get_num_threads())
         for i, layer in enumerate(self.layers):
-            if self.kernel(ctypes.byref(layer), step_ref, h, r, int(i == 0), w) != 0:
+            if self.kernel(layer, step, hidden, residual, i == 0, work) != 0:
                 raise MemoryError("the native decode layer could not allocate its work memory")
         return hidden, residual
 
@@ -127,12 +101,8 @@ def use_fused_decode(model, device: torch.device, dtype: torch.dtype) -> str:
     if device.type != "cpu" or dtype != torch.float32 or _why_not(model) is not None:
         return "torch"
     try:
-        library = load("decode_layer")
+        binding.library()
     except NativeUnavailable:
         return "torch"
-    kernel, work_floats = library.decode_layer, library.decode_layer_work
-    kernel.restype, work_floats.restype = ctypes.c_int, ctypes.c_int64
-    kernel.argtypes = [_P, _P, _P, _P, ctypes.c_int, _P]
-    work_floats.argtypes = [_P]
-    model.model.fused_decode = FusedDecode(model, kernel, work_floats)
+    model.model.fused_decode = FusedDecode(model, binding.decode_layer, binding.decode_layer_work)
     return "native"

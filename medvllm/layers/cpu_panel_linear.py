@@ -10,24 +10,18 @@ arithmetic as F.linear, in a fixed order per output: one multiply-add chain over
 """
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
+from medvllm.backends.cpu.native import binding
+from medvllm.backends.cpu.native.build import NativeUnavailable
 from medvllm.layers.linear import UNQUANTIZED, LinearBase, LinearMethod
-from medvllm.backends.cpu.native.build import NativeUnavailable, load
 
-_P, _I = ctypes.c_void_p, ctypes.c_int64
 PANEL_COLS = 48  # output columns per panel (PANEL_COLS in f32_panels.c)
 
 
 def _library():
-    lib = load("f32_panels")
-    lib.f32_panels_size.restype, lib.f32_panels_size.argtypes = _I, [_I, _I]
-    lib.f32_panels_pack.restype, lib.f32_panels_pack.argtypes = None, [_P, _P, _I, _I, ctypes.c_int]
-    lib.f32_panels_linear.restype = None
-    lib.f32_panels_linear.argtypes = [_P, _P, _P, _P, _I, _I, _I, ctypes.c_int]
-    return lib
+    binding.library()
+    return binding
 
 
 def pack_panels(lib, weight: torch.Tensor) -> torch.Tensor:
@@ -35,7 +29,7 @@ def pack_panels(lib, weight: torch.Tensor) -> torch.Tensor:
     weight = weight.detach().contiguous()
     n_out, n_in = weight.shape
     panels = torch.empty(lib.f32_panels_size(n_out, n_in), dtype=torch.float32)
-    lib.f32_panels_pack(panels.data_ptr(), weight.data_ptr(), n_out, n_in, torch.get_num_threads())
+    lib.f32_panels_pack(panels, weight, torch.get_num_threads())
     return panels
 
 
@@ -48,9 +42,7 @@ def panel_linear(lib, x: torch.Tensor, panels: torch.Tensor, n_out: int, bias: t
     """x [..., in] float32 -> [..., n_out] float32."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     out = torch.empty(rows.shape[0], n_out, dtype=torch.float32)
-    lib.f32_panels_linear(out.data_ptr(), rows.data_ptr(), panels.data_ptr(),
-                          None if bias is None else bias.data_ptr(), rows.shape[0], rows.shape[1], n_out,
-                          torch.get_num_threads())
+    lib.f32_panels_linear(out, rows, panels, bias, torch.get_num_threads())
     return out.view(*x.shape[:-1], n_out)
 
 

@@ -5,12 +5,11 @@ native/fused_norm.c: the same arithmetic in one pass instead of eight PyTorch op
 """
 from __future__ import annotations
 
-import ctypes
-
 import torch
 from torch import nn
 
-from medvllm.backends.cpu.native.build import NativeUnavailable, load
+from medvllm.backends.cpu.native import binding
+from medvllm.backends.cpu.native.build import NativeUnavailable
 
 
 class RMSNorm(nn.Module):
@@ -39,10 +38,8 @@ class RMSNorm(nn.Module):
         x = x.contiguous()
         out = torch.empty_like(x)
         summed = None if residual is None else torch.empty_like(x)
-        rows = x.numel() // x.shape[-1]
-        self.native(out.data_ptr(), None if summed is None else summed.data_ptr(), x.data_ptr(),
-                    None if residual is None else residual.contiguous().data_ptr(), self.weight.data_ptr(),
-                    self.eps, rows, x.shape[-1], torch.get_num_threads())
+        self.native(out, summed, x, None if residual is None else residual.contiguous(), self.weight, self.eps,
+                    torch.get_num_threads())
         return out if residual is None else (out, summed)
 
 
@@ -52,11 +49,10 @@ def use_native_norms(model: nn.Module, device: torch.device, dtype: torch.dtype)
     if device.type != "cpu" or dtype != torch.float32:
         return "torch"
     try:
-        fn = load("fused_norm").rms_norm
+        binding.library()
     except NativeUnavailable:
         return "torch"
-    fn.restype = None
-    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_float, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    fn = binding.rms_norm
     norms = [m for m in model.modules() if isinstance(m, RMSNorm)]
     for norm in norms:
         norm.native = fn

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -475,7 +475,7 @@ _LIBC_SIGNATURES = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _libc_function(name: str):
     """One function of the C library, declared; the library is looked up once (find_library runs
     `ldconfig -p` in a subprocess at every call). Raises NativeUnavailable where it is missing."""
@@ -487,7 +487,7 @@ def _libc_function(name: str):
     return fn
 
 
-@lru_cache(maxsize=None)
+@cache
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
