@@ -26,8 +26,9 @@ def test_structs_match_the_c_side(lib):
     binding.check_layouts(lib)  # library() ran it too; here it must simply pass
     layout = binding.c_layout(lib)
     for name, cls in binding.STRUCTS.items():
-        assert layout[name][""] == ctypes.sizeof(cls)
+        assert layout[name][""] == (ctypes.sizeof(cls), ctypes.sizeof(cls))
         assert set(layout[name]) - {""} == {field for field, _ in cls._fields_}
+    assert layout["constants"]["PANEL_COLS"] == (binding.F32_PANEL_COLS, 0)
 
 
 class _StepWithSwappedCounts(ctypes.Structure):  # max_blocks before tokens: same size, fields crossed
@@ -36,18 +37,29 @@ class _StepWithSwappedCounts(ctypes.Structure):  # max_blocks before tokens: sam
                 ("max_blocks", ctypes.c_int64), ("tokens", ctypes.c_int64), ("threads", ctypes.c_int)]
 
 
+class _StepWithNarrowTokens(ctypes.Structure):  # tokens 32-bit: the padding hides it from every offset
+    _fields_ = [(name, ctypes.c_int32 if name == "tokens" else kind) for name, kind in binding.Step._fields_]
+
+
 class _WeightWithoutColSums(ctypes.Structure):
     _fields_ = [(name, kind) for name, kind in binding.Weight._fields_ if name != "col_sums"]
 
 
-class _LayerWithWideScale(ctypes.Structure):  # the last field too wide, every offset right: only the size tells
+class _LayerWithWideScale(ctypes.Structure):  # the last field too wide, every offset right
     _fields_ = [*binding.Layer._fields_[:-1], ("scale", ctypes.c_float * 2)]
 
 
+class _StepPacked(ctypes.Structure):  # no tail padding: every field right, only the struct's size tells
+    _pack_ = 4
+    _fields_ = binding.Step._fields_
+
+
 @pytest.mark.parametrize("name, cls, message", [
-    ("Step", _StepWithSwappedCounts, r"struct Step, field tokens: offset 48 in C, 56 in _StepWithSwappedCounts"),
-    ("Weight", _WeightWithoutColSums, r"struct Weight, field col_sums: offset 48 in C, absent"),
-    ("Layer", _LayerWithWideScale, r"struct Layer: size 328 in C, 336 in _LayerWithWideScale"),
+    ("Step", _StepWithSwappedCounts, "struct Step, field tokens: offset 48 size 8 in C, offset 56 size 8 in _Step"),
+    ("Step", _StepWithNarrowTokens, "struct Step, field tokens: offset 48 size 8 in C, offset 48 size 4 in _Step"),
+    ("Weight", _WeightWithoutColSums, "struct Weight, field col_sums: offset 48 size 8 in C, absent in _Weight"),
+    ("Layer", _LayerWithWideScale, "struct Layer, field scale: offset 324 size 4 in C, offset 324 size 8 in _Layer"),
+    ("Step", _StepPacked, "struct Step: size 72 in C, 68 in _StepPacked"),
 ])
 def test_a_struct_declared_wrongly_is_caught(lib, name, cls, message):
     with pytest.raises(NativeUnavailable, match=message):

@@ -70,7 +70,8 @@ _SIGNATURES = {  # name: (restype, argtypes), as the C sources declare them
     "int8_rows_uses_amx": (_INT, [_I]),
     "first_max": (None, [_P, _P, _I, _I, _INT]),
     "layout_entries": (_I, []),
-    "layout_entry": (_I, [_I, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_char_p)]),
+    "layout_entry": (_I, [_I, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_char_p),
+                          ctypes.POINTER(_I)]),
 }
 
 _lib: ctypes.CDLL | None = None  # the library whose signatures are declared and layout checked
@@ -98,40 +99,43 @@ def _loaded() -> ctypes.CDLL:
 
 # --- the layout check -------------------------------------------------------------------------------
 
-def c_layout(lib: ctypes.CDLL) -> dict[str, dict[str, int]]:
-    """What layout.c reports: {struct or "constants": {field ("" for the size) or constant: value}}."""
-    group, name = ctypes.c_char_p(), ctypes.c_char_p()
-    layout: dict[str, dict[str, int]] = {}
+def c_layout(lib: ctypes.CDLL) -> dict[str, dict[str, tuple[int, int]]]:
+    """What layout.c reports: {struct: {field: (offset, size)}, with "" for the whole struct: (size,
+    size)}, and {"constants": {name: (value, 0)}}."""
+    group, name, size = ctypes.c_char_p(), ctypes.c_char_p(), _I()
+    layout: dict[str, dict[str, tuple[int, int]]] = {}
     for i in range(lib.layout_entries()):
-        value = lib.layout_entry(i, ctypes.byref(group), ctypes.byref(name))
-        layout.setdefault(group.value.decode(), {})[name.value.decode()] = value
+        value = lib.layout_entry(i, ctypes.byref(group), ctypes.byref(name), ctypes.byref(size))
+        layout.setdefault(group.value.decode(), {})[name.value.decode()] = (value, size.value)
     return layout
 
 
 def check_layouts(lib: ctypes.CDLL, structs: dict = STRUCTS, constants: dict = CONSTANTS) -> None:
-    """Compare each ctypes struct (sizeof, every field's offset) and each constant with the C side;
-    raises NativeUnavailable naming the first struct and field that differ."""
+    """Compare each ctypes struct (its size, every field's offset and size) and each constant with the
+    C side; raises NativeUnavailable naming the first struct and field that differ."""
     layout = c_layout(lib)
     for c_name, cls in structs.items():
         c = layout.get(c_name)
         if c is None:
             raise NativeUnavailable(f"struct {c_name}: layout.c does not report it")
-        ours = {field[0]: getattr(cls, field[0]).offset for field in cls._fields_}
+        ours = {field[0]: (getattr(cls, field[0]).offset, getattr(cls, field[0]).size) for field in cls._fields_}
         for field in [*dict.fromkeys([*c, *ours])]:
             if field and c.get(field) != ours.get(field):
-                raise NativeUnavailable(f"struct {c_name}, field {field}: offset {_said(c.get(field))} in C, "
+                raise NativeUnavailable(f"struct {c_name}, field {field}: {_said(c.get(field))} in C, "
                                         f"{_said(ours.get(field))} in {cls.__name__}: binding.py must match the C struct")
-        if c.get("") != ctypes.sizeof(cls):
-            raise NativeUnavailable(f"struct {c_name}: size {c.get('')} in C, {ctypes.sizeof(cls)} in "
+        if c.get("", (None,))[0] != ctypes.sizeof(cls):
+            raise NativeUnavailable(f"struct {c_name}: size {c.get('', (None,))[0]} in C, {ctypes.sizeof(cls)} in "
                                     f"{cls.__name__}: binding.py must match the C struct")
     reported = layout.get("constants", {})
     for name, value in constants.items():
-        if reported.get(name) != value:
-            raise NativeUnavailable(f"constant {name}: {_said(reported.get(name))} in C, {value} in binding.py")
+        if reported.get(name, (None,))[0] != value:
+            raise NativeUnavailable(f"constant {name}: {_said(reported.get(name), 'value')} in C, {value} in binding.py")
 
 
-def _said(value) -> str:
-    return "absent" if value is None else str(value)
+def _said(entry: tuple[int, int] | None, what: str = "field") -> str:
+    if entry is None:
+        return "absent"
+    return str(entry[0]) if what == "value" else f"offset {entry[0]} size {entry[1]}"
 
 
 # --- argument checks: the fast path is a few comparisons, the messages are built only on failure ------

@@ -1,5 +1,5 @@
 /* The layout of what Python fills in for the kernels, reported from the compiler's side: the structs of
- * decode_layer.c (their size and every field's offset) and the constants the Python side relies on.
+ * decode_layer.c (their size, every field's offset and size) and the constants the Python side relies on.
  * binding.py declares the same structs with ctypes and compares both at load, so a field added,
  * moved or resized on one side only stops the loader before any kernel reads a misplaced pointer.
  *
@@ -9,13 +9,13 @@
 #include <stdint.h>
 
 typedef struct {
-    const char *group, *name;  /* name "" is the struct's size */
-    int64_t value;
+    const char *group, *name;  /* name "" stands for the whole struct */
+    int64_t value, size;       /* a field's offset and size; the struct's size twice; a constant and 0 */
 } LayoutEntry;
 
-#define SIZE(s) {#s, "", (int64_t)sizeof(s)}
-#define FIELD(s, f) {#s, #f, (int64_t)offsetof(s, f)}
-#define CONSTANT(c) {"constants", #c, (int64_t)(c)}
+#define SIZE(s) {#s, "", (int64_t)sizeof(s), (int64_t)sizeof(s)}
+#define FIELD(s, f) {#s, #f, (int64_t)offsetof(s, f), (int64_t)sizeof(((s *)0)->f)}
+#define CONSTANT(c) {"constants", #c, (int64_t)(c), 0}
 
 static const LayoutEntry LAYOUT[] = {
     SIZE(Weight), FIELD(Weight, panels), FIELD(Weight, scale), FIELD(Weight, bias), FIELD(Weight, n_out),
@@ -40,11 +40,12 @@ static const LayoutEntry LAYOUT[] = {
 /* How many entries layout_entry reports. */
 int64_t layout_entries(void) { return (int64_t)(sizeof(LAYOUT) / sizeof(LAYOUT[0])); }
 
-/* Entry i: its group (a struct's name, or "constants") and name through the pointers, its value
+/* Entry i: its group (a struct's name, or "constants"), name and size through the pointers, its value
  * returned: a struct's size (name ""), a field's offset, or a constant. -1 past the end. */
-int64_t layout_entry(int64_t i, const char **group, const char **name) {
+int64_t layout_entry(int64_t i, const char **group, const char **name, int64_t *size) {
     if (i < 0 || i >= layout_entries()) return -1;
     *group = LAYOUT[i].group;
     *name = LAYOUT[i].name;
+    *size = LAYOUT[i].size;
     return LAYOUT[i].value;
 }
