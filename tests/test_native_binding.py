@@ -117,51 +117,53 @@ def _i(*shape):
     return torch.zeros(*shape, dtype=torch.int64)
 
 
+def _call(fn, change: dict, **args):
+    """fn with good arguments, `change` replacing some: called later, inside the test."""
+    return lambda: fn(**{**args, **change})
+
+
 def _attention(**change):
-    args = dict(out=_f(3, 4, 8), q=_f(3, 4, 8), k_cache=_f(5, 16, 2, 8), v_cache=_f(5, 16, 2, 8),
-                block_tables=_i(2, 5), token_rows=_i(3), token_positions=_i(3), scale=0.3, window=0, threads=1)
-    return lambda: binding.paged_attention(**{**args, **change})
+    return _call(binding.paged_attention, change, out=_f(3, 4, 8), q=_f(3, 4, 8), k_cache=_f(5, 16, 2, 8),
+                 v_cache=_f(5, 16, 2, 8), block_tables=_i(2, 5), token_rows=_i(3), token_positions=_i(3), scale=0.3,
+                 window=0, threads=1)
 
 
 def _norm(**change):
-    args = dict(out=_f(3, 8), residual_out=None, x=_f(3, 8), residual=None, weight=_f(8), eps=1e-6, threads=1)
-    return lambda: binding.rms_norm(**{**args, **change})
+    return _call(binding.rms_norm, change, out=_f(3, 8), residual_out=None, x=_f(3, 8), residual=None, weight=_f(8),
+                 eps=1e-6, threads=1)
 
 
 def _panels(**change):
-    args = dict(out=_f(2, 50), x=_f(2, 7), panels=_f(binding._panels_size(50, 7)), bias=None, threads=1)
-    return lambda: binding.f32_panels_linear(**{**args, **change})
+    return _call(binding.f32_panels_linear, change, out=_f(2, 50), x=_f(2, 7), panels=_f(binding._panels_size(50, 7)),
+                 bias=None, threads=1)
 
 
 def _int8(**change):
-    args = dict(out=_f(2, 20), x=_f(2, 10), packed=_f(2, 3, 16, 4, dtype=torch.int8), scale=_f(20), bias=None,
-                threads=1, col_sums=_f(32, dtype=torch.int32))
-    return lambda: binding.int8_linear(**{**args, **change})
+    return _call(binding.int8_linear, change, out=_f(2, 20), x=_f(2, 10), packed=_f(2, 3, 16, 4, dtype=torch.int8),
+                 scale=_f(20), bias=None, threads=1, col_sums=_f(32, dtype=torch.int32))
 
 
 def _rows(**change):
-    args = dict(out=_f(2, 5), x=_f(2, 10), rows=_f(5, 10, dtype=torch.int8), scale=_f(5), threads=1)
-    return lambda: binding.int8_rows_matmul(**{**args, **change})
+    return _call(binding.int8_rows_matmul, change, out=_f(2, 5), x=_f(2, 10), rows=_f(5, 10, dtype=torch.int8),
+                 scale=_f(5), threads=1)
 
 
 def _step(**change):
-    args = dict(positions=_i(3), slots=_i(3), block_tables=_i(2, 4), token_rows=_i(3), cos=_f(64, 8), sin=_f(64, 8),
-                threads=1)
-    return lambda: binding.decode_step(**{**args, **change})
+    return _call(binding.decode_step, change, positions=_i(3), slots=_i(3), block_tables=_i(2, 4), token_rows=_i(3),
+                 cos=_f(64, 8), sin=_f(64, 8), threads=1)
 
 
 def _layer(**change):
     def weight(n_out, n_in):
         return binding.decode_weight_f32(_f(binding._panels_size(n_out, n_in)), None, n_out, n_in)
-    args = dict(qkv=weight(64, 32), o=weight(32, 32), gate_up=weight(96, 32), down=weight(32, 48), input_norm=_f(32),
-                post_norm=_f(32), k_cache=_f(5, 16, 2, 8), v_cache=_f(5, 16, 2, 8), heads=4, kv_heads=2, head_dim=8,
-                intermediate=48, window=0, eps=1e-6, scale=0.3)
-    return lambda: binding.decode_layer_params(**{**args, **change})
+    return _call(binding.decode_layer_params, change, qkv=weight(64, 32), o=weight(32, 32), gate_up=weight(96, 32),
+                 down=weight(32, 48), input_norm=_f(32), post_norm=_f(32), k_cache=_f(5, 16, 2, 8),
+                 v_cache=_f(5, 16, 2, 8), heads=4, kv_heads=2, head_dim=8, intermediate=48, window=0, eps=1e-6,
+                 scale=0.3)
 
 
 def _first_max(**change):
-    args = dict(out=_i(3), x=_f(3, 10), threads=1)
-    return lambda: binding.first_max(**{**args, **change})
+    return _call(binding.first_max, change, out=_i(3), x=_f(3, 10), threads=1)
 
 
 GOOD = {"paged_attention": _attention(), "rms_norm": _norm(), "rms_norm(residual)":
@@ -176,10 +178,12 @@ BAD = [  # (call, error, the argument the message must name)
     (_first_max(out=_i(4)), ValueError, r"out: expected shape \(3,\), got \(4,\)"),
     (_first_max(x=[[1.0]]), TypeError, "x: expected a torch.Tensor, got list"),
     (_norm(weight=_f(9)), ValueError, "weight: expected shape"),
-    (_norm(residual=_f(3, 8, dtype=torch.bfloat16), residual_out=_f(3, 8)), TypeError, "residual: expected torch.float32"),
+    (_norm(residual=_f(3, 8, dtype=torch.bfloat16), residual_out=_f(3, 8)), TypeError,
+     "residual: expected torch.float32"),
     (_norm(residual=_f(3, 8)), ValueError, "residual_out: given without residual, or residual without it"),
     (_norm(x=_f(8, 3).t()), TypeError, "x: expected a contiguous tensor"),
-    (_attention(k_cache=_f(5, 16, 2, 8, dtype=torch.float16)), TypeError, "k_cache: expected torch.float32 or torch.bfloat16"),
+    (_attention(k_cache=_f(5, 16, 2, 8, dtype=torch.float16)), TypeError,
+     "k_cache: expected torch.float32 or torch.bfloat16"),
     (_attention(v_cache=_f(5, 16, 2, 8, dtype=torch.bfloat16)), TypeError, "v_cache: expected torch.float32"),
     (_attention(v_cache=_f(4, 16, 2, 8)), ValueError, "v_cache: expected shape"),
     (_attention(k_cache=_f(5, 16, 2, 4), v_cache=_f(5, 16, 2, 4)), ValueError, "k_cache: expected"),

@@ -122,14 +122,16 @@ def check_layouts(lib: ctypes.CDLL, structs: dict = STRUCTS, constants: dict = C
         for field in [*dict.fromkeys([*c, *ours])]:
             if field and c.get(field) != ours.get(field):
                 raise NativeUnavailable(f"struct {c_name}, field {field}: {_said(c.get(field))} in C, "
-                                        f"{_said(ours.get(field))} in {cls.__name__}: binding.py must match the C struct")
+                                        f"{_said(ours.get(field))} in {cls.__name__}: binding.py must match the "
+                                        "C struct")
         if c.get("", (None,))[0] != ctypes.sizeof(cls):
             raise NativeUnavailable(f"struct {c_name}: size {c.get('', (None,))[0]} in C, {ctypes.sizeof(cls)} in "
                                     f"{cls.__name__}: binding.py must match the C struct")
     reported = layout.get("constants", {})
     for name, value in constants.items():
         if reported.get(name, (None,))[0] != value:
-            raise NativeUnavailable(f"constant {name}: {_said(reported.get(name), 'value')} in C, {value} in binding.py")
+            raise NativeUnavailable(f"constant {name}: {_said(reported.get(name), 'value')} in C, {value} in "
+                                    "binding.py")
 
 
 def _said(entry: tuple[int, int] | None, what: str = "field") -> str:
@@ -176,7 +178,8 @@ def _optional(name: str, t, dtype: torch.dtype, shape: tuple):
 def _cache_code(name: str, t) -> int:
     code = CACHE_DTYPES.get(getattr(t, "dtype", None))
     if code is None:
-        raise TypeError(f"{name}: expected torch.float32 or torch.bfloat16, got {getattr(t, 'dtype', type(t).__name__)}")
+        raise TypeError(f"{name}: expected torch.float32 or torch.bfloat16, got "
+                        f"{getattr(t, 'dtype', type(t).__name__)}")
     return code
 
 
