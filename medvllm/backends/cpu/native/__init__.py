@@ -1,1 +1,1 @@
-"""C kernels for CPU, compiled for this machine at first use (see build.py)."""
+"""C kernels for CPU, compiled for this machine at first use (build.py), called through binding.py."""
