@@ -1,4 +1,4 @@
-"""The fused native decode layer (layers/cpu_decode_layer.py) computes what the layer-by-layer PyTorch
+"""The fused native decode layer (backends/cpu/decode_layer.py) computes what the layer-by-layer PyTorch
 path computes: same logits at every decode step, same greedy tokens, for each architecture it covers
 and both KV cache dtypes it reads; it stands aside where it does not apply."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 
 from engine_probe import LogitsRecorder
 from medvllm import LLM, SamplingParams
-from medvllm.layers.native.build import NativeUnavailable, load
+from medvllm.backends.cpu.native.build import NativeUnavailable, load
 from tiny_models import build_tiny
 
 
@@ -63,7 +63,7 @@ def test_fused_decode_stands_aside_where_it_does_not_apply(tmp_path):
 # step, 20 tokens down to a few as requests finish
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
 def test_fused_float32_decode_matches_the_layer_by_layer_path(tmp_path, arch):
-    import medvllm.layers.cpu_decode_layer as fused
+    import medvllm.backends.cpu.decode_layer as fused
     build_tiny(arch, tmp_path)
     llm = LLM(str(tmp_path), kvcache_block_size=16, num_kvcache_blocks=128, max_model_len=256)
     assert llm.runtime_info()["decode_layer"] == "native"
@@ -96,7 +96,7 @@ def test_fused_float32_decode_matches_the_layer_by_layer_path(tmp_path, arch):
 @pytest.mark.parametrize("quantization", ["dynamic", None])  # int8 / float32 panels
 def test_fused_prompt_steps_with_chunks_and_prefix_hits_match_the_layer_by_layer_path(tmp_path, monkeypatch,
                                                                                      prompt_limit, quantization):
-    import medvllm.layers.cpu_decode_layer as fused
+    import medvllm.backends.cpu.decode_layer as fused
     monkeypatch.setattr(fused, "MAX_PROMPT_CONTEXT", prompt_limit)
     prompt_steps = []
     call = fused.FusedDecode.__call__

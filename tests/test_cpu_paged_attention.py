@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medvllm.layers.cpu_attention import native_kernel, paged_attention
-from medvllm.layers.native.build import NativeUnavailable
+from medvllm.backends.cpu.attention import native_kernel, paged_attention
+from medvllm.backends.cpu.native.build import NativeUnavailable
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_refuses_other_cache_dtypes(kernel):
 def test_build_failure_is_reported_not_raised_into_the_engine(monkeypatch, tmp_path):
     from medvllm.config import Config
     from medvllm.backends.select import ModelTraits, select_backends
-    from medvllm.layers.native import build
+    from medvllm.backends.cpu.native import build
     build._library.cache_clear()
     monkeypatch.setenv("MEDVLLM_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
@@ -112,7 +112,7 @@ def test_prompt_steps_on_the_kernel_match_sdpa_in_the_engine(kernel, tmp_path, m
     # logits either way, chunked prompts and prefix-cache hits included
     from engine_probe import LogitsRecorder
     from medvllm import LLM, SamplingParams
-    from medvllm.layers import cpu_attention
+    from medvllm.backends.cpu import attention as cpu_attention
     from tiny_models import build_tiny
     build_tiny(arch, tmp_path)
     llm = LLM(str(tmp_path), kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256,

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medvllm.layers.native.build import NativeUnavailable
+from medvllm.backends.cpu.native.build import NativeUnavailable
 
 
 def _lib():
-    from medvllm.layers.cpu_panel_linear import _library
+    from medvllm.backends.cpu.panel_linear import _library
     try:
         return _library()
     except NativeUnavailable as e:
@@ -19,7 +19,7 @@ def _lib():
 @pytest.mark.parametrize("n_out,n_in", [(1, 1), (47, 17), (48, 64), (49, 576), (100, 33), (960, 576)])
 @pytest.mark.parametrize("rows", [1, 7, 9, 64, 300])
 def test_matches_float64_math(n_out, n_in, rows):
-    from medvllm.layers.cpu_panel_linear import pack_panels, panel_linear
+    from medvllm.backends.cpu.panel_linear import pack_panels, panel_linear
     lib = _lib()
     g = torch.Generator().manual_seed(n_out * 1000 + rows)
     w, x, b = torch.randn(n_out, n_in, generator=g), torch.randn(rows, n_in, generator=g), torch.randn(n_out, generator=g)
@@ -33,7 +33,7 @@ def test_matches_float64_math(n_out, n_in, rows):
 
 
 def test_a_tokens_result_does_not_depend_on_the_others_or_the_threads():
-    from medvllm.layers.cpu_panel_linear import pack_panels, panel_linear
+    from medvllm.backends.cpu.panel_linear import pack_panels, panel_linear
     lib = _lib()
     g = torch.Generator().manual_seed(1)
     w, x = torch.randn(200, 96, generator=g), torch.randn(300, 96, generator=g)
@@ -49,7 +49,7 @@ def test_a_tokens_result_does_not_depend_on_the_others_or_the_threads():
 
 
 def test_panels_hold_the_weight_and_zero_padding_only():
-    import medvllm.layers.cpu_panel_linear as panel
+    import medvllm.backends.cpu.panel_linear as panel
     lib = _lib()
     w = torch.randn(150, 40)
     whole = panel.pack_panels(lib, w)

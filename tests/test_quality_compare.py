@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from medvllm.hardware import detect
-from medvllm.layers.cpu_panel_linear import unpack_panels
+from medvllm.backends.cpu.panel_linear import unpack_panels
 from medvllm.layers.linear import LinearBase, LinearMethod
 from medvllm.quality import engines
 from medvllm.quality.compare import compare

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from medvllm import LLM, SamplingParams
 from medvllm.config import Config
 from medvllm.errors import ConfigError
-from medvllm.layers.cpu_int8_linear import QMAX, rows_kernel_uses_amx
+from medvllm.backends.cpu.int8_linear import QMAX, rows_kernel_uses_amx
 from medvllm.layers.linear import ReplicatedLinear
 from medvllm.quantization import METHODS, quantizable_layers
-from medvllm.layers.native.build import NativeUnavailable, load
+from medvllm.backends.cpu.native.build import NativeUnavailable, load
 from medvllm.quantization.dynamic_int8 import DynamicInt8Method
 from quant_quality import max_ngram_repeats, teacher_forced
 
@@ -98,7 +98,7 @@ def test_int8_rows_do_not_depend_on_the_batch(kernel):
 def _native_int8_in_torch(x, weight, bias):
     """The native kernel's arithmetic written out in torch: per-token and per-channel symmetric int8,
     exact integer dot products (float64 holds them exactly), then the kernel's float32 epilogue."""
-    from medvllm.layers.cpu_int8_linear import int8_rows
+    from medvllm.layers.int8_rows import int8_rows
     q, w_scale = int8_rows(weight)
     amax = x.abs().amax(dim=1)
     inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
@@ -113,7 +113,7 @@ def _native_int8_in_torch(x, weight, bias):
 def test_native_int8_linear_is_the_exact_integer_math_on_every_path(rows, n_in, n_out):
     # whichever path this CPU takes (AMX for every token from 5 on when the input width is a multiple of
     # 64, the last tile padded; AVX-512 VNNI or AVX2 otherwise), the int32 sums are exact: equal to the bit
-    from medvllm.layers.cpu_int8_linear import column_sums, int8_linear, native_int8_kernel, pack_int8
+    from medvllm.backends.cpu.int8_linear import column_sums, int8_linear, native_int8_kernel, pack_int8
     torch.manual_seed(rows)
     weight, x, bias = torch.randn(n_out, n_in), torch.randn(rows, n_in), torch.randn(n_out)
     x[0] *= 30
@@ -136,7 +136,7 @@ def test_int8_keeps_leading_dims_and_zero_rows(kernel):
 
 @pytest.mark.skipif(not _native_builds("int8_rows_matmul"), reason="no C compiler")
 def test_int8_rows_head_is_weight_only_math_and_batch_invariant():
-    from medvllm.layers.cpu_int8_linear import int8_rows, int8_rows_linear, native_rows_kernel
+    from medvllm.backends.cpu.int8_linear import int8_rows, int8_rows_linear, native_rows_kernel
     torch.manual_seed(0)
     weight = torch.randn(203, 100) * 0.1  # rows and width off every blocking (3, 8, 96 rows; 8 lanes)
     weight[5] *= 30
@@ -169,7 +169,7 @@ def _two_part_head_in_torch(x, q, scale):
 
 @pytest.mark.skipif(not _rows_kernel_builds() or not rows_kernel_uses_amx(128), reason="no AMX here")
 def test_int8_rows_on_amx_is_the_two_part_integer_math_and_batch_invariant():
-    from medvllm.layers.cpu_int8_linear import int8_rows, int8_rows_linear, native_rows_kernel
+    from medvllm.backends.cpu.int8_linear import int8_rows, int8_rows_linear, native_rows_kernel
     torch.manual_seed(1)
     weight = torch.randn(203, 128) * 0.1  # a last partial tile of rows
     q, scale = int8_rows(weight)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medvllm.layers.kit import LayerKit
-from medvllm.layers.native.build import NativeUnavailable
+from medvllm.backends.cpu.native.build import NativeUnavailable
 from medvllm.loader import open_model
 from medvllm.models.loading import build_model
 from medvllm.quantization import quantizable_layers

@@ -1,2 +1,3 @@
 """Backends: which implementation each part of the model runs on (select.py), and the device-specific
-code behind them (cpu/: the native C kernels and their layers)."""
+code behind the engine's small interfaces (cpu/: the native C kernels, their typed binding and the
+layers that call them; cuda/: flash attention)."""

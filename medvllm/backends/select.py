@@ -74,9 +74,10 @@ def _hardware(config):
 # --- CPU -----------------------------------------------------------------------------------------------
 def native_unavailable() -> str | None:
     """Why the native CPU kernels cannot run here, or None when they can (built at first call)."""
-    from medvllm.layers.native.build import NativeUnavailable, load
+    from medvllm.backends.cpu.native import binding
+    from medvllm.backends.cpu.native.build import NativeUnavailable
     try:
-        load()
+        binding.library()
         return None
     except NativeUnavailable as e:
         return str(e)
@@ -95,13 +96,13 @@ def _cpu(config, traits: ModelTraits) -> Backends:
     if config.attention_impl == "sdpa":
         attention, why["attention"] = None, "attention_impl='sdpa'"
     elif native:
-        from medvllm.layers.cpu_attention import CpuPagedBackend
+        from medvllm.backends.cpu.attention import CpuPagedBackend
         attention, why["attention"] = CpuPagedBackend(), "the native paged kernel reads the cache in place"
     else:
         attention, why["attention"] = None, f"native kernels unavailable ({missing})"
 
     if native and f32:
-        from medvllm.layers.cpu_norm import native_rms_norm
+        from medvllm.backends.cpu.norm import native_rms_norm
         norm, why["norm"] = native_rms_norm(), "float32 on CPU: the C kernel"
     else:
         norm, why["norm"] = None, "float32 only" if native else f"native kernels unavailable ({missing})"
@@ -109,7 +110,7 @@ def _cpu(config, traits: ModelTraits) -> Backends:
     blocker = _fused_blocker(config, traits, native, f32, linear, attention)
     fused = None
     if blocker is None:
-        from medvllm.layers.cpu_decode_layer import fused_decode_layers
+        from medvllm.backends.cpu.decode_layer import fused_decode_layers
         fused, why["decode_layer"] = fused_decode_layers(), "one C call per decoder layer"
     else:
         why["decode_layer"] = blocker
@@ -134,7 +135,7 @@ def _cpu_linear(config, traits, native: bool, missing: str | None, why: dict):
         why["linear"], why["lm_head"] = "PyTorch's low-precision matmul", "logits in float32 under mixed precision"
         return UNQUANTIZED, Float32Logits(), False
     if native:
-        from medvllm.layers.cpu_panel_linear import PanelFloatMethod
+        from medvllm.backends.cpu.panel_linear import PanelFloatMethod
         panels = PanelFloatMethod()
         why["linear"] = why["lm_head"] = "float32 on CPU: weights packed once into the kernel's panels"
         return panels, panels, False
@@ -145,8 +146,8 @@ def _cpu_linear(config, traits, native: bool, missing: str | None, why: dict):
 def _fused_blocker(config, traits: ModelTraits, native: bool, f32: bool, linear: LinearMethod,
                    attention) -> str | None:
     """Why the fused decoder layer cannot run this model here, or None when it can."""
-    from medvllm.layers.cpu_attention import CACHE_DTYPES
-    from medvllm.layers.cpu_decode_layer import MAX_HEAD_DIM
+    from medvllm.backends.cpu.attention import CACHE_DTYPES
+    from medvllm.backends.cpu.decode_layer import MAX_HEAD_DIM
     if not native:
         return "native kernels unavailable"
     if not f32:
@@ -185,7 +186,7 @@ def _cuda(config, traits: ModelTraits) -> Backends:
 
 
 def _cuda_attention(config, traits: ModelTraits, dtype: torch.dtype, why: dict):
-    from medvllm.layers.flash_attention import FlashAttnBackend, SdpaFlashBackend
+    from medvllm.backends.cuda.flash_attention import FlashAttnBackend, SdpaFlashBackend
     hardware = _hardware(config)
     low = dtype in LOW_PRECISION
     if config.attention_impl == "flash":  # the Config checked the GPU generation

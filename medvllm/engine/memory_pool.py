@@ -12,14 +12,13 @@ step's buffers are that large); the same test measures it.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import math
 import sys
 
 import torch
 
+from medvllm.backends.cpu.native import binding
+from medvllm.backends.cpu.native.build import NativeUnavailable
 from medvllm.config import Config
 from medvllm.errors import ConfigError
 
@@ -50,12 +49,6 @@ _MADV_HUGEPAGE = 14  # linux/mman.h
 _HUGE_PAGE = 2 << 20
 
 
-@functools.lru_cache(maxsize=None)
-def _libc(use_errno: bool = False):
-    """The C library, looked up once: find_library runs `ldconfig -p` in a subprocess at every call."""
-    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=use_errno)
-
-
 def ask_for_huge_pages(tensor: torch.Tensor) -> bool:
     """Ask Linux to back the tensor's untouched memory with 2 MiB pages (madvise MADV_HUGEPAGE, which
     transparent huge pages in "madvise" mode wait for). Attention reads the KV cache a block at a time
@@ -69,11 +62,9 @@ def ask_for_huge_pages(tensor: torch.Tensor) -> bool:
     if length <= 0:
         return False
     try:
-        madvise = _libc(use_errno=True).madvise
-    except (OSError, AttributeError, TypeError):
+        return binding.madvise(tensor, first - start, length, _MADV_HUGEPAGE) == 0
+    except NativeUnavailable:
         return False
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return madvise(first, length, _MADV_HUGEPAGE) == 0
 
 
 def release_free_memory() -> bool:
@@ -83,10 +74,9 @@ def release_free_memory() -> bool:
     its mmap threshold for reuse, so without this they stay resident. Returns False off glibc.
     """
     try:
-        trim = _libc().malloc_trim
-    except (OSError, AttributeError, TypeError):
+        binding.malloc_trim(0)
+    except NativeUnavailable:
         return False
-    trim(0)
     return True
 
 
@@ -113,9 +103,8 @@ def keep_freed_memory(largest: int) -> bool:
     """
     if largest <= GLIBC_DYNAMIC_MMAP_MAX:
         return False
-    try:
-        mallopt = _libc().mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
     keep = 2 * largest
-    return bool(mallopt(_M_MMAP_THRESHOLD, keep)) and bool(mallopt(_M_TRIM_THRESHOLD, keep))
+    try:
+        return bool(binding.mallopt(_M_MMAP_THRESHOLD, keep)) and bool(binding.mallopt(_M_TRIM_THRESHOLD, keep))
+    except NativeUnavailable:
+        return False

@@ -12,7 +12,7 @@ from torch import nn
 
 from medvllm.distributed.parallel import SINGLE, TensorParallel
 from medvllm.distributed.partition import split, split_sizes
-from medvllm.layers.cpu_int8_linear import int8_rows
+from medvllm.layers.int8_rows import int8_rows
 from medvllm.layers.linear import UNQUANTIZED, ColumnParallelLinear, LinearMethod
 
 

@@ -6,13 +6,13 @@ on nothing else in the batch, and a preempted, recomputed request draws the same
 """
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
-from medvllm.layers.native.build import NativeUnavailable, load
+from medvllm.backends.cpu.native import binding
+from medvllm.backends.cpu.native.build import NativeUnavailable
 
 _SEED_MIX = 0x9E3779B97F4A7C15  # spreads (seed, step) pairs over the generator's seed space
 
@@ -44,19 +44,17 @@ def first_max(x: torch.Tensor) -> torch.Tensor:
         return x.max(dim=-1).indices
     x = x.contiguous()
     out = torch.empty(x.shape[0], dtype=torch.int64)
-    kernel(out.data_ptr(), x.data_ptr(), x.shape[0], x.shape[1], torch.get_num_threads())
+    kernel(out, x, torch.get_num_threads())
     return out
 
 
 @lru_cache(maxsize=None)
 def _native_first_max():
     try:
-        fn = load("first_max").first_max
+        binding.library()
     except NativeUnavailable:
         return None
-    fn.restype = None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
-    return fn
+    return binding.first_max
 
 
 class Sampler:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from medvllm.errors import ConfigError
-from medvllm.layers import cpu_int8_linear as native
+from medvllm.backends.cpu import int8_linear as native
 from medvllm.layers.linear import LinearBase, LinearMethod
 
 

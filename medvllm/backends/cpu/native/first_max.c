@@ -5,7 +5,7 @@
  * passes over it (the largest value, then where it first is) take a fraction of that. A row holding
  * NaN gives its first NaN, as torch.max does.
  *
- * Built at first use by medvllm/layers/native/build.py (gcc -O3 -march=native -fopenmp).
+ * Built at first use by medvllm/backends/cpu/native/build.py (gcc -O3 -march=native -fopenmp).
  */
 #include <math.h>
 #include <stdint.h>

@@ -14,7 +14,7 @@
  * depend on the other tokens of the call. With AVX2 (16 registers) a tile is 6 tokens x a third of a panel;
  * without either, the same loops in plain C.
  *
- * Built at first use by medvllm/layers/native/build.py (gcc -O3 -march=native -fopenmp).
+ * Built at first use by medvllm/backends/cpu/native/build.py (gcc -O3 -march=native -fopenmp).
  */
 #include <stdint.h>
 #if defined(__AVX512F__) || defined(__AVX2__)

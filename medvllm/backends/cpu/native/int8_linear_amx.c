@@ -2,7 +2,7 @@
  * columns in one tile instruction (s8 x s8 into exact int32 sums); the panel layout is the tile's B
  * layout already, so the weight is read as it is stored.
  *
- * Built at first use by medvllm/layers/native/build.py, as part of the kernels library.
+ * Built at first use by medvllm/backends/cpu/native/build.py, as part of the kernels library.
  */
 #ifdef HAVE_AMX
 #define AMX_ROWS 16  /* tokens per tile */

@@ -8,7 +8,7 @@
  * (this file includes their sources), so each step computes the same arithmetic; only rotary and SiLU
  * are written out here, in float32 as layers/rotary.py and F.silu do.
  *
- * Built at first use by medvllm/layers/native/build.py (gcc -O3 -march=native -fopenmp).
+ * Built at first use by medvllm/backends/cpu/native/build.py (gcc -O3 -march=native -fopenmp).
  */
 #include "f32_panels.c"
 #include "fused_norm.c"
@@ -26,7 +26,7 @@ typedef struct {
     const int32_t *col_sums;  /* int8: each column's weight sum, or NULL */
 } Weight;
 
-/* What a layer holds; built once per layer (layers/cpu_decode_layer.py). */
+/* What a layer holds; built once per layer (backends/cpu/decode_layer.py). */
 typedef struct {
     Weight qkv, o, gate_up, down;
     const float *input_norm, *post_norm;

@@ -19,7 +19,7 @@
  * - AMX: blocks of 16 tokens meet 16 columns in one tile instruction (s8 x s8 into int32); the panel
  *   layout is the tile's B layout already. From AMX_MIN_TOKENS tokens on, every token goes this way.
  *
- * Built at first use by medvllm/layers/native/build.py (gcc -O3 -march=native -fopenmp).
+ * Built at first use by medvllm/backends/cpu/native/build.py (gcc -O3 -march=native -fopenmp).
  */
 #include <math.h>
 #include <stdint.h>

@@ -4,7 +4,7 @@
  * Per token, the same arithmetic as the PyTorch path in layers/norm.py (float32 statistics, then
  * weight * normalized), summed in another order: results agree to float32 rounding.
  *
- * Built at first use by medvllm/layers/native/build.py (gcc -O3 -march=native -fopenmp).
+ * Built at first use by medvllm/backends/cpu/native/build.py (gcc -O3 -march=native -fopenmp).
  */
 #include <math.h>
 #include <stdint.h>

@@ -1,7 +1,7 @@
 /* The AVX-512 path of paged attention (paged_attention.c includes it): one token's heads over its
  * context in windows of 16 keys, every cache row read whole, prefetched a share at a time.
  *
- * Built at first use by medvllm/layers/native/build.py, as part of the kernels library.
+ * Built at first use by medvllm/backends/cpu/native/build.py, as part of the kernels library.
  */
 #ifdef __AVX512F__
 /* 16 floats of a cache row at `offset`, widened from bf16 when the cache holds bf16 (exact). */

@@ -1,62 +1,37 @@
 """The native int8 kernels on CPU: packing weights for them, and calling them.
 
 - int8_linear.c (dynamic int8): the weight is held once, as int8 in the kernel's panel layout, with one
-  float32 scale per output channel: 1 byte per weight plus 4 per row, where fbgemm's packed form pads
-  the input dimension to its block size (1.6x the bytes on the default model's 576-wide layers).
+  float32 scale per output channel: 1 byte per weight plus 4 per row.
 - int8_rows_matmul.c (weight-only): plain int8 rows with a scale each, float activations; the LM head
   uses it, sharing its rows with the token embedding (int8_rows_amx.c where the CPU has AMX).
 """
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
-from medvllm.layers.native.build import load
+from medvllm.backends.cpu.native import binding
+from medvllm.layers.int8_rows import QMAX, int8_rows
 
 PANEL = 16  # output columns per packed panel (PANEL in int8_linear.c)
-QMAX = 127
-_TINY = 1e-12
-_P = ctypes.c_void_p
-_I = ctypes.c_int64
 
 
 def native_int8_kernel():
     """The loaded kernel, or raises NativeUnavailable with the reason."""
-    fn = load("int8_linear").int8_linear
-    fn.restype = ctypes.c_int
-    fn.argtypes = [_P, _P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int, _P]
-    return fn
+    binding.library()
+    return binding.int8_linear
 
 
 def native_rows_kernel():
     """The loaded weight-only kernel, or raises NativeUnavailable with the reason."""
-    fn = load("int8_rows_matmul").int8_rows_matmul
-    fn.restype = ctypes.c_int
-    fn.argtypes = [_P, _P, _P, _P, _I, _I, _I, ctypes.c_int]
-    return fn
+    binding.library()
+    return binding.int8_rows_matmul
 
 
 def rows_kernel_uses_amx(width: int) -> bool:
     """Whether the weight-only kernel runs on AMX tiles for rows of this width (int8_rows_amx.c:
     activations as two int8 parts, ~16 bits) rather than with float32 activations."""
-    fn = load("int8_rows_matmul").int8_rows_uses_amx
-    fn.restype, fn.argtypes = ctypes.c_int, [_I]
-    return bool(fn(width))
-
-
-def int8_rows(weight: torch.Tensor, rows_at_once: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """float [n, d] -> (int8 [n, d], float32 scale [n]): symmetric, one scale per row, so row i is
-    q[i] * scale[i] within half a step. Converted a slice of rows at a time: no float temporary the size
-    of the whole matrix (the default model's 113 MB embedding table made the load's peak that way)."""
-    scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
-    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
-    for start in range(0, weight.shape[0], rows_at_once):
-        rows = slice(start, start + rows_at_once)
-        part = weight[rows].detach().float()
-        scale[rows] = (part.abs().amax(dim=1) / QMAX).clamp(min=_TINY)
-        q[rows] = torch.round(part / scale[rows, None])
-    return q, scale
+    binding.library()
+    return binding.int8_rows_uses_amx(width)
 
 
 def pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,10 +58,7 @@ def int8_linear(kernel, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tens
     n_out = scale.shape[0]
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     out = torch.empty(rows.shape[0], n_out, dtype=torch.float32)
-    bias_ptr = None if bias is None else bias.data_ptr()
-    status = kernel(out.data_ptr(), rows.data_ptr(), packed.data_ptr(), scale.data_ptr(), bias_ptr,
-                    rows.shape[0], rows.shape[1], n_out, packed.shape[1] * 4, torch.get_num_threads(),
-                    None if col_sums is None else col_sums.data_ptr())
+    status = kernel(out, rows, packed, scale, bias, torch.get_num_threads(), col_sums)
     if status != 0:
         raise MemoryError("the native int8 linear could not allocate its scratch memory")
     return out.view(*x.shape[:-1], n_out)
@@ -96,8 +68,7 @@ def int8_rows_linear(kernel, x: torch.Tensor, rows: torch.Tensor, scale: torch.T
     """x [..., in] float32 -> [..., out] float32 against int8 rows [out, in] (weight-only: x stays float)."""
     flat = x.reshape(-1, x.shape[-1]).contiguous()
     out = torch.empty(flat.shape[0], rows.shape[0], dtype=torch.float32)
-    status = kernel(out.data_ptr(), flat.data_ptr(), rows.data_ptr(), scale.data_ptr(),
-                    flat.shape[0], flat.shape[1], rows.shape[0], torch.get_num_threads())
+    status = kernel(out, flat, rows, scale, torch.get_num_threads())
     if status != 0:
         raise MemoryError("the native int8 head could not allocate its scratch memory")
     return out.view(*x.shape[:-1], rows.shape[0])

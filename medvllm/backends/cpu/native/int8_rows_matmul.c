@@ -11,7 +11,7 @@
  * products, summed in the vector's lanes and then across them, whatever the blocking: a token's result
  * does not depend on the other tokens of the batch or on the thread count.
  *
- * Built at first use by medvllm/layers/native/build.py (gcc -O3 -march=native -fopenmp).
+ * Built at first use by medvllm/backends/cpu/native/build.py (gcc -O3 -march=native -fopenmp).
  */
 #include <stdint.h>
 #include "int8_rows_amx.c"

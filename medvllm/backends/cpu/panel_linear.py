@@ -1,31 +1,24 @@
 """Float32 Linears on CPU with their weights in native/f32_panels.c's packed layout.
 
 The weight is repacked once after loading and the plain [out, in] copy released, so it is held once.
-Every call then runs the native kernel, decode steps of any batch and prompt steps alike (README's
-figures compare it with PyTorch's F.linear); the fused decoder layer (cpu_decode_layer.py) reads the
-same panels, and so does the LM head. Same float32 arithmetic as F.linear, in a fixed order per
-output: one multiply-add chain over the inputs, then the bias.
+Every call then runs the native kernel, decode steps of any batch and prompt steps alike (the
+figures against PyTorch's F.linear are in docs/ARCHITECTURE.md); the fused decoder layer
+(decode_layer.py) reads the same panels, and so does the LM head. Same float32 arithmetic as
+F.linear, in a fixed order per output: one multiply-add chain over the inputs, then the bias.
 """
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
+from medvllm.backends.cpu.native import binding
 from medvllm.layers.linear import LinearBase, LinearMethod
-from medvllm.layers.native.build import load
 
-_P, _I = ctypes.c_void_p, ctypes.c_int64
 PANEL_COLS = 48  # output columns per panel (PANEL_COLS in f32_panels.c)
 
 
 def _library():
-    lib = load("f32_panels")
-    lib.f32_panels_size.restype, lib.f32_panels_size.argtypes = _I, [_I, _I]
-    lib.f32_panels_pack.restype, lib.f32_panels_pack.argtypes = None, [_P, _P, _I, _I, ctypes.c_int]
-    lib.f32_panels_linear.restype = None
-    lib.f32_panels_linear.argtypes = [_P, _P, _P, _P, _I, _I, _I, ctypes.c_int]
-    return lib
+    binding.library()
+    return binding
 
 
 def pack_panels(lib, weight: torch.Tensor) -> torch.Tensor:
@@ -33,7 +26,7 @@ def pack_panels(lib, weight: torch.Tensor) -> torch.Tensor:
     weight = weight.detach().contiguous()
     n_out, n_in = weight.shape
     panels = torch.empty(lib.f32_panels_size(n_out, n_in), dtype=torch.float32)
-    lib.f32_panels_pack(panels.data_ptr(), weight.data_ptr(), n_out, n_in, torch.get_num_threads())
+    lib.f32_panels_pack(panels, weight, torch.get_num_threads())
     return panels
 
 
@@ -46,15 +39,13 @@ def panel_linear(lib, x: torch.Tensor, panels: torch.Tensor, n_out: int, bias: t
     """x [..., in] float32 -> [..., n_out] float32."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     out = torch.empty(rows.shape[0], n_out, dtype=torch.float32)
-    lib.f32_panels_linear(out.data_ptr(), rows.data_ptr(), panels.data_ptr(),
-                          None if bias is None else bias.data_ptr(), rows.shape[0], rows.shape[1], n_out,
-                          torch.get_num_threads())
+    lib.f32_panels_linear(out, rows, panels, bias, torch.get_num_threads())
     return out.view(*x.shape[:-1], n_out)
 
 
 class PanelFloatMethod(LinearMethod):
     name = "float-panels"
-    frees_weight = True  # a tied LM head's plain copy stays: it is the token embedding's table
+    frees_weight = True  # a tied LM head lets go of the table, which stays the token embedding's
 
     def __init__(self):
         self.lib = _library()  # raises NativeUnavailable with the reason

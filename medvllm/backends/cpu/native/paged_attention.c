@@ -7,7 +7,7 @@
  * Keys are taken four at a time: four independent sums per pass keep the FMA units busy instead of
  * waiting on one dependency chain.
  *
- * Built at first use by medvllm/layers/native/build.py (gcc -O3 -march=native -fopenmp).
+ * Built at first use by medvllm/backends/cpu/native/build.py (gcc -O3 -march=native -fopenmp).
  */
 #include <math.h>
 #include <stdint.h>

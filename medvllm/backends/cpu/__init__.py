@@ -1,0 +1,1 @@
+"""The CPU backend: native C kernels and their one typed binding."""

@@ -1,0 +1,80 @@
+"""Steps of a float32 Llama-family model on CPU, one native call per decoder layer.
+
+native/decode_layer.c runs a whole layer (norms, the four Linears, rotary, the KV write, paged
+attention, SiLU) with the kernels the PyTorch path calls one by one, without a dozen dispatches and
+Python calls a layer. Its Linears are the native int8 kernel (dynamic int8) or float32 on packed panels
+(panel_linear.py). Decode steps always take it; prompt steps too while no sequence's context
+exceeds MAX_PROMPT_CONTEXT (attention.py: each prompt token attends over the paged cache on its
+own). Which models and settings it covers is decided with the other backends
+(medvllm/backends/select.py); runtime_info["decode_layer"] says whether it runs.
+"""
+from __future__ import annotations
+
+import torch
+
+from medvllm.backends.cpu.attention import MAX_PROMPT_CONTEXT
+from medvllm.backends.cpu.native import binding
+
+MAX_HEAD_DIM = 512  # decode_layer.c's rotary scratch
+
+
+def _weight(layer) -> binding.Weight:
+    """A Linear's packed form as the C struct: int8 panels (dynamic int8) or float32 panels."""
+    packed = layer.packed
+    if hasattr(packed, "panels"):
+        return binding.decode_weight_int8(packed.panels, packed.scale, layer.bias, packed.col_sums)
+    return binding.decode_weight_f32(packed, layer.bias, layer.out_features, layer.in_features)
+
+
+class FusedDecode:
+    """Runs every decoder layer of a step; returns (hidden, residual) before the final norm."""
+
+    def __init__(self, model, kernel, work_floats):
+        """`model`: the decoder stack (LlamaModel), its KV cache bound and its weights packed."""
+        self.kernel = kernel
+        self.rotary = model.layers[0].self_attn.rotary
+        self.layers = []
+        for layer in model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            cache = attn.attn.k_cache
+            self.layers.append(binding.decode_layer_params(
+                _weight(attn.qkv_proj), _weight(attn.o_proj), _weight(mlp.gate_up_proj), _weight(mlp.down_proj),
+                layer.input_layernorm.weight, layer.post_attention_layernorm.weight, cache, attn.attn.v_cache,
+                attn.num_heads, attn.num_kv_heads, attn.head_dim, mlp.intermediate, attn.attn.sliding_window or 0,
+                layer.input_layernorm.eps, attn.attn.scale))
+        self.work_floats = work_floats(self.layers[0])  # per token, the same for every layer
+        # a prompt step's buffer is past glibc's mmap threshold: allocated per step, it would be mapped in
+        # and zeroed again every step; kept, it is reused
+        self.work = torch.empty(0)
+
+    def handles(self, meta) -> bool:
+        """Decode steps, and prompt steps whose contexts are all short."""
+        return meta.is_decode or int(meta.context_lens.max()) <= MAX_PROMPT_CONTEXT
+
+    def __call__(self, hidden: torch.Tensor, positions: torch.Tensor, meta) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = hidden.contiguous()
+        tokens = hidden.shape[0]
+        residual = torch.empty_like(hidden)
+        if self.work.numel() < tokens * self.work_floats:  # one buffer for every layer, kept for the next step
+            self.work = torch.empty(tokens * self.work_floats)
+        work = self.work
+        positions = positions.to(torch.int64).contiguous()
+        slots = meta.slot_mapping.to(torch.int64).contiguous()
+        tables = meta.block_tables.to(torch.int64).contiguous()
+        if meta.is_decode:  # one token per sequence, in block-table order
+            rows = torch.arange(tokens, dtype=torch.int64)
+        else:  # each prompt token's sequence: its row of the padded [B, max_q] layout
+            rows = torch.div(meta.unpad_index, meta.pad_index.shape[1], rounding_mode="floor").to(torch.int64)
+        step = binding.decode_step(positions, slots, tables, rows, self.rotary.cos, self.rotary.sin,
+                                   torch.get_num_threads())
+        for i, layer in enumerate(self.layers):
+            if self.kernel(layer, step, hidden, residual, i == 0, work) != 0:
+                raise MemoryError("the native decode layer could not allocate its work memory")
+        return hidden, residual
+
+
+def fused_decode_layers():
+    """A builder for LayerKit.fused_layers: decoder stack -> FusedDecode. Raises NativeUnavailable with
+    the reason."""
+    binding.library()
+    return lambda decoder: FusedDecode(decoder, binding.decode_layer, binding.decode_layer_work)
