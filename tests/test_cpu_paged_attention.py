@@ -92,6 +92,7 @@ def test_refuses_other_cache_dtypes(kernel):
 
 def test_build_failure_is_reported_not_raised_into_the_engine(monkeypatch, tmp_path):
     from medvllm.config import Config
+    from medvllm.hardware import detect
     from medvllm.layers import attention_backends
     from medvllm.layers.native import build
     build._library.cache_clear()
@@ -100,8 +101,8 @@ def test_build_failure_is_reported_not_raised_into_the_engine(monkeypatch, tmp_p
     try:
         with pytest.raises(NativeUnavailable, match="cannot run"):
             build.load("paged_attention")
-        assert attention_backends.select_backend(Config(device="cpu"), torch.device("cpu"), torch.float32,
-                                                 False) == "sdpa"
+        assert attention_backends.select_backend(Config(device="cpu", hardware=detect()), torch.device("cpu"),
+                                                 torch.float32, False) == "sdpa"
     finally:
         build._library.cache_clear()
 

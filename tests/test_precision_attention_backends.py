@@ -13,8 +13,10 @@ import torch.nn.functional as F
 
 from medvllm import SamplingParams
 from medvllm.config import Config
+from medvllm.deployment.merge import build
 from medvllm.engine.llm_engine import LLMEngine
 from medvllm.errors import ConfigError
+from medvllm.hardware import detect
 from medvllm.layers import attention_backends
 from medvllm.layers import flash_attention as fa
 
@@ -51,7 +53,8 @@ class ReferenceFlashAttn(fa.FlashAttnBackend):
 
 def _engine(path, block_size=16):
     return LLMEngine(Config(model=path, device="cpu", num_kvcache_blocks=64 if block_size == 16 else 8,
-                            kvcache_block_size=block_size, max_model_len=256, max_num_batched_tokens=512))
+                            kvcache_block_size=block_size, max_model_len=256, max_num_batched_tokens=512,
+                            hardware=detect()))
 
 
 def _install(engine, backend):
@@ -109,9 +112,9 @@ def test_sdpa_flash_refuses_sliding_window_models(tmp_path):
 
 def test_selection_on_cpu():
     cpu = torch.device("cpu")
-    assert attention_backends.select_backend(Config(device="cpu", attention_impl="sdpa"), cpu, torch.float32,
-                                             False) == "sdpa"
-    config = Config(device="cpu")
+    assert attention_backends.select_backend(Config(device="cpu", attention_impl="sdpa", hardware=detect()), cpu,
+                                             torch.float32, False) == "sdpa"
+    config = Config(hardware=detect(), device="cpu")
     config.attention_impl = "flash"  # as a Config built for other hardware would say
     with pytest.raises(ConfigError, match="flash attention needs a CUDA GPU"):
         attention_backends.select_backend(config, cpu, torch.bfloat16, False)
@@ -119,6 +122,6 @@ def test_selection_on_cpu():
 
 def test_config_refuses_flash_on_cpu():
     with pytest.raises(ConfigError, match="flash attention needs a CUDA GPU"):
-        Config(device="cpu", attention_impl="flash")
+        Config(hardware=detect(), device="cpu", attention_impl="flash")
     with pytest.raises(ConfigError, match="flash attention needs a CUDA GPU"):
-        Config(device="cpu", enable_flash_attention=True)
+        build({"device": "cpu", "enable_flash_attention": True}, detect())

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 
 from medvllm import LLM, SamplingParams
 from medvllm.config import Config
+from medvllm.deployment.merge import build
 from medvllm.errors import ConfigError
+from medvllm.hardware import detect
 from medvllm.layers.cpu_int8_linear import rows_kernel_uses_amx
 from medvllm.layers.cpu_linear import packing_available
 from medvllm.layers.linear import ReplicatedLinear
@@ -203,10 +205,10 @@ def test_engine_implements_the_profile_methods():
 
 def test_dynamic_refuses_mixed_precision_and_cuda():
     with pytest.raises(ConfigError, match="quantization_method='dynamic' computes in float32"):
-        Config(device="cpu", quantization_method="dynamic", enable_mixed_precision=True)
+        build({"device": "cpu", "quantization_method": "dynamic", "enable_mixed_precision": True}, detect())
     with pytest.raises(ConfigError, match="quantization_method='dynamic' computes in float32"):
-        Config(device="cpu", quantization_method="dynamic", dtype="bfloat16")
-    from medvllm.hardware import GPUInfo, detect
+        Config(hardware=detect(), device="cpu", quantization_method="dynamic", dtype="bfloat16")
+    from medvllm.hardware import GPUInfo
     from dataclasses import replace
     gpu = replace(detect(), gpus=(GPUInfo("fake", (8, 0), 40 << 30),))
     with pytest.raises(ConfigError, match="runs on CPU only"):

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def select_backend(config, device: torch.device, dtype: torch.dtype, sliding_window: bool) -> str:
     """The attention backend a Config gets on this device: "sdpa", "cpu-paged", "flash-attn" or "sdpa-flash"."""
-    wants = config.wants_flash_attention
+    wants = config.attention_impl == "flash"
     if device.type != "cuda":
         if wants:
             raise ConfigError(f"flash attention needs a CUDA GPU, but the model runs on {device.type}: "
