@@ -25,7 +25,8 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: float32
 ATTENTION_IMPLS = ("auto", "sdpa", "flash")
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: the dtype the model runs in
-# Quantization methods the engine implements, with the bit width each one means.
+# Quantization methods a Config may name, with the bit width each one means (what this install implements:
+# HardwareInfo.quantization_methods).
 QUANT_METHOD_BITS = {"dynamic": 8, "bnb-8bit": 8, "bnb-nf4": 4}
 QUANT_METHOD_ALIASES = {"bnb-4bit": "bnb-nf4"}
 QUANT_METHODS = tuple(QUANT_METHOD_BITS) + tuple(QUANT_METHOD_ALIASES)
@@ -137,7 +138,8 @@ def fail(field_names: str | tuple[str, ...], message: str) -> ConfigError:
 _BOOLS = ("allow_tf32", "cudnn_benchmark", "memory_efficient", "enable_memory_pooling", "enable_prefix_caching")
 _POSITIVE_INTS = ("tensor_parallel_size", "max_num_seqs", "kvcache_block_size")
 _OPTIONAL_POSITIVE_INTS = ("max_model_len", "num_kvcache_blocks", "max_num_batched_tokens")
-_ENUMS = {"device": DEVICES, "dtype": DTYPES, "attention_impl": ATTENTION_IMPLS, "pool_device": DEVICES, "kv_cache_dtype": KV_CACHE_DTYPES}
+_ENUMS = {"device": DEVICES, "dtype": DTYPES, "attention_impl": ATTENTION_IMPLS, "pool_device": DEVICES,
+          "kv_cache_dtype": KV_CACHE_DTYPES}
 
 
 def _is_int(value) -> bool:

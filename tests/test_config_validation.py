@@ -241,7 +241,8 @@ def test_memory_efficient_lowers_the_cpu_defaults_but_not_explicit_values():
     assert (lean.kv_cache_space_gib, lean.max_num_batched_tokens) == (DEFAULT_KV_SPACE_GIB[True], 1024)
     assert MEMORY_EFFICIENT_BATCHED_TOKENS == 1024 and DEFAULT_KV_SPACE_GIB == {False: 1.0, True: 0.4}
     assert Config(hardware=CPU, device="cpu").kv_cache_space_gib == 1.0
-    given = Config(hardware=CPU, device="cpu", memory_efficient=True, kv_cache_space_gib=2.0, max_num_batched_tokens=4096)
+    given = Config(hardware=CPU, device="cpu", memory_efficient=True, kv_cache_space_gib=2.0,
+                   max_num_batched_tokens=4096)
     assert (given.kv_cache_space_gib, given.max_num_batched_tokens) == (2.0, 4096)
 
 
