@@ -2,13 +2,19 @@
 
 Everything downstream reads a Config; nothing downstream reads env vars or profiles.
 Building one validates it, so a bad Config never reaches the engine: first on its own (types, ranges,
-combinations), then against a HardwareInfo snapshot (`hardware=`; the detected machine by default).
-Settings that do nothing on the chosen device are accepted and listed in `config.warnings`.
+combinations), then against the HardwareInfo snapshot passed as `hardware=` (`medvllm.hardware.detect()`
+for this machine, a fake one in tests), kept as `config.hardware`. Settings that do nothing on the chosen
+device are accepted and listed in `config.warnings`.
+
+One field per concept: `dtype` is what the model runs in, `attention_impl` the attention, and
+`quantization_method` the quantization (its bit width follows from it: QUANT_METHOD_BITS). Profiles and
+the CLI also accept older paired keys (enable_mixed_precision, quantization_bits, ...); the deployment
+layer translates them (medvllm/deployment/translate.py) before a Config is built.
 """
 from __future__ import annotations
 
 import warnings as _warnings
-from dataclasses import InitVar, dataclass, fields
+from dataclasses import KW_ONLY, InitVar, dataclass, fields
 
 import torch
 
@@ -16,11 +22,11 @@ from medvllm.errors import ConfigError
 from medvllm.hardware import HardwareInfo
 
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-MIXED_PRECISION_DTYPES = ("bf16", "fp16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: float32
 ATTENTION_IMPLS = ("auto", "sdpa", "flash")
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: the dtype the model runs in
-# Quantization methods the engine implements, with the bit width each one means.
+# Quantization methods a Config may name, with the bit width each one means (what this install implements:
+# HardwareInfo.quantization_methods).
 QUANT_METHOD_BITS = {"dynamic": 8, "bnb-8bit": 8, "bnb-nf4": 4}
 QUANT_METHOD_ALIASES = {"bnb-4bit": "bnb-nf4"}
 QUANT_METHODS = tuple(QUANT_METHOD_BITS) + tuple(QUANT_METHOD_ALIASES)
@@ -38,14 +44,10 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda
     tensor_parallel_size: int = 1
     # numerics
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    enable_mixed_precision: bool = False
-    mixed_precision_dtype: str = "bf16"  # bf16 | fp16
-    quantization_bits: int | None = None
-    quantization_method: str | None = None
+    dtype: str = "auto"  # auto (float32) | float32 | bfloat16 | float16: what the model runs in
+    quantization_method: str | None = None  # None | dynamic | bnb-8bit | bnb-nf4 (alias bnb-4bit)
     # attention and backend flags
     attention_impl: str = "auto"  # auto | sdpa | flash
-    enable_flash_attention: bool = False
     allow_tf32: bool = False
     cudnn_benchmark: bool = False
     # memory
@@ -63,10 +65,16 @@ class Config:
     num_kvcache_blocks: int | None = None  # explicit pool size; overrides the two limits above
     enable_prefix_caching: bool = True
     seed: int = 0
-    # the machine to validate against; not a setting (detect() when None)
-    hardware: InitVar[HardwareInfo | None] = None
+    _: KW_ONLY
+    # the machine to validate against and run on (not a setting): required, so that no Config probes
+    # the machine by itself and tests decide with fake hardware
+    hardware: InitVar[HardwareInfo]
 
-    def __post_init__(self, hardware: HardwareInfo | None) -> None:
+    def __post_init__(self, hardware: HardwareInfo) -> None:
+        if not isinstance(hardware, HardwareInfo):
+            raise ConfigError(f"hardware={hardware!r} is invalid: Config needs a HardwareInfo snapshot; pass "
+                              "hardware=medvllm.hardware.detect() for this machine")
+        self.hardware = hardware
         self.derived: dict[str, str] = {}  # automatic field -> the setting that chose its value
         if self.max_num_batched_tokens is None and self.device in DEVICES:
             # longer prompts are prefilled in chunks of this many tokens: on CPU a step of 2,048 is as fast
@@ -83,10 +91,6 @@ class Config:
             if self.memory_efficient is True:
                 self.derived["kv_cache_space_gib"] = "memory_efficient"
         check_fields(self)
-        if hardware is None:
-            from medvllm.hardware import detect
-
-            hardware = detect()
         self.warnings: list[str] = check_hardware(self, hardware)
         if self.kv_cache_dtype == "auto" and kv_dtype(self, effective_device(self, hardware)) != run_dtype(self):
             self.derived["kv_cache_dtype"] = "memory_efficient"
@@ -102,26 +106,18 @@ class Config:
 
     @property
     def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        """The device the model runs on: `device`, with `auto` decided by the hardware snapshot."""
+        return torch.device(effective_device(self, self.hardware))
 
     @property
     def torch_dtype(self) -> torch.dtype:
         """The dtype weights and activations run in."""
-        if self.enable_mixed_precision:
-            return {"bf16": torch.bfloat16, "fp16": torch.float16}[self.mixed_precision_dtype]
-        return {"auto": torch.float32, "float32": torch.float32,
-                "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
+        return getattr(torch, run_dtype(self))
 
     @property
     def kv_torch_dtype(self) -> torch.dtype:
         """The dtype the KV cache stores: the model's (or memory_efficient's bf16) unless kv_cache_dtype says."""
         return getattr(torch, kv_dtype(self, self.resolved_device.type))
-
-    @property
-    def wants_flash_attention(self) -> bool:
-        return self.attention_impl == "flash" or (self.attention_impl == "auto" and self.enable_flash_attention)
 
 
 DEFAULT_BATCHED_TOKENS = {"cpu": 2048, "cuda": 8192}
@@ -139,12 +135,11 @@ def fail(field_names: str | tuple[str, ...], message: str) -> ConfigError:
 
 
 # --- checks on the Config alone ------------------------------------------------------------------------
-_BOOLS = ("enable_mixed_precision", "enable_flash_attention", "allow_tf32", "cudnn_benchmark",
-          "memory_efficient", "enable_memory_pooling", "enable_prefix_caching")
+_BOOLS = ("allow_tf32", "cudnn_benchmark", "memory_efficient", "enable_memory_pooling", "enable_prefix_caching")
 _POSITIVE_INTS = ("tensor_parallel_size", "max_num_seqs", "kvcache_block_size")
 _OPTIONAL_POSITIVE_INTS = ("max_model_len", "num_kvcache_blocks", "max_num_batched_tokens")
-_ENUMS = {"device": DEVICES, "dtype": DTYPES, "mixed_precision_dtype": MIXED_PRECISION_DTYPES,
-          "attention_impl": ATTENTION_IMPLS, "pool_device": DEVICES, "kv_cache_dtype": KV_CACHE_DTYPES}
+_ENUMS = {"device": DEVICES, "dtype": DTYPES, "attention_impl": ATTENTION_IMPLS, "pool_device": DEVICES,
+          "kv_cache_dtype": KV_CACHE_DTYPES}
 
 
 def _is_int(value) -> bool:
@@ -184,49 +179,21 @@ def check_fields(c: Config) -> None:
         raise fail(("max_num_batched_tokens", "max_num_seqs"),
                    f"max_num_batched_tokens={c.max_num_batched_tokens} is smaller than max_num_seqs={c.max_num_seqs}: "
                    "a step could not give each running sequence a token; raise max_num_batched_tokens")
-    _check_quantization(c)
-    _check_precision(c)
-    if c.quantization_method == "dynamic" and run_dtype(c) != "float32":
-        raise fail(("quantization_method", "enable_mixed_precision", "dtype"),
-                   f"quantization_method='dynamic' computes in float32 around its int8 matmuls, but the model would "
-                   f"run in {run_dtype(c)}: turn mixed precision off (dtype 'auto' or 'float32'), or drop quantization")
-    if c.enable_flash_attention and c.attention_impl == "sdpa":
-        raise fail(("enable_flash_attention", "attention_impl"),
-                   "enable_flash_attention=true contradicts attention_impl='sdpa': "
-                   "set attention_impl to 'flash' (or 'auto'), or turn flash attention off")
-
-
-def _check_quantization(c: Config) -> None:
-    bits, method = c.quantization_bits, c.quantization_method
-    if bits is not None and (not _is_int(bits) or bits not in (4, 8)):
-        raise fail("quantization_bits", f"quantization_bits={bits!r} is invalid: use 8, 4, or null for no quantization")
+    method = c.quantization_method
     if method is not None and method not in QUANT_METHODS:
         raise fail("quantization_method", f"quantization_method={method!r} is invalid: use one of "
                                           f"{', '.join(QUANT_METHODS)}, or null for no quantization")
-    if method is None:
-        if bits is not None:
-            raise fail(("quantization_bits", "quantization_method"),
-                       f"quantization_bits={bits} needs a quantization_method: use "
-                       + ("'dynamic' (CPU) or 'bnb-8bit' (CUDA)" if bits == 8 else "'bnb-nf4' (CUDA)"))
-        return
-    method = c.quantization_method = QUANT_METHOD_ALIASES.get(method, method)
-    implied = QUANT_METHOD_BITS[method]
-    if bits is None:
-        c.quantization_bits = implied
-    elif bits != implied:
-        raise fail(("quantization_bits", "quantization_method"),
-                   f"quantization_bits={bits} does not match quantization_method={method!r}, which is "
-                   f"{implied}-bit: set quantization_bits={implied}, or pick a {bits}-bit method")
+    c.quantization_method = QUANT_METHOD_ALIASES.get(method, method)
+    if c.quantization_method == "dynamic" and run_dtype(c) != "float32":
+        raise fail(("quantization_method", "dtype"),
+                   f"quantization_method='dynamic' computes in float32 around its int8 matmuls, but the model would "
+                   f"run in {run_dtype(c)}: set dtype to 'auto' or 'float32' (mixed precision off), or drop "
+                   "quantization")
 
 
-def _check_precision(c: Config) -> None:
-    if not c.enable_mixed_precision or c.dtype == "auto":
-        return
-    wanted = {"bf16": "bfloat16", "fp16": "float16"}[c.mixed_precision_dtype]
-    if c.dtype != wanted:
-        raise fail(("dtype", "enable_mixed_precision", "mixed_precision_dtype"),
-                   f"dtype={c.dtype!r} contradicts enable_mixed_precision=true with mixed_precision_dtype="
-                   f"{c.mixed_precision_dtype!r}: set dtype='auto' (or {wanted!r}), or turn mixed precision off")
+def quantization_bits(method: str | None) -> int | None:
+    """The bit width a quantization method stores weights in (None: no quantization)."""
+    return None if method is None else QUANT_METHOD_BITS[QUANT_METHOD_ALIASES.get(method, method)]
 
 
 # --- checks against the hardware -----------------------------------------------------------------------
@@ -236,8 +203,6 @@ def effective_device(c: Config, hw: HardwareInfo) -> str:
 
 def run_dtype(c: Config) -> str:
     """The dtype the model runs in, spelled as in `dtype`."""
-    if c.enable_mixed_precision:
-        return {"bf16": "bfloat16", "fp16": "float16"}[c.mixed_precision_dtype]
     return "float32" if c.dtype == "auto" else c.dtype
 
 
@@ -277,24 +242,23 @@ def check_hardware(c: Config, hw: HardwareInfo) -> list[str]:
                                           "the engine: drop quantization (quantization_method=null), or use "
                                           "--deployment-profile none")
     dtype = run_dtype(c)
-    source = "mixed_precision_dtype" if c.enable_mixed_precision else "dtype"
     if dtype == "float16" and device == "cpu":
-        raise fail((source, "device"), f"{source}={getattr(c, source)!r} (float16) is not supported on CPU: "
-                                       "use bf16/bfloat16 or float32 on CPU, or run on a CUDA device")
+        raise fail(("dtype", "device"), "dtype='float16' (fp16, half-precision float16) is not supported on CPU: "
+                                        "use bfloat16 (bf16) or float32 on CPU, or run on a CUDA device")
     if dtype == "bfloat16":
         if device == "cuda" and hw.min_gpu_sm < 8:
-            raise fail((source, "device"), f"{source}={getattr(c, source)!r} (bfloat16) needs an Ampere or newer "
-                                           f"GPU (SM >= 8); this one is SM {hw.min_gpu_sm}: use fp16 instead")
+            raise fail(("dtype", "device"), f"dtype='bfloat16' (bf16) needs an Ampere or newer GPU (SM >= 8); this "
+                                            f"one is SM {hw.min_gpu_sm}: use dtype='float16' (fp16) instead")
         if device == "cpu" and not hw.cpu_native_bf16:
             warn.append("bfloat16 on a CPU without native bf16 (avx512_bf16/amx) is emulated and may be slower "
                         "than float32")
-    if c.wants_flash_attention:
+    if c.attention_impl == "flash":
         if device != "cuda":
-            raise fail(("attention_impl", "enable_flash_attention", "device"),
+            raise fail(("attention_impl", "device"),
                        "flash attention needs a CUDA GPU, but the model runs on cpu: "
                        "set attention_impl to 'sdpa' or 'auto' and turn flash attention off")
         if hw.min_gpu_sm < 8:
-            raise fail(("attention_impl", "enable_flash_attention"),
+            raise fail("attention_impl",
                        f"flash attention needs an Ampere or newer GPU (SM >= 8); this one is SM {hw.min_gpu_sm}: "
                        "use attention_impl='sdpa'")
     _check_kv_cache_dtype(c, device)
@@ -321,7 +285,7 @@ def _check_kv_cache_dtype(c: Config, device: str) -> None:
     if kv == "float16" and device == "cpu":
         raise fail(("kv_cache_dtype", "device"), "kv_cache_dtype='float16' is not supported on CPU (its attention "
                                                  "kernels read float32 or bfloat16 caches): use 'bfloat16' or 'auto'")
-    if kv != run_dtype(c) and c.wants_flash_attention:
-        raise fail(("kv_cache_dtype", "attention_impl", "enable_flash_attention"),
+    if kv != run_dtype(c) and c.attention_impl == "flash":
+        raise fail(("kv_cache_dtype", "attention_impl"),
                    f"kv_cache_dtype={c.kv_cache_dtype!r} differs from the model's {run_dtype(c)}, and the flash "
                    "kernels read the cache in the model's dtype: set kv_cache_dtype='auto', or attention_impl='sdpa'")

@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass, field, replace
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 # Optional packages the backends use; detect() records whether each is importable.
 OPTIONAL_BACKENDS = ("bitsandbytes", "flash_attn")
+# The quantization methods medvllm.quantization implements (its METHODS; a test keeps the two equal).
+# Listed here so that probing the machine never imports the code that computes.
+ENGINE_QUANTIZATION_METHODS = frozenset({"dynamic", "bnb-8bit", "bnb-nf4"})
 
 
 @dataclass(frozen=True)
@@ -173,14 +176,10 @@ def _importable(name: str) -> bool:
         return False
 
 
-def _engine_quantization_methods() -> frozenset[str] | None:
-    """What `medvllm.quantization` implements: its METHODS, or nothing when the package is absent."""
-    if not _importable("medvllm.quantization"):
-        return frozenset()
-    import medvllm.quantization as q
-
-    methods = getattr(q, "METHODS", None)
-    return None if methods is None else frozenset(methods)
+def _engine_quantization_methods() -> frozenset[str]:
+    """What this install implements: ENGINE_QUANTIZATION_METHODS, or nothing when `medvllm.quantization` is
+    absent (found, not imported)."""
+    return ENGINE_QUANTIZATION_METHODS if _importable("medvllm.quantization") else frozenset()
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,17 +16,16 @@ Messages = list[dict]
 class LLM:
     """`LLM(model=None, **config)`: model None is the embedded default model.
 
-    Settings come from keyword arguments (Config fields). `deployment_profile=NAME|PATH` applies a
-    profile under them, with the same precedence as the CLI; without it no profile is applied.
+    Settings come from keyword arguments: Config fields, or the keys profiles use (enable_mixed_precision,
+    quantization_bits, ...), translated the same way. `deployment_profile=NAME|PATH` applies a profile
+    under them, with the same precedence as the CLI; without it no profile is applied. The Config is
+    checked against this machine (hardware.detect()).
     """
 
     def __init__(self, model: str | None = None, *, config: Config | None = None,
                  deployment_profile: str | None = None, **kwargs):
         if config is None:
-            if deployment_profile is not None:
-                config = _resolve(model, deployment_profile, kwargs)
-            else:
-                config = Config(model=model, **kwargs)
+            config = _resolve(model, deployment_profile, kwargs)
         self.config = config
         self.engine = LLMEngine(config)
         self.tokenizer = self.engine.tokenizer
@@ -134,7 +133,14 @@ def _params_for(prompts: list, params) -> list[SamplingParams]:
 
 
 def _resolve(model, profile, kwargs) -> Config:
+    """The Config for `LLM(model, **kwargs)`: no profile unless one is named (the environment's is not read)."""
+    import warnings
+
+    from medvllm.config import ConfigWarning
     from medvllm.deployment import resolve
     from medvllm.hardware import detect
     overrides = dict(kwargs, **({"model": model} if model is not None else {}))
-    return resolve(overrides, profile, os.environ, detect()).config
+    config = resolve(overrides, "none" if profile is None else profile, os.environ, detect()).config
+    for message in config.warnings:  # as a Config built directly would warn
+        warnings.warn(message, ConfigWarning, stacklevel=3)
+    return config

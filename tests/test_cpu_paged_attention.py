@@ -92,6 +92,7 @@ def test_refuses_other_cache_dtypes(kernel):
 
 def test_build_failure_is_reported_not_raised_into_the_engine(monkeypatch, tmp_path):
     from medvllm.config import Config
+    from medvllm.hardware import detect
     from medvllm.backends.select import ModelTraits, select_backends
     from medvllm.backends.cpu.native import build
     build._library.cache_clear()
@@ -100,7 +101,7 @@ def test_build_failure_is_reported_not_raised_into_the_engine(monkeypatch, tmp_p
     try:
         with pytest.raises(NativeUnavailable, match="cannot run"):
             build.load("paged_attention")
-        chosen = select_backends(Config(device="cpu"), ModelTraits(hidden_size=64, head_dim=16))
+        chosen = select_backends(Config(device="cpu", hardware=detect()), ModelTraits(hidden_size=64, head_dim=16))
         assert chosen.attention == "sdpa" and "cannot run" in chosen.reasons["attention"]
     finally:
         build._library.cache_clear()

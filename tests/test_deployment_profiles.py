@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from medvllm import config as C
-from medvllm.deployment import profiles, schema
+from medvllm.deployment import profiles, schema, translate
 from medvllm.errors import ProfileError
 from medvllm.hardware import GPUInfo, HardwareInfo
 
@@ -22,6 +22,8 @@ SPEC_ENGINES = {  # the engine blocks of the product spec (gpu_4bit as the issue
     "cloud_gpu_tp4_fp16": {"tensor_parallel_size": 4, "enable_mixed_precision": True, "mixed_precision_dtype": "fp16",
                            "enable_memory_pooling": True, "pool_device": "cuda"},
 }
+TRANSLATED = {"onprem_gpu_bf16_flash": {"dtype": "bfloat16", "attention_impl": "flash"},
+              "cloud_gpu_tp4_fp16": {"dtype": "float16", "attention_impl": "auto"}}
 BIG = HardwareInfo(cpu_count=32, total_memory=256 << 30, available_memory=250 << 30,
                    gpus=(GPUInfo("A100", (8, 0), 80 << 30),) * 4, backends={"bitsandbytes": True})
 
@@ -48,6 +50,11 @@ def test_each_shipped_profile_builds_a_valid_config_on_hardware_that_can_run_it(
     hw = BIG.cpu_only() if p.engine.get("quantization_method") == "dynamic" else BIG
     config = merge.build(merge.merge(p.engine, f"profile:{name}", {}, hw)[0], hw)
     for key, value in p.engine.items():
+        if key == "quantization_bits":
+            assert C.quantization_bits(config.quantization_method) == value
+        elif key not in translate.KEYS:
+            assert getattr(config, key) == value
+    for key, value in TRANSLATED.get(name, {}).items():  # what the profile keys mean as Config fields
         assert getattr(config, key) == value
 
 
@@ -61,13 +68,14 @@ def test_shipped_files_agree_with_the_repo_copies_and_the_schema():
         validator.validate(json.loads(path.read_text()))
 
 
-def test_schema_engine_keys_are_the_config_fields_with_config_enums():
+def test_schema_engine_keys_are_the_config_fields_and_profile_keys_with_their_enums():
     engine = schema.load_schema()["properties"]["engine"]["properties"]
-    assert set(engine) == set(C.Config.field_names()) - {"model"}
+    assert set(engine) == set(C.Config.field_names()) - {"model"} | set(translate.KEYS)
     assert engine["device"]["enum"] == list(C.DEVICES) == engine["pool_device"]["enum"]
     assert engine["attention_impl"]["enum"] == list(C.ATTENTION_IMPLS)
     assert engine["quantization_method"]["enum"] == list(C.QUANT_METHODS) + [None]
-    assert engine["mixed_precision_dtype"]["enum"] == list(C.MIXED_PRECISION_DTYPES)
+    assert engine["mixed_precision_dtype"]["enum"] == list(translate.MIXED_PRECISION_DTYPES)
+    assert engine["quantization_bits"]["enum"] == sorted(set(C.QUANT_METHOD_BITS.values())) + [None]
 
 
 BAD = [

@@ -3,6 +3,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from medvllm.deployment import PROFILE_ENV, ModelInfo, resolve
 from medvllm.errors import ConfigError, ProfileError
@@ -54,7 +55,8 @@ def test_env_profile_beats_auto_selection():
 def test_flag_profile_beats_env_profile():
     r = resolve({}, "onprem_gpu_bf16_flash", {PROFILE_ENV: "gpu_8bit"}, GPU)
     assert (r.profile_name, r.how_chosen) == ("onprem_gpu_bf16_flash", "flag")
-    assert r.config.quantization_method is None and r.config.enable_mixed_precision
+    assert r.config.quantization_method is None and r.config.dtype == "bfloat16"
+    assert r.sources["dtype"] == r.sources["attention_impl"] == "profile:onprem_gpu_bf16_flash"
 
 
 def test_explicit_overrides_beat_the_profile():
@@ -120,9 +122,10 @@ def test_cuda_only_knobs_warn_on_cpu():
 
 def test_quantization_method_override_brings_its_bits():
     r = resolve({"quantization_method": "bnb-8bit"}, "gpu_4bit", {}, GPU)
-    assert (r.config.quantization_bits, r.sources["quantization_bits"]) == (8, "cli")
+    assert (r.config.quantization_method, r.sources["quantization_method"]) == ("bnb-8bit", "cli")
+    assert r.given == {"quantization_method": "bnb-8bit", "quantization_bits": 8}  # the bits followed
     r = resolve({"quantization_method": None}, "cpu", {}, CPU)
-    assert (r.config.quantization_bits, r.config.quantization_method) == (None, None)
+    assert (r.config.quantization_method, r.sources["quantization_method"]) == (None, "cli")
 
 
 def test_quantization_bits_override_brings_a_matching_method():
@@ -141,12 +144,43 @@ def test_turning_flash_off_over_a_flash_profile_means_sdpa():
     r = resolve({"enable_flash_attention": False}, "onprem_gpu_bf16_flash", {}, GPU)
     assert (r.config.attention_impl, r.sources["attention_impl"]) == ("sdpa", "cli")
     r = resolve({"attention_impl": "sdpa"}, "onprem_gpu_bf16_flash", {}, GPU)
-    assert (r.config.enable_flash_attention, r.sources["enable_flash_attention"]) == (False, "cli")
+    assert (r.config.attention_impl, r.sources["attention_impl"]) == ("sdpa", "cli")
+    assert r.given == {"attention_impl": "sdpa", "enable_flash_attention": False}  # the flag followed
 
 
 def test_dtype_override_turns_off_the_profiles_mixed_precision():
     r = resolve({"dtype": "float32"}, "onprem_gpu_bf16_flash", {}, GPU)
-    assert r.config.enable_mixed_precision is False and r.sources["enable_mixed_precision"] == "cli"
+    assert (r.config.dtype, r.sources["dtype"]) == ("float32", "cli")
+    assert r.given == {"dtype": "float32", "enable_mixed_precision": False}
+    r = resolve({"enable_mixed_precision": False}, "onprem_gpu_bf16_flash", {}, GPU)
+    assert (r.config.dtype, r.config.torch_dtype, r.sources["dtype"]) == ("auto", torch.float32, "cli")
+
+
+def test_profile_keys_translate_with_the_profiles_source():
+    r = resolve({}, "cloud_gpu_tp4_fp16", {}, dataclasses.replace(GPU, gpus=GPU.gpus * 4))
+    assert (r.config.dtype, r.sources["dtype"]) == ("float16", "profile:cloud_gpu_tp4_fp16")
+    assert r.sources["attention_impl"] == "default" and r.given == {}
+    r = resolve({"mixed_precision_dtype": "fp16"}, "onprem_gpu_bf16_flash", {}, GPU)
+    assert (r.config.dtype, r.sources["dtype"]) == ("float16", "cli")
+    r = resolve({}, "gpu_4bit", {}, GPU)
+    assert (r.config.quantization_method, r.sources["quantization_method"]) == ("bnb-nf4", "profile:gpu_4bit")
+    assert set(r.settings()) == set(r.config.to_dict()) and "quantization_bits" not in r.settings()
+
+
+def test_api_keyword_arguments_may_use_the_profile_keys():
+    r = resolve({"enable_mixed_precision": True, "mixed_precision_dtype": "bf16"}, "none", {}, GPU)
+    assert (r.config.dtype, r.sources["dtype"]) == ("bfloat16", "cli")
+    assert r.given == {"enable_mixed_precision": True, "mixed_precision_dtype": "bf16"}
+    r = resolve({"enable_flash_attention": True, "quantization_bits": 8, "quantization_method": "bnb-8bit"}, "none",
+                {}, GPU)
+    assert (r.config.attention_impl, r.config.quantization_method) == ("flash", "bnb-8bit")
+
+
+def test_a_profile_keys_contradiction_blames_the_profile(tmp_path):
+    path = tmp_path / "site.json"
+    path.write_text('{"profile": "site", "engine": {"quantization_bits": 4, "quantization_method": "dynamic"}}')
+    with pytest.raises(ProfileError, match="'site' cannot run on this machine: quantization_bits=4 does not match"):
+        resolve({}, str(path), {}, CPU)
 
 
 def test_explicit_profile_that_may_not_fit_warns():

@@ -8,6 +8,7 @@ import torch.distributed as dist
 
 from medvllm import LLM, SamplingParams
 from medvllm.config import Config
+from medvllm.hardware import detect
 from tiny_models import build_tiny
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -20,7 +21,8 @@ def test_one_rank_nccl_group_scores_like_the_plain_runner(tmp_path):
     from medvllm.loader import open_model
 
     build_tiny("llama", tmp_path)
-    config = Config(model=str(tmp_path), tensor_parallel_size=1, device="cuda", num_kvcache_blocks=32)
+    config = Config(model=str(tmp_path), tensor_parallel_size=1, device="cuda", num_kvcache_blocks=32,
+                    hardware=detect())
     source = open_model(str(tmp_path))
     plain = ModelRunner(config, source, 256)
     runner = TensorParallelRunner(config, source, 256)

@@ -39,3 +39,12 @@ def test_detect_reads_this_machine_once():
     import torch
 
     assert hw.has_cuda == torch.cuda.is_available()
+
+
+def test_the_probe_lists_what_the_engine_implements_without_importing_it():
+    from medvllm import quantization
+    from medvllm.config import QUANT_METHOD_BITS
+    from medvllm.hardware import ENGINE_QUANTIZATION_METHODS
+
+    assert ENGINE_QUANTIZATION_METHODS == set(quantization.METHODS) == set(QUANT_METHOD_BITS)
+    assert detect().quantization_methods == ENGINE_QUANTIZATION_METHODS

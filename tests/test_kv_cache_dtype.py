@@ -72,9 +72,8 @@ def test_float16_cache_is_refused_on_cpu():
 
 def test_a_narrower_cache_is_refused_with_flash_attention():
     with pytest.raises(ConfigError, match="flash kernels read the cache in the model's dtype"):
-        Config(device="cuda", enable_mixed_precision=True, mixed_precision_dtype="bf16", attention_impl="flash",
-               kv_cache_dtype="float32", hardware=GPU)
-    Config(device="cuda", enable_mixed_precision=True, mixed_precision_dtype="bf16", attention_impl="flash",
+        Config(device="cuda", dtype="bfloat16", attention_impl="flash", kv_cache_dtype="float32", hardware=GPU)
+    Config(device="cuda", dtype="bfloat16", attention_impl="flash",
            kv_cache_dtype="bfloat16", hardware=GPU)  # the model's own dtype, spelled out: fine
 
 
@@ -97,4 +96,4 @@ def test_memory_efficient_cache_dtype_rules():
     assert kv(device="cpu", memory_efficient=True, kv_cache_dtype="float32", hardware=CPU) == torch.float32
     assert kv(device="cpu", hardware=CPU) == torch.float32  # without it: the model's dtype
     # under bf16 mixed precision the model's dtype is already 16-bit: unchanged
-    assert kv(device="cpu", memory_efficient=True, enable_mixed_precision=True, hardware=CPU) == torch.bfloat16
+    assert kv(device="cpu", memory_efficient=True, dtype="bfloat16", hardware=CPU) == torch.bfloat16

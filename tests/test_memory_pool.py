@@ -13,6 +13,7 @@ from medvllm import SamplingParams
 from medvllm.config import Config
 from medvllm.engine.llm_engine import LLMEngine
 from medvllm.errors import ConfigError
+from medvllm.hardware import detect
 
 STEPS = 1000
 IN_FLIGHT = 16
@@ -40,7 +41,7 @@ def wide_tiny(tmp_path_factory):
 
 def _engine(path: str, pooling: bool) -> LLMEngine:
     return LLMEngine(Config(model=path, device="cpu", enable_memory_pooling=pooling, num_kvcache_blocks=POOL_BLOCKS,
-                            max_model_len=512, max_num_seqs=IN_FLIGHT, max_num_batched_tokens=2048,
+                            hardware=detect(), max_model_len=512, max_num_seqs=IN_FLIGHT, max_num_batched_tokens=2048,
                             enable_prefix_caching=False))
 
 
@@ -131,7 +132,7 @@ def test_without_pooling_only_the_blocks_in_use_are_resident(runs):
 
 def test_pool_device_must_be_the_model_device():
     from medvllm.engine.memory_pool import pool_device
-    config = Config(device="cpu", enable_memory_pooling=True)
+    config = Config(hardware=detect(), device="cpu", enable_memory_pooling=True)
     assert pool_device(config, torch.device("cpu")) == torch.device("cpu")
     config.pool_device = "cuda"  # what a CUDA-pooled profile says, seen by a CPU run
     with pytest.raises(ConfigError, match="pool_device='cuda' but the model runs on cpu"):
@@ -141,10 +142,10 @@ def test_pool_device_must_be_the_model_device():
 def test_a_pooled_cpu_cache_is_no_bigger_than_the_requests_can_fill(wide_tiny):
     """kv_cache_space_gib is the limit; a committed pool stops at max_num_seqs x max_model_len."""
     engine = LLMEngine(Config(model=wide_tiny, device="cpu", enable_memory_pooling=True, kv_cache_space_gib=1.0,
-                              max_model_len=100, max_num_seqs=3, max_num_batched_tokens=512))
+                              hardware=detect(), max_model_len=100, max_num_seqs=3, max_num_batched_tokens=512))
     assert engine.runner.num_blocks == 3 * 7  # ceil(100 / 16) blocks per request
     unpooled = LLMEngine(Config(model=wide_tiny, device="cpu", kv_cache_space_gib=0.01, max_model_len=100,
-                                max_num_seqs=3, max_num_batched_tokens=512))
+                                hardware=detect(), max_num_seqs=3, max_num_batched_tokens=512))
     assert unpooled.runner.num_blocks == int(0.01 * 2**30) // (16 * KV_BYTES_PER_TOKEN)  # the limit, mapped lazily
 
 
@@ -160,17 +161,18 @@ def test_glibc_is_left_alone_while_a_step_buffer_fits_its_own_threshold():
 
 def test_an_automatic_max_model_len_is_lowered_to_what_the_pool_holds(wide_tiny):
     with pytest.warns(UserWarning, match="max_model_len lowered from the model's 2048 to 320 tokens"):
-        engine = LLMEngine(Config(model=wide_tiny, device="cpu", num_kvcache_blocks=20, max_num_seqs=4))
+        engine = LLMEngine(Config(model=wide_tiny, device="cpu", num_kvcache_blocks=20, max_num_seqs=4,
+                                  hardware=detect()))
     assert engine.max_model_len == 320
     with pytest.raises(ConfigError, match="fewer than the 32 one request of max_model_len=512 needs"):
-        LLMEngine(Config(model=wide_tiny, device="cpu", num_kvcache_blocks=20, max_model_len=512))
+        LLMEngine(Config(hardware=detect(), model=wide_tiny, device="cpu", num_kvcache_blocks=20, max_model_len=512))
 
 
 @pytest.mark.parametrize("memory_efficient", [True, False])
 def test_a_memory_efficient_engine_returns_free_heap_pages_when_it_goes_idle(wide_tiny, monkeypatch, memory_efficient):
     import medvllm.engine.llm_engine as llm_engine
     engine = LLMEngine(Config(model=wide_tiny, device="cpu", memory_efficient=memory_efficient, max_model_len=128,
-                              num_kvcache_blocks=64))
+                              hardware=detect(), num_kvcache_blocks=64))
     calls = []
     monkeypatch.setattr(llm_engine, "release_free_memory", lambda: calls.append(len(engine._seqs)))
     params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)

@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from medvllm import SamplingParams
 from medvllm.backends.select import ModelTraits, select_backends
 from medvllm.config import Config
+from medvllm.deployment.merge import build
 from medvllm.engine.llm_engine import LLMEngine
 from medvllm.errors import ConfigError
+from medvllm.hardware import detect
 from medvllm.backends.cuda import flash_attention as fa
 
 
@@ -51,7 +53,8 @@ class ReferenceFlashAttn(fa.FlashAttnBackend):
 
 def _engine(path, block_size=16):
     return LLMEngine(Config(model=path, device="cpu", num_kvcache_blocks=64 if block_size == 16 else 8,
-                            kvcache_block_size=block_size, max_model_len=256, max_num_batched_tokens=512))
+                            kvcache_block_size=block_size, max_model_len=256, max_num_batched_tokens=512,
+                            hardware=detect()))
 
 
 def _install(engine, backend):
@@ -109,13 +112,13 @@ def test_sdpa_flash_refuses_sliding_window_models(tmp_path):
 
 def test_selection_on_cpu():
     traits = ModelTraits(hidden_size=64, head_dim=16)
-    assert select_backends(Config(device="cpu", attention_impl="sdpa"), traits).attention == "sdpa"
-    chosen = select_backends(Config(device="cpu"), traits)
+    assert select_backends(Config(device="cpu", attention_impl="sdpa", hardware=detect()), traits).attention == "sdpa"
+    chosen = select_backends(Config(device="cpu", hardware=detect()), traits)
     assert chosen.attention in ("cpu-paged", "sdpa") and chosen.reasons["attention"]
 
 
 def test_config_refuses_flash_on_cpu():
     with pytest.raises(ConfigError, match="flash attention needs a CUDA GPU"):
-        Config(device="cpu", attention_impl="flash")
+        Config(hardware=detect(), device="cpu", attention_impl="flash")
     with pytest.raises(ConfigError, match="flash attention needs a CUDA GPU"):
-        Config(device="cpu", enable_flash_attention=True)
+        build({"device": "cpu", "enable_flash_attention": True}, detect())

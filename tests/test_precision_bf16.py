@@ -13,7 +13,9 @@ import torch.nn.functional as F
 
 from medvllm import LLM, SamplingParams
 from medvllm.config import Config
+from medvllm.deployment.merge import build
 from medvllm.errors import ConfigError
+from medvllm.hardware import detect
 from medvllm.layers.norm import RMSNorm
 from medvllm.quality.metrics import common_prefix
 from quant_quality import teacher_forced
@@ -21,9 +23,9 @@ from quant_quality import teacher_forced
 
 def test_fp16_on_cpu_is_refused():
     with pytest.raises(ConfigError, match=r"float16\) is not supported on CPU"):
-        Config(device="cpu", enable_mixed_precision=True, mixed_precision_dtype="fp16")
+        build({"device": "cpu", "enable_mixed_precision": True, "mixed_precision_dtype": "fp16"}, detect())
     with pytest.raises(ConfigError, match=r"float16\) is not supported on CPU"):
-        Config(device="cpu", dtype="float16")
+        Config(device="cpu", dtype="float16", hardware=detect())
 
 
 def test_rmsnorm_statistics_in_float32():
@@ -59,7 +61,7 @@ def test_cpu_backend_flags_are_not_touched():
     from medvllm.config import ConfigWarning
     before = torch.backends.cudnn.benchmark
     with pytest.warns(ConfigWarning, match="does nothing on cpu"):
-        config = Config(device="cpu", allow_tf32=True, cudnn_benchmark=True)
+        config = Config(device="cpu", allow_tf32=True, cudnn_benchmark=True, hardware=detect())
     flags = apply_backend_flags(config, torch.device("cpu"))
     assert flags == {"allow_tf32": None, "cudnn_benchmark": None}
     assert torch.backends.cudnn.benchmark == before

@@ -112,7 +112,9 @@ def test_gate_limits_are_inclusive_and_overridable():
     (None, None, "float"), ("dynamic", 8, "8-bit"), ("bnb-8bit", 8, "8-bit"), ("bnb-nf4", 4, "4-bit"),
 ])
 def test_threshold_tier_follows_the_quantization_width(method, bits, tier):
-    config = types.SimpleNamespace(quantization_method=method, quantization_bits=bits)
+    from medvllm.config import quantization_bits
+    assert quantization_bits(method) == bits  # the width a method means
+    config = types.SimpleNamespace(quantization_method=method)
     assert tier_of(config) == tier
     assert TIERS["float"] == Thresholds()
 

@@ -22,7 +22,7 @@ GPU = replace(detect(), gpus=(GPUInfo("fake A100", (8, 0), 40 << 30),))
 @pytest.mark.parametrize("method", ["bnb-8bit", "bnb-nf4", "bnb-4bit"])
 def test_bnb_refused_on_cpu(method):
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
-        Config(device="cpu", quantization_method=method)
+        Config(hardware=detect(), device="cpu", quantization_method=method)
 
 
 def test_bnb_refused_without_the_package():

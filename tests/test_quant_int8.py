@@ -15,7 +15,9 @@ import torch.nn.functional as F
 
 from medvllm import LLM, SamplingParams
 from medvllm.config import Config
+from medvllm.deployment.merge import build
 from medvllm.errors import ConfigError
+from medvllm.hardware import detect
 from medvllm.backends.cpu.int8_linear import QMAX, rows_kernel_uses_amx
 from medvllm.layers.linear import ReplicatedLinear
 from medvllm.quantization import METHODS, quantizable_layers
@@ -192,7 +194,7 @@ def test_without_the_native_kernel_dynamic_is_refused_with_the_fix(monkeypatch):
     from medvllm.backends.select import ModelTraits, select_backends
     monkeypatch.setattr(select, "native_unavailable", lambda: "no C compiler found (install gcc, or set CC)")
     with pytest.raises(ConfigError, match="native int8 kernel, which cannot be built here .*install a C compiler"):
-        select_backends(Config(device="cpu", quantization_method="dynamic"), ModelTraits(hidden_size=64, head_dim=16))
+        select_backends(Config(device="cpu", quantization_method="dynamic", hardware=detect()), ModelTraits(hidden_size=64, head_dim=16))
 
 
 def test_engine_implements_the_profile_methods():
@@ -201,10 +203,10 @@ def test_engine_implements_the_profile_methods():
 
 def test_dynamic_refuses_mixed_precision_and_cuda():
     with pytest.raises(ConfigError, match="quantization_method='dynamic' computes in float32"):
-        Config(device="cpu", quantization_method="dynamic", enable_mixed_precision=True)
+        build({"device": "cpu", "quantization_method": "dynamic", "enable_mixed_precision": True}, detect())
     with pytest.raises(ConfigError, match="quantization_method='dynamic' computes in float32"):
-        Config(device="cpu", quantization_method="dynamic", dtype="bfloat16")
-    from medvllm.hardware import GPUInfo, detect
+        Config(hardware=detect(), device="cpu", quantization_method="dynamic", dtype="bfloat16")
+    from medvllm.hardware import GPUInfo
     from dataclasses import replace
     gpu = replace(detect(), gpus=(GPUInfo("fake", (8, 0), 40 << 30),))
     with pytest.raises(ConfigError, match="runs on CPU only"):

@@ -24,6 +24,7 @@ from medvllm import LLM, SamplingParams  # noqa: E402
 from medvllm.config import Config  # noqa: E402
 from medvllm.engine.async_engine import AsyncLLMEngine, EngineDeadError  # noqa: E402
 from medvllm.engine.llm_engine import LLMEngine  # noqa: E402
+from medvllm.hardware import detect  # noqa: E402
 from medvllm.server import ServerSettings, create_app  # noqa: E402
 from medvllm.server.auth import KeyCheck, check_bind, is_loopback  # noqa: E402
 from medvllm.server.errors import APIError  # noqa: E402
@@ -90,7 +91,7 @@ class ThreadServer:
 def srv(tiny):
     """No API key, one running sequence at a time, one more may wait, text logging on."""
     server = ThreadServer(ServerSettings(max_queue=1, log_content=True, served_model_name="tiny"),
-                          lambda: LLMEngine(Config(model=tiny, max_num_seqs=1, **ENGINE)))
+                          lambda: LLMEngine(Config(hardware=detect(), model=tiny, max_num_seqs=1, **ENGINE)))
     yield server
     server.stop()
 
@@ -111,7 +112,7 @@ def test_async_engine_batches_concurrent_requests_and_matches_offline(tiny, offl
     prompts = [[5 + i, 9, 11 + i] for i in range(6)]
     params = SamplingParams(temperature=0.0, max_tokens=5)
     expected = [o.outputs[0].token_ids for o in offline.generate(prompts, params)]
-    engine = LLMEngine(Config(model=tiny, max_num_seqs=8, **ENGINE))
+    engine = LLMEngine(Config(hardware=detect(), model=tiny, max_num_seqs=8, **ENGINE))
     recorder = LogitsRecorder(engine)
     front = AsyncLLMEngine(engine).start()
 
@@ -227,7 +228,7 @@ def test_a_server_stopped_while_loading_waits_for_the_load_then_starts_nothing(t
     def load():
         started.set()
         release.wait(60)
-        engine = LLMEngine(Config(model=tiny, max_num_seqs=1, **ENGINE))
+        engine = LLMEngine(Config(hardware=detect(), model=tiny, max_num_seqs=1, **ENGINE))
         engine.shutdown = lambda: shut.append(True)
         return engine
     app = create_app(ServerSettings(), load)

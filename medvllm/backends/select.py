@@ -63,14 +63,6 @@ def select_backends(config, traits: ModelTraits) -> Backends:
     return _cpu(config, traits)
 
 
-def _hardware(config):
-    hardware = getattr(config, "hardware", None)
-    if hardware is None:
-        from medvllm.hardware import detect
-        hardware = detect()
-    return hardware
-
-
 # --- CPU -----------------------------------------------------------------------------------------------
 def native_unavailable() -> str | None:
     """Why the native CPU kernels cannot run here, or None when they can (built at first call)."""
@@ -187,7 +179,7 @@ def _cuda(config, traits: ModelTraits) -> Backends:
 
 def _cuda_attention(config, traits: ModelTraits, dtype: torch.dtype, why: dict):
     from medvllm.backends.cuda.flash_attention import FlashAttnBackend, SdpaFlashBackend
-    hardware = _hardware(config)
+    hardware = config.hardware
     low = dtype in LOW_PRECISION
     if config.attention_impl == "flash":  # the Config checked the GPU generation
         if not low:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from medvllm.cli import output
 from medvllm.config import check_fields
-from medvllm.deployment import check, merge, profiles, select
+from medvllm.deployment import check, merge, profiles, select, translate
 from medvllm.errors import ConfigError, ProfileError
 from medvllm.hardware import HardwareInfo, detect
 
@@ -94,7 +94,7 @@ def run_validate(args) -> int:
         try:
             profile = profiles.load(path if profiles.is_path_like(path) else f"./{path}", {})
             values, _ = merge.merge(profile.engine, "profile", {}, HardwareInfo())
-            check_fields(types.SimpleNamespace(**values))  # rules that hold on any machine
+            check_fields(types.SimpleNamespace(**translate.fields(values)))  # rules that hold on any machine
             problems = profile.warnings if args.strict else []
         except (ProfileError, ConfigError) as e:
             problems = [str(e)]

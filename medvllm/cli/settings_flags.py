@@ -1,9 +1,14 @@
-"""Command-line flags for every Config field, and the overrides dict they make (only flags given)."""
+"""Command-line flags for every setting a profile can hold, and the overrides dict they make (only flags given).
+
+The flags use the profile keys, so --mixed-precision, --flash-attention and --quantization-bits keep working:
+the deployment layer translates them into Config fields (medvllm/deployment/translate.py).
+"""
 from __future__ import annotations
 
 import argparse
 
 from medvllm import config as C
+from medvllm.deployment.translate import MIXED_PRECISION_DTYPES
 
 # field -> flag stem for booleans (--STEM / --no-STEM)
 BOOL_FLAGS = {
@@ -16,7 +21,7 @@ BOOL_FLAGS = {
     "enable_prefix_caching": "prefix-caching",
 }
 CHOICES = {
-    "device": C.DEVICES, "dtype": C.DTYPES, "mixed_precision_dtype": C.MIXED_PRECISION_DTYPES,
+    "device": C.DEVICES, "dtype": C.DTYPES, "mixed_precision_dtype": tuple(MIXED_PRECISION_DTYPES),
     "attention_impl": C.ATTENTION_IMPLS, "pool_device": C.DEVICES, "kv_cache_dtype": C.KV_CACHE_DTYPES,
     "quantization_method": C.QUANT_METHODS + ("none",),
 }
@@ -54,7 +59,7 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
-    """The Config fields the user set on the command line (and only those)."""
+    """The settings the user set on the command line (and only those), in the keys profiles use."""
     out = {}
     for key, value in vars(args).items():
         if key.startswith(PREFIX):

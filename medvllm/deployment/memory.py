@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medvllm.config import Config, effective_device, run_dtype
+from medvllm.config import Config, effective_device, quantization_bits, run_dtype
 from medvllm.hardware import HardwareInfo
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -53,9 +53,8 @@ class Fit:
 
 
 def weight_bytes_per_param(c: Config) -> float:
-    if c.quantization_bits is not None:
-        return c.quantization_bits / 8
-    return DTYPE_BYTES[run_dtype(c)]
+    bits = quantization_bits(c.quantization_method)
+    return DTYPE_BYTES[run_dtype(c)] if bits is None else bits / 8
 
 
 def estimate(c: Config, model: ModelInfo, hw: HardwareInfo) -> Fit:

@@ -1,7 +1,9 @@
 """Merge layers of settings into Config values, recording where each one came from.
 
 Layers, lowest first: Config defaults ("default"), a profile ("profile:NAME" or "auto:NAME"), explicit
-overrides ("cli"). Some fields come in pairs that must agree; when the overrides set one of a pair and
+overrides ("cli"). The merge works on the keys profiles use, which include a few that are not Config
+fields (translate.KEYS); `build` translates them, and `field_sources` gives the Config fields' sources.
+Some settings come in pairs that must agree; when the overrides set one of a pair and
 not the other, the other follows the override instead of contradicting it (e.g. `--quantization-method
 dynamic` over a 4-bit profile also means 8 bits; `--no-flash-attention` over a flash profile means sdpa).
 """
@@ -10,7 +12,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import MISSING, fields
 
-from medvllm.config import QUANT_METHOD_ALIASES, QUANT_METHOD_BITS, Config, ConfigWarning
+from medvllm.config import Config, ConfigWarning, quantization_bits
+from medvllm.deployment import translate
 from medvllm.errors import ConfigError
 from medvllm.hardware import HardwareInfo
 
@@ -18,18 +21,28 @@ CLI = "cli"
 DEFAULT = "default"
 
 
+def keys() -> list[str]:
+    """Every setting a profile or override may name: the Config fields, each followed by its profile keys."""
+    out = []
+    for name in Config.field_names():
+        out += [name] + [k for k, field in translate.FIELD_OF.items() if field == name]
+    return out
+
+
 def defaults() -> dict:
-    return {f.name: f.default for f in fields(Config) if f.default is not MISSING}
+    given = {f.name: f.default for f in fields(Config) if f.default is not MISSING}
+    return {k: given[k] if k in given else translate.KEYS[k] for k in keys()}
 
 
 def check_keys(overrides: dict) -> None:
-    unknown = sorted(set(overrides) - set(Config.field_names()))
+    unknown = sorted(set(overrides) - set(keys()))
     if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}: valid ones are {', '.join(Config.field_names())}")
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}: valid ones are {', '.join(keys())}")
 
 
 def merge(profile_engine: dict | None, label: str | None, overrides: dict, hw: HardwareInfo) -> tuple[dict, dict]:
-    values, sources = defaults(), {name: DEFAULT for name in Config.field_names()}
+    """(values, sources) for every key of keys(), profile keys included."""
+    values, sources = defaults(), {name: DEFAULT for name in keys()}
     for key, value in (profile_engine or {}).items():
         values[key], sources[key] = value, label
     for key, value in overrides.items():
@@ -39,9 +52,10 @@ def merge(profile_engine: dict | None, label: str | None, overrides: dict, hw: H
 
 
 def _bits_of(method) -> int | None:
-    if not isinstance(method, str):
+    try:
+        return quantization_bits(method)
+    except (KeyError, TypeError):  # not a method: Config names it
         return None
-    return QUANT_METHOD_BITS.get(QUANT_METHOD_ALIASES.get(method, method))
 
 
 def _follow(values: dict, sources: dict, key: str, value) -> None:
@@ -71,13 +85,19 @@ def _couple(values: dict, sources: dict, set_by_cli: set, hw: HardwareInfo) -> N
     elif only("attention_impl", "enable_flash_attention") and values["attention_impl"] != "auto":
         _follow(values, sources, "enable_flash_attention", values["attention_impl"] == "flash")
     if only("dtype", "enable_mixed_precision") and values["dtype"] != "auto" and values["enable_mixed_precision"]:
-        wanted = {"bf16": "bfloat16", "fp16": "float16"}[values["mixed_precision_dtype"]]
-        if values["dtype"] != wanted:
+        wanted = translate.MIXED_PRECISION_DTYPES.get(values["mixed_precision_dtype"])
+        if wanted is not None and values["dtype"] != wanted:
             _follow(values, sources, "enable_mixed_precision", False)
 
 
 def build(values: dict, hw: HardwareInfo) -> Config:
-    """Config(**values) validated against `hw`; its warnings stay in config.warnings (not re-emitted)."""
+    """The Config that `values` (profile keys allowed) ask for, validated against `hw`; its warnings stay in
+    config.warnings (not re-emitted)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConfigWarning)
-        return Config(**values, hardware=hw)
+        return Config(**translate.fields(values), hardware=hw)
+
+
+def field_sources(values: dict, sources: dict) -> dict:
+    """The source of each Config field, from merge()'s values and sources."""
+    return translate.sources(values, sources)

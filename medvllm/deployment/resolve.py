@@ -22,12 +22,15 @@ NONE = "none"
 @dataclass
 class Resolution:
     config: Config
-    sources: dict[str, str]  # field -> cli | profile:NAME | auto:NAME | default
+    sources: dict[str, str]  # Config field -> cli | profile:NAME | auto:NAME | default
     profile_name: str | None
     how_chosen: str  # flag | env | auto | none
     reasons: list[str] = field(default_factory=list)  # how the profile was chosen (auto-selection's steps)
     warnings: list[str] = field(default_factory=list)
     profile_path: str | None = None
+    # the settings given explicitly (or following one that was), in the keys they were given in, which may
+    # be profile keys such as enable_mixed_precision: a run's label says what the user asked for
+    given: dict = field(default_factory=dict)
 
     def settings(self) -> dict[str, dict]:
         """Every resolved setting with its source, for --json output and run metadata. An automatic field
@@ -71,11 +74,12 @@ def resolve(overrides: dict, profile: str | None, env: Mapping[str, str], hardwa
         selection = select.select(hardware, env, model_info, overrides)
         chosen, reasons = selection.profile, selection.reasons
     label = None if chosen is None else (f"auto:{chosen.name}" if how == "auto" else f"profile:{chosen.name}")
-    values, sources = merge.merge(chosen.engine if chosen else None, label, overrides, hardware)
+    values, key_sources = merge.merge(chosen.engine if chosen else None, label, overrides, hardware)
+    sources = merge.field_sources(values, key_sources)
     try:
         config = merge.build(values, hardware)
     except ConfigError as e:
-        raise _blame(e, chosen, how, sources, hardware, env, model_info) from None
+        raise _blame(e, chosen, how, {**key_sources, **sources}, hardware, env, model_info) from None
     warnings = list(chosen.warnings if chosen else []) + list(config.warnings)
     if chosen is not None and how != "auto" and model_info is not None:
         fit = memory.estimate(config, model_info, hardware)
@@ -83,7 +87,8 @@ def resolve(overrides: dict, profile: str | None, env: Mapping[str, str], hardwa
             warnings.append(f"profile {chosen.name!r}: {model_info.name} {fit.describe()}; loading may fail")
     return Resolution(config=config, sources=sources, profile_name=chosen.name if chosen else None,
                       how_chosen=how, reasons=reasons, warnings=warnings,
-                      profile_path=chosen.path if chosen else None)
+                      profile_path=chosen.path if chosen else None,
+                      given={k: v for k, v in values.items() if key_sources[k] == merge.CLI})
 
 
 def _blame(err: ConfigError, chosen: Profile | None, how: str, sources: dict, hw: HardwareInfo,

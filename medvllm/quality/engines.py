@@ -28,6 +28,7 @@ def resolve_side(overrides: dict, profile: str | None, env: Mapping[str, str], h
     resolution = resolve(wanted, profile, env, hardware, model_info)
     for key in added:
         resolution.sources[key] = SOURCE
+        resolution.given.pop(key, None)  # the comparison's, not the user's
     return resolution
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from medvllm.config import quantization_bits
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -48,7 +50,7 @@ def tier_of(config) -> str:
     """'float' without quantization, else '8-bit' or '4-bit' by the quantization's width."""
     if config.quantization_method is None:
         return "float"
-    return "4-bit" if config.quantization_bits == 4 else "8-bit"
+    return "4-bit" if quantization_bits(config.quantization_method) == 4 else "8-bit"
 
 
 def crossed(metrics: dict, thresholds: Thresholds) -> dict[str, str]:

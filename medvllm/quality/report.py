@@ -11,10 +11,9 @@ def side(label: str, resolution, llm) -> dict:
 
 
 def describe(resolution) -> str:
-    """`profile X + a=1, b=2`: the profile and the settings given on top of it."""
+    """`profile X + a=1, b=2`: the profile and the settings given on top of it, in the keys they were given in."""
     name = resolution.profile_name or "no profile"
-    given = [f"{k}={v}" for k, v in resolution.config.to_dict().items()
-             if resolution.sources.get(k) == "cli" and k != "model"]
+    given = [f"{k}={v}" for k, v in resolution.given.items() if k != "model"]
     return name + (f" + {', '.join(given)}" if given else "")
 
 
