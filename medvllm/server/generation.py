@@ -137,21 +137,28 @@ class Run:
 async def until_disconnected(request: Request, work) -> object:
     """Runs `work`; if the client disconnects first, cancels it (aborting its requests) and raises ClientGone."""
     task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in (task, watcher):
-            if not t.done():
-                t.cancel()
+    done = await first_done(task, asyncio.ensure_future(wait_disconnect(request.receive)))
     if task in done:
         return task.result()
-    await asyncio.gather(task, return_exceptions=True)
     raise ClientGone()
 
 
-async def _wait_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
+async def first_done(*tasks: asyncio.Future) -> set[asyncio.Future]:
+    """Waits until one of `tasks` ends, then cancels the others and waits for them to stop, so none
+    runs on unseen; returns the ones that ended by themselves."""
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return done
+
+
+async def wait_disconnect(receive) -> None:
+    """Returns when the ASGI `receive` reports that the client closed the connection."""
+    while (await receive())["type"] != "http.disconnect":
         pass
 
 
@@ -167,15 +174,10 @@ class EventStreamResponse(StreamingResponse):
         self.run = run
 
     async def __call__(self, scope, receive, send) -> None:
-        body = asyncio.ensure_future(self._send_all(send))
-        gone = asyncio.ensure_future(self._wait_gone(receive))
         try:
-            await asyncio.wait({body, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await first_done(asyncio.ensure_future(self._send_all(send)),
+                             asyncio.ensure_future(wait_disconnect(receive)))
         finally:
-            for t in (body, gone):
-                if not t.done():
-                    t.cancel()
-            await asyncio.gather(body, gone, return_exceptions=True)
             await self.body_iterator.aclose()
             self.run.close("client_disconnected")  # a no-op if the body ran and closed the run itself
 
@@ -185,7 +187,3 @@ class EventStreamResponse(StreamingResponse):
         except OSError:  # the socket went away mid-write
             pass
 
-    @staticmethod
-    async def _wait_gone(receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
