@@ -27,6 +27,7 @@ class Run:
         self.state, self.endpoint, self.request_id = state, endpoint, request_id
         self.prompts, self.n = prompts, n
         self.size = len(prompts) * n
+        self.prompt_tokens = sum(len(p) for p in prompts)
         self.arrival = time.time()
         self.created = int(self.arrival)
         self.stream: RequestStream | None = None
@@ -59,7 +60,7 @@ class Run:
         except BaseException:  # cancelled (the server is stopping): free the slots, log the line
             self.close("cancelled")
             raise
-        state.metrics.prompt_tokens.inc(sum(len(p) for p in self.prompts))
+        state.metrics.prompt_tokens.inc(self.prompt_tokens)
         state.metrics.count(self.endpoint, 200)
 
     async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput, list[int], list[dict] | None]]:
@@ -118,7 +119,7 @@ class Run:
             self.state.inflight -= self.size
         done = [f for f in self.finals if f is not None]
         log_request(self.request_id, self.endpoint, status, outcome=outcome, n=self.size,
-                    prompt_tokens=sum(len(p) for p in self.prompts),
+                    prompt_tokens=self.prompt_tokens,
                     completion_tokens=sum(s for s in self._seen),
                     finish=[f.outputs[0].finish_reason for f in done] or None,
                     ttft_s=self._ttft, total_s=time.time() - self.arrival)
@@ -131,7 +132,7 @@ class Run:
         finals = [f for f in self.finals if f is not None]
         completion = sum(len(f.outputs[0].token_ids) for f in finals)
         cached = sum(f.metrics.num_cached_tokens for f in finals[::self.n])
-        return sum(len(p) for p in self.prompts), completion, cached
+        return self.prompt_tokens, completion, cached
 
 
 async def until_disconnected(request: Request, work) -> object:
