@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from medvllm.engine.async_engine import EngineDeadError
 from medvllm.outputs import CompletionOutput
 from medvllm.server import openai_format as fmt
-from medvllm.server.errors import APIError
+from medvllm.server.errors import unavailable
 from medvllm.server.generation import EventStreamResponse, Run
 from medvllm.server.protocol import SamplingFields
 
@@ -56,6 +56,6 @@ class EventStream:
             outcome = "ok"
         except EngineDeadError as e:
             outcome = "engine_down"
-            yield fmt.sse(APIError(503, str(e), type="server_error", code="engine_unavailable").body())
+            yield fmt.sse(unavailable(str(e), code="engine_unavailable").body())  # as a non-streamed 503
         finally:
             self.run.close(outcome)
