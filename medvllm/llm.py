@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from typing import Iterator, Sequence as Seq
 
+from medvllm.chat_template import encode_chat
 from medvllm.config import Config
 from medvllm.engine.llm_engine import LLMEngine
 from medvllm.outputs import RequestOutput
@@ -106,13 +107,7 @@ class LLM:
 
     def encode_chat(self, messages: Messages) -> list[int]:
         """Token ids of a conversation through the model's own chat template, ready for the reply."""
-        from medvllm.errors import RequestError
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise RequestError("this model has no chat template: send plain text prompts instead")
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
-            ids = ids["input_ids"]
-        return list(ids)
+        return encode_chat(self.tokenizer, messages)
 
 
 def _as_list(prompts) -> list[Prompt]:

@@ -63,9 +63,7 @@ class ServerState:
             started = time.perf_counter()
             engine = self._load()
             if self.stopping.is_set():  # stopped while loading: release what the load made, start nothing
-                shutdown = getattr(engine, "shutdown", None)
-                if shutdown is not None:
-                    shutdown()
+                release(engine)
                 return
             warm_up(engine)
             self.tokenizer = engine.tokenizer
@@ -90,6 +88,14 @@ def warm_up(engine: LLMEngine) -> None:
     engine.add_request(ids, SamplingParams(temperature=0.0, max_tokens=2), request_id="warm-up")
     while engine.has_unfinished_requests():
         engine.step()
+
+
+def release(engine: LLMEngine) -> None:
+    """Stops what the engine holds beyond memory (tensor-parallel workers). `load` may hand back any
+    object shaped like an LLMEngine: one without shutdown has nothing to stop."""
+    shutdown = getattr(engine, "shutdown", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def served_name(path: str) -> str:
@@ -118,9 +124,7 @@ def create_app(settings: ServerSettings, load: Callable[[], LLMEngine],
         if state.engine is not None:
             await asyncio.to_thread(state.engine.stop)
             # the engine thread has ended; now release what the engine holds (tensor-parallel workers)
-            shutdown = getattr(state.engine.engine, "shutdown", None)
-            if shutdown is not None:
-                await asyncio.to_thread(shutdown)
+            await asyncio.to_thread(release, state.engine.engine)
         log.info("stopped")
 
     app = FastAPI(title="Med-vLLM", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

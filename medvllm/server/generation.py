@@ -27,6 +27,7 @@ class Run:
         self.state, self.endpoint, self.request_id = state, endpoint, request_id
         self.prompts, self.n = prompts, n
         self.size = len(prompts) * n
+        self.prompt_tokens = sum(len(p) for p in prompts)
         self.arrival = time.time()
         self.created = int(self.arrival)
         self.stream: RequestStream | None = None
@@ -59,7 +60,7 @@ class Run:
         except BaseException:  # cancelled (the server is stopping): free the slots, log the line
             self.close("cancelled")
             raise
-        state.metrics.prompt_tokens.inc(sum(len(p) for p in self.prompts))
+        state.metrics.prompt_tokens.inc(self.prompt_tokens)
         state.metrics.count(self.endpoint, 200)
 
     async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput, list[int], list[dict] | None]]:
@@ -118,7 +119,7 @@ class Run:
             self.state.inflight -= self.size
         done = [f for f in self.finals if f is not None]
         log_request(self.request_id, self.endpoint, status, outcome=outcome, n=self.size,
-                    prompt_tokens=sum(len(p) for p in self.prompts),
+                    prompt_tokens=self.prompt_tokens,
                     completion_tokens=sum(s for s in self._seen),
                     finish=[f.outputs[0].finish_reason for f in done] or None,
                     ttft_s=self._ttft, total_s=time.time() - self.arrival)
@@ -131,27 +132,34 @@ class Run:
         finals = [f for f in self.finals if f is not None]
         completion = sum(len(f.outputs[0].token_ids) for f in finals)
         cached = sum(f.metrics.num_cached_tokens for f in finals[::self.n])
-        return sum(len(p) for p in self.prompts), completion, cached
+        return self.prompt_tokens, completion, cached
 
 
 async def until_disconnected(request: Request, work) -> object:
     """Runs `work`; if the client disconnects first, cancels it (aborting its requests) and raises ClientGone."""
     task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in (task, watcher):
-            if not t.done():
-                t.cancel()
+    done = await first_done(task, asyncio.ensure_future(wait_disconnect(request.receive)))
     if task in done:
         return task.result()
-    await asyncio.gather(task, return_exceptions=True)
     raise ClientGone()
 
 
-async def _wait_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
+async def first_done(*tasks: asyncio.Future) -> set[asyncio.Future]:
+    """Waits until one of `tasks` ends, then cancels the others and waits for them to stop, so none
+    runs on unseen; returns the ones that ended by themselves."""
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return done
+
+
+async def wait_disconnect(receive) -> None:
+    """Returns when the ASGI `receive` reports that the client closed the connection."""
+    while (await receive())["type"] != "http.disconnect":
         pass
 
 
@@ -167,15 +175,10 @@ class EventStreamResponse(StreamingResponse):
         self.run = run
 
     async def __call__(self, scope, receive, send) -> None:
-        body = asyncio.ensure_future(self._send_all(send))
-        gone = asyncio.ensure_future(self._wait_gone(receive))
         try:
-            await asyncio.wait({body, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await first_done(asyncio.ensure_future(self._send_all(send)),
+                             asyncio.ensure_future(wait_disconnect(receive)))
         finally:
-            for t in (body, gone):
-                if not t.done():
-                    t.cancel()
-            await asyncio.gather(body, gone, return_exceptions=True)
             await self.body_iterator.aclose()
             self.run.close("client_disconnected")  # a no-op if the body ran and closed the run itself
 
@@ -185,7 +188,3 @@ class EventStreamResponse(StreamingResponse):
         except OSError:  # the socket went away mid-write
             pass
 
-    @staticmethod
-    async def _wait_gone(receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass

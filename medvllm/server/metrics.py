@@ -16,6 +16,20 @@ ITL_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5, 5.0)
 E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 
 
+# (family, name, help, key in the engine's stats snapshot)
+ENGINE_METRICS = (
+    (GaugeMetricFamily, "medvllm_requests_running", "Requests in the running batch", "num_running"),
+    (GaugeMetricFamily, "medvllm_requests_waiting", "Requests waiting for the running batch", "num_waiting"),
+    (GaugeMetricFamily, "medvllm_kv_cache_usage_ratio", "Fraction of KV-cache blocks held by requests",
+     "kv_cache_usage"),
+    (CounterMetricFamily, "medvllm_preemptions", "Requests preempted for lack of KV blocks", "num_preemptions"),
+    (CounterMetricFamily, "medvllm_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache",
+     "prefix_cache_hit_tokens"),
+    (CounterMetricFamily, "medvllm_prefix_cache_query_tokens", "Prompt tokens looked up in the prefix cache",
+     "prefix_cache_query_tokens"),
+)
+
+
 class EngineCollector:
     """Reads the engine snapshot when Prometheus scrapes; nothing when the engine is not loaded yet."""
 
@@ -26,17 +40,8 @@ class EngineCollector:
         s = self._stats()
         if s is None:
             return
-        yield GaugeMetricFamily("medvllm_requests_running", "Requests in the running batch", s["num_running"])
-        yield GaugeMetricFamily("medvllm_requests_waiting", "Requests waiting for the running batch",
-                                s["num_waiting"])
-        yield GaugeMetricFamily("medvllm_kv_cache_usage_ratio", "Fraction of KV-cache blocks held by requests",
-                                s["kv_cache_usage"])
-        yield CounterMetricFamily("medvllm_preemptions", "Requests preempted for lack of KV blocks",
-                                  s["num_preemptions"])
-        yield CounterMetricFamily("medvllm_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache",
-                                  s["prefix_cache_hit_tokens"])
-        yield CounterMetricFamily("medvllm_prefix_cache_query_tokens", "Prompt tokens looked up in the prefix cache",
-                                  s["prefix_cache_query_tokens"])
+        for family, name, doc, key in ENGINE_METRICS:
+            yield family(name, doc, s[key])
 
 
 class ServerMetrics:

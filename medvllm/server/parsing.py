@@ -8,6 +8,7 @@ import json
 
 from pydantic import BaseModel, ValidationError
 
+from medvllm.chat_template import encode_chat
 from medvllm.errors import RequestError
 from medvllm.sampling_params import SamplingParams
 from medvllm.server.errors import bad_request, unavailable
@@ -63,18 +64,14 @@ def prompt_ids(state, prompt: str | list[int]) -> list[int]:
 
 def chat_ids(state, req: ChatCompletionRequest) -> list[int]:
     """Token ids of a conversation through the model's chat template, as LLM.chat encodes it."""
-    tokenizer = state.tokenizer
-    if not getattr(tokenizer, "chat_template", None):
-        raise bad_request("this model has no chat template: send plain text to /v1/completions instead",
-                          param="messages")
     messages = [m.as_template_message() for m in req.messages]
     try:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return encode_chat(state.tokenizer, messages)
+    except RequestError:  # the model has no chat template: name the endpoint that takes plain text
+        raise bad_request("this model has no chat template: send plain text to /v1/completions instead",
+                          param="messages") from None
     except Exception as e:  # noqa: BLE001 - the template's own complaint (roles out of order, ...)
         raise bad_request(f"the model's chat template refused these messages: {e}", param="messages") from None
-    if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
-        ids = ids["input_ids"]
-    return list(ids)
 
 
 def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int | None) -> list[SamplingParams]:
