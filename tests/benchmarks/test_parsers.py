@@ -3,15 +3,37 @@
 The sample lines are real output of llama-bench and llama-batched-bench (llama.cpp 0c1e570) on the
 default model; the expected figures are recomputed here from the fields llama.cpp printed.
 """
-import os
+import importlib.util
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "peers"))
+PEERS = Path(__file__).resolve().parents[2] / "benchmarks" / "peers"
 
-import common  # noqa: E402
-import llama_cpp  # noqa: E402
-import table  # noqa: E402
-import vllm_cpu  # noqa: E402
+
+def _load_peers(*names: str) -> list:
+    """The peer scripts' modules, loaded from their files in order (llama_cpp and vllm_cpu import `common`).
+
+    They are visible in sys.modules under their plain names only while they load, so that their imports of
+    each other resolve; afterwards sys.modules is as it was."""
+    saved = {name: sys.modules.get(name) for name in names}
+    try:
+        loaded = []
+        for name in names:
+            spec = importlib.util.spec_from_file_location(name, PEERS / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            loaded.append(module)
+        return loaded
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+common, llama_cpp, table, vllm_cpu = _load_peers("common", "llama_cpp", "table", "vllm_cpu")
 
 LLAMA_BENCH = (
     'main: loading model\n'

@@ -16,7 +16,7 @@ METRIC_KEYS = {"texts", "scored_tokens", "mean_kl", "p99_kl", "max_kl", "top1_ag
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny llama folder and a text set in its word-level vocabulary (w0..w255)."""
-    from tiny_models import build_tiny
+    from tests.tiny_models import build_tiny
     folder = tmp_path_factory.mktemp("tiny_llama")
     build_tiny("llama", folder)
     gen = torch.Generator().manual_seed(0)
@@ -89,7 +89,7 @@ def test_a_profile_this_machine_cannot_run_is_refused(capsys):
 
 def test_edge_cpu_int8_is_refused_until_dynamic_int8_exists(capsys):
     if detect().engine_implements("dynamic"):
-        pytest.skip("dynamic int8 is implemented: tests/test_quality_compare.py gates edge_cpu_int8 instead")
+        pytest.skip("dynamic int8 is implemented: tests/quality/test_compare.py gates edge_cpu_int8 instead")
     code, _, err = run(capsys, "--deployment-profile", "edge_cpu_int8")
     assert code == 1 and "quantization_method='dynamic' is not implemented" in err
 

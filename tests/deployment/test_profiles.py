@@ -9,7 +9,7 @@ from medvllm.deployment import profiles, schema
 from medvllm.errors import ProfileError
 from medvllm.hardware import GPUInfo, HardwareInfo
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPEC_ENGINES = {  # the engine blocks of the product spec (gpu_4bit as the issue spells it out)
     "cpu": {"device": "cpu", "tensor_parallel_size": 1, "quantization_bits": 8, "quantization_method": "dynamic"},
     "gpu_8bit": {"device": "cuda", "tensor_parallel_size": 1, "quantization_bits": 8, "quantization_method": "bnb-8bit"},

@@ -14,7 +14,7 @@ import pytest
 
 from medvllm import LLM, SamplingParams
 from medvllm.distributed import DistributedError
-from tiny_models import build_tiny
+from tests.tiny_models import build_tiny
 
 ENGINE = dict(kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256, device="cpu", tensor_parallel_size=2)
 LONG = SamplingParams(temperature=0, max_tokens=150, ignore_eos=True)

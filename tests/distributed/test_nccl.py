@@ -8,7 +8,7 @@ import torch.distributed as dist
 
 from medvllm import LLM, SamplingParams
 from medvllm.config import Config
-from tiny_models import build_tiny
+from tests.tiny_models import build_tiny
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 ENGINE = dict(kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256, device="cuda")

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from medvllm import LLM, SamplingParams
-from tiny_models import build_tiny
+from tests.tiny_models import build_tiny
 
 SCRIPT = """
 import json, sys

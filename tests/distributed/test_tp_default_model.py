@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import CHAT_PROMPTS
+from tests.conftest import CHAT_PROMPTS
 from medvllm import LLM, SamplingParams
 from medvllm.distributed.runner import cpu_sockets
 

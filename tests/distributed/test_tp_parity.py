@@ -9,9 +9,9 @@ import pytest
 import torch
 import transformers
 
-from engine_probe import LogitsRecorder
+from tests.engine_probe import LogitsRecorder
 from medvllm import LLM, SamplingParams
-from tiny_models import build_tiny, tiny_tokenizer
+from tests.tiny_models import build_tiny, tiny_tokenizer
 
 TOL = 1e-4
 PARAMS = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)

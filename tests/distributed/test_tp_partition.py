@@ -10,7 +10,7 @@ from medvllm import LLM
 from medvllm.cli.main import main
 from medvllm.distributed.partition import check_heads, head_shard, split, split_sizes, valid_tp_sizes
 from medvllm.errors import ConfigError
-from tiny_models import tiny_tokenizer
+from tests.tiny_models import tiny_tokenizer
 
 
 @pytest.mark.parametrize("total,parts", [(256, 2), (1536, 2), (49152, 4), (9, 2), (7, 3), (3, 3)])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine_probe import check_against_hf
+from tests.engine_probe import check_against_hf
 from medvllm import LLM, SamplingParams
-from tiny_models import build_tiny
+from tests.tiny_models import build_tiny
 
 BUDGET = 24  # tokens per step: a 100-token prompt takes five steps
 

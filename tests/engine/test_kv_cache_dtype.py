@@ -14,8 +14,9 @@ from medvllm import LLM
 from medvllm.config import Config
 from medvllm.errors import ConfigError
 from medvllm.hardware import GPUInfo, HardwareInfo
-from test_model_parity import check_against_hf, prompts_of
-from tiny_models import build_tiny
+from tests.engine_probe import check_against_hf
+from tests.models.test_parity import prompts_of
+from tests.tiny_models import build_tiny
 
 
 def _bf16(t: torch.Tensor) -> torch.Tensor:

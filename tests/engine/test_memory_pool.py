@@ -28,7 +28,7 @@ def _rss() -> int:
 @pytest.fixture(scope="module")
 def wide_tiny(tmp_path_factory):
     """A tiny Llama with a wide KV (4 KiB per token) so that cache pages show up in RSS."""
-    from tiny_models import BASE, tiny_tokenizer
+    from tests.tiny_models import BASE, tiny_tokenizer
     folder = tmp_path_factory.mktemp("wide_tiny")
     config = transformers.LlamaConfig(**dict(BASE, hidden_size=256, num_attention_heads=8, num_key_value_heads=8,
                                              intermediate_size=256, max_position_embeddings=2048))

@@ -16,7 +16,7 @@ from medvllm.config import Config
 from medvllm.errors import ConfigError
 from medvllm.layers.norm import RMSNorm
 from medvllm.quality.metrics import common_prefix
-from quant_quality import teacher_forced
+from tests.quant_quality import teacher_forced
 
 
 def test_fp16_on_cpu_is_refused():
@@ -92,7 +92,7 @@ def test_bf16_default_model_close_to_float32(default_llm, bf16_llm):
 
 @pytest.mark.slow
 def test_bf16_greedy_answers_mostly_agree(default_llm, bf16_llm):
-    from conftest import CHAT_PROMPTS
+    from tests.conftest import CHAT_PROMPTS
     chats = [[{"role": "user", "content": p}] for p in CHAT_PROMPTS]
     params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
     ref, got = default_llm.chat(chats, params), bf16_llm.chat(chats, params)

@@ -31,7 +31,7 @@ def _small_and_large(folder, max_tokens):
 
 
 def test_small_pool_preempts_unbounded_requests_and_every_one_matches_large_pool(tmp_path):
-    from tiny_models import build_tiny
+    from tests.tiny_models import build_tiny
     build_tiny("llama", tmp_path)
     stats, prompts, expected = _small_and_large(tmp_path, max_tokens=None)  # each runs to max_model_len
     assert stats["num_preemptions"] > 0
@@ -39,7 +39,7 @@ def test_small_pool_preempts_unbounded_requests_and_every_one_matches_large_pool
 
 
 def test_small_pool_admits_bounded_requests_as_their_growth_fits_and_never_preempts(tmp_path):
-    from tiny_models import build_tiny
+    from tests.tiny_models import build_tiny
     build_tiny("llama", tmp_path)
     stats, _, expected = _small_and_large(tmp_path, max_tokens=40)
     assert stats["num_preemptions"] == 0

@@ -11,7 +11,7 @@ from medvllm.layers.sampler import SamplingBatch, apply_penalties
 
 @pytest.fixture(scope="module")
 def tiny_llm(tmp_path_factory):
-    from tiny_models import build_tiny
+    from tests.tiny_models import build_tiny
     folder = tmp_path_factory.mktemp("tiny")
     build_tiny("llama", folder)
     return LLM(str(folder), num_kvcache_blocks=128, max_model_len=128)

@@ -1,6 +1,6 @@
 """Attention backend selection and the flash backends' bookkeeping, checked on CPU.
 
-The flash kernels themselves need CUDA (tests/test_cuda_backends.py). Here the same backend code runs
+The flash kernels themselves need CUDA (tests/backends/cuda/test_backends.py). Here the same backend code runs
 with the kernel swapped for plain math: SDPA's MATH kernel for "sdpa-flash", and a float64 reference
 varlen attention for "flash-attn". Both must give the tokens and logits of the default SDPA path,
 through prefill, prefix-cache hits and decode of a batch with different context lengths.
@@ -83,7 +83,7 @@ def _run(engine):
 def test_flash_backend_bookkeeping_matches_sdpa(tmp_path, arch, backend):
     if backend == "sdpa-flash" and arch == "mistral":
         pytest.skip("sdpa-flash refuses sliding windows (tested below)")
-    from tiny_models import build_tiny
+    from tests.tiny_models import build_tiny
     build_tiny(arch, tmp_path)
     block_size = 256 if backend == "flash-attn-paged" else 16
     ref_tokens, ref_logits = _run(_engine(str(tmp_path), block_size))
@@ -99,7 +99,7 @@ def test_flash_backend_bookkeeping_matches_sdpa(tmp_path, arch, backend):
 
 
 def test_sdpa_flash_refuses_sliding_window_models(tmp_path):
-    from tiny_models import build_tiny
+    from tests.tiny_models import build_tiny
     build_tiny("mistral", tmp_path)
     engine = _engine(str(tmp_path))
     _install(engine, fa.SdpaFlashBackend())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from conftest import CHAT_PROMPTS
+from tests.conftest import CHAT_PROMPTS
 from medvllm import SamplingParams
 
 

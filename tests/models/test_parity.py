@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine_probe import check_against_hf, hf_logits
+from tests.engine_probe import check_against_hf, hf_logits
 from medvllm import LLM
 from medvllm.layers.norm import RMSNorm
-from tiny_models import ARCHS, build_tiny
+from tests.tiny_models import ARCHS, build_tiny
 
 TOL = 1e-4
 

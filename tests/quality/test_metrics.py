@@ -163,7 +163,7 @@ def test_text_set_errors_name_the_line_and_the_fix(tmp_path, content, message):
 
 def test_docs_threshold_table_matches_the_code():
     from pathlib import Path
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "QUALITY.md").read_text(encoding="utf-8")
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "QUALITY.md").read_text(encoding="utf-8")
     rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:5]]
             for line in doc.splitlines() if line.startswith("| `--")}
     for name, (_, _, flag, _) in RULES.items():

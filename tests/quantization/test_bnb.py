@@ -1,5 +1,6 @@
 """bitsandbytes methods: refused without CUDA or the package; their wiring checked on CPU when the
-package is installed (bitsandbytes >= 0.45 has CPU kernels). The CUDA runs are in test_cuda_backends.py."""
+package is installed (bitsandbytes >= 0.45 has CPU kernels). The CUDA runs are in
+tests/backends/cuda/test_backends.py."""
 from __future__ import annotations
 
 import importlib.util

@@ -22,7 +22,7 @@ from medvllm.layers.linear import ReplicatedLinear
 from medvllm.quantization import METHODS, quantize_model, quantizable_layers
 from medvllm.layers.native.build import NativeUnavailable, load
 from medvllm.quantization.dynamic_int8 import DynamicInt8Method
-from quant_quality import max_ngram_repeats, teacher_forced
+from tests.quant_quality import max_ngram_repeats, teacher_forced
 
 
 def _native_builds(name: str = "int8_linear") -> bool:
@@ -263,7 +263,7 @@ def test_int8_default_model_close_to_float32(default_llm, int8_llm):
 
 @pytest.mark.slow
 def test_int8_default_model_answers_without_degenerating(int8_llm):
-    from conftest import CHAT_PROMPTS
+    from tests.conftest import CHAT_PROMPTS
     outs = int8_llm.chat([[{"role": "user", "content": p}] for p in CHAT_PROMPTS],
                          SamplingParams(max_tokens=32, temperature=0))
     for out in outs:

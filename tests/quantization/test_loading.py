@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(_dynamic_unavailable() is not None, reason=str(_
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
 def tiny_source(request, tmp_path_factory):
-    from tiny_models import build_tiny
+    from tests.tiny_models import build_tiny
     folder = tmp_path_factory.mktemp(request.param)
     build_tiny(request.param, folder)
     return open_model(str(folder))

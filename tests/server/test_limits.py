@@ -41,7 +41,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny random Llama folder whose tokenizer has a (trivial) chat template."""
-    from tiny_models import build_tiny
+    from tests.tiny_models import build_tiny
     folder = tmp_path_factory.mktemp("tiny_llama")
     build_tiny("llama", folder)
     cfg_path = folder / "tokenizer_config.json"
@@ -107,7 +107,7 @@ def wait_idle(state, timeout: float = 20.0) -> dict:
 
 # ---- the async engine itself
 def test_async_engine_batches_concurrent_requests_and_matches_offline(tiny, offline):
-    from engine_probe import LogitsRecorder
+    from tests.engine_probe import LogitsRecorder
     prompts = [[5 + i, 9, 11 + i] for i in range(6)]
     params = SamplingParams(temperature=0.0, max_tokens=5)
     expected = [o.outputs[0].token_ids for o in offline.generate(prompts, params)]

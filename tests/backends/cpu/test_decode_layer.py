@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine_probe import LogitsRecorder
+from tests.engine_probe import LogitsRecorder
 from medvllm import LLM, SamplingParams
 from medvllm.layers.native.build import NativeUnavailable, load
-from tiny_models import build_tiny
+from tests.tiny_models import build_tiny
 
 
 def _builds() -> bool:

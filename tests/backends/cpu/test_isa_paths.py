@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).parent
-KERNEL_TESTS = ["test_cpu_paged_attention.py", "test_quant_int8.py", "test_cpu_decode_layer.py", "test_first_max.py",
-                "test_cpu_panel_linear.py"]
+TESTS = Path(__file__).resolve().parents[2]
+KERNEL_TESTS = ["backends/cpu/test_paged_attention.py", "quantization/test_int8.py",
+                "backends/cpu/test_decode_layer.py", "backends/cpu/test_first_max.py",
+                "backends/cpu/test_panel_linear.py"]
 # the kernels' own tests; the default-model ones repeat what the engine tests cover and cost a load each
 SELECT = "not default_model and not fbgemm and not stands_aside"
 

@@ -61,7 +61,7 @@ def test_panels_hold_the_weight_and_zero_padding_only():
 @pytest.mark.parametrize("arch", ["llama", "llama3_rope_untied"])  # tied / untied LM head
 def test_engine_holds_each_weight_once_as_panels(tmp_path, arch):
     from medvllm import LLM
-    from tiny_models import build_tiny
+    from tests.tiny_models import build_tiny
     _lib()
     build_tiny(arch, tmp_path)
     llm = LLM(str(tmp_path), num_kvcache_blocks=32, max_model_len=128)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from medvllm import LLM, SamplingParams
-from quant_quality import teacher_forced
+from tests.quant_quality import teacher_forced
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
