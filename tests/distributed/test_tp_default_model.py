@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
-from tests.conftest import CHAT_PROMPTS
 from medvllm import LLM, SamplingParams
 from medvllm.distributed.runner import cpu_sockets
+from tests.conftest import CHAT_PROMPTS
 
 GREEDY = SamplingParams(temperature=0, max_tokens=24)
 pytestmark = pytest.mark.slow

@@ -9,8 +9,8 @@ import pytest
 import torch
 import transformers
 
-from tests.engine_probe import LogitsRecorder
 from medvllm import LLM, SamplingParams
+from tests.engine_probe import LogitsRecorder
 from tests.tiny_models import build_tiny, tiny_tokenizer
 
 TOL = 1e-4

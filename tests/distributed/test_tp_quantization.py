@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from tests.engine_probe import LogitsRecorder
 from medvllm import LLM, SamplingParams
+from tests.engine_probe import LogitsRecorder
 from tests.tiny_models import build_tiny
 
 ENGINE = dict(kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256, device="cpu")

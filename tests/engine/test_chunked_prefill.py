@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.engine_probe import check_against_hf
 from medvllm import LLM, SamplingParams
+from tests.engine_probe import check_against_hf
 from tests.tiny_models import build_tiny
 
 BUDGET = 24  # tokens per step: a 100-token prompt takes five steps

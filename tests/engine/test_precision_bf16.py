@@ -55,8 +55,8 @@ def test_attention_softmax_accumulates_in_float32():
 
 
 def test_cpu_backend_flags_are_not_touched():
-    from medvllm.engine.precision import apply_backend_flags
     from medvllm.config import ConfigWarning
+    from medvllm.engine.precision import apply_backend_flags
     before = torch.backends.cudnn.benchmark
     with pytest.warns(ConfigWarning, match="does nothing on cpu"):
         config = Config(device="cpu", allow_tf32=True, cudnn_benchmark=True)

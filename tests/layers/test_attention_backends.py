@@ -15,8 +15,7 @@ from medvllm import SamplingParams
 from medvllm.config import Config
 from medvllm.engine.llm_engine import LLMEngine
 from medvllm.errors import ConfigError
-from medvllm.layers import attention_backends
-from medvllm.layers import flash_attention as fa
+from medvllm.layers import attention_backends, flash_attention as fa
 
 
 def reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,

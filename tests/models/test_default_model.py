@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from tests.conftest import CHAT_PROMPTS
 from medvllm import SamplingParams
+from tests.conftest import CHAT_PROMPTS
 
 
 def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

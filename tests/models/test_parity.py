@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.engine_probe import check_against_hf, hf_logits
 from medvllm import LLM
 from medvllm.layers.norm import RMSNorm
+from tests.engine_probe import check_against_hf, hf_logits
 from tests.tiny_models import ARCHS, build_tiny
 
 TOL = 1e-4

@@ -43,6 +43,7 @@ def test_bnb_method_refuses_cleanly_when_import_fails(monkeypatch):
 @pytest.mark.parametrize("name,tolerance", [("bnb-8bit", 0.03), ("bnb-nf4", 0.15)])
 def test_bnb_method_wiring_on_cpu(name, tolerance):
     import warnings
+
     from medvllm.quantization import quantize_layer
     from medvllm.quantization.bnb import Bnb8bitMethod, BnbNf4Method
     torch.manual_seed(0)

@@ -19,8 +19,8 @@ from medvllm.errors import ConfigError
 from medvllm.layers.cpu_int8_linear import rows_kernel_uses_amx
 from medvllm.layers.cpu_linear import packing_available
 from medvllm.layers.linear import ReplicatedLinear
-from medvllm.quantization import METHODS, quantize_model, quantizable_layers
 from medvllm.layers.native.build import NativeUnavailable, load
+from medvllm.quantization import METHODS, quantizable_layers, quantize_model
 from medvllm.quantization.dynamic_int8 import DynamicInt8Method
 from tests.quant_quality import max_ngram_repeats, teacher_forced
 
@@ -206,8 +206,9 @@ def test_dynamic_refuses_mixed_precision_and_cuda():
         Config(device="cpu", quantization_method="dynamic", enable_mixed_precision=True)
     with pytest.raises(ConfigError, match="quantization_method='dynamic' computes in float32"):
         Config(device="cpu", quantization_method="dynamic", dtype="bfloat16")
-    from medvllm.hardware import GPUInfo, detect
     from dataclasses import replace
+
+    from medvllm.hardware import GPUInfo, detect
     gpu = replace(detect(), gpus=(GPUInfo("fake", (8, 0), 40 << 30),))
     with pytest.raises(ConfigError, match="runs on CPU only"):
         Config(device="cuda", quantization_method="dynamic", hardware=gpu)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from medvllm.engine.model_runner import build_model
-from medvllm.loader import open_model
 from medvllm.errors import ConfigError
+from medvllm.loader import open_model
 from medvllm.quantization import quantizable_layers, quantize_model
 from medvllm.quantization.dynamic_int8 import DynamicInt8Method
 

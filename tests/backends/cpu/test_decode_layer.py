@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.engine_probe import LogitsRecorder
 from medvllm import LLM, SamplingParams
 from medvllm.layers.native.build import NativeUnavailable, load
+from tests.engine_probe import LogitsRecorder
 from tests.tiny_models import build_tiny
 
 

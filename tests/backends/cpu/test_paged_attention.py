@@ -110,9 +110,9 @@ def test_build_failure_is_reported_not_raised_into_the_engine(monkeypatch, tmp_p
 def test_prompt_steps_on_the_kernel_match_sdpa_in_the_engine(kernel, tmp_path, monkeypatch, arch):
     # prompt steps with short contexts attend through the kernel, longer ones through SDPA: the same
     # logits either way, chunked prompts and prefix-cache hits included
-    from tests.engine_probe import LogitsRecorder
     from medvllm import LLM, SamplingParams
     from medvllm.layers import cpu_attention
+    from tests.engine_probe import LogitsRecorder
     from tests.tiny_models import build_tiny
     build_tiny(arch, tmp_path)
     llm = LLM(str(tmp_path), kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256,
