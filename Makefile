@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   installs what is needed and generates text from the embedded default model
-#   make test   installs what is needed and runs the test suite
+#   make test   installs what is needed, runs ruff (lint and format check), then the test suite
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 PROMPT ?= What are the early warning signs of sepsis?
@@ -18,6 +18,8 @@ demo: install
 	$(PYTHON) -m medvllm.cli inference generate --text "$(PROMPT)" --max-tokens 128
 
 test: install
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m pytest tests
 
 bench: install

@@ -1,12 +1,11 @@
-"""Shared fixtures: the real default model, in our engine and in transformers (the oracle)."""
+"""Shared fixtures: the real default model, in our engine and in transformers (the oracle).
+
+tests/ is a package: test files import the helper modules as `from tests.tiny_models import ...`."""
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))  # tests' helper modules (tiny_models, engine_probe)
 
 CHAT_PROMPTS = [
     "What is hypertension?",

@@ -1,12 +1,17 @@
 """Observes an engine without changing it: records each step's sequences and last-position logits."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 
 class LogitsRecorder:
     """Wraps runner.run and model.compute_logits; `steps` is a list of (request ids, logits [B, V])."""
 
     def __init__(self, engine):
-        self.steps: list[tuple[list[str], "torch.Tensor"]] = []
+        self.steps: list[tuple[list[str], torch.Tensor]] = []
         runner = engine.runner
         run, compute = runner.run, runner.model.compute_logits
         current: list[list[str]] = [[]]

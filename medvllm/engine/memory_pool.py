@@ -5,7 +5,7 @@ written, and the block manager reuses freed blocks before untouched ones, so res
 the peak the requests needed at once. With pooling, every page of the pool is written at start, on the
 pool device (on CPU the pool is capped at what max_num_seqs requests of max_model_len can fill): what
 the engine holds is known (and fails, if it must, at start), and the steady state maps in nothing new:
-tests/test_memory_pool.py shows RSS flat over 1,000 decode steps.
+tests/engine/test_memory_pool.py shows RSS flat over 1,000 decode steps.
 The per-step activations come back from the allocators: the caching allocator on CUDA, and on CPU
 glibc's heap (told by `keep_freed_memory` to keep blocks larger than it would by itself, where a
 step's buffers are that large); the same test measures it.
