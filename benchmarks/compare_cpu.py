@@ -12,6 +12,7 @@ with the command that builds them:
 
 Everything built or converted lives in ~/.cache/medvllm-bench (MEDVLLM_BENCH_CACHE), never in the repo.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "peers"))
@@ -32,8 +32,10 @@ import common  # noqa: E402
 import table  # noqa: E402
 
 OURS = "Med-vLLM"
-NOT_BUILT = {"llama.cpp": "not built: run bash benchmarks/peers/llama_cpp.sh",
-             "vllm": "not built: run bash benchmarks/peers/vllm_cpu.sh"}
+NOT_BUILT = {
+    "llama.cpp": "not built: run bash benchmarks/peers/llama_cpp.sh",
+    "vllm": "not built: run bash benchmarks/peers/vllm_cpu.sh",
+}
 
 
 def main() -> None:
@@ -41,10 +43,19 @@ def main() -> None:
     args = parse_args()
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the run, not after it
         sys.exit("--plot needs matplotlib: pip install -e '.[bench]'")
-    spec = {"counts": args.counts, "levels": args.levels if args.plot else [], "max_tokens": args.max_tokens,
-            "threads": args.threads, "repeats": args.repeats, "single_prompt_len": 30,
-            "prefix_caching": False, "hf_batch_size": args.hf_batch_size, "timeout_s": args.timeout_s}
+    spec = {
+        "counts": args.counts,
+        "levels": args.levels if args.plot else [],
+        "max_tokens": args.max_tokens,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "single_prompt_len": 30,
+        "prefix_caching": False,
+        "hf_batch_size": args.hf_batch_size,
+        "timeout_s": args.timeout_s,
+    }
     from medvllm.loader import open_model
+
     work = common.workload(open_model(None).tokenizer, spec)
     work = {"spec": spec, "single": work["single"], "batched": {str(n): p for n, p in work["batched"].items()}}
 
@@ -58,24 +69,34 @@ def main() -> None:
             if not available(system):
                 results[name] = {"status": NOT_BUILT[system]}
                 continue
-            results[name] = run_system(system, extra, work_path, os.path.join(tmp, f"{system}{len(results)}.json"),
-                                       args)
+            results[name] = run_system(
+                system, extra, work_path, os.path.join(tmp, f"{system}{len(results)}.json"), args
+            )
             if system in ("medvllm", "transformers") and results[name].get("status") == "ok":
                 results[name]["startup_s"] = startup_s(system, extra, args)
             print(f"  {name}: {summary(results[name])}", file=sys.stderr, flush=True)
 
-    print(f"machine: {common.cpu_summary()}; {args.threads} threads; default model (SmolLM2-135M-Instruct "
-          f"GGUF Q4_1); {args.max_tokens} output tokens, ignore_eos; medians of {args.repeats}")
-    print(f"batches: {', '.join(map(str, args.counts))} requests, prompts of 20-200 tokens; single stream: "
-          f"30-token prompt; start-up: a fresh process to its first token; prefix caching off everywhere\n")
+    print(
+        f"machine: {common.cpu_summary()}; {args.threads} threads; default model (SmolLM2-135M-Instruct "
+        f"GGUF Q4_1); {args.max_tokens} output tokens, ignore_eos; medians of {args.repeats}"
+    )
+    print(
+        f"batches: {', '.join(map(str, args.counts))} requests, prompts of 20-200 tokens; single stream: "
+        f"30-token prompt; start-up: a fresh process to its first token; prefix caching off everywhere\n"
+    )
     print(table.render(results, args.counts, ours=OURS))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"spec": spec, "results": results}, f, indent=1)
     if args.plot:
         import plot
-        plot.plot(results, args.levels, args.plot, f"default model, {args.threads} threads, {args.max_tokens} "
-                                                   f"output tokens\n{common.cpu_summary()}")
+
+        plot.plot(
+            results,
+            args.levels,
+            args.plot,
+            f"default model, {args.threads} threads, {args.max_tokens} output tokens\n{common.cpu_summary()}",
+        )
         print(f"\nplot: {args.plot}")
 
 
@@ -83,8 +104,11 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     ap.add_argument("--profile", default="auto", help="Med-vLLM deployment profile: auto (default), none, or a name")
-    ap.add_argument("--systems", default="medvllm,transformers,llama.cpp,vllm",
-                    help="comma list of medvllm, transformers, llama.cpp, vllm")
+    ap.add_argument(
+        "--systems",
+        default="medvllm,transformers,llama.cpp,vllm",
+        help="comma list of medvllm, transformers, llama.cpp, vllm",
+    )
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--counts", type=ints, default=[32, 64], help="offline batch sizes in the table")
     ap.add_argument("--levels", type=ints, default=[1, 4, 16, 64], help="parallel requests in the plot")
@@ -93,8 +117,12 @@ def parse_args():
     ap.add_argument("--hf-dtypes", default="float32", help="comma list of transformers dtypes (float32, bfloat16)")
     ap.add_argument("--hf-batch-size", type=int, default=32)
     ap.add_argument("--vllm-kv-gib", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE (whole GiB)")
-    ap.add_argument("--vllm-mode", default="inproc", choices=["inproc", "mp"],
-                    help="inproc: VLLM_ENABLE_V1_MULTIPROCESSING=0 (fastest on 2 cores); mp: its engine process")
+    ap.add_argument(
+        "--vllm-mode",
+        default="inproc",
+        choices=["inproc", "mp"],
+        help="inproc: VLLM_ENABLE_V1_MULTIPROCESSING=0 (fastest on 2 cores); mp: its engine process",
+    )
     ap.add_argument("--timeout-s", type=int, default=3600, help="per system")
     ap.add_argument("--plot", help="write tok/s at --levels parallel requests to this PNG (needs matplotlib)")
     ap.add_argument("--json", help="also write every figure to this JSON file")
@@ -121,9 +149,11 @@ def planned(args) -> list[tuple[str, str, list[str]]]:
 def available(system: str) -> bool:
     if system == "llama.cpp":
         import llama_cpp
+
         return llama_cpp.bin_dir() is not None
     if system == "vllm":
         import vllm_cpu
+
         return vllm_cpu.venv_python() is not None
     return True
 
@@ -134,8 +164,9 @@ def run_system(system: str, extra: list[str], work_path: str, out_path: str, arg
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, os.path.join(HERE, "peers", "run_system.py"), system, work_path, out_path, *extra]
     # Its own process group, so a timeout or an interrupt ends everything the system started.
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     sampler = TreeRss(proc.pid)
     try:
         _, err = proc.communicate(timeout=args.timeout_s)
@@ -159,8 +190,9 @@ def run_system(system: str, extra: list[str], work_path: str, out_path: str, arg
 
 def startup_s(system: str, extra: list[str], args) -> float:
     """A fresh Python process to its first token, on its own (median of --repeats for Med-vLLM)."""
-    times = [common.first_token_s([system, *extra], args.threads)
-             for _ in range(args.repeats if system == "medvllm" else 1)]
+    times = [
+        common.first_token_s([system, *extra], args.threads) for _ in range(args.repeats if system == "medvllm" else 1)
+    ]
     return statistics.median(times)
 
 
@@ -171,6 +203,7 @@ class TreeRss:
         self.peak, self._stop = 0, threading.Event()
         try:
             import psutil
+
             self._root = psutil.Process(pid)
         except Exception:  # no psutil, or the process is already gone: its own report stands
             return
@@ -179,6 +212,7 @@ class TreeRss:
 
     def _run(self):
         import psutil
+
         while not self._stop.wait(0.2):
             try:
                 procs = [self._root, *self._root.children(recursive=True)]
@@ -199,8 +233,9 @@ class TreeRss:
 def summary(r: dict) -> str:
     if r.get("status") != "ok":
         return r.get("status", "?")
-    return (f"decode {r.get('single_decode') or 0:.1f} tok/s, batched "
-            + ", ".join(f"{n}: {v:.1f}" for n, v in (r.get("batched") or {}).items() if v is not None))
+    return f"decode {r.get('single_decode') or 0:.1f} tok/s, batched " + ", ".join(
+        f"{n}: {v:.1f}" for n, v in (r.get("batched") or {}).items() if v is not None
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ The KV pool is kept to a few blocks so that it does not count.
 Prints one markdown table: peak above the imports, model bytes, and their ratio (the memory_efficient
 target: at most 1.3x the loaded model).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,7 @@ def tensor_bytes(root) -> int:
     """Bytes of the distinct tensor storages reachable from a module tree (parameters, buffers and
     plain tensor attributes, as the int8 layers keep their tables)."""
     import torch
+
     seen: dict[int, int] = {}
 
     def visit(obj, depth: int) -> None:
@@ -70,9 +72,12 @@ def tensor_bytes(root) -> int:
 
 def child(name: str) -> dict:
     import warnings
+
     import transformers  # noqa: F401  (the tokenizer's import, not the load's)
+
     import medvllm.engine.model_runner as model_runner
     from medvllm import LLM
+
     imported = status_mib("VmRSS")
     marks = {}
     build = model_runner.build_model
@@ -87,8 +92,14 @@ def child(name: str) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         llm = LLM(num_kvcache_blocks=8, max_model_len=128, **CONFIGS[name])
-    return {"name": name, "imported_mib": imported, "before_mib": marks["before"], "peak_mib": status_mib("VmHWM"), "after_mib": status_mib("VmRSS"),
-            "model_mib": tensor_bytes(llm.engine.runner.model) / 2**20}
+    return {
+        "name": name,
+        "imported_mib": imported,
+        "before_mib": marks["before"],
+        "peak_mib": status_mib("VmHWM"),
+        "after_mib": status_mib("VmRSS"),
+        "model_mib": tensor_bytes(llm.engine.runner.model) / 2**20,
+    }
 
 
 def main() -> int:
@@ -101,17 +112,22 @@ def main() -> int:
         return 0
     rows = []
     for name in CONFIGS:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", name], capture_output=True,
-                             text=True, check=False)
+        out = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--child", name], capture_output=True, text=True, check=False
+        )
         if out.returncode != 0:
             raise SystemExit(f"{name} failed:\n{out.stderr[-2000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print("| configuration | tokenizer and model config MiB | weights' load: peak above its start | kept | "
-          "model tensors MiB | peak / model |\n|---|---|---|---|---|---|")
+    print(
+        "| configuration | tokenizer and model config MiB | weights' load: peak above its start | kept | "
+        "model tensors MiB | peak / model |\n|---|---|---|---|---|---|"
+    )
     for r in rows:
         r["ratio"] = (r["peak_mib"] - r["before_mib"]) / r["model_mib"]
-        print(f"| {r['name']} | {r['before_mib'] - r['imported_mib']:.0f} | {r['peak_mib'] - r['before_mib']:.0f} | "
-              f"{r['after_mib'] - r['before_mib']:.0f} | {r['model_mib']:.0f} | {r['ratio']:.2f}x |")
+        print(
+            f"| {r['name']} | {r['before_mib'] - r['imported_mib']:.0f} | {r['peak_mib'] - r['before_mib']:.0f} | "
+            f"{r['after_mib'] - r['before_mib']:.0f} | {r['model_mib']:.0f} | {r['ratio']:.2f}x |"
+        )
     print(f"\nmemory_efficient target: peak <= {TARGET}x the loaded model")
     if args.json:
         with open(args.json, "w") as f:

@@ -7,6 +7,7 @@ errors (0 is expected while the load stays below the server's queue limit).
     python -m medvllm.cli serve --api-key K &                    # wait until /health answers 200
     python benchmarks/serve_load.py --base-url http://127.0.0.1:8000/v1 --api-key K --clients 8 --duration 20
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ async def one_request(client, model: str, prompt: str, max_tokens: int, chat: bo
     """Streams one request; returns (seconds to the first token, output tokens from `usage`)."""
     started = time.perf_counter()
     ttft, tokens = None, 0
-    common = dict(model=model, max_tokens=max_tokens, temperature=0, stream=True,
-                  stream_options={"include_usage": True})
+    common = dict(
+        model=model, max_tokens=max_tokens, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
     if chat:
         stream = await client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **common)
     else:
@@ -46,7 +48,7 @@ async def one_request(client, model: str, prompt: str, max_tokens: int, chat: bo
     async for chunk in stream:
         if chunk.choices and ttft is None:
             c = chunk.choices[0]
-            if (c.delta.content if chat else c.text):
+            if c.delta.content if chat else c.text:
                 ttft = time.perf_counter() - started
         if chunk.usage is not None:
             tokens = chunk.usage.completion_tokens
@@ -82,12 +84,22 @@ async def run(args) -> dict:
     await asyncio.gather(*(worker(i) for i in range(args.clients)))
     elapsed = time.perf_counter() - started
     await client.close()
-    return {"model": model, "clients": args.clients, "duration_s": args.duration, "elapsed_s": round(elapsed, 2),
-            "max_tokens": args.max_tokens, "endpoint": "chat" if args.chat else "completions",
-            "requests": totals["requests"], "requests_per_s": round(totals["requests"] / elapsed, 3),
-            "output_tokens": totals["tokens"], "output_tokens_per_s": round(totals["tokens"] / elapsed, 2),
-            "ttft_p50_s": _round(percentile(ttfts, 50)), "ttft_p99_s": _round(percentile(ttfts, 99)),
-            "errors": len(errors), "first_errors": errors[:3]}
+    return {
+        "model": model,
+        "clients": args.clients,
+        "duration_s": args.duration,
+        "elapsed_s": round(elapsed, 2),
+        "max_tokens": args.max_tokens,
+        "endpoint": "chat" if args.chat else "completions",
+        "requests": totals["requests"],
+        "requests_per_s": round(totals["requests"] / elapsed, 3),
+        "output_tokens": totals["tokens"],
+        "output_tokens_per_s": round(totals["tokens"] / elapsed, 2),
+        "ttft_p50_s": _round(percentile(ttfts, 50)),
+        "ttft_p99_s": _round(percentile(ttfts, 99)),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+    }
 
 
 def _round(x: float | None) -> float | None:
@@ -110,11 +122,19 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{result['clients']} clients x {result['duration_s']:g} s against {args.base_url} "
-          f"({result['endpoint']}, model {result['model']}, max_tokens {result['max_tokens']}, greedy)")
-    for label, key in [("requests", "requests"), ("requests/s", "requests_per_s"),
-                       ("output tokens/s", "output_tokens_per_s"), ("TTFT p50 (s)", "ttft_p50_s"),
-                       ("TTFT p99 (s)", "ttft_p99_s"), ("errors", "errors"), ("wall time (s)", "elapsed_s")]:
+    print(
+        f"{result['clients']} clients x {result['duration_s']:g} s against {args.base_url} "
+        f"({result['endpoint']}, model {result['model']}, max_tokens {result['max_tokens']}, greedy)"
+    )
+    for label, key in [
+        ("requests", "requests"),
+        ("requests/s", "requests_per_s"),
+        ("output tokens/s", "output_tokens_per_s"),
+        ("TTFT p50 (s)", "ttft_p50_s"),
+        ("TTFT p99 (s)", "ttft_p99_s"),
+        ("errors", "errors"),
+        ("wall time (s)", "elapsed_s"),
+    ]:
         print(f"  {label:<16} {result[key]}")
     for message in result["first_errors"]:
         print(f"  error: {message}")

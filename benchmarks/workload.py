@@ -1,4 +1,5 @@
 """The benchmark workload: mixed-length clinical prompts, built deterministically from one text."""
+
 from __future__ import annotations
 
 import random
@@ -25,5 +26,5 @@ def prompt_token_ids(tokenizer, count: int, min_len: int = 20, max_len: int = 20
     for _ in range(count):
         n = rng.randint(min_len, max_len)
         start = rng.randint(0, len(ids) - n)
-        prompts.append(ids[start:start + n])
+        prompts.append(ids[start : start + n])
     return prompts

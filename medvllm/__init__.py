@@ -1,4 +1,5 @@
 """Med-vLLM: an inference engine for medical LLMs on CPU and GPU."""
+
 from medvllm.config import Config
 from medvllm.llm import LLM
 from medvllm.outputs import CompletionOutput, RequestOutput

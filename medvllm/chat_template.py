@@ -1,5 +1,6 @@
 """A conversation to prompt token ids through the model's own chat template: one encoding for
 `LLM.chat` and the server's /v1/chat/completions, so both send the model the same ids."""
+
 from __future__ import annotations
 
 from medvllm.errors import RequestError

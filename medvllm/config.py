@@ -11,6 +11,7 @@ One field per concept: `dtype` is what the model runs in, `attention_impl` the a
 the CLI also accept older paired keys (enable_mixed_precision, quantization_bits, ...); the deployment
 layer translates them (medvllm/deployment/translate.py) before a Config is built.
 """
+
 from __future__ import annotations
 
 import warnings as _warnings
@@ -56,7 +57,9 @@ class Config:
     pool_device: str = "auto"  # auto | cpu | cuda
     # scheduler and KV cache
     max_num_seqs: int = 128
-    max_num_batched_tokens: int | None = None  # tokens per step; None: 2048 on CPU (1024 memory_efficient), 8192 on CUDA
+    max_num_batched_tokens: int | None = (
+        None  # tokens per step; None: 2048 on CPU (1024 memory_efficient), 8192 on CUDA
+    )
     max_model_len: int | None = None
     kvcache_block_size: int = 16
     kv_cache_dtype: str = "auto"  # auto (the model's dtype; bfloat16 for a float32 model under memory_efficient on CPU)
@@ -72,8 +75,10 @@ class Config:
 
     def __post_init__(self, hardware: HardwareInfo) -> None:
         if not isinstance(hardware, HardwareInfo):
-            raise ConfigError(f"hardware={hardware!r} is invalid: Config needs a HardwareInfo snapshot; pass "
-                              "hardware=medvllm.hardware.detect() for this machine")
+            raise ConfigError(
+                f"hardware={hardware!r} is invalid: Config needs a HardwareInfo snapshot; pass "
+                "hardware=medvllm.hardware.detect() for this machine"
+            )
         self.hardware = hardware
         self.derived: dict[str, str] = {}  # automatic field -> the setting that chose its value
         if self.max_num_batched_tokens is None and self.device in DEVICES:
@@ -138,8 +143,13 @@ def fail(field_names: str | tuple[str, ...], message: str) -> ConfigError:
 _BOOLS = ("allow_tf32", "cudnn_benchmark", "memory_efficient", "enable_memory_pooling", "enable_prefix_caching")
 _POSITIVE_INTS = ("tensor_parallel_size", "max_num_seqs", "kvcache_block_size")
 _OPTIONAL_POSITIVE_INTS = ("max_model_len", "num_kvcache_blocks", "max_num_batched_tokens")
-_ENUMS = {"device": DEVICES, "dtype": DTYPES, "attention_impl": ATTENTION_IMPLS, "pool_device": DEVICES,
-          "kv_cache_dtype": KV_CACHE_DTYPES}
+_ENUMS = {
+    "device": DEVICES,
+    "dtype": DTYPES,
+    "attention_impl": ATTENTION_IMPLS,
+    "pool_device": DEVICES,
+    "kv_cache_dtype": KV_CACHE_DTYPES,
+}
 
 
 def _is_int(value) -> bool:
@@ -149,8 +159,11 @@ def _is_int(value) -> bool:
 def check_fields(c: Config) -> None:
     """Types, ranges and combinations that need no hardware. Normalizes aliases in place."""
     if c.model is not None and (not isinstance(c.model, str) or not c.model):
-        raise fail("model", f"model={c.model!r} is invalid: it must be a non-empty path or name, "
-                            "or None for the embedded default model")
+        raise fail(
+            "model",
+            f"model={c.model!r} is invalid: it must be a non-empty path or name, "
+            "or None for the embedded default model",
+        )
     for name in _BOOLS:
         if not isinstance(getattr(c, name), bool):
             raise fail(name, f"{name}={getattr(c, name)!r} is invalid: it must be true or false")
@@ -169,26 +182,37 @@ def check_fields(c: Config) -> None:
             raise fail(name, f"{name}={getattr(c, name)!r} is invalid: use one of {', '.join(choices)}")
     space = c.kv_cache_space_gib
     if space is not None and (isinstance(space, bool) or not isinstance(space, (int, float)) or not space > 0):
-        raise fail("kv_cache_space_gib",
-                   f"kv_cache_space_gib={space!r} is invalid: it must be a number of GiB > 0, or null for automatic")
+        raise fail(
+            "kv_cache_space_gib",
+            f"kv_cache_space_gib={space!r} is invalid: it must be a number of GiB > 0, or null for automatic",
+        )
     util = c.gpu_memory_utilization
     if isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1:
-        raise fail("gpu_memory_utilization",
-                   f"gpu_memory_utilization={util!r} is invalid: it must be a fraction in (0, 1], e.g. 0.9")
+        raise fail(
+            "gpu_memory_utilization",
+            f"gpu_memory_utilization={util!r} is invalid: it must be a fraction in (0, 1], e.g. 0.9",
+        )
     if c.max_num_batched_tokens is not None and c.max_num_batched_tokens < c.max_num_seqs:
-        raise fail(("max_num_batched_tokens", "max_num_seqs"),
-                   f"max_num_batched_tokens={c.max_num_batched_tokens} is smaller than max_num_seqs={c.max_num_seqs}: "
-                   "a step could not give each running sequence a token; raise max_num_batched_tokens")
+        raise fail(
+            ("max_num_batched_tokens", "max_num_seqs"),
+            f"max_num_batched_tokens={c.max_num_batched_tokens} is smaller than max_num_seqs={c.max_num_seqs}: "
+            "a step could not give each running sequence a token; raise max_num_batched_tokens",
+        )
     method = c.quantization_method
     if method is not None and method not in QUANT_METHODS:
-        raise fail("quantization_method", f"quantization_method={method!r} is invalid: use one of "
-                                          f"{', '.join(QUANT_METHODS)}, or null for no quantization")
+        raise fail(
+            "quantization_method",
+            f"quantization_method={method!r} is invalid: use one of "
+            f"{', '.join(QUANT_METHODS)}, or null for no quantization",
+        )
     c.quantization_method = QUANT_METHOD_ALIASES.get(method, method)
     if c.quantization_method == "dynamic" and run_dtype(c) != "float32":
-        raise fail(("quantization_method", "dtype"),
-                   f"quantization_method='dynamic' computes in float32 around its int8 matmuls, but the model would "
-                   f"run in {run_dtype(c)}: set dtype to 'auto' or 'float32' (mixed precision off), or drop "
-                   "quantization")
+        raise fail(
+            ("quantization_method", "dtype"),
+            f"quantization_method='dynamic' computes in float32 around its int8 matmuls, but the model would "
+            f"run in {run_dtype(c)}: set dtype to 'auto' or 'float32' (mixed precision off), or drop "
+            "quantization",
+        )
 
 
 def quantization_bits(method: str | None) -> int | None:
@@ -213,54 +237,82 @@ def check_hardware(c: Config, hw: HardwareInfo) -> list[str]:
         raise fail("device", "device='cuda' but no CUDA GPU is available here: use device 'cpu' or 'auto'")
     device = effective_device(c, hw)
     if c.pool_device == "cuda" and device != "cuda":
-        raise fail("pool_device", f"pool_device='cuda' needs the CUDA device, but the model runs on {device}: "
-                                  "set pool_device to 'auto' or 'cpu'")
+        raise fail(
+            "pool_device",
+            f"pool_device='cuda' needs the CUDA device, but the model runs on {device}: "
+            "set pool_device to 'auto' or 'cpu'",
+        )
     tp = c.tensor_parallel_size
     if device == "cuda" and tp > hw.launch_gpus:
-        raise fail("tensor_parallel_size", f"tensor_parallel_size={tp} needs {tp} GPUs, but {hw.launch_gpus} "
-                                           f"{'is' if hw.launch_gpus == 1 else 'are'} present: use at most "
-                                           f"{hw.launch_gpus}, or a single-GPU profile such as "
-                                           "onprem_gpu_bf16_flash or gpu_8bit")
+        raise fail(
+            "tensor_parallel_size",
+            f"tensor_parallel_size={tp} needs {tp} GPUs, but {hw.launch_gpus} "
+            f"{'is' if hw.launch_gpus == 1 else 'are'} present: use at most "
+            f"{hw.launch_gpus}, or a single-GPU profile such as "
+            "onprem_gpu_bf16_flash or gpu_8bit",
+        )
     if device == "cpu" and tp > 1:
-        warn.append(f"tensor_parallel_size={tp} on CPU runs {tp} processes over gloo: useful for testing, "
-                    "usually slower than 1")
+        warn.append(
+            f"tensor_parallel_size={tp} on CPU runs {tp} processes over gloo: useful for testing, usually slower than 1"
+        )
     method = c.quantization_method
     if method in CUDA_ONLY_METHODS:
         if device != "cuda":
-            raise fail(("quantization_method", "device"),
-                       f"quantization_method={method!r} (bitsandbytes) needs a CUDA GPU, but the model runs on "
-                       "cpu: use quantization_method='dynamic' (8-bit) on CPU, or run on a CUDA device")
+            raise fail(
+                ("quantization_method", "device"),
+                f"quantization_method={method!r} (bitsandbytes) needs a CUDA GPU, but the model runs on "
+                "cpu: use quantization_method='dynamic' (8-bit) on CPU, or run on a CUDA device",
+            )
         if not hw.has_backend("bitsandbytes"):
-            raise fail("quantization_method", f"quantization_method={method!r} needs the bitsandbytes package, "
-                                              "which is not installed: pip install bitsandbytes, or drop quantization")
+            raise fail(
+                "quantization_method",
+                f"quantization_method={method!r} needs the bitsandbytes package, "
+                "which is not installed: pip install bitsandbytes, or drop quantization",
+            )
     if method == "dynamic" and device != "cpu":
-        raise fail(("quantization_method", "device"),
-                   "quantization_method='dynamic' (PyTorch dynamic int8) runs on CPU only, but the model runs on "
-                   "cuda: set device='cpu', or use 'bnb-8bit' on CUDA")
+        raise fail(
+            ("quantization_method", "device"),
+            "quantization_method='dynamic' (PyTorch dynamic int8) runs on CPU only, but the model runs on "
+            "cuda: set device='cpu', or use 'bnb-8bit' on CUDA",
+        )
     if method is not None and not hw.engine_implements(method):
-        raise fail("quantization_method", f"quantization_method={method!r} is not implemented by this version of "
-                                          "the engine: drop quantization (quantization_method=null), or use "
-                                          "--deployment-profile none")
+        raise fail(
+            "quantization_method",
+            f"quantization_method={method!r} is not implemented by this version of "
+            "the engine: drop quantization (quantization_method=null), or use "
+            "--deployment-profile none",
+        )
     dtype = run_dtype(c)
     if dtype == "float16" and device == "cpu":
-        raise fail(("dtype", "device"), "dtype='float16' (fp16, half-precision float16) is not supported on CPU: "
-                                        "use bfloat16 (bf16) or float32 on CPU, or run on a CUDA device")
+        raise fail(
+            ("dtype", "device"),
+            "dtype='float16' (fp16, half-precision float16) is not supported on CPU: "
+            "use bfloat16 (bf16) or float32 on CPU, or run on a CUDA device",
+        )
     if dtype == "bfloat16":
         if device == "cuda" and hw.min_gpu_sm < 8:
-            raise fail(("dtype", "device"), f"dtype='bfloat16' (bf16) needs an Ampere or newer GPU (SM >= 8); this "
-                                            f"one is SM {hw.min_gpu_sm}: use dtype='float16' (fp16) instead")
+            raise fail(
+                ("dtype", "device"),
+                f"dtype='bfloat16' (bf16) needs an Ampere or newer GPU (SM >= 8); this "
+                f"one is SM {hw.min_gpu_sm}: use dtype='float16' (fp16) instead",
+            )
         if device == "cpu" and not hw.cpu_native_bf16:
-            warn.append("bfloat16 on a CPU without native bf16 (avx512_bf16/amx) is emulated and may be slower "
-                        "than float32")
+            warn.append(
+                "bfloat16 on a CPU without native bf16 (avx512_bf16/amx) is emulated and may be slower than float32"
+            )
     if c.attention_impl == "flash":
         if device != "cuda":
-            raise fail(("attention_impl", "device"),
-                       "flash attention needs a CUDA GPU, but the model runs on cpu: "
-                       "set attention_impl to 'sdpa' or 'auto' and turn flash attention off")
+            raise fail(
+                ("attention_impl", "device"),
+                "flash attention needs a CUDA GPU, but the model runs on cpu: "
+                "set attention_impl to 'sdpa' or 'auto' and turn flash attention off",
+            )
         if hw.min_gpu_sm < 8:
-            raise fail("attention_impl",
-                       f"flash attention needs an Ampere or newer GPU (SM >= 8); this one is SM {hw.min_gpu_sm}: "
-                       "use attention_impl='sdpa'")
+            raise fail(
+                "attention_impl",
+                f"flash attention needs an Ampere or newer GPU (SM >= 8); this one is SM {hw.min_gpu_sm}: "
+                "use attention_impl='sdpa'",
+            )
     _check_kv_cache_dtype(c, device)
     if device != "cuda":
         for name in ("allow_tf32", "cudnn_benchmark"):
@@ -283,9 +335,14 @@ def kv_dtype(c: Config, device: str) -> str:
 def _check_kv_cache_dtype(c: Config, device: str) -> None:
     kv = kv_dtype(c, device)
     if kv == "float16" and device == "cpu":
-        raise fail(("kv_cache_dtype", "device"), "kv_cache_dtype='float16' is not supported on CPU (its attention "
-                                                 "kernels read float32 or bfloat16 caches): use 'bfloat16' or 'auto'")
+        raise fail(
+            ("kv_cache_dtype", "device"),
+            "kv_cache_dtype='float16' is not supported on CPU (its attention "
+            "kernels read float32 or bfloat16 caches): use 'bfloat16' or 'auto'",
+        )
     if kv != run_dtype(c) and c.attention_impl == "flash":
-        raise fail(("kv_cache_dtype", "attention_impl"),
-                   f"kv_cache_dtype={c.kv_cache_dtype!r} differs from the model's {run_dtype(c)}, and the flash "
-                   "kernels read the cache in the model's dtype: set kv_cache_dtype='auto', or attention_impl='sdpa'")
+        raise fail(
+            ("kv_cache_dtype", "attention_impl"),
+            f"kv_cache_dtype={c.kv_cache_dtype!r} differs from the model's {run_dtype(c)}, and the flash "
+            "kernels read the cache in the model's dtype: set kv_cache_dtype='auto', or attention_impl='sdpa'",
+        )

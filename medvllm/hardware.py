@@ -3,6 +3,7 @@
 Everything that depends on the hardware (Config validation, profile auto-selection, the CLI's
 `profiles select`) takes a HardwareInfo, so tests pass a fake one and get a deterministic answer.
 """
+
 from __future__ import annotations
 
 import functools
@@ -102,14 +103,26 @@ class HardwareInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> HardwareInfo:
-        gpus = tuple(GPUInfo(name=g.get("name", "GPU"), capability=tuple(g.get("capability", (8, 0))),
-                             total_memory=int(g.get("total_memory", 0))) for g in d.get("gpus", ()))
-        return cls(cpu_count=int(d.get("cpu_count", 1)), cpu_model=d.get("cpu_model", ""),
-                   cpu_flags=frozenset(d.get("cpu_flags", ())), total_memory=int(d.get("total_memory", 0)),
-                   available_memory=int(d.get("available_memory", d.get("total_memory", 0))),
-                   gpus=gpus, backends=dict(d.get("backends", {})),
-                   quantization_methods=None if d.get("quantization_methods") is None
-                   else frozenset(d["quantization_methods"]))
+        gpus = tuple(
+            GPUInfo(
+                name=g.get("name", "GPU"),
+                capability=tuple(g.get("capability", (8, 0))),
+                total_memory=int(g.get("total_memory", 0)),
+            )
+            for g in d.get("gpus", ())
+        )
+        return cls(
+            cpu_count=int(d.get("cpu_count", 1)),
+            cpu_model=d.get("cpu_model", ""),
+            cpu_flags=frozenset(d.get("cpu_flags", ())),
+            total_memory=int(d.get("total_memory", 0)),
+            available_memory=int(d.get("available_memory", d.get("total_memory", 0))),
+            gpus=gpus,
+            backends=dict(d.get("backends", {})),
+            quantization_methods=None
+            if d.get("quantization_methods") is None
+            else frozenset(d["quantization_methods"]),
+        )
 
 
 # --- the probe -----------------------------------------------------------------------------------------
@@ -187,10 +200,17 @@ def detect() -> HardwareInfo:
     """Probe this machine once (cached): CPU, RAM, CUDA devices, optional backends."""
     model, flags = _read_cpuinfo()
     total, avail = _read_meminfo()
-    return HardwareInfo(cpu_count=_cpu_count(), cpu_model=model, cpu_flags=flags, total_memory=total,
-                        available_memory=avail, gpus=_probe_gpus(),
-                        backends={name: _importable(name) for name in OPTIONAL_BACKENDS},
-                        quantization_methods=_engine_quantization_methods(), launch_nodes=_launch_nodes())
+    return HardwareInfo(
+        cpu_count=_cpu_count(),
+        cpu_model=model,
+        cpu_flags=flags,
+        total_memory=total,
+        available_memory=avail,
+        gpus=_probe_gpus(),
+        backends={name: _importable(name) for name in OPTIONAL_BACKENDS},
+        quantization_methods=_engine_quantization_methods(),
+        launch_nodes=_launch_nodes(),
+    )
 
 
 def _launch_nodes() -> int:

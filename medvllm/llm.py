@@ -1,8 +1,9 @@
 """LLM: the offline Python API, shaped like vLLM's `LLM(model).generate(prompts, params)`."""
+
 from __future__ import annotations
 
 import os
-from typing import Iterator, Sequence as Seq
+from collections.abc import Iterator, Sequence as Seq
 
 from medvllm.chat_template import encode_chat
 from medvllm.config import Config
@@ -23,8 +24,9 @@ class LLM:
     checked against this machine (hardware.detect()).
     """
 
-    def __init__(self, model: str | None = None, *, config: Config | None = None,
-                 deployment_profile: str | None = None, **kwargs):
+    def __init__(
+        self, model: str | None = None, *, config: Config | None = None, deployment_profile: str | None = None, **kwargs
+    ):
         if config is None:
             config = _resolve(model, deployment_profile, kwargs)
         self.config = config
@@ -68,15 +70,16 @@ class LLM:
         """Stops tensor-parallel worker processes, if any; the LLM is unusable afterwards."""
         self.engine.shutdown()
 
-    def __enter__(self) -> "LLM":
+    def __enter__(self) -> LLM:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     # ---- generation
-    def generate(self, prompts: Prompt | Seq[Prompt],
-                 sampling_params: SamplingParams | Seq[SamplingParams] | None = None) -> list[RequestOutput]:
+    def generate(
+        self, prompts: Prompt | Seq[Prompt], sampling_params: SamplingParams | Seq[SamplingParams] | None = None
+    ) -> list[RequestOutput]:
         prompts = _as_list(prompts)
         params = _params_for(prompts, sampling_params)
         ids = [self.engine.add_request(p, sp) for p, sp in zip(prompts, params)]
@@ -87,8 +90,9 @@ class LLM:
                     finals[out.request_id] = out
         return [finals[i] for i in ids]
 
-    def chat(self, messages: Messages | list[Messages],
-             sampling_params: SamplingParams | Seq[SamplingParams] | None = None) -> list[RequestOutput]:
+    def chat(
+        self, messages: Messages | list[Messages], sampling_params: SamplingParams | Seq[SamplingParams] | None = None
+    ) -> list[RequestOutput]:
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         return self.generate([self.encode_chat(m) for m in conversations], sampling_params)
 
@@ -123,6 +127,7 @@ def _params_for(prompts: list, params) -> list[SamplingParams]:
         return [params] * len(prompts)
     if len(params) != len(prompts):
         from medvllm.errors import RequestError
+
         raise RequestError(f"got {len(params)} SamplingParams for {len(prompts)} prompts: give one, or one each")
     return list(params)
 
@@ -134,6 +139,7 @@ def _resolve(model, profile, kwargs) -> Config:
     from medvllm.config import ConfigWarning
     from medvllm.deployment import resolve
     from medvllm.hardware import detect
+
     overrides = dict(kwargs, **({"model": model} if model is not None else {}))
     config = resolve(overrides, "none" if profile is None else profile, os.environ, detect()).config
     for message in config.warnings:  # as a Config built directly would warn

@@ -1,4 +1,5 @@
 """What a request gives back: RequestOutput / CompletionOutput, shaped like vLLM's."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
 """SamplingParams: how one request picks its next tokens and when it stops (mirrors vLLM's)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -60,5 +61,4 @@ class SamplingParams:
 
     @property
     def has_penalties(self) -> bool:
-        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
-                or self.frequency_penalty != 0.0)
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0

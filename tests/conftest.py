@@ -1,6 +1,7 @@
 """Shared fixtures: the real default model, in our engine and in transformers (the oracle).
 
 tests/ is a package: test files import the helper modules as `from tests.tiny_models import ...`."""
+
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ CHAT_PROMPTS = [
 @pytest.fixture(scope="session")
 def default_llm():
     from medvllm import LLM
+
     return LLM(max_model_len=2048, max_num_batched_tokens=4096)
 
 
@@ -28,6 +30,7 @@ def hf_default():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from medvllm.loader import default_model_path
+
     path = default_model_path()
     folder, name = os.path.dirname(path), os.path.basename(path)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)

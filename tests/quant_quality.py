@@ -1,4 +1,5 @@
 """Helpers for the precision/quantization tests: teacher-forced KL and greedy agreement vs float32."""
+
 from __future__ import annotations
 
 import torch
@@ -32,6 +33,6 @@ def teacher_forced(reference, candidate, tokenizer) -> dict:
 def max_ngram_repeats(tokens: list[int], n: int = 4) -> int:
     counts: dict[tuple, int] = {}
     for i in range(len(tokens) - n + 1):
-        key = tuple(tokens[i:i + n])
+        key = tuple(tokens[i : i + n])
         counts[key] = counts.get(key, 0) + 1
     return max(counts.values(), default=0)

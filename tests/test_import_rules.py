@@ -1,4 +1,5 @@
 """Import direction: hardware, config and deployment never import the code that computes."""
+
 import ast
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Tiny random Hugging Face models of every supported architecture, saved to a folder for the tests."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,19 +9,41 @@ import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 VOCAB = 256
-BASE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-            rms_norm_eps=1e-6, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+BASE = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-6,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=1,
+)
 
 # name -> (config class, extra settings)
 ARCHS = {
     "llama": (transformers.LlamaConfig, dict(tie_word_embeddings=True, rope_theta=10000.0)),
-    "llama3_rope_untied": (transformers.LlamaConfig, dict(
-        tie_word_embeddings=False, rope_theta=500000.0,
-        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                          original_max_position_embeddings=64))),
-    "llama_linear_rope": (transformers.LlamaConfig, dict(
-        tie_word_embeddings=False, rope_scaling=dict(rope_type="linear", factor=2.0))),
+    "llama3_rope_untied": (
+        transformers.LlamaConfig,
+        dict(
+            tie_word_embeddings=False,
+            rope_theta=500000.0,
+            rope_scaling=dict(
+                rope_type="llama3",
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=64,
+            ),
+        ),
+    ),
+    "llama_linear_rope": (
+        transformers.LlamaConfig,
+        dict(tie_word_embeddings=False, rope_scaling=dict(rope_type="linear", factor=2.0)),
+    ),
     "mistral": (transformers.MistralConfig, dict(sliding_window=12, tie_word_embeddings=False)),
     "qwen2": (transformers.Qwen2Config, dict(tie_word_embeddings=True)),
     "qwen3": (transformers.Qwen3Config, dict(head_dim=32, tie_word_embeddings=False)),
@@ -31,8 +54,9 @@ def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
     vocab = {f"w{i}": i for i in range(VOCAB)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w2"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="w0", eos_token="w1",
-                                                unk_token="w2", pad_token="w1")
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="w0", eos_token="w1", unk_token="w2", pad_token="w1"
+    )
 
 
 def build_tiny(arch: str, folder: Path, seed: int = 0) -> transformers.PreTrainedModel:

@@ -1,4 +1,5 @@
 """What every system's benchmark shares: the cache folder, the workload spec, medians, peak memory."""
+
 from __future__ import annotations
 
 import os
@@ -21,6 +22,7 @@ def cache_dir() -> str:
 def workload(tokenizer, spec: dict) -> dict:
     """The prompts every system gets, as token ids: one batch per request count, one single stream."""
     from workload import prompt_token_ids
+
     return {
         "batched": {n: prompt_token_ids(tokenizer, n) for n in sizes(spec)},
         "single": prompt_token_ids(tokenizer, 1, spec["single_prompt_len"], spec["single_prompt_len"], seed=1)[0],
@@ -72,8 +74,9 @@ def first_token_s(args: list[str], threads: int) -> float:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "first_token.py")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, script, *args, "--threads", str(threads)],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, script, *args, "--threads", str(threads)], stdout=subprocess.PIPE, text=True, env=env
+    )
     with proc:
         for line in proc.stdout:
             if line.strip() == "FIRST_TOKEN":

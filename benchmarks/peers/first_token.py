@@ -1,8 +1,9 @@
 """A fresh process to its first generated token: prints FIRST_TOKEN then exits (start-up time).
 
-    python benchmarks/peers/first_token.py medvllm --profile auto
-    python benchmarks/peers/first_token.py transformers --dtype float32
+python benchmarks/peers/first_token.py medvllm --profile auto
+python benchmarks/peers/first_token.py transformers --dtype float32
 """
+
 import argparse
 import os
 import sys
@@ -22,6 +23,7 @@ import torch_systems  # noqa: E402
 
 if args.system == "medvllm":
     from medvllm import SamplingParams
+
     llm, _ = torch_systems.build_medvllm(args.profile, prefix_caching=False)
     llm.generate("Sepsis is", SamplingParams(temperature=0, max_tokens=1))
 else:

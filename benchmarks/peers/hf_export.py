@@ -5,6 +5,7 @@ dequantized GGUF weights are saved as config.json + model.safetensors + tokenize
 
     python benchmarks/peers/hf_export.py [OUT_DIR]
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ import os
 import sys
 
 import torch
-
 from common import cache_dir
 
 DONE = "model.safetensors"
@@ -27,6 +27,7 @@ def export(folder: str | None = None, model: str | None = None) -> str:
     from safetensors.torch import save_file
 
     from medvllm.loader import open_model
+
     folder = folder or default_folder()
     if os.path.isfile(os.path.join(folder, DONE)):
         return folder

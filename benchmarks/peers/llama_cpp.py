@@ -4,6 +4,7 @@ Built by benchmarks/peers/llama_cpp.sh. Every measurement runs with flash attent
 keeps the better. llama-batched-bench gives every sequence the same prompt length, so it gets the
 workload's mean prompt length; output tok/s counts generated tokens over the whole time, prefill included.
 """
+
 from __future__ import annotations
 
 import glob
@@ -64,17 +65,58 @@ def measure(model: str, spec: dict, prompt_len: int) -> dict:
     threads, tg = str(spec["threads"]), spec["max_tokens"]
     single, batched = {}, {}
     for fa in FLASH_ATTENTION:
-        bench = parse_llama_bench(_run([os.path.join(tools, "llama-bench"), "-m", model, "-t", threads,
-                                        "-p", str(spec["single_prompt_len"]), "-n", str(tg), "-fa", fa,
-                                        "-r", "1", "-o", "jsonl"]))
+        bench = parse_llama_bench(
+            _run(
+                [
+                    os.path.join(tools, "llama-bench"),
+                    "-m",
+                    model,
+                    "-t",
+                    threads,
+                    "-p",
+                    str(spec["single_prompt_len"]),
+                    "-n",
+                    str(tg),
+                    "-fa",
+                    fa,
+                    "-r",
+                    "1",
+                    "-o",
+                    "jsonl",
+                ]
+            )
+        )
         if bench.get("tg", 0) > single.get("tg", 0):
             single = bench
         counts = sizes(spec)
         ctx = max(counts) * (prompt_len + tg) + 256
-        rows = parse_batched_bench(_run([os.path.join(tools, "llama-batched-bench"), "-m", model, "-t", threads,
-                                         "-c", str(ctx), "-b", "2048", "-ub", "512", "-fa", fa,
-                                         "-npp", str(prompt_len), "-ntg", str(tg),
-                                         "-npl", ",".join(map(str, counts)), "--output-format", "jsonl"]))
+        rows = parse_batched_bench(
+            _run(
+                [
+                    os.path.join(tools, "llama-batched-bench"),
+                    "-m",
+                    model,
+                    "-t",
+                    threads,
+                    "-c",
+                    str(ctx),
+                    "-b",
+                    "2048",
+                    "-ub",
+                    "512",
+                    "-fa",
+                    fa,
+                    "-npp",
+                    str(prompt_len),
+                    "-ntg",
+                    str(tg),
+                    "-npl",
+                    ",".join(map(str, counts)),
+                    "--output-format",
+                    "jsonl",
+                ]
+            )
+        )
         for n, tps in rows.items():
             batched[n] = max(batched.get(n, 0.0), tps)
     return {
@@ -88,6 +130,23 @@ def measure(model: str, spec: dict, prompt_len: int) -> dict:
 def startup_s(model: str, threads: int) -> float:
     """A fresh process from launch to one generated token (batched-bench also warms up once first)."""
     t0 = time.perf_counter()
-    _run([os.path.join(bin_dir(), "llama-batched-bench"), "-m", model, "-t", str(threads), "-c", "512",
-          "-npp", "8", "-ntg", "1", "-npl", "1", "--output-format", "jsonl"])
+    _run(
+        [
+            os.path.join(bin_dir(), "llama-batched-bench"),
+            "-m",
+            model,
+            "-t",
+            str(threads),
+            "-c",
+            "512",
+            "-npp",
+            "8",
+            "-ntg",
+            "1",
+            "-npl",
+            "1",
+            "--output-format",
+            "jsonl",
+        ]
+    )
     return time.perf_counter() - t0

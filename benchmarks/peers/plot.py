@@ -1,9 +1,11 @@
 """Output tok/s against parallel requests, one line per system that measured them (matplotlib)."""
+
 from __future__ import annotations
 
 
 def plot(results: dict[str, dict], levels: list[int], path: str, title: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")  # files only: no display on a server
     import matplotlib.pyplot as plt
 

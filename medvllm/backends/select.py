@@ -7,6 +7,7 @@ choice with its reason, which runtime_info reports. A setting the machine cannot
 ConfigError; a faster path that cannot run here gives way only to one with the same numerics, and the
 record says so.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,6 +27,7 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 @dataclass(frozen=True)
 class ModelTraits:
     """What of a model's architecture the choice depends on."""
+
     hidden_size: int
     head_dim: int
     qk_norm: bool = False
@@ -35,8 +37,9 @@ class ModelTraits:
     @classmethod
     def of(cls, hf_config, arch_options, tp_size: int = 1) -> ModelTraits:
         head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
-        return cls(hf_config.hidden_size, head_dim, arch_options.qk_norm, arch_options.sliding_window is not None,
-                   tp_size)
+        return cls(
+            hf_config.hidden_size, head_dim, arch_options.qk_norm, arch_options.sliding_window is not None, tp_size
+        )
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ def native_unavailable() -> str | None:
     """Why the native CPU kernels cannot run here, or None when they can (built at first call)."""
     from medvllm.backends.cpu.native import binding
     from medvllm.backends.cpu.native.build import NativeUnavailable
+
     try:
         binding.library()
         return None
@@ -89,12 +93,14 @@ def _cpu(config, traits: ModelTraits) -> Backends:
         attention, why["attention"] = None, "attention_impl='sdpa'"
     elif native:
         from medvllm.backends.cpu.attention import CpuPagedBackend
+
         attention, why["attention"] = CpuPagedBackend(), "the native paged kernel reads the cache in place"
     else:
         attention, why["attention"] = None, f"native kernels unavailable ({missing})"
 
     if native and f32:
         from medvllm.backends.cpu.norm import native_rms_norm
+
         norm, why["norm"] = native_rms_norm(), "float32 on CPU: the C kernel"
     else:
         norm, why["norm"] = None, "float32 only" if native else f"native kernels unavailable ({missing})"
@@ -103,11 +109,13 @@ def _cpu(config, traits: ModelTraits) -> Backends:
     fused = None
     if blocker is None:
         from medvllm.backends.cpu.decode_layer import fused_decode_layers
+
         fused, why["decode_layer"] = fused_decode_layers(), "one C call per decoder layer"
     else:
         why["decode_layer"] = blocker
-    kit = LayerKit(linear=linear, lm_head=head, embedding_int8=embedding_int8, norm=norm, attention=attention,
-                   fused_layers=fused)
+    kit = LayerKit(
+        linear=linear, lm_head=head, embedding_int8=embedding_int8, norm=norm, attention=attention, fused_layers=fused
+    )
     return _record(kit, why)
 
 
@@ -116,10 +124,13 @@ def _cpu_linear(config, traits, native: bool, missing: str | None, why: dict):
     method = config.quantization_method
     if method == "dynamic":
         if not native:
-            raise ConfigError(f"quantization_method='dynamic' needs the native int8 kernel, which cannot be built "
-                              f"here ({missing}): install a C compiler (e.g. apt-get install gcc), or drop quantization")
+            raise ConfigError(
+                f"quantization_method='dynamic' needs the native int8 kernel, which cannot be built "
+                f"here ({missing}): install a C compiler (e.g. apt-get install gcc), or drop quantization"
+            )
         from medvllm.quantization.dynamic_int8 import DynamicInt8Method
         from medvllm.quantization.int8_head import Int8RowsHead
+
         why["linear"] = why["lm_head"] = why["embedding"] = "quantization_method='dynamic'"
         return DynamicInt8Method(), Int8RowsHead(traits.hidden_size), True
     why["embedding"] = "no quantization"
@@ -128,6 +139,7 @@ def _cpu_linear(config, traits, native: bool, missing: str | None, why: dict):
         return UNQUANTIZED, Float32Logits(), False
     if native:
         from medvllm.backends.cpu.panel_linear import PanelFloatMethod
+
         panels = PanelFloatMethod()
         why["linear"] = why["lm_head"] = "float32 on CPU: weights packed once into the kernel's panels"
         return panels, panels, False
@@ -135,11 +147,11 @@ def _cpu_linear(config, traits, native: bool, missing: str | None, why: dict):
     return UNQUANTIZED, UNQUANTIZED, False
 
 
-def _fused_blocker(config, traits: ModelTraits, native: bool, f32: bool, linear: LinearMethod,
-                   attention) -> str | None:
+def _fused_blocker(config, traits: ModelTraits, native: bool, f32: bool, linear: LinearMethod, attention) -> str | None:
     """Why the fused decoder layer cannot run this model here, or None when it can."""
     from medvllm.backends.cpu.attention import CACHE_DTYPES
     from medvllm.backends.cpu.decode_layer import MAX_HEAD_DIM
+
     if not native:
         return "native kernels unavailable"
     if not f32:
@@ -165,6 +177,7 @@ def _cuda(config, traits: ModelTraits) -> Backends:
     method = config.quantization_method
     if method in ("bnb-8bit", "bnb-nf4"):
         from medvllm.quantization.bnb import Bnb8bitMethod, BnbNf4Method
+
         linear = {"bnb-8bit": Bnb8bitMethod, "bnb-nf4": BnbNf4Method}[method]()
         why["linear"] = f"quantization_method={method!r}"
     else:
@@ -179,25 +192,31 @@ def _cuda(config, traits: ModelTraits) -> Backends:
 
 def _cuda_attention(config, traits: ModelTraits, dtype: torch.dtype, why: dict):
     from medvllm.backends.cuda.flash_attention import FlashAttnBackend, SdpaFlashBackend
+
     hardware = config.hardware
     low = dtype in LOW_PRECISION
     if config.attention_impl == "flash":  # the Config checked the GPU generation
         if not low:
-            raise ConfigError(f"flash attention runs in fp16/bf16 only, but the model runs in "
-                              f"{str(dtype).replace('torch.', '')}: set dtype to bfloat16 or float16, or use "
-                              "attention_impl='sdpa'")
+            raise ConfigError(
+                f"flash attention runs in fp16/bf16 only, but the model runs in "
+                f"{str(dtype).replace('torch.', '')}: set dtype to bfloat16 or float16, or use "
+                "attention_impl='sdpa'"
+            )
         if hardware.has_backend("flash_attn"):
             try:
                 backend = FlashAttnBackend()
             except ImportError as e:
-                raise ConfigError(f"attention_impl='flash' needs the flash-attn package, which fails to import "
-                                  f"({e}): reinstall it (pip install 'medvllm[flash]'), or use attention_impl='sdpa'"
-                                  ) from None
+                raise ConfigError(
+                    f"attention_impl='flash' needs the flash-attn package, which fails to import "
+                    f"({e}): reinstall it (pip install 'medvllm[flash]'), or use attention_impl='sdpa'"
+                ) from None
             why["attention"] = "attention_impl='flash', flash-attn installed"
             return backend
         if traits.sliding_window:
-            raise ConfigError("this model uses sliding-window attention, which PyTorch's flash kernel lacks: "
-                              "pip install flash-attn, or use attention_impl='sdpa'")
+            raise ConfigError(
+                "this model uses sliding-window attention, which PyTorch's flash kernel lacks: "
+                "pip install flash-attn, or use attention_impl='sdpa'"
+            )
         why["attention"] = "attention_impl='flash' without flash-attn: PyTorch's flash kernel"
         return SdpaFlashBackend()
     if config.attention_impl == "auto" and low and hardware.min_gpu_sm >= 8 and hardware.has_backend("flash_attn"):
@@ -217,7 +236,13 @@ def _cuda_attention(config, traits: ModelTraits, dtype: torch.dtype, why: dict):
 
 def _record(kit: LayerKit, why: dict[str, str]) -> Backends:
     attention = "sdpa" if kit.attention is None else kit.attention.name
-    return Backends(attention=attention, linear=kit.linear.name, lm_head=kit.lm_head.name,
-                    embedding="int8-rows" if kit.embedding_int8 else "float",
-                    norm="torch" if kit.norm is None else "native",
-                    decode_layer="torch" if kit.fused_layers is None else "native", reasons=why, kit=kit)
+    return Backends(
+        attention=attention,
+        linear=kit.linear.name,
+        lm_head=kit.lm_head.name,
+        embedding="int8-rows" if kit.embedding_int8 else "float",
+        norm="torch" if kit.norm is None else "native",
+        decode_layer="torch" if kit.fused_layers is None else "native",
+        reasons=why,
+        kit=kit,
+    )

@@ -1,4 +1,5 @@
 """`medvllm inference generate`: resolve the settings, load the model, stream the reply to stdout."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,19 +13,27 @@ from medvllm.errors import RequestError
 
 
 def register(actions, common) -> None:
-    p = actions.add_parser("generate", parents=[common], help="generate a reply to one prompt",
-                           description="Generate text. The prompt comes from --text, --input FILE, or stdin.")
+    p = actions.add_parser(
+        "generate",
+        parents=[common],
+        help="generate a reply to one prompt",
+        description="Generate text. The prompt comes from --text, --input FILE, or stdin.",
+    )
     p.add_argument("--model", help="a .gguf file or Hugging Face model folder (default: the embedded model)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", help="the prompt")
     src.add_argument("--input", metavar="FILE", help="read the prompt from FILE ('-' for stdin)")
-    p.add_argument("--deployment-profile", metavar="NAME|PATH|none",
-                   help="profile to apply under the explicit flags (default: $MEDVLLM_DEPLOYMENT_PROFILE, "
-                        "else auto-selected; 'none' turns profiles off)")
+    p.add_argument(
+        "--deployment-profile",
+        metavar="NAME|PATH|none",
+        help="profile to apply under the explicit flags (default: $MEDVLLM_DEPLOYMENT_PROFILE, "
+        "else auto-selected; 'none' turns profiles off)",
+    )
     chat = p.add_argument_group("chat")
     chat.add_argument("--system", help="system message (chat models)")
-    chat.add_argument("--no-chat", dest="chat", action="store_false",
-                      help="send the text as is, without the model's chat template")
+    chat.add_argument(
+        "--no-chat", dest="chat", action="store_false", help="send the text as is, without the model's chat template"
+    )
     sampling = p.add_argument_group("sampling")
     sampling.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate (default 256)")
     sampling.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
@@ -32,8 +41,11 @@ def register(actions, common) -> None:
     sampling.add_argument("--top-k", type=int, default=-1)
     sampling.add_argument("--seed", type=int, help="random seed (also the engine's seed)")
     sampling.add_argument("--stop", action="append", metavar="TEXT", help="stop at TEXT (repeatable)")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object (text, counts, timings, profile, settings and their sources)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (text, counts, timings, profile, settings and their sources)",
+    )
     add_setting_flags(p)
     p.set_defaults(run=run_generate)
 
@@ -63,10 +75,17 @@ def run_generate(args: argparse.Namespace) -> int:
     from medvllm.hardware import detect
 
     prompt = read_prompt(args)
-    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                            max_tokens=args.max_tokens, stop=args.stop)
-    resolution = resolve(overrides_from(args), args.deployment_profile, os.environ, detect(),
-                         model_info_for(args.model))
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        stop=args.stop,
+    )
+    resolution = resolve(
+        overrides_from(args), args.deployment_profile, os.environ, detect(), model_info_for(args.model)
+    )
     for message in resolution.warnings:
         output.warn(message)
     output.info(args, describe_choice(resolution))
@@ -94,19 +113,20 @@ def describe_choice(resolution) -> str:
         if how == "none":
             return "deployment profile: none (turned off)"
         return "deployment profile: none (no profile runs here; `medvllm profiles select --explain` says why)"
-    said = {"flag": "from --deployment-profile", "env": "from MEDVLLM_DEPLOYMENT_PROFILE",
-            "auto": "auto-selected"}[how]
+    said = {"flag": "from --deployment-profile", "env": "from MEDVLLM_DEPLOYMENT_PROFILE", "auto": "auto-selected"}[how]
     return f"deployment profile: {name} ({said})"
 
 
 def encode(llm, prompt: str, args) -> tuple[list[int], bool]:
     tokenizer = llm.tokenizer
     if args.chat and getattr(tokenizer, "chat_template", None):
-        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        messages = [{"role": "system", "content": args.system}] if args.system else []
         messages.append({"role": "user", "content": prompt})
         return llm.encode_chat(messages), True
     if args.system:
-        output.warn("--system is ignored: " + ("--no-chat is set" if not args.chat else "the model has no chat template"))
+        output.warn(
+            "--system is ignored: " + ("--no-chat is set" if not args.chat else "the model has no chat template")
+        )
     return list(tokenizer.encode(prompt)), False
 
 
@@ -116,10 +136,16 @@ def report(llm, resolution, final, params, used_chat: bool, started: float) -> d
     return {
         "text": completion.text,
         "finish_reason": completion.finish_reason,
-        "usage": {"prompt_tokens": m.num_prompt_tokens, "completion_tokens": m.num_generation_tokens,
-                  "cached_tokens": m.num_cached_tokens},
-        "timings": {"time_to_first_token_s": m.time_to_first_token, "total_s": total,
-                    "decode_tokens_per_s": getattr(m, "decode_tokens_per_s", None)},
+        "usage": {
+            "prompt_tokens": m.num_prompt_tokens,
+            "completion_tokens": m.num_generation_tokens,
+            "cached_tokens": m.num_cached_tokens,
+        },
+        "timings": {
+            "time_to_first_token_s": m.time_to_first_token,
+            "total_s": total,
+            "decode_tokens_per_s": getattr(m, "decode_tokens_per_s", None),
+        },
         "chat_template": used_chat,
         "sampling": {k: getattr(params, k) for k in ("temperature", "top_p", "top_k", "seed", "max_tokens", "stop")},
         "deployment": resolution.to_dict(),

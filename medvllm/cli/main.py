@@ -3,6 +3,7 @@
 Generated text and command results go to stdout; progress, warnings and errors go to stderr.
 Errors print one line and exit 1 (2 for bad usage); `--verbose` adds the traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,10 +16,16 @@ from medvllm.errors import MedVLLMError
 
 def common_flags() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="on error, show the traceback too")
-    parent.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="no progress or informational lines on stderr")
+    parent.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="on error, show the traceback too"
+    )
+    parent.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no progress or informational lines on stderr",
+    )
     return parent
 
 
@@ -26,17 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     from medvllm.cli import generate_cmd, profiles_cmd, quality, serve
 
     common = common_flags()
-    parser = argparse.ArgumentParser(prog="medvllm", parents=[common],
-                                     description="Med-vLLM: LLM inference for medical models on CPU and GPU.")
+    parser = argparse.ArgumentParser(
+        prog="medvllm", parents=[common], description="Med-vLLM: LLM inference for medical models on CPU and GPU."
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     inference = commands.add_parser("inference", help="generate text", parents=[common])
     generate_cmd.register(inference.add_subparsers(dest="action", metavar="ACTION", required=True), common)
-    prof = commands.add_parser("profiles", help="list, show, validate and select deployment profiles",
-                               parents=[common])
+    prof = commands.add_parser("profiles", help="list, show, validate and select deployment profiles", parents=[common])
     profiles_cmd.register(prof.add_subparsers(dest="action", metavar="ACTION", required=True), common)
     serve.register(commands, common)
-    qual = commands.add_parser("quality", help="check a profile's output quality against a reference",
-                               parents=[common])
+    qual = commands.add_parser("quality", help="check a profile's output quality against a reference", parents=[common])
     quality.register(qual.add_subparsers(dest="action", metavar="ACTION", required=True), common)
     return parser
 
@@ -44,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _show_engine_warnings() -> None:
     """The engine's own warnings (ConfigWarning: a setting adjusted or without effect) as one
     `medvllm: warning:` line, like the CLI's, instead of Python's file:line form with a source line."""
-    from medvllm.config import ConfigWarning
     from medvllm.cli.output import warn
+    from medvllm.config import ConfigWarning
+
     shown = warnings.showwarning
     if getattr(shown, "medvllm", False):  # already in place (main called again in one process)
         return
@@ -55,6 +62,7 @@ def _show_engine_warnings() -> None:
             warn(" ".join(str(message).split()))
         else:
             shown(message, category, filename, lineno, file, line)
+
     show.medvllm = True
     warnings.showwarning = show
 

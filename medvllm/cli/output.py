@@ -1,4 +1,5 @@
 """Output helpers: JSON to stdout, and progress on stderr only when it is a terminal and not --quiet."""
+
 from __future__ import annotations
 
 import json

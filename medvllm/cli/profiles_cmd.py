@@ -1,7 +1,7 @@
 """`medvllm profiles list | show | validate | select`."""
+
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -31,8 +31,12 @@ def register(actions, common) -> None:
     p.add_argument("--explain", action="store_true", help="show each candidate and every profile's verdict")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--model", help="check that this model fits (memory estimate); default: the embedded model")
-    p.add_argument("--hardware", metavar="FILE", help="decide for the machine described in FILE (the 'hardware' "
-                                                      "object of `profiles select --json`) instead of this one")
+    p.add_argument(
+        "--hardware",
+        metavar="FILE",
+        help="decide for the machine described in FILE (the 'hardware' "
+        "object of `profiles select --json`) instead of this one",
+    )
     p.set_defaults(run=run_select)
 
 
@@ -124,14 +128,24 @@ def run_select(args) -> int:
             v = check(item, hw, model)
             verdicts.append({"name": item.name, "runnable": v.runnable, "reasons": v.reasons})
     if args.json:
-        output.print_json({"selected": name, "reasons": selection.reasons, "hardware": hw.to_dict(),
-                           "model": model.__dict__ if model else None, "profiles": verdicts})
+        output.print_json(
+            {
+                "selected": name,
+                "reasons": selection.reasons,
+                "hardware": hw.to_dict(),
+                "model": model.__dict__ if model else None,
+                "profiles": verdicts,
+            }
+        )
         return 0
     print(name or "none")
     if args.explain:
         print(f"\nhardware: {hw.summary()}")
-        print(f"model:    {model.name} ({model.num_params / 1e9:.2f}B parameters)" if model else
-              "model:    unknown (memory not checked)")
+        print(
+            f"model:    {model.name} ({model.num_params / 1e9:.2f}B parameters)"
+            if model
+            else "model:    unknown (memory not checked)"
+        )
         print("\nauto-selection, in order:")
         for line in selection.reasons:
             print(f"  {line}")

@@ -5,6 +5,7 @@ profile) and through the profile, and gates on KL divergence, top-1 agreement, p
 greedy-continuation match. Exit status: 0 pass, 3 a threshold crossed, 1 an error (e.g. a profile this
 machine cannot run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,32 +22,49 @@ GATE_FAILED = 3
 
 def register(actions, common) -> None:
     p = actions.add_parser(
-        "compare", parents=[common], help="compare a profile's outputs with a float32 reference",
+        "compare",
+        parents=[common],
+        help="compare a profile's outputs with a float32 reference",
         description="Teacher-force a clinical text set through a reference and a candidate (a deployment "
-                    "profile plus any setting flags) and report per-token KL, top-1 agreement, perplexity "
-                    "change and greedy match. Exits 3 when a threshold is crossed.")
+        "profile plus any setting flags) and report per-token KL, top-1 agreement, perplexity "
+        "change and greedy match. Exits 3 when a threshold is crossed.",
+    )
     p.add_argument("--model", help="a .gguf file or Hugging Face model folder (default: the embedded model)")
-    p.add_argument("--deployment-profile", metavar="NAME|PATH|none",
-                   help="the candidate's profile, under the setting flags below (default: "
-                        "$MEDVLLM_DEPLOYMENT_PROFILE, else auto-selected; 'none': Config defaults)")
-    p.add_argument("--reference", metavar="NAME|PATH|none", default="none",
-                   help="the reference's profile (default: none, i.e. float32 without quantization)")
-    p.add_argument("--reference-model", metavar="MODEL",
-                   help="the reference's model, sharing the candidate's tokenizer (default: --model)")
-    p.add_argument("--texts", metavar="FILE", help="a JSON-lines text set of {id, kind, text} "
-                                                   "(default: the shipped clinical set)")
+    p.add_argument(
+        "--deployment-profile",
+        metavar="NAME|PATH|none",
+        help="the candidate's profile, under the setting flags below (default: "
+        "$MEDVLLM_DEPLOYMENT_PROFILE, else auto-selected; 'none': Config defaults)",
+    )
+    p.add_argument(
+        "--reference",
+        metavar="NAME|PATH|none",
+        default="none",
+        help="the reference's profile (default: none, i.e. float32 without quantization)",
+    )
+    p.add_argument(
+        "--reference-model",
+        metavar="MODEL",
+        help="the reference's model, sharing the candidate's tokenizer (default: --model)",
+    )
+    p.add_argument(
+        "--texts", metavar="FILE", help="a JSON-lines text set of {id, kind, text} (default: the shipped clinical set)"
+    )
     p.add_argument("--limit", type=int, metavar="N", help="use N texts, taken round-robin across kinds")
-    p.add_argument("--greedy-tokens", type=int, default=32, metavar="N",
-                   help="greedy continuation length compared (default 32)")
+    p.add_argument(
+        "--greedy-tokens", type=int, default=32, metavar="N", help="greedy continuation length compared (default 32)"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON (default: Markdown)")
     gate = p.add_argument_group(
         "thresholds (crossing one exits 3)",
-        "Defaults depend on the candidate's tier: " + "; ".join(
-            f"{tier}: " + ", ".join(f"{getattr(t, name):g}" for name in RULES) for tier, t in TIERS.items())
-        + " (in the order of the flags below; docs/QUALITY.md explains them).")
+        "Defaults depend on the candidate's tier: "
+        + "; ".join(f"{tier}: " + ", ".join(f"{getattr(t, name):g}" for name in RULES) for tier, t in TIERS.items())
+        + " (in the order of the flags below; docs/QUALITY.md explains them).",
+    )
     for name, (_, kind, flag, label) in RULES.items():
-        gate.add_argument(flag, dest=name, type=float, metavar="X",
-                          help=f"{'most' if kind == 'max' else 'least'} {label} that passes")
+        gate.add_argument(
+            flag, dest=name, type=float, metavar="X", help=f"{'most' if kind == 'max' else 'least'} {label} that passes"
+        )
     add_setting_flags(p)
     p.set_defaults(run=run_compare)
 
@@ -64,10 +82,10 @@ def run_compare(args: argparse.Namespace) -> int:
     env, hw = os.environ, detect()
     reference_model = args.reference_model or args.model
     # the candidate first: a profile this machine cannot run is refused before anything loads
-    cand_res = engines.resolve_side(overrides_from(args), args.deployment_profile, env, hw,
-                                    model_info_for(args.model))
-    ref_res = engines.resolve_side(engines.reference_overrides(reference_model), args.reference, env, hw,
-                                   model_info_for(reference_model))
+    cand_res = engines.resolve_side(overrides_from(args), args.deployment_profile, env, hw, model_info_for(args.model))
+    ref_res = engines.resolve_side(
+        engines.reference_overrides(reference_model), args.reference, env, hw, model_info_for(reference_model)
+    )
     items = pick(load_texts(args.texts), args.limit)
     for message in dict.fromkeys(cand_res.warnings + ref_res.warnings):
         output.warn(message)
@@ -83,11 +101,20 @@ def run_compare(args: argparse.Namespace) -> int:
             tier = tier_of(cand_res.config)
             given = {name: getattr(args, name) for name in RULES if getattr(args, name) is not None}
             thresholds = replace(TIERS[tier], **given)
-            text_set = {"name": os.path.basename(args.texts) if args.texts else shipped_path().name,
-                        "path": args.texts or str(shipped_path()), "limit": args.limit}
-            data = report.build(result, thresholds, report.side(ref_label, ref_res, reference),
-                                report.side(cand_label, cand_res, candidate), text_set, args.greedy_tokens,
-                                tier)
+            text_set = {
+                "name": os.path.basename(args.texts) if args.texts else shipped_path().name,
+                "path": args.texts or str(shipped_path()),
+                "limit": args.limit,
+            }
+            data = report.build(
+                result,
+                thresholds,
+                report.side(ref_label, ref_res, reference),
+                report.side(cand_label, cand_res, candidate),
+                text_set,
+                args.greedy_tokens,
+                tier,
+            )
     if args.json:
         output.print_json(data)
     else:
@@ -107,4 +134,5 @@ def _progress(args):
         sys.stderr.flush()
         if message.startswith("greedy"):
             sys.stderr.write("\n")
+
     return show

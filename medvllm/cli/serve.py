@@ -5,6 +5,7 @@ can be checked is checked before the port is bound: the bind/auth rule, the Conf
 The model then loads and warms up while /health answers 503. SIGTERM stops accepting connections, lets
 in-flight requests finish (up to --shutdown-timeout, then aborts them) and exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,30 +23,55 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def register(commands, common) -> None:
-    p = commands.add_parser("serve", parents=[common], help="serve an OpenAI-compatible HTTP API",
-                            description="Serve /v1/completions, /v1/chat/completions, /v1/models, /health and "
-                                        "/metrics over HTTP, for unchanged OpenAI clients.")
+    p = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="serve an OpenAI-compatible HTTP API",
+        description="Serve /v1/completions, /v1/chat/completions, /v1/models, /health and "
+        "/metrics over HTTP, for unchanged OpenAI clients.",
+    )
     p.add_argument("--model", help="a .gguf file or Hugging Face model folder (default: the embedded model)")
-    p.add_argument("--deployment-profile", metavar="NAME|PATH|none",
-                   help="profile to apply under the explicit flags (default: $MEDVLLM_DEPLOYMENT_PROFILE, "
-                        "else auto-selected; 'none' turns profiles off)")
+    p.add_argument(
+        "--deployment-profile",
+        metavar="NAME|PATH|none",
+        help="profile to apply under the explicit flags (default: $MEDVLLM_DEPLOYMENT_PROFILE, "
+        "else auto-selected; 'none' turns profiles off)",
+    )
     p.add_argument("--seed", type=int, help="the engine's random seed")
     net = p.add_argument_group("server")
     net.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     net.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
-    net.add_argument("--api-key", metavar="KEY",
-                     help="clients must send 'Authorization: Bearer KEY' (default: $MEDVLLM_API_KEY)")
-    net.add_argument("--allow-unauthenticated", action="store_true",
-                     help="serve a non-loopback --host without an API key (a proxy in front authenticates)")
-    net.add_argument("--max-queue", type=int, default=256, metavar="N",
-                     help="requests that may wait beyond the running batch (max_num_seqs); past that a request "
-                          "gets 503 with Retry-After (default 256)")
-    net.add_argument("--served-model-name", metavar="NAME",
-                     help="the model id clients send (default: the model file or folder name)")
-    net.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
-                     help="on SIGTERM, seconds to let in-flight requests finish before aborting them (default 30)")
-    net.add_argument("--log-content", action="store_true",
-                     help="log prompt and completion text (off by default: they may hold patient data)")
+    net.add_argument(
+        "--api-key", metavar="KEY", help="clients must send 'Authorization: Bearer KEY' (default: $MEDVLLM_API_KEY)"
+    )
+    net.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve a non-loopback --host without an API key (a proxy in front authenticates)",
+    )
+    net.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,
+        metavar="N",
+        help="requests that may wait beyond the running batch (max_num_seqs); past that a request "
+        "gets 503 with Retry-After (default 256)",
+    )
+    net.add_argument(
+        "--served-model-name", metavar="NAME", help="the model id clients send (default: the model file or folder name)"
+    )
+    net.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, seconds to let in-flight requests finish before aborting them (default 30)",
+    )
+    net.add_argument(
+        "--log-content",
+        action="store_true",
+        help="log prompt and completion text (off by default: they may hold patient data)",
+    )
     net.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     add_setting_flags(p)
     p.set_defaults(run=run_serve)
@@ -56,10 +82,12 @@ def run_serve(args: argparse.Namespace) -> int:
 
     try:
         import uvicorn
+
         from medvllm.server import ServerSettings, create_app
     except ImportError as e:
-        raise ConfigError(f"the server needs {e.name!r}, which is not installed: "
-                          "pip install 'medvllm[serve]'") from None
+        raise ConfigError(
+            f"the server needs {e.name!r}, which is not installed: pip install 'medvllm[serve]'"
+        ) from None
     from medvllm.deployment import resolve
     from medvllm.deployment.model_info import model_info_for
     from medvllm.engine.llm_engine import LLMEngine
@@ -70,8 +98,9 @@ def run_serve(args: argparse.Namespace) -> int:
     check_bind(args.host, api_key, args.allow_unauthenticated)
     if args.max_queue < 0:
         raise ConfigError(f"--max-queue {args.max_queue} is negative: give 0 or more waiting requests")
-    resolution = resolve(overrides_from(args), args.deployment_profile, os.environ, detect(),
-                         model_info_for(args.model))
+    resolution = resolve(
+        overrides_from(args), args.deployment_profile, os.environ, detect(), model_info_for(args.model)
+    )
     for message in resolution.warnings:
         output.warn(message)
     output.info(args, describe_choice(resolution))
@@ -85,14 +114,29 @@ def run_serve(args: argparse.Namespace) -> int:
         failures.append(error)
         server.should_exit = True
 
-    settings = ServerSettings(api_key=api_key, max_queue=args.max_queue, log_content=args.log_content,
-                              served_model_name=args.served_model_name)
+    settings = ServerSettings(
+        api_key=api_key,
+        max_queue=args.max_queue,
+        log_content=args.log_content,
+        served_model_name=args.served_model_name,
+    )
     app = create_app(settings, load=lambda: LLMEngine(config, source), on_failure=on_failure)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, lifespan="on",
-        timeout_graceful_shutdown=args.shutdown_timeout))
-    output.info(args, f"serving on http://{args.host}:{args.port} (auth {'on' if api_key else 'OFF'}); "
-                      "the model loads now and /health turns 200 when it is ready")
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=args.shutdown_timeout,
+        )
+    )
+    output.info(
+        args,
+        f"serving on http://{args.host}:{args.port} (auth {'on' if api_key else 'OFF'}); "
+        "the model loads now and /health turns 200 when it is ready",
+    )
     # uvicorn re-raises SIGTERM after its graceful shutdown; this handler makes that a clean exit 0
     signal.signal(signal.SIGTERM, lambda *_: None)
     server.run()

@@ -3,6 +3,7 @@
 The flags use the profile keys, so --mixed-precision, --flash-attention and --quantization-bits keep working:
 the deployment layer translates them into Config fields (medvllm/deployment/translate.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,12 @@ BOOL_FLAGS = {
     "enable_prefix_caching": "prefix-caching",
 }
 CHOICES = {
-    "device": C.DEVICES, "dtype": C.DTYPES, "mixed_precision_dtype": tuple(MIXED_PRECISION_DTYPES),
-    "attention_impl": C.ATTENTION_IMPLS, "pool_device": C.DEVICES, "kv_cache_dtype": C.KV_CACHE_DTYPES,
+    "device": C.DEVICES,
+    "dtype": C.DTYPES,
+    "mixed_precision_dtype": tuple(MIXED_PRECISION_DTYPES),
+    "attention_impl": C.ATTENTION_IMPLS,
+    "pool_device": C.DEVICES,
+    "kv_cache_dtype": C.KV_CACHE_DTYPES,
     "quantization_method": C.QUANT_METHODS + ("none",),
 }
 INTS = ("tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens", "kvcache_block_size")
@@ -44,16 +49,19 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine settings (each overrides the deployment profile)")
     s = argparse.SUPPRESS
     for field, stem in BOOL_FLAGS.items():
-        group.add_argument(f"--{stem}", dest=PREFIX + field, action=argparse.BooleanOptionalAction, default=s,
-                           help=f"set {field}")
+        group.add_argument(
+            f"--{stem}", dest=PREFIX + field, action=argparse.BooleanOptionalAction, default=s, help=f"set {field}"
+        )
     for field, choices in CHOICES.items():
-        group.add_argument(f"--{field.replace('_', '-')}", dest=PREFIX + field, choices=choices, default=s,
-                           help=f"set {field}")
+        group.add_argument(
+            f"--{field.replace('_', '-')}", dest=PREFIX + field, choices=choices, default=s, help=f"set {field}"
+        )
     for field in INTS:
         group.add_argument(f"--{field.replace('_', '-')}", dest=PREFIX + field, type=int, default=s, metavar="N")
     for field in OPTIONAL_INTS:
-        group.add_argument(f"--{field.replace('_', '-')}", dest=PREFIX + field, type=int_or_none, default=s,
-                           metavar="N|none")
+        group.add_argument(
+            f"--{field.replace('_', '-')}", dest=PREFIX + field, type=int_or_none, default=s, metavar="N|none"
+        )
     for field in FLOATS:
         group.add_argument(f"--{field.replace('_', '-')}", dest=PREFIX + field, type=float, default=s, metavar="X")
 
@@ -63,7 +71,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
     out = {}
     for key, value in vars(args).items():
         if key.startswith(PREFIX):
-            field = key[len(PREFIX):]
+            field = key[len(PREFIX) :]
             out[field] = None if field == "quantization_method" and value == "none" else value
     if getattr(args, "model", None) is not None:
         out["model"] = args.model

@@ -3,6 +3,7 @@
 Used by auto-selection to skip a candidate that cannot load (an 8 GiB card and a 7B model in bf16), so
 it errs on the side of a small overhead rather than precision.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,8 +36,14 @@ class ModelInfo:
         inter, vocab = int(cfg["intermediate_size"]), int(cfg["vocab_size"])
         per_layer = 2 * h * heads * head_dim + 2 * h * kv_heads * head_dim + 3 * h * inter + 2 * h
         embed = vocab * h * (1 if cfg.get("tie_word_embeddings", False) else 2)
-        return cls(name=name, num_params=layers * per_layer + embed + h, num_layers=layers,
-                   num_kv_heads=kv_heads, head_dim=head_dim, max_position=cfg.get("max_position_embeddings"))
+        return cls(
+            name=name,
+            num_params=layers * per_layer + embed + h,
+            num_layers=layers,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            max_position=cfg.get("max_position_embeddings"),
+        )
 
 
 @dataclass(frozen=True)

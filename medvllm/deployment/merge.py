@@ -7,6 +7,7 @@ Some settings come in pairs that must agree; when the overrides set one of a pai
 not the other, the other follows the override instead of contradicting it (e.g. `--quantization-method
 dynamic` over a 4-bit profile also means 8 bits; `--no-flash-attention` over a flash profile means sdpa).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -75,7 +76,9 @@ def _couple(values: dict, sources: dict, set_by_cli: set, hw: HardwareInfo) -> N
             _follow(values, sources, "quantization_method", None)
         elif _bits_of(values["quantization_method"]) != bits and bits in (4, 8):
             cpu = values["device"] == "cpu" or (values["device"] == "auto" and not hw.has_cuda)
-            _follow(values, sources, "quantization_method", "bnb-nf4" if bits == 4 else "dynamic" if cpu else "bnb-8bit")
+            _follow(
+                values, sources, "quantization_method", "bnb-nf4" if bits == 4 else "dynamic" if cpu else "bnb-8bit"
+            )
     if only("enable_flash_attention", "attention_impl"):
         impl, on = values["attention_impl"], values["enable_flash_attention"]
         if on and impl == "sdpa":

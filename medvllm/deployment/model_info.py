@@ -1,4 +1,5 @@
 """ModelInfo for a model path without loading its weights (best effort: None when it cannot tell)."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,8 @@ def model_info_for(model: str | None) -> ModelInfo | None:
 
         path = default_model_path() if model is None else os.path.expanduser(model)
         f = GGUFFile(path)
-        return ModelInfo.from_hf_config(build_config(f.metadata, set(f.tensors), path).to_dict(),
-                                        name=os.path.basename(path))
+        return ModelInfo.from_hf_config(
+            build_config(f.metadata, set(f.tensors), path).to_dict(), name=os.path.basename(path)
+        )
     except Exception:  # noqa: BLE001 - an unreadable model is reported by the loader, not here
         return None

@@ -4,14 +4,15 @@ Names are looked up in user folders first (MEDVLLM_PROFILES_DIR, several joined 
 the profiles shipped with the package. A value that looks like a path must exist: it never falls back to
 a shipped profile with the same stem.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Mapping
 
 from medvllm.deployment import schema
 from medvllm.errors import ProfileError
@@ -32,9 +33,16 @@ class Profile:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "path": self.path, "origin": self.origin, "category": self.category,
-                "description": self.description, "engine": self.engine, "ignored": self.ignored,
-                "warnings": self.warnings}
+        return {
+            "name": self.name,
+            "path": self.path,
+            "origin": self.origin,
+            "category": self.category,
+            "description": self.description,
+            "engine": self.engine,
+            "ignored": self.ignored,
+            "warnings": self.warnings,
+        }
 
 
 def shipped_dir() -> Path:
@@ -54,16 +62,17 @@ def find(value: str, env: Mapping[str, str]) -> tuple[Path, str]:
     if is_path_like(value):
         path = Path(value).expanduser()
         if not path.is_file():
-            raise ProfileError(f"deployment profile file {value!r} does not exist: check the path "
-                               "(a path is never replaced by a shipped profile of the same name)")
+            raise ProfileError(
+                f"deployment profile file {value!r} does not exist: check the path "
+                "(a path is never replaced by a shipped profile of the same name)"
+            )
         return path, "path"
     for origin, folder in [("user", d) for d in user_dirs(env)] + [("shipped", shipped_dir())]:
         candidate = folder / f"{value}.json"
         if candidate.is_file():
             return candidate, origin
     known = ", ".join(sorted(names(env))) or "none"
-    raise ProfileError(f"unknown deployment profile {value!r}: use one of {known}, a path to a .json file, "
-                       "or 'none'")
+    raise ProfileError(f"unknown deployment profile {value!r}: use one of {known}, a path to a .json file, or 'none'")
 
 
 def names(env: Mapping[str, str]) -> list[str]:
@@ -86,11 +95,13 @@ def parse(text: str, path: str, origin: str = "path", default_name: str | None =
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ProfileError(f"deployment profile {path} is not valid JSON: {e.msg} at line {e.lineno}, "
-                           f"column {e.colno}") from None
+        raise ProfileError(
+            f"deployment profile {path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
+        ) from None
     if not isinstance(data, dict):
-        raise ProfileError(f"deployment profile {path} must be a JSON object with an 'engine' object, "
-                           f"not a {type(data).__name__}")
+        raise ProfileError(
+            f"deployment profile {path} must be a JSON object with an 'engine' object, not a {type(data).__name__}"
+        )
     problems = schema.check(data)
     if problems:
         raise ProfileError(f"deployment profile {path} is invalid: " + "; ".join(problems))
@@ -99,11 +110,22 @@ def parse(text: str, path: str, origin: str = "path", default_name: str | None =
     ignored = top_unknown + [f"engine.{k}" for k in engine_unknown]
     # a profile found by name is called by that name; one given as a path by its own "profile" key
     name = default_name if origin != "path" and default_name else data.get("profile") or Path(path).stem
-    warnings = [f"profile {name!r}: ignoring unknown key(s) {', '.join(ignored)} (kept for forward compatibility)"] \
-        if ignored else []
+    warnings = (
+        [f"profile {name!r}: ignoring unknown key(s) {', '.join(ignored)} (kept for forward compatibility)"]
+        if ignored
+        else []
+    )
     engine = {k: v for k, v in data["engine"].items() if k not in engine_unknown}
-    return Profile(name=name, path=path, origin=origin, engine=engine, category=data.get("category"),
-                   description=data.get("description"), ignored=ignored, warnings=warnings)
+    return Profile(
+        name=name,
+        path=path,
+        origin=origin,
+        engine=engine,
+        category=data.get("category"),
+        description=data.get("description"),
+        ignored=ignored,
+        warnings=warnings,
+    )
 
 
 def load_all(env: Mapping[str, str]) -> list[Profile | ProfileError]:

@@ -4,14 +4,14 @@ A pure function of its arguments: the environment and the hardware are passed in
 Precedence, highest first: overrides -> profile named by flag -> profile named by MEDVLLM_DEPLOYMENT_PROFILE
 -> auto-selected profile -> Config defaults.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from medvllm.config import Config
-from medvllm.deployment import memory, merge, select
-from medvllm.deployment import profiles as profiles_mod
+from medvllm.deployment import memory, merge, profiles as profiles_mod, select
 from medvllm.deployment.profiles import PROFILE_ENV, Profile
 from medvllm.errors import ConfigError, ProfileError
 from medvllm.hardware import HardwareInfo
@@ -36,12 +36,20 @@ class Resolution:
         """Every resolved setting with its source, for --json output and run metadata. An automatic field
         that another setting chose says which: `default (memory_efficient)`."""
         derived = getattr(self.config, "derived", {})
-        return {name: {"value": value, "source": _source(self.sources[name], derived.get(name))}
-                for name, value in self.config.to_dict().items()}
+        return {
+            name: {"value": value, "source": _source(self.sources[name], derived.get(name))}
+            for name, value in self.config.to_dict().items()
+        }
 
     def to_dict(self) -> dict:
-        return {"profile": self.profile_name, "profile_path": self.profile_path, "how_chosen": self.how_chosen,
-                "reasons": self.reasons, "warnings": self.warnings, "settings": self.settings()}
+        return {
+            "profile": self.profile_name,
+            "profile_path": self.profile_path,
+            "how_chosen": self.how_chosen,
+            "reasons": self.reasons,
+            "warnings": self.warnings,
+            "settings": self.settings(),
+        }
 
 
 def _source(source: str, chosen_by: str | None) -> str:
@@ -57,8 +65,13 @@ def _requested(profile: str | None, env: Mapping[str, str]) -> tuple[str | None,
     return None, "auto"
 
 
-def resolve(overrides: dict, profile: str | None, env: Mapping[str, str], hardware: HardwareInfo,
-            model_info: memory.ModelInfo | None = None) -> Resolution:
+def resolve(
+    overrides: dict,
+    profile: str | None,
+    env: Mapping[str, str],
+    hardware: HardwareInfo,
+    model_info: memory.ModelInfo | None = None,
+) -> Resolution:
     merge.check_keys(overrides)
     requested, how = _requested(profile, env)
     reasons: list[str] = []
@@ -85,14 +98,27 @@ def resolve(overrides: dict, profile: str | None, env: Mapping[str, str], hardwa
         fit = memory.estimate(config, model_info, hardware)
         if not fit.fits:
             warnings.append(f"profile {chosen.name!r}: {model_info.name} {fit.describe()}; loading may fail")
-    return Resolution(config=config, sources=sources, profile_name=chosen.name if chosen else None,
-                      how_chosen=how, reasons=reasons, warnings=warnings,
-                      profile_path=chosen.path if chosen else None,
-                      given={k: v for k, v in values.items() if key_sources[k] == merge.CLI})
+    return Resolution(
+        config=config,
+        sources=sources,
+        profile_name=chosen.name if chosen else None,
+        how_chosen=how,
+        reasons=reasons,
+        warnings=warnings,
+        profile_path=chosen.path if chosen else None,
+        given={k: v for k, v in values.items() if key_sources[k] == merge.CLI},
+    )
 
 
-def _blame(err: ConfigError, chosen: Profile | None, how: str, sources: dict, hw: HardwareInfo,
-           env: Mapping[str, str], model: memory.ModelInfo | None) -> Exception:
+def _blame(
+    err: ConfigError,
+    chosen: Profile | None,
+    how: str,
+    sources: dict,
+    hw: HardwareInfo,
+    env: Mapping[str, str],
+    model: memory.ModelInfo | None,
+) -> Exception:
     """A ConfigError caused by a profile's own value becomes a ProfileError with a suggestion."""
     if chosen is None or how == "auto":
         return err
@@ -102,6 +128,8 @@ def _blame(err: ConfigError, chosen: Profile | None, how: str, sources: dict, hw
     pick = select.select(hw, env, model).profile
     hint = f"auto-selection picks {pick.name!r} here" if pick else "no shipped profile runs here"
     where = "" if how == "flag" else f" (from {PROFILE_ENV})"
-    return ProfileError(f"deployment profile {chosen.name!r}{where} cannot run on this machine: {err}. "
-                        f"Try --deployment-profile {pick.name if pick else NONE} ({hint}), or "
-                        "`medvllm profiles select --explain` to see what runs here")
+    return ProfileError(
+        f"deployment profile {chosen.name!r}{where} cannot run on this machine: {err}. "
+        f"Try --deployment-profile {pick.name if pick else NONE} ({hint}), or "
+        "`medvllm profiles select --explain` to see what runs here"
+    )

@@ -4,6 +4,7 @@ The schema file is the single source of truth; `jsonschema` is not a runtime dep
 interprets the keywords the schema uses (type, enum, properties, required, minimum, maximum,
 exclusiveMinimum, minLength). The tests check it against `jsonschema` on the same inputs.
 """
+
 from __future__ import annotations
 
 import functools

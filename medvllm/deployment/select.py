@@ -5,13 +5,13 @@ candidates. Every candidate then goes through `check`, the one "can this run her
 `profiles select --explain` shows too: it must build a valid Config on this hardware (with the user's
 overrides on top) and, when the model is known, its estimated memory must fit. The first that passes wins.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
-from medvllm.deployment import memory, merge
-from medvllm.deployment import profiles as profiles_mod
+from medvllm.deployment import memory, merge, profiles as profiles_mod
 from medvllm.deployment.profiles import Profile
 from medvllm.errors import ConfigError, ProfileError
 from medvllm.hardware import HardwareInfo
@@ -49,8 +49,9 @@ class Selection:
     reasons: list[str]  # one line per candidate considered, in order
 
 
-def check(profile: Profile, hw: HardwareInfo, model: memory.ModelInfo | None = None,
-          overrides: dict | None = None) -> Verdict:
+def check(
+    profile: Profile, hw: HardwareInfo, model: memory.ModelInfo | None = None, overrides: dict | None = None
+) -> Verdict:
     """Can `profile` (with `overrides` on top) run on `hw`? The one test auto-select and the CLI share."""
     values, _ = merge.merge(profile.engine, f"profile:{profile.name}", overrides or {}, hw)
     try:
@@ -72,8 +73,9 @@ def candidates(hw: HardwareInfo) -> list[tuple[str, str]]:
     return out
 
 
-def select(hw: HardwareInfo, env: Mapping[str, str], model: memory.ModelInfo | None = None,
-           overrides: dict | None = None) -> Selection:
+def select(
+    hw: HardwareInfo, env: Mapping[str, str], model: memory.ModelInfo | None = None, overrides: dict | None = None
+) -> Selection:
     overrides = overrides or {}
     if overrides.get("device") == "cpu":
         hw = hw.cpu_only()  # the user pinned the CPU: choose among CPU profiles

@@ -5,6 +5,7 @@ processes that hold their own shard and run each model step when rank 0 sends it
 the workers itself, or, under `torchrun`, every rank joins the launcher's group (docs/DISTRIBUTED.md).
 Nothing here is imported when tensor_parallel_size is 1.
 """
+
 from medvllm.errors import MedVLLMError
 
 

@@ -1,5 +1,6 @@
 """Rank 0 -> workers messages on the control group: ("init", config, model, max_model_len),
 ("step", StepInputs) and ("stop",). Step tensors travel on the CPU; each rank moves them to its device."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,6 +26,7 @@ def to_device(obj, device: torch.device):
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=True)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device)
-                                           for f in dataclasses.fields(obj) if f.init})
+        return dataclasses.replace(
+            obj, **{f.name: to_device(getattr(obj, f.name), device) for f in dataclasses.fields(obj) if f.init}
+        )
     return obj

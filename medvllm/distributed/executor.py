@@ -4,13 +4,12 @@ Rank 0 builds its own shard like every rank, and before each forward pass sends 
 the workers so that all ranks run the same step; the LM head gathers the logits here, and the sampler
 runs here only. A dead worker surfaces as a DistributedError, never a hang.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 import weakref
-
-import torch
 
 from medvllm.config import Config
 from medvllm.distributed.channel import to_device
@@ -25,8 +24,12 @@ from medvllm.loader import ModelSource, default_model_path
 class TensorParallelExecutor(Executor):
     def __init__(self, config: Config, source: ModelSource, max_model_len: int):
         hf = source.hf_config
-        check_heads(hf.num_attention_heads, hf.num_key_value_heads or hf.num_attention_heads,
-                    config.tensor_parallel_size, source.description)
+        check_heads(
+            hf.num_attention_heads,
+            hf.num_key_value_heads or hf.num_attention_heads,
+            config.tensor_parallel_size,
+            source.description,
+        )
         self.workers = Workers(config)
         tp = self.workers.start()  # under torchrun, ranks other than 0 serve inside and never return
         # stop the workers when this executor is dropped or the interpreter exits, whichever comes first
@@ -79,6 +82,9 @@ def cpu_sockets() -> int:
 def warn_cpu_speed(tp: int) -> None:
     sockets = cpu_sockets()
     if sockets == 1:
-        print(f"medvllm: note: tensor_parallel_size={tp} on CPU splits the model over {tp} processes on a "
-              "single-socket machine: it will not make it faster (CPU tensor parallelism is for testing and "
-              "multi-socket hosts); use tensor_parallel_size=1 for speed", file=sys.stderr)
+        print(
+            f"medvllm: note: tensor_parallel_size={tp} on CPU splits the model over {tp} processes on a "
+            "single-socket machine: it will not make it faster (CPU tensor parallelism is for testing and "
+            "multi-socket hosts); use tensor_parallel_size=1 for speed",
+            file=sys.stderr,
+        )

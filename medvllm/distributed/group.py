@@ -5,6 +5,7 @@ the launcher's rendezvous (RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT, the `e
 Two groups come out: the default one (NCCL on CUDA, gloo on CPU) that activations travel on, and a
 gloo one for step inputs, whose long timeout lets an idle worker wait for its next step.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,7 +57,8 @@ def refuse_second_group() -> None:
     if dist.is_initialized():
         raise DistributedError(
             "a torch.distributed process group already exists in this process: run one tensor-parallel "
-            "engine per process, and shut the previous one down first (llm.engine.shutdown())")
+            "engine per process, and shut the previous one down first (llm.engine.shutdown())"
+        )
 
 
 def agree_to_stop(tp: TensorParallel) -> None:

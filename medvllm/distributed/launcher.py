@@ -1,5 +1,6 @@
 """Rank 0's side of the worker ranks: start them (or join torchrun's), message them, notice when one
 dies, and stop them so that no process outlives the engine."""
+
 from __future__ import annotations
 
 import os
@@ -14,10 +15,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from medvllm.config import Config
-from medvllm.distributed import DistributedError, channel
-from medvllm.distributed import nccl_watch
-from medvllm.distributed.group import (JOIN_TIMEOUT, agree_to_stop, backend_for, join, leave, refuse_second_group,
-                                      torchrun_env)
+from medvllm.distributed import DistributedError, channel, nccl_watch
+from medvllm.distributed.group import (
+    JOIN_TIMEOUT,
+    agree_to_stop,
+    backend_for,
+    join,
+    leave,
+    refuse_second_group,
+    torchrun_env,
+)
 from medvllm.distributed.parallel import TensorParallel
 from medvllm.distributed.worker import SpawnArgs, serve_until_stopped, spawned_main
 from medvllm.errors import MedVLLMError
@@ -60,14 +67,22 @@ class Workers:
 
     def _spawn(self) -> TensorParallel:
         self._share_cpu()
-        self.store = dist.TCPStore("127.0.0.1", 0, self.size, is_master=True, wait_for_workers=False,
-                                   timeout=JOIN_TIMEOUT)
+        self.store = dist.TCPStore(
+            "127.0.0.1", 0, self.size, is_master=True, wait_for_workers=False, timeout=JOIN_TIMEOUT
+        )
         ctx = mp.get_context("spawn")
         # spawning starts Python's resource-tracker helper process if none runs; then we stop it too
         self._started_tracker = getattr(resource_tracker._resource_tracker, "_fd", 0) is None
         for rank in range(1, self.size):
-            args = SpawnArgs(rank, self.size, self.backend, "127.0.0.1", self.store.port,
-                             rank if self.device.type == "cuda" else None, self._threads)
+            args = SpawnArgs(
+                rank,
+                self.size,
+                self.backend,
+                "127.0.0.1",
+                self.store.port,
+                rank if self.device.type == "cuda" else None,
+                self._threads,
+            )
             proc = ctx.Process(target=spawned_main, args=(args,), name=f"medvllm-tp-rank{rank}", daemon=True)
             proc.start()
             self.procs.append(proc)
@@ -81,8 +96,11 @@ class Workers:
         env = self.torchrun
         if env.world_size != self.size:
             from medvllm.errors import ConfigError
-            raise ConfigError(f"tensor_parallel_size={self.size} but torchrun started WORLD_SIZE={env.world_size} "
-                              f"processes: launch {self.size} processes in all (--nnodes x --nproc-per-node)")
+
+            raise ConfigError(
+                f"tensor_parallel_size={self.size} but torchrun started WORLD_SIZE={env.world_size} "
+                f"processes: launch {self.size} processes in all (--nnodes x --nproc-per-node)"
+            )
         if self.device.type == "cuda":
             torch.cuda.set_device(env.local_rank)
         self.tp = join(self.backend, env.rank, env.world_size)
@@ -107,8 +125,10 @@ class Workers:
             self.check("while starting")
             if time.monotonic() > deadline:
                 self.shutdown(force=True)
-                raise DistributedError(f"tensor-parallel workers did not start within {JOIN_TIMEOUT}: "
-                                       "check that the machine is not out of memory or processes")
+                raise DistributedError(
+                    f"tensor-parallel workers did not start within {JOIN_TIMEOUT}: "
+                    "check that the machine is not out of memory or processes"
+                )
             time.sleep(0.05)
 
     # ---- talk and watch
@@ -127,8 +147,10 @@ class Workers:
     def guard(self, when: str):
         """Turns a failed collective into a DistributedError naming the worker that died."""
         if self.closed:
-            raise DistributedError(self.failure or "the tensor-parallel engine was shut down "
-                                                   "(engine.shutdown()): create a new engine to continue")
+            raise DistributedError(
+                self.failure
+                or "the tensor-parallel engine was shut down (engine.shutdown()): create a new engine to continue"
+            )
         self.check(when)
         self.in_step, self.phase = True, when
         try:
@@ -140,9 +162,14 @@ class Workers:
             self.shutdown(force=True)
             if not (dead or (failed_call and _is_connection_error(e))):
                 raise
-            self.failure = _dead_message(dead, when) if dead else (
-                f"lost contact with a tensor-parallel rank {when} ({' '.join(str(e).split())[:200]}): "
-                "the engine cannot continue; check the other ranks' logs and restart it")
+            self.failure = (
+                _dead_message(dead, when)
+                if dead
+                else (
+                    f"lost contact with a tensor-parallel rank {when} ({' '.join(str(e).split())[:200]}): "
+                    "the engine cannot continue; check the other ranks' logs and restart it"
+                )
+            )
             raise DistributedError(self.failure) from e
         if self.failure is not None:  # the NCCL watch aborted this step: its results are not to be trusted
             self.shutdown(force=True)
@@ -196,11 +223,13 @@ def _dead_message(dead: list, when: str) -> str:
         hint = "; SIGKILL often means the system ran out of memory" if -code == signal.SIGKILL else ""
     else:
         how, hint = f"exited with code {code}", "; its error is printed above"
-    return (f"tensor-parallel worker rank {rank} (pid {p.pid}) {how} {when}{hint}: "
-            "the engine cannot continue; restart it")
+    return (
+        f"tensor-parallel worker rank {rank} (pid {p.pid}) {how} {when}{hint}: the engine cannot continue; restart it"
+    )
 
 
 def _is_connection_error(e: RuntimeError) -> bool:
     text = str(e).lower()
     return isinstance(e, dist.DistError) or any(
-        s in text for s in ("connection closed", "connection reset", "broken pipe", "gloo", "nccl"))
+        s in text for s in ("connection closed", "connection reset", "broken pipe", "gloo", "nccl")
+    )

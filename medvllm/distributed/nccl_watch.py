@@ -6,6 +6,7 @@ processes; when one dies during a step it records the failure and aborts the NCC
 which ends the pending collectives at once. The step then raises (or returns, and its guard raises
 the recorded failure).
 """
+
 from __future__ import annotations
 
 import threading
@@ -39,6 +40,7 @@ def watch(workers, describe) -> threading.Thread:
 def _abort_nccl() -> None:
     try:
         from torch.distributed.distributed_c10d import _abort_process_group
+
         _abort_process_group()
     except Exception:  # noqa: BLE001  (an older torch without it: the collective's own timeout still ends it)
         pass

@@ -3,6 +3,7 @@
 Layers hold one of these. With size 1 (the default, `SINGLE`) no layer communicates and no process
 group exists: tensor_parallel_size=1 runs exactly the single-process code.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

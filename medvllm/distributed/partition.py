@@ -5,6 +5,7 @@ rank never needs another rank's keys. When there are fewer KV heads than ranks, 
 replicated on tp / num_kv_heads ranks and its query heads are split among them. Splits need not be
 equal: 9 heads over 2 ranks is 6 + 3 (SmolLM2-135M), exact, just less balanced.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ def split_sizes(total: int, parts: int, unit: int = 1) -> list[int]:
 @dataclass(frozen=True)
 class HeadShard:
     """The attention heads one rank computes (indices into the model's heads)."""
+
     q_start: int
     num_heads: int
     kv_start: int
@@ -35,8 +37,11 @@ class HeadShard:
 
 def valid_tp_sizes(num_heads: int, num_kv_heads: int) -> list[int]:
     group = num_heads // num_kv_heads
-    return [t for t in range(1, num_heads + 1)
-            if t <= num_kv_heads or (t % num_kv_heads == 0 and group % (t // num_kv_heads) == 0)]
+    return [
+        t
+        for t in range(1, num_heads + 1)
+        if t <= num_kv_heads or (t % num_kv_heads == 0 and group % (t // num_kv_heads) == 0)
+    ]
 
 
 def check_heads(num_heads: int, num_kv_heads: int, tp: int, model: str = "the model") -> None:
@@ -47,7 +52,8 @@ def check_heads(num_heads: int, num_kv_heads: int, tp: int, model: str = "the mo
     raise ConfigError(
         f"tensor_parallel_size={tp} cannot split the {num_heads} attention heads ({num_kv_heads} KV heads) "
         f"of {model}: each rank needs whole KV-head groups, or an equal share of one "
-        f"replicated KV head's {num_heads // num_kv_heads} query heads; use tensor_parallel_size in {sizes}")
+        f"replicated KV head's {num_heads // num_kv_heads} query heads; use tensor_parallel_size in {sizes}"
+    )
 
 
 def head_shard(num_heads: int, num_kv_heads: int, tp: int, rank: int) -> HeadShard:

@@ -3,6 +3,7 @@
 A worker never samples: its LM head sends its slice of the logits to rank 0. It stops when rank 0
 says so, or exits when rank 0 goes away (a collective fails, or, when spawned, its parent is gone).
 """
+
 from __future__ import annotations
 
 import os
@@ -64,6 +65,7 @@ def serve_until_stopped(tp: TensorParallel) -> None:
 def _load(config, model, max_model_len, tp):
     from medvllm.engine.model_runner import ModelRunner
     from medvllm.loader import open_model
+
     return ModelRunner(config, open_model(model), max_model_len, tp=tp)
 
 

@@ -9,6 +9,7 @@ the request that asked for it. The event loop never touches the engine.
             ...
     # leaving the block early (client gone, task cancelled) aborts what is unfinished and frees its KV
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,8 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from medvllm.engine.llm_engine import LLMEngine
 from medvllm.outputs import RequestOutput
@@ -56,7 +57,7 @@ class _Stop:
 class RequestStream:
     """The outputs of one group of requests (a prompt list times n), as (index in the group, output)."""
 
-    def __init__(self, owner: "AsyncLLMEngine", ids: list[str], outputs: asyncio.Queue):
+    def __init__(self, owner: AsyncLLMEngine, ids: list[str], outputs: asyncio.Queue):
         self.ids = ids
         self._owner = owner
         self._outputs = outputs
@@ -86,7 +87,7 @@ class RequestStream:
             self._owner._submit(_Abort([self.ids[i] for i in sorted(self._unfinished)]))
             self._unfinished.clear()
 
-    async def __aenter__(self) -> "RequestStream":
+    async def __aenter__(self) -> RequestStream:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -105,7 +106,7 @@ class AsyncLLMEngine:
         self.error: BaseException | None = None
 
     # ---- lifecycle
-    def start(self) -> "AsyncLLMEngine":
+    def start(self) -> AsyncLLMEngine:
         self._thread = threading.Thread(target=self._run, name="medvllm-engine", daemon=True)
         self._thread.start()
         return self
@@ -128,8 +129,14 @@ class AsyncLLMEngine:
         return self._stats
 
     # ---- requests (event-loop side)
-    async def add(self, requests: list[tuple[list[int], SamplingParams]], *, stream: bool = False,
-                  request_id: str | None = None, arrival_time: float | None = None) -> RequestStream:
+    async def add(
+        self,
+        requests: list[tuple[list[int], SamplingParams]],
+        *,
+        stream: bool = False,
+        request_id: str | None = None,
+        arrival_time: float | None = None,
+    ) -> RequestStream:
         """Hands a group of requests to the engine; returns once it accepted all of them.
 
         Raises the engine's RequestError (too long, ...) when it refuses one; then none of them runs.
@@ -206,8 +213,9 @@ class AsyncLLMEngine:
         added: list[str] = []
         try:
             for request_id, (prompt, params) in zip(command.ids, command.requests):
-                self.engine.add_request(prompt, params, request_id=request_id, stream=command.stream,
-                                        arrival_time=command.arrival_time)
+                self.engine.add_request(
+                    prompt, params, request_id=request_id, stream=command.stream, arrival_time=command.arrival_time
+                )
                 added.append(request_id)
         except Exception as e:  # noqa: BLE001 - the request's own error (RequestError), sent back to it
             for request_id in added:

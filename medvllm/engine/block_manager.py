@@ -11,6 +11,7 @@ possible. Where pages are only mapped in when first written (an unpooled CPU cac
 are reused first (`reuse_first`): the resident KV then stays at the peak the requests needed, not the
 limit. Scratch blocks (scoring) never evict a prefix while an untouched block is left.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -33,8 +34,7 @@ def chain_hash(prev_hash: int | None, token_ids: tuple[int, ...]) -> int:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
-                 reuse_first: bool = False):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True, reuse_first: bool = False):
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.reuse_first = reuse_first
@@ -96,8 +96,7 @@ class BlockManager:
     def _take_free_block(self, keep_prefixes: bool = False) -> Block:
         if self.free_blank:
             block_id, _ = self.free_blank.popitem(last=False)
-        elif self.num_used_ever < len(self.blocks) and not (
-                self.reuse_first and self.free and not keep_prefixes):
+        elif self.num_used_ever < len(self.blocks) and not (self.reuse_first and self.free and not keep_prefixes):
             block_id = self.num_used_ever
             self.num_used_ever += 1
         else:

@@ -4,6 +4,7 @@ The engine only calls `run`, `score` and `shutdown`, and reads what ran from `ru
 ModelRunner). LocalExecutor runs one process; medvllm/distributed/executor.py's TensorParallelExecutor
 runs rank 0 here and the other ranks in worker processes.
 """
+
 from __future__ import annotations
 
 from medvllm.config import Config
@@ -35,5 +36,6 @@ class LocalExecutor(Executor):
 def make_executor(config: Config, source: ModelSource, max_model_len: int) -> Executor:
     if config.tensor_parallel_size > 1:  # worker processes over torch.distributed; see medvllm/distributed
         from medvllm.distributed.executor import TensorParallelExecutor
+
         return TensorParallelExecutor(config, source, max_model_len)
     return LocalExecutor(config, source, max_model_len)

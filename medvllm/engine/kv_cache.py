@@ -1,4 +1,5 @@
 """The paged KV pool: one tensor, sized once at start, split into per-layer block views."""
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,9 @@ def num_blocks_for(config: Config, model, dtype: torch.dtype, device: torch.devi
     return blocks
 
 
-def allocate_kv_cache(model, config: Config, dtype: torch.dtype, device: torch.device,
-                      max_model_len: int) -> torch.Tensor:
+def allocate_kv_cache(
+    model, config: Config, dtype: torch.dtype, device: torch.device, max_model_len: int
+) -> torch.Tensor:
     """[2, layers, blocks, block_size, kv_heads, head_dim]; the model binds each layer's slices."""
     blocks = num_blocks_for(config, model, dtype, device, max_model_len)
     needed = -(-max_model_len // config.kvcache_block_size)
@@ -42,12 +44,14 @@ def allocate_kv_cache(model, config: Config, dtype: torch.dtype, device: torch.d
         raise ConfigError(
             f"the KV cache holds {blocks} blocks of {config.kvcache_block_size} tokens, fewer than the "
             f"{needed} one request of max_model_len={max_model_len} needs: raise kv_cache_space_gib "
-            "(CPU) / gpu_memory_utilization (CUDA) or num_kvcache_blocks, or lower max_model_len")
+            "(CPU) / gpu_memory_utilization (CUDA) or num_kvcache_blocks, or lower max_model_len"
+        )
     attn0 = model.model.layers[0].self_attn
     layers = len(model.model.layers)
     shape = (2, layers, blocks, config.kvcache_block_size, attn0.num_kv_heads, attn0.head_dim)
     if config.enable_memory_pooling:
         from medvllm.engine.memory_pool import allocate_pool, pool_device
+
         cache = allocate_pool(shape, dtype, pool_device(config, device))
     else:
         cache = zeroed(shape, dtype, device)
@@ -61,10 +65,15 @@ def fitted_max_model_len(config: Config, cache: torch.Tensor, max_model_len: int
     if capacity >= max_model_len:
         return max_model_len
     import warnings
+
     from medvllm.config import ConfigWarning
-    warnings.warn(f"max_model_len lowered from the model's {max_model_len} to {capacity} tokens, what the KV cache "
-                  "holds: raise kv_cache_space_gib (CPU) / gpu_memory_utilization (CUDA) for longer requests",
-                  ConfigWarning, stacklevel=2)
+
+    warnings.warn(
+        f"max_model_len lowered from the model's {max_model_len} to {capacity} tokens, what the KV cache "
+        "holds: raise kv_cache_space_gib (CPU) / gpu_memory_utilization (CUDA) for longer requests",
+        ConfigWarning,
+        stacklevel=2,
+    )
     return capacity
 
 

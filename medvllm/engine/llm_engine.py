@@ -1,4 +1,5 @@
 """LLMEngine: add requests, step the batch, get outputs. The offline LLM and the server both drive it."""
+
 from __future__ import annotations
 
 import gc
@@ -6,8 +7,8 @@ import itertools
 import time
 
 from medvllm.config import Config
-from medvllm.engine.memory_pool import release_free_memory
 from medvllm.engine.executor import make_executor
+from medvllm.engine.memory_pool import release_free_memory
 from medvllm.engine.output_processor import OutputProcessor
 from medvllm.engine.scheduler import Scheduler
 from medvllm.engine.sequence import Sequence
@@ -42,9 +43,14 @@ class LLMEngine:
             gc.freeze()
 
     # ---- requests
-    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
-                    request_id: str | None = None, stream: bool = False,
-                    arrival_time: float | None = None) -> str:
+    def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        stream: bool = False,
+        arrival_time: float | None = None,
+    ) -> str:
         params = params or SamplingParams()
         request_id = request_id if request_id is not None else str(next(self._ids))
         if request_id in self._seqs:
@@ -65,12 +71,14 @@ class LLMEngine:
         if total > self.max_model_len:
             raise RequestError(
                 f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) = {total} exceeds max_model_len="
-                f"{self.max_model_len}: shorten the prompt or lower max_tokens")
+                f"{self.max_model_len}: shorten the prompt or lower max_tokens"
+            )
         limit = self.runner.num_blocks * self.config.kvcache_block_size
         if max(total, n + 1) > limit:
             raise RequestError(
                 f"the request needs {total} tokens of KV cache but the pool holds {limit}: "
-                "lower max_tokens or raise the KV cache size")
+                "lower max_tokens or raise the KV cache size"
+            )
 
     def abort_request(self, request_id: str) -> None:
         seq = self.scheduler.abort(request_id)
@@ -118,8 +126,10 @@ class LLMEngine:
         bm = self.scheduler.block_manager
         needed = -(-len(token_ids) // self.config.kvcache_block_size)
         if needed > bm.num_free_blocks:
-            raise RequestError(f"scoring {len(token_ids)} tokens needs {needed} free KV blocks, "
-                               f"{bm.num_free_blocks} are free: score when fewer requests are running")
+            raise RequestError(
+                f"scoring {len(token_ids)} tokens needs {needed} free KV blocks, "
+                f"{bm.num_free_blocks} are free: score when fewer requests are running"
+            )
         blocks = bm.take_scratch_blocks(needed)
         try:
             return self.executor.score(token_ids, blocks)
@@ -158,4 +168,3 @@ def eos_token_ids(hf_config, tokenizer) -> set[int]:
         elif isinstance(value, (list, tuple)):
             ids.update(v for v in value if isinstance(v, int))
     return ids
-

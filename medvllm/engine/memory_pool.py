@@ -10,6 +10,7 @@ The per-step activations come back from the allocators: the caching allocator on
 glibc's heap (told by `keep_freed_memory` to keep blocks larger than it would by itself, where a
 step's buffers are that large); the same test measures it.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,10 @@ def pool_device(config: Config, model_device: torch.device) -> torch.device:
     """The pool lives where the model runs: attention reads the cache on the model's device every step."""
     if config.pool_device in ("auto", model_device.type):
         return model_device
-    raise ConfigError(f"pool_device={config.pool_device!r} but the model runs on {model_device.type}: the paged KV "
-                      f"cache must sit on the model's device; set pool_device to 'auto' or {model_device.type!r}")
+    raise ConfigError(
+        f"pool_device={config.pool_device!r} but the model runs on {model_device.type}: the paged KV "
+        f"cache must sit on the model's device; set pool_device to 'auto' or {model_device.type!r}"
+    )
 
 
 def allocate_pool(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -41,8 +44,10 @@ def allocate_pool(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devi
         return pool.zero_()
     except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError is a RuntimeError
         gib = math.prod(shape) * torch.finfo(dtype).bits / 8 / 2**30
-        raise ConfigError(f"the memory pool ({gib:.2f} GiB on {device}) cannot be allocated ({type(e).__name__}): "
-                          "lower kv_cache_space_gib (CPU) / gpu_memory_utilization (CUDA) or num_kvcache_blocks")
+        raise ConfigError(
+            f"the memory pool ({gib:.2f} GiB on {device}) cannot be allocated ({type(e).__name__}): "
+            "lower kv_cache_space_gib (CPU) / gpu_memory_utilization (CUDA) or num_kvcache_blocks"
+        ) from None
 
 
 _MADV_HUGEPAGE = 14  # linux/mman.h

@@ -1,9 +1,10 @@
 """ModelRunner: owns the model and its KV cache, turns scheduled sequences into one forward pass."""
+
 from __future__ import annotations
 
-import torch
-
 from collections.abc import Callable
+
+import torch
 
 from medvllm.backends.select import ModelTraits, select_backends
 from medvllm.config import Config
@@ -22,8 +23,14 @@ CPU = torch.device("cpu")
 
 
 class ModelRunner:
-    def __init__(self, config: Config, source: ModelSource, max_model_len: int, tp=None,
-                 broadcast: Callable[[StepInputs], StepInputs] | None = None):
+    def __init__(
+        self,
+        config: Config,
+        source: ModelSource,
+        max_model_len: int,
+        tp=None,
+        broadcast: Callable[[StepInputs], StepInputs] | None = None,
+    ):
         """`tp` (a medvllm.distributed TensorParallel) makes this runner hold one rank's shard;
         `broadcast` sends each step's inputs, built on the CPU, to the other ranks and returns them on
         this rank's device."""
@@ -38,15 +45,24 @@ class ModelRunner:
         self.backends = select_backends(config, traits)
         # the float weights a packed or quantized layer replaces go back to the OS as each layer loads
         trims = config.memory_efficient or config.quantization_method is not None
-        self.model = build_model(source, max_model_len, self.dtype, self.device, self.backends.kit, tp=tp,
-                                 release=release_free_memory if trims else None)
+        self.model = build_model(
+            source,
+            max_model_len,
+            self.dtype,
+            self.device,
+            self.backends.kit,
+            tp=tp,
+            release=release_free_memory if trims else None,
+        )
         if trims:
             release_free_memory()
         self.quantization = describe_quantization(
-            self.model, None if config.quantization_method is None else self.backends.linear)
+            self.model, None if config.quantization_method is None else self.backends.linear
+        )
         self.vocab_size = hf.vocab_size
         if tp is not None:  # every rank must size its pool to the same number of blocks
             from medvllm.distributed.kv_blocks import agree_on_kv_blocks
+
             config = agree_on_kv_blocks(config, self.model, config.kv_torch_dtype, self.device, tp, max_model_len)
         self.kv_cache = allocate_kv_cache(self.model, config, config.kv_torch_dtype, self.device, max_model_len)
         self.model.bind_kv_cache(self.kv_cache)
@@ -57,7 +73,8 @@ class ModelRunner:
         self.sampler = Sampler(generator)
         # weights and KV cache in place: from here on, keep each step's work buffers for the next step
         self.keeps_freed_memory = self.device.type == "cpu" and keep_freed_memory(
-            step_buffer_bytes(hf, config.max_num_batched_tokens))
+            step_buffer_bytes(hf, config.max_num_batched_tokens)
+        )
 
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool):

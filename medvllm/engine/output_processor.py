@@ -1,4 +1,5 @@
 """After each step: append sampled tokens, detokenize, apply stop rules, build RequestOutputs."""
+
 from __future__ import annotations
 
 import time
@@ -73,16 +74,23 @@ class OutputProcessor:
             if seq.params.stop_strings:
                 safe_end = min(safe_end, len(text) - max(len(s) for s in seq.params.stop_strings) + 1)
         safe_end = max(safe_end, seq.text_sent)
-        delta = text[seq.text_sent:safe_end]
+        delta = text[seq.text_sent : safe_end]
         seq.text_sent = safe_end
-        delta_ids = seq.output_token_ids[seq.tokens_sent:]
+        delta_ids = seq.output_token_ids[seq.tokens_sent :]
         seq.tokens_sent = seq.num_output_tokens
         completion = CompletionOutput(
-            index=0, text=text if finished else text[:safe_end], token_ids=list(seq.output_token_ids),
-            finish_reason=seq.finish_reason, stop_reason=seq.stop_reason, logprobs=seq.logprobs,
+            index=0,
+            text=text if finished else text[:safe_end],
+            token_ids=list(seq.output_token_ids),
+            finish_reason=seq.finish_reason,
+            stop_reason=seq.stop_reason,
+            logprobs=seq.logprobs,
             cumulative_logprob=seq.cumulative_logprob if seq.logprobs is not None else None,
-            delta_text=delta, delta_token_ids=delta_ids)
+            delta_text=delta,
+            delta_token_ids=delta_ids,
+        )
         if finished and seq.metrics.finished_time is None:
             seq.metrics.finished_time = time.time()
-        return RequestOutput(seq.request_id, seq.prompt, seq.token_ids[:seq.num_prompt_tokens],
-                             [completion], finished, seq.metrics)
+        return RequestOutput(
+            seq.request_id, seq.prompt, seq.token_ids[: seq.num_prompt_tokens], [completion], finished, seq.metrics
+        )

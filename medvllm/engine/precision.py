@@ -4,6 +4,7 @@ Mixed precision (bf16/fp16) runs weights and activations in that dtype, with flo
 matters: RMSNorm statistics (layers/norm.py), the attention softmax (SDPA accumulates in float32 for
 bf16/fp16 inputs), and the logits the sampler sees (layers/linear.py's Float32Logits).
 """
+
 from __future__ import annotations
 
 import torch

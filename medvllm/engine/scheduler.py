@@ -15,6 +15,7 @@ goes back to the front of the queue, to be recomputed later; nothing is lost. A 
 finds no blocks for its next chunk is preempted the same way (its finished blocks stay in the prefix
 cache, so the recompute resumes from them).
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -31,8 +32,9 @@ class Scheduler:
         self.max_num_batched_tokens = config.max_num_batched_tokens
         # an unpooled CPU cache maps pages in as blocks are first written (engine/kv_cache.py)
         lazy_pages = config.resolved_device.type == "cpu" and not config.enable_memory_pooling
-        self.block_manager = BlockManager(num_blocks, config.kvcache_block_size, config.enable_prefix_caching,
-                                          reuse_first=lazy_pages)
+        self.block_manager = BlockManager(
+            num_blocks, config.kvcache_block_size, config.enable_prefix_caching, reuse_first=lazy_pages
+        )
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0

@@ -1,4 +1,5 @@
 """Sequence: one request's tokens, its KV blocks and its place in the scheduler."""
+
 from __future__ import annotations
 
 import enum
@@ -15,8 +16,15 @@ class SequenceStatus(enum.Enum):
 
 
 class Sequence:
-    def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
-                 params: SamplingParams, block_size: int, arrival_time: float | None = None):
+    def __init__(
+        self,
+        request_id: str,
+        prompt: str | None,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        block_size: int,
+        arrival_time: float | None = None,
+    ):
         self.request_id = request_id
         self.prompt = prompt
         self.params = params
@@ -38,15 +46,16 @@ class Sequence:
         self.text = ""  # detokenized output, truncated at a stop string
         self.text_sent = 0  # how much of `text` the stream has handed out
         self.tokens_sent = 0
-        self.metrics = RequestMetrics(arrival_time=arrival_time or time.time(),
-                                      num_prompt_tokens=self.num_prompt_tokens)
+        self.metrics = RequestMetrics(
+            arrival_time=arrival_time or time.time(), num_prompt_tokens=self.num_prompt_tokens
+        )
 
     def __len__(self) -> int:
         return len(self.token_ids)
 
     @property
     def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens:]
+        return self.token_ids[self.num_prompt_tokens :]
 
     @property
     def num_output_tokens(self) -> int:
@@ -66,7 +75,7 @@ class Sequence:
         return self.status == SequenceStatus.FINISHED
 
     def block_tokens(self, i: int) -> list[int]:
-        return self.token_ids[i * self.block_size:(i + 1) * self.block_size]
+        return self.token_ids[i * self.block_size : (i + 1) * self.block_size]
 
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)

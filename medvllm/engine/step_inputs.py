@@ -1,4 +1,5 @@
 """Builds one step's tensors from the scheduled sequences: token ids, positions, cache slots, masks."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ def samples(seq: Sequence, is_prefill: bool) -> bool:
     return step_end(seq, is_prefill) == len(seq)
 
 
-def prepare_step(seqs: list[Sequence], is_prefill: bool, block_size: int, device: torch.device,
-                 all_logits: bool = False) -> StepInputs:
+def prepare_step(
+    seqs: list[Sequence], is_prefill: bool, block_size: int, device: torch.device, all_logits: bool = False
+) -> StepInputs:
     input_ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
@@ -53,9 +55,13 @@ def prepare_step(seqs: list[Sequence], is_prefill: bool, block_size: int, device
         return torch.tensor(x, dtype=torch.long, device=device)
 
     block_tables = t(tables)
-    meta = AttentionMetadata(slot_mapping=t(slots), block_tables=block_tables,
-                             flat_block_tables=block_tables.flatten(), context_lens=t(context_lens),
-                             is_decode=not is_prefill)
+    meta = AttentionMetadata(
+        slot_mapping=t(slots),
+        block_tables=block_tables,
+        flat_block_tables=block_tables.flatten(),
+        context_lens=t(context_lens),
+        is_decode=not is_prefill,
+    )
     lens = t(query_lens)
     ends = torch.cumsum(lens, 0)
     if is_prefill:
@@ -93,13 +99,18 @@ def sampling_batch(seqs: list[Sequence], vocab_size: int, device: torch.device) 
 
     batch = SamplingBatch(
         temperature=f([p.temperature for p in params]),
-        top_k=None, top_p=None, min_p=None, all_greedy=all_greedy,
+        top_k=None,
+        top_p=None,
+        min_p=None,
+        all_greedy=all_greedy,
         seeds=[(p.seed, s.num_output_tokens) if p.seed is not None else None for s, p in zip(seqs, params)],
-        num_logprobs=num_logprobs)
+        num_logprobs=num_logprobs,
+    )
     if not all_greedy:
         if any(p.top_k > 0 for p in params):
-            batch.top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab_size for p in params],
-                                       dtype=torch.long, device=device)
+            batch.top_k = torch.tensor(
+                [p.top_k if p.top_k > 0 else vocab_size for p in params], dtype=torch.long, device=device
+            )
         if any(p.top_p < 1.0 for p in params):
             batch.top_p = f([p.top_p for p in params])
         if any(p.min_p > 0.0 for p in params):
@@ -112,8 +123,9 @@ def sampling_batch(seqs: list[Sequence], vocab_size: int, device: torch.device) 
 def _add_penalties(batch: SamplingBatch, seqs: list[Sequence], vocab_size: int, device) -> None:
     outs = [s.output_token_ids for s in seqs]
     width = max(1, max(len(o) for o in outs))
-    batch.output_tokens = torch.tensor([o + [vocab_size] * (width - len(o)) for o in outs],
-                                       dtype=torch.long, device=device)
+    batch.output_tokens = torch.tensor(
+        [o + [vocab_size] * (width - len(o)) for o in outs], dtype=torch.long, device=device
+    )
     params = [s.params for s in seqs]
     batch.repetition_penalty = torch.tensor([p.repetition_penalty for p in params], device=device)
     batch.presence_penalty = torch.tensor([p.presence_penalty for p in params], device=device)
@@ -121,5 +133,5 @@ def _add_penalties(batch: SamplingBatch, seqs: list[Sequence], vocab_size: int, 
     if any(p.repetition_penalty != 1.0 for p in params):
         mask = torch.zeros(len(seqs), vocab_size, dtype=torch.bool, device=device)
         for row, s in enumerate(seqs):
-            mask[row, torch.tensor(s.token_ids[:s.num_prompt_tokens], dtype=torch.long, device=device)] = True
+            mask[row, torch.tensor(s.token_ids[: s.num_prompt_tokens], dtype=torch.long, device=device)] = True
         batch.prompt_mask = mask

@@ -4,6 +4,7 @@ Each step, a layer writes the new tokens' K/V into their cache slots, then every
 sequence's whole context read back from the cache through the block table. Prefill, prefix-cache hits
 and decode are one code path: a query at position p sees keys 0..p of its own sequence.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from torch import nn
 @dataclass
 class AttentionMetadata:
     """Built once per step by the model runner; shared by every layer."""
+
     slot_mapping: torch.Tensor  # [T] cache slot of each new token
     block_tables: torch.Tensor  # [B, max_blocks] (padding points at block 0; masked out)
     flat_block_tables: torch.Tensor  # block_tables.flatten(), made once for every layer
@@ -55,8 +57,15 @@ class PagedAttention(nn.Module):
     (medvllm/backends/select.py): None is this class's SDPA path (any device); otherwise an object
     called as backend(layer, q, meta) -> [T, H * D] (the CPU paged kernel, flash attention)."""
 
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
-                 sliding_window: int | None = None, backend=None):
+    def __init__(
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        scale: float,
+        sliding_window: int | None = None,
+        backend=None,
+    ):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = scale
@@ -85,9 +94,11 @@ class PagedAttention(nn.Module):
         batch, max_blocks = meta.block_tables.shape
         num_keys = max_blocks * self.k_cache.shape[1]
         keys = gather_blocks(self.k_cache, meta.flat_block_tables).view(
-            batch, num_keys, self.num_kv_heads, self.head_dim)
+            batch, num_keys, self.num_kv_heads, self.head_dim
+        )
         values = gather_blocks(self.v_cache, meta.flat_block_tables).view(
-            batch, num_keys, self.num_kv_heads, self.head_dim)
+            batch, num_keys, self.num_kv_heads, self.head_dim
+        )
         if keys.dtype != q.dtype:  # a narrower kv_cache_dtype: attend in the model's dtype
             keys, values = keys.to(q.dtype), values.to(q.dtype)
         mask = self._mask(meta, num_keys)
@@ -98,8 +109,13 @@ class PagedAttention(nn.Module):
             padded = torch.cat([q, q.new_zeros(1, *q.shape[1:])])
             queries = padded[meta.pad_index]  # [B, Q, H, D]
         out = F.scaled_dot_product_attention(
-            queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
-            attn_mask=mask, scale=self.scale, enable_gqa=self.num_heads != self.num_kv_heads)
+            queries.transpose(1, 2),
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
+            attn_mask=mask,
+            scale=self.scale,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )
         out = out.transpose(1, 2)  # [B, Q, H, D]
         if meta.is_decode:
             return out.reshape(batch, self.num_heads * self.head_dim)

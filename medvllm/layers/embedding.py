@@ -4,6 +4,7 @@ Embedding: a rank looks up the ids in its slice, zeros the rest, and an all-redu
 LM head: a rank computes the logits of its slice of the vocabulary; rank 0 gathers the full row
 (the sampler runs there only). Both split the vocabulary the same way, so tied weights still tie.
 """
+
 from __future__ import annotations
 
 import torch
@@ -63,8 +64,13 @@ class VocabParallelEmbedding(nn.Module):
 
     def load_weight(self, name: str, full: torch.Tensor, shard: int | None = None) -> None:
         w = self.weight
-        if (tuple(full.shape) == tuple(w.shape) and full.dtype == w.dtype and full.device == w.device
-                and full.is_contiguous() and full.untyped_storage().nbytes() == full.numel() * full.element_size()):
+        if (
+            tuple(full.shape) == tuple(w.shape)
+            and full.dtype == w.dtype
+            and full.device == w.device
+            and full.is_contiguous()
+            and full.untyped_storage().nbytes() == full.numel() * full.element_size()
+        ):
             # the whole table in a tensor of its own, as loaders hand it over: keep it instead of a copy,
             # which would hold the largest tensor of a small model twice (2 x 113 MB on the default one)
             w.data = full
@@ -78,8 +84,14 @@ class VocabParallelEmbedding(nn.Module):
 class ParallelLMHead(ColumnParallelLinear):
     """hidden -> logits; rank 0 returns the full [N, vocab] logits, other ranks None."""
 
-    def __init__(self, hidden_size: int, vocab_size: int, tp: TensorParallel | None = None,
-                 method: LinearMethod = UNQUANTIZED, embedding: VocabParallelEmbedding | None = None):
+    def __init__(
+        self,
+        hidden_size: int,
+        vocab_size: int,
+        tp: TensorParallel | None = None,
+        method: LinearMethod = UNQUANTIZED,
+        embedding: VocabParallelEmbedding | None = None,
+    ):
         """`embedding`: the token embedding whose table this head shares (tied weights), or None."""
         super().__init__(hidden_size, vocab_size, bias=False, tp=tp, method=method)
         self.sizes = split_sizes(vocab_size, self.tp.size)

@@ -1,6 +1,7 @@
 """Symmetric int8 rows: one float32 scale per row, so row i is q[i] * scale[i] within half a step. The
 int8 token embedding holds its table this way, and the int8 LM head and the dynamic int8 weights
 start from it."""
+
 from __future__ import annotations
 
 import torch

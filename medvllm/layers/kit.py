@@ -1,6 +1,7 @@
 """LayerKit: how a model's layers compute, decided once per engine and handed to every layer at
 construction (medvllm/backends/select.py makes it). The default kit is the plain PyTorch reference:
 float weights and F.linear, PyTorch norms, SDPA over the gathered cache, one layer at a time."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

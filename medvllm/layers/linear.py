@@ -6,6 +6,7 @@ bitsandbytes). The method is chosen once per engine (medvllm/backends/select.py)
 layer at construction. Once the layer's checkpoint tensors are in, `process_weights_after_loading`
 asks the method for the layer's packed form, which the layer keeps as `packed`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,11 +24,11 @@ class LinearMethod:
     name = "float"
     frees_weight = False  # whether the packed form replaces the float weight, which is then released
 
-    def pack(self, layer: "LinearBase"):
+    def pack(self, layer: LinearBase):
         """The layer's weight in this method's form, built from the loaded float weight (None: as is)."""
         return None
 
-    def apply(self, layer: "LinearBase", x: torch.Tensor) -> torch.Tensor:
+    def apply(self, layer: LinearBase, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, layer.weight, layer.bias)
 
 
@@ -41,11 +42,11 @@ class Float32Logits(LinearMethod):
     name = "float32-logits"
     frees_weight = True  # the low-precision copy, unless the embedding table is the same tensor
 
-    def pack(self, layer: "LinearBase"):
+    def pack(self, layer: LinearBase):
         bias = None if layer.bias is None else layer.bias.detach().float()
         return layer.weight.detach().float(), bias
 
-    def apply(self, layer: "LinearBase", x: torch.Tensor) -> torch.Tensor:
+    def apply(self, layer: LinearBase, x: torch.Tensor) -> torch.Tensor:
         weight, bias = layer.packed
         return F.linear(x.float(), weight, bias)
 
@@ -56,8 +57,14 @@ class LinearBase(nn.Module):
     The weight loader hands `load_weight` the full checkpoint tensor; each layer keeps its rank's slice.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, tp: TensorParallel | None = None,
-                 method: LinearMethod = UNQUANTIZED):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        tp: TensorParallel | None = None,
+        method: LinearMethod = UNQUANTIZED,
+    ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
@@ -96,7 +103,9 @@ class LinearBase(nn.Module):
         getattr(self, name).data.copy_(full)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}, method={self.method.name}"
+        return (
+            f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}, method={self.method.name}"
+        )
 
 
 class ReplicatedLinear(LinearBase):
@@ -109,8 +118,15 @@ class ColumnParallelLinear(LinearBase):
     `rows` = (start, size) of the full output this rank computes (default: an even split).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, tp: TensorParallel | None = None,
-                 rows: tuple[int, int] | None = None, method: LinearMethod = UNQUANTIZED):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        tp: TensorParallel | None = None,
+        rows: tuple[int, int] | None = None,
+        method: LinearMethod = UNQUANTIZED,
+    ):
         tp = tp or SINGLE
         self.full_out = out_features
         self.rows = rows or split(out_features, tp.size, tp.rank)
@@ -133,9 +149,15 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     `output_sizes` holds this rank's sizes, the ones its weight is made of.
     """
 
-    def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False,
-                 tp: TensorParallel | None = None, shard_rows: list[tuple[int, int]] | None = None,
-                 method: LinearMethod = UNQUANTIZED):
+    def __init__(
+        self,
+        in_features: int,
+        output_sizes: list[int],
+        bias: bool = False,
+        tp: TensorParallel | None = None,
+        shard_rows: list[tuple[int, int]] | None = None,
+        method: LinearMethod = UNQUANTIZED,
+    ):
         tp = tp or SINGLE
         self.full_output_sizes = list(output_sizes)
         self.row_slices = list(shard_rows or [split(n, tp.size, tp.rank) for n in output_sizes])
@@ -169,8 +191,15 @@ class RowParallelLinear(LinearBase):
     lives on rank 0 only, so the sum adds it once.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, tp: TensorParallel | None = None,
-                 cols: tuple[int, int] | None = None, method: LinearMethod = UNQUANTIZED):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        tp: TensorParallel | None = None,
+        cols: tuple[int, int] | None = None,
+        method: LinearMethod = UNQUANTIZED,
+    ):
         tp = tp or SINGLE
         self.full_in = in_features
         self.cols = cols or split(in_features, tp.size, tp.rank)

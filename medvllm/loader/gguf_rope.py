@@ -38,10 +38,14 @@ def llama3_rope(factors: np.ndarray, theta: float, head_dim: int, original_conte
         low = scaled_top + (unscaled_bottom - scaled_top) / 3
         high = scaled_top + 2 * (unscaled_bottom - scaled_top) / 3
     for digits in (3, None):  # prefer round values (Meta's are 1 and 4) when they reproduce the file
-        rope = {"rope_type": "llama3", "rope_theta": theta, "factor": factor,
-                "low_freq_factor": round(float(low), digits) if digits else float(low),
-                "high_freq_factor": round(float(high), digits) if digits else float(high),
-                "original_max_position_embeddings": int(original_context)}
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": theta,
+            "factor": factor,
+            "low_freq_factor": round(float(low), digits) if digits else float(low),
+            "high_freq_factor": round(float(high), digits) if digits else float(high),
+            "original_max_position_embeddings": int(original_context),
+        }
         if np.allclose(_divisors(rope, inv_freq), factors, rtol=1e-4, atol=1e-6):
             return rope
     raise _refuse(path, "its values do not follow Llama 3 rope scaling")
@@ -49,8 +53,9 @@ def llama3_rope(factors: np.ndarray, theta: float, head_dim: int, original_conte
 
 def _divisors(rope: dict, inv_freq: np.ndarray) -> np.ndarray:
     """inv_freq / inv_freq_llama3, as transformers' _compute_llama3_parameters computes it."""
-    context, low, high, factor = (rope[k] for k in ("original_max_position_embeddings", "low_freq_factor",
-                                                    "high_freq_factor", "factor"))
+    context, low, high, factor = (
+        rope[k] for k in ("original_max_position_embeddings", "low_freq_factor", "high_freq_factor", "factor")
+    )
     wavelen = 2 * math.pi / inv_freq
     smooth = (context / wavelen - low) / (high - low)
     scaled = np.where(wavelen > context / low, 1 / factor, (1 - smooth) / factor + smooth)

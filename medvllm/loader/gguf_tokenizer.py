@@ -10,8 +10,12 @@ from transformers.integrations.gguf import GGUF_TOKENIZER_MAPPING, convert_gguf_
 
 from medvllm.errors import ModelLoadError
 
-_SPECIAL = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id",
-            "pad_token": "padding_token_id"}
+_SPECIAL = {
+    "bos_token": "bos_token_id",
+    "eos_token": "eos_token_id",
+    "unk_token": "unknown_token_id",
+    "pad_token": "padding_token_id",
+}
 
 
 def build_tokenizer(metadata: dict, path: str) -> "transformers.PreTrainedTokenizerFast":

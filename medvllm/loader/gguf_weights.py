@@ -54,8 +54,8 @@ def _dequantize(raw: np.ndarray, qtype: Q, done) -> torch.Tensor:
     # model's 113 MB embedding table was the load's peak with three of them)
     step = max(1, ROW_BYTES_AT_ONCE // max(1, raw.shape[-1]))
     for start in range(0, flat.shape[0], step):
-        rows = torch.from_numpy(flat[start:start + step].copy())  # the map is read-only; torch wants writable memory
-        out[start:start + step] = fast(rows.reshape(-1, block_bytes), block).view(rows.shape[0], -1)
+        rows = torch.from_numpy(flat[start : start + step].copy())  # the map is read-only; torch wants writable memory
+        out[start : start + step] = fast(rows.reshape(-1, block_bytes), block).view(rows.shape[0], -1)
         if done is not None:
             done(start, start + rows.shape[0])
     return out.reshape(*raw.shape[:-1], out.shape[-1])

@@ -55,8 +55,7 @@ def _config(folder: str):
         raise ModelLoadError(f"cannot read {folder}/config.json ({_brief(e)}); fix or re-save the config") from None
     if not getattr(config, "architectures", None):
         raise ModelLoadError(
-            f"{folder}/config.json names no 'architectures'; add e.g. \"architectures\": "
-            f"[\"LlamaForCausalLM\"] to it"
+            f'{folder}/config.json names no \'architectures\'; add e.g. "architectures": ["LlamaForCausalLM"] to it'
         )
     return config
 

@@ -49,10 +49,17 @@ def expected_shape(config, name: str) -> tuple[int, ...]:
     q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
     base, kind = name.rsplit(".", 1)
     out, into = {  # (output features, input features) of each kind of parameter
-        "embed_tokens": (config.vocab_size, hidden), "lm_head": (config.vocab_size, hidden),
-        "q_proj": (q, hidden), "k_proj": (kv, hidden), "v_proj": (kv, hidden), "o_proj": (hidden, q),
-        "gate_proj": (inter, hidden), "up_proj": (inter, hidden), "down_proj": (hidden, inter),
-        "q_norm": (head_dim, None), "k_norm": (head_dim, None),
+        "embed_tokens": (config.vocab_size, hidden),
+        "lm_head": (config.vocab_size, hidden),
+        "q_proj": (q, hidden),
+        "k_proj": (kv, hidden),
+        "v_proj": (kv, hidden),
+        "o_proj": (hidden, q),
+        "gate_proj": (inter, hidden),
+        "up_proj": (inter, hidden),
+        "down_proj": (hidden, inter),
+        "q_norm": (head_dim, None),
+        "k_norm": (head_dim, None),
     }.get(base.rsplit(".", 1)[-1], (hidden, None))  # the rest are hidden-sized norms
     return (out, into) if kind == "weight" and into else (out,)
 

@@ -4,6 +4,7 @@ Family members differ by a few switches read from the Hugging Face config: bias 
 per-head RMSNorm on q and k (Qwen3), sliding-window attention (Mistral). q/k/v and gate/up are each
 one merged projection: one matmul instead of three (two) per layer.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,19 +45,30 @@ class Attention(nn.Module):
         bias = opts.qkv_bias or bool(getattr(cfg, "attention_bias", False))
         kv_rows = (shard.kv_start * d, self.kv_size)
         self.qkv_proj = MergedColumnParallelLinear(
-            cfg.hidden_size, [total_heads * d, total_kv_heads * d, total_kv_heads * d], bias=bias, tp=tp,
-            shard_rows=[(shard.q_start * d, self.q_size), kv_rows, kv_rows], method=kit.linear)
-        self.o_proj = RowParallelLinear(total_heads * d, cfg.hidden_size,
-                                        bias=bool(getattr(cfg, "attention_bias", False)), tp=tp,
-                                        cols=(shard.q_start * d, self.q_size), method=kit.linear)
+            cfg.hidden_size,
+            [total_heads * d, total_kv_heads * d, total_kv_heads * d],
+            bias=bias,
+            tp=tp,
+            shard_rows=[(shard.q_start * d, self.q_size), kv_rows, kv_rows],
+            method=kit.linear,
+        )
+        self.o_proj = RowParallelLinear(
+            total_heads * d,
+            cfg.hidden_size,
+            bias=bool(getattr(cfg, "attention_bias", False)),
+            tp=tp,
+            cols=(shard.q_start * d, self.q_size),
+            method=kit.linear,
+        )
         if opts.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, kit.norm)
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, kit.norm)
         self.qk_norm = opts.qk_norm
         # shared by every layer; kept out of the module tree so casts and meta-init leave it alone
         self.__dict__["rotary"] = get_rotary(self.head_dim, max_positions, rope_parameters(cfg))
-        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim,
-                                   self.head_dim ** -0.5, opts.sliding_window, kit.attention)
+        self.attn = PagedAttention(
+            self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5, opts.sliding_window, kit.attention
+        )
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata):
         qkv = self.qkv_proj(x)
@@ -78,12 +90,13 @@ class MLP(nn.Module):
         super().__init__()
         if getattr(cfg, "hidden_act", "silu") != "silu":
             from medvllm.errors import ModelLoadError
+
             raise ModelLoadError(f"hidden_act={cfg.hidden_act!r} is not supported: Llama-family models use silu")
         bias = bool(getattr(cfg, "mlp_bias", False))
-        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=bias,
-                                                       tp=tp, method=kit.linear)
-        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=bias, tp=tp,
-                                           method=kit.linear)
+        self.gate_up_proj = MergedColumnParallelLinear(
+            cfg.hidden_size, [cfg.intermediate_size] * 2, bias=bias, tp=tp, method=kit.linear
+        )
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=bias, tp=tp, method=kit.linear)
         self.intermediate = self.gate_up_proj.output_sizes[0]  # this rank's share
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,8 +126,9 @@ class LlamaModel(nn.Module):
     def __init__(self, cfg, opts: ArchOptions, max_positions: int, kit: LayerKit, tp: TensorParallel = SINGLE):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp, int8=kit.embedding_int8)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, opts, max_positions, kit, tp)
-                                    for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, opts, max_positions, kit, tp) for _ in range(cfg.num_hidden_layers)
+        )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kit.norm)
         self.make_fused_layers = kit.fused_layers
         self.fused_layers = None  # built by bind_kv_cache: it reads the cache and the packed weights
@@ -140,20 +154,34 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     # HF checkpoint names folded into our merged projections: hf suffix -> (our suffix, shard index)
     packed_modules = {
-        "q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
-        "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+        "q_proj": ("qkv_proj", 0),
+        "k_proj": ("qkv_proj", 1),
+        "v_proj": ("qkv_proj", 2),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
     }
 
-    def __init__(self, cfg, max_positions: int, opts: ArchOptions | None = None, tp: TensorParallel | None = None,
-                 kit: LayerKit = REFERENCE):
+    def __init__(
+        self,
+        cfg,
+        max_positions: int,
+        opts: ArchOptions | None = None,
+        tp: TensorParallel | None = None,
+        kit: LayerKit = REFERENCE,
+    ):
         super().__init__()
         self.config = cfg
         tp = tp or SINGLE
         self.model = LlamaModel(cfg, opts or self.arch_options(cfg), max_positions, kit, tp)
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
         # vocab-split; full logits on rank 0
-        self.lm_head = ParallelLMHead(cfg.hidden_size, cfg.vocab_size, tp, kit.lm_head,
-                                      self.model.embed_tokens if self.tie_word_embeddings else None)
+        self.lm_head = ParallelLMHead(
+            cfg.hidden_size,
+            cfg.vocab_size,
+            tp,
+            kit.lm_head,
+            self.model.embed_tokens if self.tie_word_embeddings else None,
+        )
 
     @staticmethod
     def arch_options(cfg) -> ArchOptions:

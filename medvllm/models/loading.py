@@ -5,6 +5,7 @@ storage in its dtype on its device, so the weights never exist twice. As the str
 layer processes its weights at once (packs or quantizes them, freeing the float copy a packed form
 replaces), so a float model never sits in memory whole when the kit stores something else.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -16,14 +17,22 @@ from torch import nn
 from medvllm.layers.kit import REFERENCE, LayerKit
 from medvllm.layers.linear import LinearBase
 from medvllm.models.registry import model_class
-from medvllm.models.weights import load_weights
+from medvllm.models.weights import checkpoint_target, load_weights
 
 TABLE = "model.embed_tokens"
 HEAD = "lm_head"
 
 
-def build_model(source, max_model_len: int, dtype: torch.dtype, device: torch.device, kit: LayerKit = REFERENCE,
-                tp=None, release: Callable[[], None] | None = None, process_while_loading: bool = True):
+def build_model(
+    source,
+    max_model_len: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    kit: LayerKit = REFERENCE,
+    tp=None,
+    release: Callable[[], None] | None = None,
+    process_while_loading: bool = True,
+):
     """`source`: a ModelSource (hf_config, iter_weights()). `release`: hands memory freed by a processed
     layer back to the OS (the CPU heap), called after each such layer."""
     cls = model_class(source.hf_config)
@@ -55,8 +64,9 @@ def process_remaining(model: nn.Module) -> None:
         model.process_embeddings_after_loading()
 
 
-def _processed_as_filled(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
-                         release: Callable[[], None] | None) -> Iterator[tuple[str, torch.Tensor]]:
+def _processed_as_filled(
+    model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], release: Callable[[], None] | None
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Pass the checkpoint stream through; process each layer once the loader has copied all its parts.
 
     The loader asks for the next tensor only after copying the previous one, so the code after `yield`
@@ -95,13 +105,8 @@ def _release(release: Callable[[], None] | None, layer: LinearBase) -> None:
 
 def _route(name: str, packed: dict) -> tuple[str, tuple[str, int | None]]:
     """HF tensor name -> (our module name, (param, shard)) as models/weights.py folds it."""
-    for hf, (ours, shard) in packed.items():
-        if f".{hf}." in name:
-            name = name.replace(f".{hf}.", f".{ours}.")
-            break
-    else:
-        shard = None
-    module_name, _, param = name.rpartition(".")
+    target, shard = checkpoint_target(name, packed)
+    module_name, _, param = target.rpartition(".")
     return module_name, (param, shard)
 
 

@@ -1,4 +1,5 @@
 """Mistral: the Llama decoder with sliding-window attention."""
+
 from medvllm.models.llama import ArchOptions, LlamaForCausalLM
 
 

@@ -1,4 +1,5 @@
 """Qwen2: the Llama decoder with a bias on the q/k/v projection."""
+
 from medvllm.errors import ModelLoadError
 from medvllm.models.llama import ArchOptions, LlamaForCausalLM
 
@@ -15,6 +16,8 @@ def qwen_sliding_window(cfg) -> int | None:
         return None
     layer_types = getattr(cfg, "layer_types", None)
     if layer_types and len(set(layer_types)) > 1:
-        raise ModelLoadError("Qwen models mixing sliding and full attention layers are not supported: "
-                             "use a checkpoint with use_sliding_window=false")
+        raise ModelLoadError(
+            "Qwen models mixing sliding and full attention layers are not supported: "
+            "use a checkpoint with use_sliding_window=false"
+        )
     return getattr(cfg, "sliding_window", None)

@@ -1,4 +1,5 @@
 """Maps a Hugging Face `architectures` name to our implementation."""
+
 from __future__ import annotations
 
 from medvllm.errors import ModelLoadError
@@ -21,5 +22,5 @@ def model_class(hf_config) -> type[LlamaForCausalLM]:
         if name in MODEL_REGISTRY:
             return MODEL_REGISTRY[name]
     raise ModelLoadError(
-        f"architecture {names or '(none given)'} is not supported: use a model of one of "
-        f"{', '.join(MODEL_REGISTRY)}")
+        f"architecture {names or '(none given)'} is not supported: use a model of one of {', '.join(MODEL_REGISTRY)}"
+    )

@@ -4,9 +4,10 @@ q/k/v and gate/up fold into merged projections (a shard index says which part). 
 over tensor-parallel ranks has `full_shape(name, shard)` and `load_weight(name, tensor, shard)`: it is
 handed the full checkpoint tensor and keeps its rank's slice; other parameters are copied whole.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -23,16 +24,20 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) 
             continue  # recomputed from the config
         if name == "lm_head.weight" and getattr(model, "tie_word_embeddings", False):
             continue
-        target, shard = _target(name, packed)
+        target, shard = checkpoint_target(name, packed)
         module_name, _, attr = target.rpartition(".")
         module = _submodule(model, module_name)
         expected = _full_shape(module, attr, shard, params.get(target))
         if expected is None:
-            raise ModelLoadError(f"checkpoint tensor {name!r} has no place in {type(model).__name__}: "
-                                 "the checkpoint does not match its config.json architecture")
+            raise ModelLoadError(
+                f"checkpoint tensor {name!r} has no place in {type(model).__name__}: "
+                "the checkpoint does not match its config.json architecture"
+            )
         if tuple(tensor.shape) != expected:
-            raise ModelLoadError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
-                                 f"expected {expected}: the checkpoint does not match its config")
+            raise ModelLoadError(
+                f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
+                f"expected {expected}: the checkpoint does not match its config"
+            )
         with torch.no_grad():
             if hasattr(module, "load_weight"):
                 module.load_weight(attr, tensor, shard)
@@ -43,7 +48,7 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) 
     _check_complete(model, params, packed, filled)
 
 
-def _target(name: str, packed: dict) -> tuple[str, int | None]:
+def checkpoint_target(name: str, packed: dict) -> tuple[str, int | None]:
     for hf, (ours, shard) in packed.items():
         if f".{hf}." in name:
             return name.replace(f".{hf}.", f".{ours}."), shard
@@ -79,5 +84,7 @@ def _check_complete(model, params, packed, filled) -> None:
         elif any(f"{name}#{s}" not in filled for s in shards_of[merged]):
             missing.append(name)
     if missing:
-        raise ModelLoadError(f"checkpoint lacks {len(missing)} tensors (e.g. {missing[0]!r}): "
-                             "the file is incomplete or is not the architecture its config names")
+        raise ModelLoadError(
+            f"checkpoint lacks {len(missing)} tensors (e.g. {missing[0]!r}): "
+            "the file is incomplete or is not the architecture its config names"
+        )

@@ -4,11 +4,12 @@ Teacher forcing: both models score the same tokens (`ModelRunner.score`), so eve
 two next-token distributions given the same context. Greedy continuation: both generate from the same
 prompt tokens, and the continuations are compared token by token.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -43,8 +44,13 @@ class QualityResult:
     seconds: float
 
 
-def compare(reference, candidate, texts: list[ClinicalText], gen_tokens: int = GEN_TOKENS,
-            on_progress: Callable[[str], None] | None = None) -> QualityResult:
+def compare(
+    reference,
+    candidate,
+    texts: list[ClinicalText],
+    gen_tokens: int = GEN_TOKENS,
+    on_progress: Callable[[str], None] | None = None,
+) -> QualityResult:
     """`reference` and `candidate` are LLMs that share a tokenizer (the same model, other numerics)."""
     started = time.perf_counter()
     check_same_vocabulary(reference, candidate, texts[0].text)
@@ -55,18 +61,24 @@ def compare(reference, candidate, texts: list[ClinicalText], gen_tokens: int = G
         scores.append(score_item(reference, candidate, item))
     tell("greedy continuations")
     greedy_compare(reference, candidate, texts, scores, gen_tokens)
-    return QualityResult(metrics=summarize(scores), by_kind=by_kind(scores),
-                         items=[item_row(s) for s in scores], seconds=time.perf_counter() - started)
+    return QualityResult(
+        metrics=summarize(scores),
+        by_kind=by_kind(scores),
+        items=[item_row(s) for s in scores],
+        seconds=time.perf_counter() - started,
+    )
 
 
 def check_same_vocabulary(reference, candidate, sample: str) -> None:
     ref_v, cand_v = reference.engine.runner.vocab_size, candidate.engine.runner.vocab_size
     same_tokens = reference.tokenizer.encode(sample) == candidate.tokenizer.encode(sample)
     if ref_v != cand_v or not same_tokens:
-        raise ConfigError(f"the reference ({reference.engine.source.description}, vocabulary {ref_v}) and the "
-                          f"candidate ({candidate.engine.source.description}, vocabulary {cand_v}) do not share a "
-                          "tokenizer, so their token distributions cannot be compared: use the same model "
-                          "(or one with the same tokenizer) on both sides")
+        raise ConfigError(
+            f"the reference ({reference.engine.source.description}, vocabulary {ref_v}) and the "
+            f"candidate ({candidate.engine.source.description}, vocabulary {cand_v}) do not share a "
+            "tokenizer, so their token distributions cannot be compared: use the same model "
+            "(or one with the same tokenizer) on both sides"
+        )
 
 
 def score_item(reference, candidate, item: ClinicalText) -> ItemScores:
@@ -77,8 +89,14 @@ def score_item(reference, candidate, item: ClinicalText) -> ItemScores:
     ref = reference.engine.score(ids)[:-1].cpu()
     cand = candidate.engine.score(ids)[:-1].cpu()
     targets = torch.tensor(ids[1:])
-    return ItemScores(item.id, item.kind, M.kl_per_token(ref, cand), M.top1_agrees(ref, cand),
-                      M.token_nll(ref, targets), M.token_nll(cand, targets))
+    return ItemScores(
+        item.id,
+        item.kind,
+        M.kl_per_token(ref, cand),
+        M.top1_agrees(ref, cand),
+        M.token_nll(ref, targets),
+        M.token_nll(cand, targets),
+    )
 
 
 def greedy_prompt(llm, item: ClinicalText) -> list[int]:
@@ -87,7 +105,7 @@ def greedy_prompt(llm, item: ClinicalText) -> list[int]:
     if item.kind == QUESTION and getattr(llm.tokenizer, "chat_template", None):
         return llm.encode_chat([{"role": "user", "content": item.text}])
     ids = list(llm.tokenizer.encode(item.text))[:MAX_SCORE_TOKENS]
-    return ids[:max(1, len(ids) // 2)]
+    return ids[: max(1, len(ids) // 2)]
 
 
 def greedy_compare(reference, candidate, texts: list[ClinicalText], scores: list[ItemScores], n: int) -> None:
@@ -136,13 +154,33 @@ def by_kind(scores: list[ItemScores]) -> dict[str, dict]:
     out = {}
     for kind, group in groups.items():
         m = summarize(group)
-        out[kind] = {k: m[k] for k in ("texts", "scored_tokens", "mean_kl", "p99_kl", "top1_agreement",
-                                        "ppl_reference", "ppl_candidate", "ppl_delta", "greedy_match_rate")}
+        out[kind] = {
+            k: m[k]
+            for k in (
+                "texts",
+                "scored_tokens",
+                "mean_kl",
+                "p99_kl",
+                "top1_agreement",
+                "ppl_reference",
+                "ppl_candidate",
+                "ppl_delta",
+                "greedy_match_rate",
+            )
+        }
     return out
 
 
 def item_row(s: ItemScores) -> dict:
-    return {"id": s.id, "kind": s.kind, "scored_tokens": int(s.kl.numel()), "mean_kl": float(s.kl.mean()),
-            "max_kl": float(s.kl.max()), "top1_agreement": float(s.agree.double().mean()),
-            "ppl_reference": M.perplexity(s.nll_reference), "ppl_candidate": M.perplexity(s.nll_candidate),
-            "greedy_match": [s.greedy_same, s.greedy_compared], "greedy_common_prefix": s.greedy_prefix}
+    return {
+        "id": s.id,
+        "kind": s.kind,
+        "scored_tokens": int(s.kl.numel()),
+        "mean_kl": float(s.kl.mean()),
+        "max_kl": float(s.kl.max()),
+        "top1_agreement": float(s.agree.double().mean()),
+        "ppl_reference": M.perplexity(s.nll_reference),
+        "ppl_candidate": M.perplexity(s.nll_candidate),
+        "greedy_match": [s.greedy_same, s.greedy_compared],
+        "greedy_common_prefix": s.greedy_prefix,
+    }

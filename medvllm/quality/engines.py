@@ -6,9 +6,10 @@ What the comparison itself sets on both sides (source "quality" in the report):
 - an explicit, small KV pool (unless given): two engines share the device, and on CUDA each would
   otherwise claim `gpu_memory_utilization` of the whole GPU.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from medvllm.deployment import Resolution, resolve
 from medvllm.hardware import HardwareInfo
@@ -18,8 +19,9 @@ FORCED = {"enable_prefix_caching": False}
 DEFAULTS = {"max_model_len": 1024, "num_kvcache_blocks": 512}  # 8,192 tokens of KV at block size 16
 
 
-def resolve_side(overrides: dict, profile: str | None, env: Mapping[str, str], hardware: HardwareInfo,
-                 model_info=None) -> Resolution:
+def resolve_side(
+    overrides: dict, profile: str | None, env: Mapping[str, str], hardware: HardwareInfo, model_info=None
+) -> Resolution:
     """resolve() with the comparison's own settings added; raises ProfileError for a profile that
     cannot run on `hardware`."""
     wanted = dict(overrides)
@@ -39,5 +41,5 @@ def reference_overrides(model: str | None) -> dict:
 
 def load(resolution: Resolution):
     from medvllm.llm import LLM
-    return LLM(config=resolution.config)
 
+    return LLM(config=resolution.config)

@@ -5,6 +5,7 @@ fp16) should barely move the distributions, 8-bit quantization moves them more, 
 loose gate for all would let a broken bf16 path through. docs/QUALITY.md has the measurements behind
 each number; every threshold can be overridden on the command line.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -29,11 +30,13 @@ class Thresholds:
 # default scheme) ~2 nats and ~30%, which every 8-bit threshold fails by far.
 TIERS = {
     "float": Thresholds(),
-    "8-bit": Thresholds(max_mean_kl=0.15, max_p99_kl=1.5, min_top1_agreement=0.78, max_ppl_increase=0.12,
-                        min_greedy_match=0.20),
+    "8-bit": Thresholds(
+        max_mean_kl=0.15, max_p99_kl=1.5, min_top1_agreement=0.78, max_ppl_increase=0.12, min_greedy_match=0.20
+    ),
     # not yet measured (bitsandbytes needs CUDA): provisional, looser than 8-bit
-    "4-bit": Thresholds(max_mean_kl=0.3, max_p99_kl=3.0, min_top1_agreement=0.70, max_ppl_increase=0.25,
-                        min_greedy_match=0.15),
+    "4-bit": Thresholds(
+        max_mean_kl=0.3, max_p99_kl=3.0, min_top1_agreement=0.70, max_ppl_increase=0.25, min_greedy_match=0.15
+    ),
 }
 
 # threshold field -> (metric key, "max" or "min", the CLI flag that sets it, label)

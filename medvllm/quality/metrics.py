@@ -3,6 +3,7 @@
 All logits are [T, V] for the same T positions of the same tokens. Reductions run in float64 so the
 metric's own rounding stays far below the differences it measures (bf16 vs float32 is ~1e-3 nats).
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """The comparison report: one JSON-able dict, and its Markdown rendering."""
+
 from __future__ import annotations
 
 from medvllm.quality.compare import QualityResult
@@ -17,27 +18,48 @@ def describe(resolution) -> str:
     return name + (f" + {', '.join(given)}" if given else "")
 
 
-def build(result: QualityResult, thresholds: Thresholds, reference: dict, candidate: dict,
-          text_set: dict, greedy_tokens: int, tier: str) -> dict:
+def build(
+    result: QualityResult,
+    thresholds: Thresholds,
+    reference: dict,
+    candidate: dict,
+    text_set: dict,
+    greedy_tokens: int,
+    tier: str,
+) -> dict:
     failures = crossed(result.metrics, thresholds)
-    return {"passed": not failures, "failures": list(failures.values()), "failed_thresholds": list(failures),
-            "threshold_tier": tier, "thresholds": thresholds.to_dict(),
-            "metrics": result.metrics, "by_kind": result.by_kind, "items": result.items,
-            "reference": reference, "candidate": candidate, "text_set": text_set,
-            "greedy_tokens": greedy_tokens, "seconds": round(result.seconds, 1)}
+    return {
+        "passed": not failures,
+        "failures": list(failures.values()),
+        "failed_thresholds": list(failures),
+        "threshold_tier": tier,
+        "thresholds": thresholds.to_dict(),
+        "metrics": result.metrics,
+        "by_kind": result.by_kind,
+        "items": result.items,
+        "reference": reference,
+        "candidate": candidate,
+        "text_set": text_set,
+        "greedy_tokens": greedy_tokens,
+        "seconds": round(result.seconds, 1),
+    }
 
 
-_HEAD_INPUT = {"int8-rows": " shared with the LM head (weight-only)",
-               "int8-rows-2x8": " shared with the LM head (its input as two int8 parts)"}
+_HEAD_INPUT = {
+    "int8-rows": " shared with the LM head (weight-only)",
+    "int8-rows-2x8": " shared with the LM head (its input as two int8 parts)",
+}
 
 
 def _numerics(s: dict) -> str:
     rt = s["runtime"]
     quant = rt.get("quantization") or "no quantization"
     if isinstance(quant, dict):  # runtime_info's account: method, kernel, layer counts
-        quant = f"{quant.get('method')} on {quant.get('layers')} layers ({quant.get('float_layers')} kept in float)" + (
-            ", int8 embedding rows" if quant.get("embedding") == "int8-rows" else "") + (
-            _HEAD_INPUT.get(rt.get("lm_head"), ""))
+        quant = (
+            f"{quant.get('method')} on {quant.get('layers')} layers ({quant.get('float_layers')} kept in float)"
+            + (", int8 embedding rows" if quant.get("embedding") == "int8-rows" else "")
+            + (_HEAD_INPUT.get(rt.get("lm_head"), ""))
+        )
     kv = rt.get("kv_cache_dtype")
     cache = f", {kv} KV cache" if kv and kv != rt["dtype"] else ""
     return f"{rt['dtype']}, {quant}{cache}, on {rt['device']}"
@@ -50,8 +72,11 @@ def _pct(x: float) -> str:
 def _threshold(report: dict, name: str) -> str:
     key, kind, _, _ = RULES[name]
     limit = report["thresholds"][name]
-    shown = f"{limit:+.0%}" if key == "ppl_delta" else (_pct(limit) if key in ("top1_agreement", "greedy_match_rate")
-                                                         else f"{limit:g}")
+    shown = (
+        f"{limit:+.0%}"
+        if key == "ppl_delta"
+        else (_pct(limit) if key in ("top1_agreement", "greedy_match_rate") else f"{limit:g}")
+    )
     return ("≤ " if kind == "max" else "≥ ") + shown
 
 
@@ -92,9 +117,11 @@ def markdown(report: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for kind, k in report["by_kind"].items():
-        lines.append(f"| {kind} | {k['texts']} | {k['scored_tokens']} | {k['mean_kl']:.4g} | {k['p99_kl']:.4g} "
-                     f"| {_pct(k['top1_agreement'])} | {k['ppl_reference']:.2f} → {k['ppl_candidate']:.2f} "
-                     f"({k['ppl_delta']:+.1%}) | {_pct(k['greedy_match_rate'])} |")
+        lines.append(
+            f"| {kind} | {k['texts']} | {k['scored_tokens']} | {k['mean_kl']:.4g} | {k['p99_kl']:.4g} "
+            f"| {_pct(k['top1_agreement'])} | {k['ppl_reference']:.2f} → {k['ppl_candidate']:.2f} "
+            f"({k['ppl_delta']:+.1%}) | {_pct(k['greedy_match_rate'])} |"
+        )
     lines.append("")
     if report["passed"]:
         lines.append("**PASS**: every metric is within its threshold.")

@@ -4,6 +4,7 @@ The shipped set is written for this project (no patient data): short patient que
 style passages, medication sentences and lab-value sentences. `--texts FILE` swaps in a site's own set
 in the same format.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,10 @@ def load_texts(path: str | Path | None = None) -> list[ClinicalText]:
     try:
         lines = where.read_text(encoding="utf-8").splitlines()
     except OSError as e:
-        raise RequestError(f"cannot read the text set {str(where)!r}: {e.strerror}; "
-                           "give a JSON-lines file of {\"id\", \"kind\", \"text\"} objects") from None
+        raise RequestError(
+            f"cannot read the text set {str(where)!r}: {e.strerror}; "
+            'give a JSON-lines file of {"id", "kind", "text"} objects'
+        ) from None
     items, seen = [], set()
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -45,8 +48,7 @@ def load_texts(path: str | Path | None = None) -> list[ClinicalText]:
             raise RequestError(f"{where.name}:{number}: id {items[-1].id!r} appears twice: give each text its own id")
         seen.add(items[-1].id)
     if not items:
-        raise RequestError(f"the text set {str(where)!r} is empty: "
-                           "add at least one {\"id\", \"kind\", \"text\"} line")
+        raise RequestError(f'the text set {str(where)!r} is empty: add at least one {{"id", "kind", "text"}} line')
     return items
 
 
@@ -56,7 +58,7 @@ def _parse(line: str, where: str) -> ClinicalText:
     except ValueError as e:
         raise RequestError(f"{where} is not valid JSON ({e}): write one object per line") from None
     if not isinstance(data, dict):
-        raise RequestError(f"{where} is a {type(data).__name__}, not an object: write {{\"id\", \"kind\", \"text\"}}")
+        raise RequestError(f'{where} is a {type(data).__name__}, not an object: write {{"id", "kind", "text"}}')
     for key in ("id", "kind", "text"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise RequestError(f"{where}: {key!r} is missing or empty: every line needs non-empty id, kind and text")

@@ -2,6 +2,7 @@
 int8_head.py) and bitsandbytes on CUDA (bnb.py). Which one a layer uses is decided once per engine
 (medvllm/backends/select.py) and handed to the layer at construction; each method packs whatever
 weight the layer holds, so a tensor-parallel shard quantizes the same way."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -14,8 +15,11 @@ KEEP_FLOAT = ("lm_head",)
 
 
 def quantizable_layers(model: nn.Module) -> dict[str, LinearBase]:
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, LinearBase) and name.rsplit(".", 1)[-1] not in KEEP_FLOAT}
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, LinearBase) and name.rsplit(".", 1)[-1] not in KEEP_FLOAT
+    }
 
 
 def describe(model: nn.Module, method_name: str | None) -> dict | None:
@@ -28,6 +32,10 @@ def describe(model: nn.Module, method_name: str | None) -> dict | None:
     kernel = getattr(quantized[0].method, "kernel", "bitsandbytes") if quantized else None
     head_float = model.lm_head.method.name in ("float", "float-panels", "float32-logits")
     embedding = model.model.embed_tokens
-    return {"method": method_name, "kernel": kernel, "layers": len(quantized),
-            "float_layers": len(layers) - len(quantized) + int(head_float),
-            "embedding": "int8-rows" if embedding.int8_rows is not None else "float"}
+    return {
+        "method": method_name,
+        "kernel": kernel,
+        "layers": len(quantized),
+        "float_layers": len(layers) - len(quantized) + int(head_float),
+        "embedding": "int8-rows" if embedding.int8_rows is not None else "float",
+    }

@@ -5,6 +5,7 @@ weight's device; the float weight is then freed. The bitsandbytes layer is the L
 held in a plain wrapper out of the module tree (like the rotary table), so casts and parameter walks
 over the model never touch its packed storage. The bias stays ours, in the run dtype.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ def _bnb(method: str):
     try:
         import bitsandbytes
     except Exception as e:  # ImportError, or a broken CUDA set-up reported at import
-        raise ConfigError(f"quantization_method={method!r} needs the bitsandbytes package, which cannot be "
-                          f"imported here ({type(e).__name__}: {e}): pip install 'medvllm[bnb]', or drop "
-                          "quantization") from None
+        raise ConfigError(
+            f"quantization_method={method!r} needs the bitsandbytes package, which cannot be "
+            f"imported here ({type(e).__name__}: {e}): pip install 'medvllm[bnb]', or drop "
+            "quantization"
+        ) from None
     return bitsandbytes
 
 
@@ -63,8 +66,9 @@ class Bnb8bitMethod(_BnbMethod):
     config_name = "bnb-8bit"
 
     def _build(self, n_in, n_out, dtype):
-        return self.bnb.nn.Linear8bitLt(n_in, n_out, bias=False, has_fp16_weights=False,
-                                        threshold=OUTLIER_THRESHOLD, device="cpu")
+        return self.bnb.nn.Linear8bitLt(
+            n_in, n_out, bias=False, has_fp16_weights=False, threshold=OUTLIER_THRESHOLD, device="cpu"
+        )
 
     def _params(self, weight):
         # bitsandbytes quantizes an Int8Params only on its way from the CPU to a device
@@ -76,8 +80,7 @@ class BnbNf4Method(_BnbMethod):
     config_name = "bnb-nf4"
 
     def _build(self, n_in, n_out, dtype):
-        return self.bnb.nn.Linear4bit(n_in, n_out, bias=False, compute_dtype=dtype, quant_type="nf4",
-                                      device="cpu")
+        return self.bnb.nn.Linear4bit(n_in, n_out, bias=False, compute_dtype=dtype, quant_type="nf4", device="cpu")
 
     def _params(self, weight):
         return self.bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4")

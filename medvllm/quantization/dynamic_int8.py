@@ -5,14 +5,15 @@ The matmul is the native kernel (medvllm/backends/cpu/native/int8_linear.c): ful
 kernel, exact int32 sums. Without a C compiler the method is refused: no other kernel computes the same
 numbers, and `quality compare` measured these.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from medvllm.errors import ConfigError
 from medvllm.backends.cpu import int8_linear as native
+from medvllm.errors import ConfigError
 from medvllm.layers.linear import LinearBase, LinearMethod
 
 
@@ -38,8 +39,10 @@ class DynamicInt8Method(LinearMethod):
     def pack(self, layer: LinearBase) -> Int8Panels:
         weight = layer.weight.detach()
         if weight.dtype != torch.float32 or weight.device.type != "cpu":
-            raise ConfigError(f"quantization_method='dynamic' needs float32 weights on the CPU, got "
-                              f"{weight.dtype} on {weight.device}: use dtype='float32' and device='cpu'")
+            raise ConfigError(
+                f"quantization_method='dynamic' needs float32 weights on the CPU, got "
+                f"{weight.dtype} on {weight.device}: use dtype='float32' and device='cpu'"
+            )
         panels, scale = native.pack_int8(weight)
         return Int8Panels(panels, scale, native.column_sums(panels))
 

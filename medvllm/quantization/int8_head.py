@@ -8,6 +8,7 @@ Where the CPU has AMX ("int8-rows-2x8"), it goes to the tiles as two int8 parts 
 native/int8_rows_amx.c), with the quality gate's figures as good as the float32 input's
 (docs/QUALITY.md).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,6 +4,7 @@ The app answers as soon as it is bound; the model loads and warms up on a backgr
 and until it is ready `/health` and the API answer 503, so a load balancer knows when to send traffic.
 On shutdown the engine thread aborts whatever is left and stops.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,9 +13,9 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Callable
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
@@ -46,8 +47,12 @@ class ServerSettings:
 class ServerState:
     """What the routes share. Only the event loop changes it, except load(), which runs once on its thread."""
 
-    def __init__(self, settings: ServerSettings, load: Callable[[], LLMEngine],
-                 on_failure: Callable[[BaseException], None] | None = None):
+    def __init__(
+        self,
+        settings: ServerSettings,
+        load: Callable[[], LLMEngine],
+        on_failure: Callable[[BaseException], None] | None = None,
+    ):
         self.settings = settings
         self.keys = KeyCheck(settings.api_key)
         self.metrics = ServerMetrics(lambda: self.engine.stats() if self.engine is not None else None)
@@ -73,8 +78,13 @@ class ServerState:
             self.created = int(time.time())
             self.engine = AsyncLLMEngine(engine).start()
             self.status = "ready"
-            log.info("ready: model=%s max_model_len=%d kv_blocks=%d load_and_warmup_s=%.1f", self.model_name,
-                     engine.max_model_len, engine.runner.num_blocks, time.perf_counter() - started)
+            log.info(
+                "ready: model=%s max_model_len=%d kv_blocks=%d load_and_warmup_s=%.1f",
+                self.model_name,
+                engine.max_model_len,
+                engine.runner.num_blocks,
+                time.perf_counter() - started,
+            )
         except BaseException as e:  # noqa: BLE001 - reported, and the server stops
             self.error, self.status = e, "failed"
             log.error("loading the model failed: %s", e)
@@ -100,11 +110,12 @@ def release(engine: LLMEngine) -> None:
 
 def served_name(path: str) -> str:
     name = os.path.basename(os.path.normpath(path))
-    return name[:-len(".gguf")] if name.lower().endswith(".gguf") else name
+    return name[: -len(".gguf")] if name.lower().endswith(".gguf") else name
 
 
-def create_app(settings: ServerSettings, load: Callable[[], LLMEngine],
-               on_failure: Callable[[BaseException], None] | None = None) -> FastAPI:
+def create_app(
+    settings: ServerSettings, load: Callable[[], LLMEngine], on_failure: Callable[[BaseException], None] | None = None
+) -> FastAPI:
     """`load` builds the LLMEngine (called once, on a background thread, after the app starts)."""
     state = ServerState(settings, load, on_failure)
 
@@ -171,14 +182,26 @@ def create_app(settings: ServerSettings, load: Callable[[], LLMEngine],
         except Exception:  # a bug of ours: logged with its traceback, answered in OpenAI's shape
             log.exception("request_id=%s failed", request_id)
             state.metrics.count(endpoint, 500)
-            return APIError(500, f"internal error (request {request_id}): see the server log",
-                            type="server_error").response()
+            return APIError(
+                500, f"internal error (request {request_id}): see the server log", type="server_error"
+            ).response()
 
     return app
 
 
 async def _models(request: Request, state: ServerState) -> Response:
     check_ready(state, request.headers.get("authorization"))
-    return JSONResponse({"object": "list", "data": [{
-        "id": state.model_name, "object": "model", "created": state.created, "owned_by": "medvllm",
-        "max_model_len": state.max_model_len}]})
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "id": state.model_name,
+                    "object": "model",
+                    "created": state.created,
+                    "owned_by": "medvllm",
+                    "max_model_len": state.max_model_len,
+                }
+            ],
+        }
+    )

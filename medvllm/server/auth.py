@@ -1,4 +1,5 @@
 """API-key auth: a Bearer key compared in constant time, and the rule for binding without one."""
+
 from __future__ import annotations
 
 import hashlib
@@ -48,4 +49,5 @@ def check_bind(host: str, api_key: str | None, allow_unauthenticated: bool) -> N
     raise ConfigError(
         f"--host {host} is reachable from other machines and no API key is set, so anyone who can reach it "
         f"could use the model: pass --api-key KEY (or set {API_KEY_ENV}), bind to 127.0.0.1, or pass "
-        "--allow-unauthenticated if a proxy in front authenticates")
+        "--allow-unauthenticated if a proxy in front authenticates"
+    )

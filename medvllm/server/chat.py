@@ -1,4 +1,5 @@
 """POST /v1/chat/completions: messages through the model's chat template, a reply streamed or whole."""
+
 from __future__ import annotations
 
 from starlette.responses import Response

@@ -1,4 +1,5 @@
 """POST /v1/completions: text (or token-id) prompts in, completions out, streamed or whole."""
+
 from __future__ import annotations
 
 from starlette.responses import Response
@@ -23,8 +24,11 @@ async def create(request, state, request_id: str) -> Response:
         return stream.response(chunks(run, stream, state.tokenizer, req.logprobs))
 
     def choice(index: int, c) -> dict:
-        lp = None if req.logprobs is None else fmt.completion_logprobs(state.tokenizer, c.token_ids, c.logprobs,
-                                                                        req.logprobs)
+        lp = (
+            None
+            if req.logprobs is None
+            else fmt.completion_logprobs(state.tokenizer, c.token_ids, c.logprobs, req.logprobs)
+        )
         return fmt.completion_choice(index, c.text, c.finish_reason, lp)
 
     return await whole_reply(request, run, "text_completion", choice)

@@ -1,9 +1,10 @@
 """One API request's run on the async engine: admission, outputs with metrics, disconnects, the log line."""
+
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
@@ -43,14 +44,18 @@ class Run:
         state = self.state
         capacity = state.engine.max_num_seqs + state.settings.max_queue
         if state.inflight and state.inflight + self.size > capacity:
-            raise unavailable(f"the server is at capacity ({state.inflight} requests in flight, queue limit "
-                              f"{state.settings.max_queue}): retry after the Retry-After delay", code="queue_full")
+            raise unavailable(
+                f"the server is at capacity ({state.inflight} requests in flight, queue limit "
+                f"{state.settings.max_queue}): retry after the Retry-After delay",
+                code="queue_full",
+            )
         state.inflight += self.size
         self._admitted = True
         requests = [(ids, params[j]) for ids in self.prompts for j in range(self.n)]
         try:
-            self.stream = await state.engine.add(requests, stream=stream, request_id=self.request_id,
-                                                 arrival_time=self.arrival)
+            self.stream = await state.engine.add(
+                requests, stream=stream, request_id=self.request_id, arrival_time=self.arrival
+            )
         except RequestError as e:
             self.close("refused")
             raise bad_request(str(e), code="invalid_request") from None
@@ -69,7 +74,7 @@ class Run:
         async for index, out in self.stream:
             c = out.outputs[0]
             start, new = self._seen[index], list(c.delta_token_ids)
-            entries = None if c.logprobs is None else c.logprobs[start:start + len(new)]
+            entries = None if c.logprobs is None else c.logprobs[start : start + len(new)]
             self._seen[index] = start + len(new)
             now = time.monotonic()
             if new:
@@ -91,9 +96,11 @@ class Run:
     async def collect(self, request: Request) -> list[RequestOutput] | None:
         """Every final output, or None if the client left first (its requests are then aborted).
         Closes the run either way; raises the 503 APIError if the engine went down."""
+
         async def drain():
             async for _ in self.outputs():
                 pass
+
         outcome = "cancelled"
         try:
             await until_disconnected(request, drain())
@@ -118,20 +125,30 @@ class Run:
         if self._admitted:
             self.state.inflight -= self.size
         done = [f for f in self.finals if f is not None]
-        log_request(self.request_id, self.endpoint, status, outcome=outcome, n=self.size,
-                    prompt_tokens=self.prompt_tokens,
-                    completion_tokens=sum(s for s in self._seen),
-                    finish=[f.outputs[0].finish_reason for f in done] or None,
-                    ttft_s=self._ttft, total_s=time.time() - self.arrival)
+        log_request(
+            self.request_id,
+            self.endpoint,
+            status,
+            outcome=outcome,
+            n=self.size,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=sum(s for s in self._seen),
+            finish=[f.outputs[0].finish_reason for f in done] or None,
+            ttft_s=self._ttft,
+            total_s=time.time() - self.arrival,
+        )
         if self.state.settings.log_content:
-            log_content(self.request_id, [self.state.tokenizer.decode(p) for p in self.prompts],
-                        [f.outputs[0].text for f in done])
+            log_content(
+                self.request_id,
+                [self.state.tokenizer.decode(p) for p in self.prompts],
+                [f.outputs[0].text for f in done],
+            )
 
     def usage_counts(self) -> tuple[int, int, int]:
         """(prompt tokens, completion tokens, prompt tokens from the prefix cache), as OpenAI counts them."""
         finals = [f for f in self.finals if f is not None]
         completion = sum(len(f.outputs[0].token_ids) for f in finals)
-        cached = sum(f.metrics.num_cached_tokens for f in finals[::self.n])
+        cached = sum(f.metrics.num_cached_tokens for f in finals[:: self.n])
         return self.prompt_tokens, completion, cached
 
 
@@ -176,8 +193,9 @@ class EventStreamResponse(StreamingResponse):
 
     async def __call__(self, scope, receive, send) -> None:
         try:
-            await first_done(asyncio.ensure_future(self._send_all(send)),
-                             asyncio.ensure_future(wait_disconnect(receive)))
+            await first_done(
+                asyncio.ensure_future(self._send_all(send)), asyncio.ensure_future(wait_disconnect(receive))
+            )
         finally:
             await self.body_iterator.aclose()
             self.run.close("client_disconnected")  # a no-op if the body ran and closed the run itself
@@ -187,4 +205,3 @@ class EventStreamResponse(StreamingResponse):
             await self.stream_response(send)
         except OSError:  # the socket went away mid-write
             pass
-

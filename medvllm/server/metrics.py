@@ -3,9 +3,10 @@
 Each app has its own registry (several apps may live in one process, as in the tests). Engine numbers
 (running, waiting, KV usage, ...) are read from the engine thread's last stats snapshot at scrape time.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -20,13 +21,25 @@ E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 ENGINE_METRICS = (
     (GaugeMetricFamily, "medvllm_requests_running", "Requests in the running batch", "num_running"),
     (GaugeMetricFamily, "medvllm_requests_waiting", "Requests waiting for the running batch", "num_waiting"),
-    (GaugeMetricFamily, "medvllm_kv_cache_usage_ratio", "Fraction of KV-cache blocks held by requests",
-     "kv_cache_usage"),
+    (
+        GaugeMetricFamily,
+        "medvllm_kv_cache_usage_ratio",
+        "Fraction of KV-cache blocks held by requests",
+        "kv_cache_usage",
+    ),
     (CounterMetricFamily, "medvllm_preemptions", "Requests preempted for lack of KV blocks", "num_preemptions"),
-    (CounterMetricFamily, "medvllm_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache",
-     "prefix_cache_hit_tokens"),
-    (CounterMetricFamily, "medvllm_prefix_cache_query_tokens", "Prompt tokens looked up in the prefix cache",
-     "prefix_cache_query_tokens"),
+    (
+        CounterMetricFamily,
+        "medvllm_prefix_cache_hit_tokens",
+        "Prompt tokens served from the prefix cache",
+        "prefix_cache_hit_tokens",
+    ),
+    (
+        CounterMetricFamily,
+        "medvllm_prefix_cache_query_tokens",
+        "Prompt tokens looked up in the prefix cache",
+        "prefix_cache_query_tokens",
+    ),
 )
 
 
@@ -47,16 +60,23 @@ class EngineCollector:
 class ServerMetrics:
     def __init__(self, engine_stats: Callable[[], dict | None]):
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("medvllm_requests", "HTTP requests by endpoint and status code",
-                                ["endpoint", "status"], registry=r)
+        self.requests = Counter(
+            "medvllm_requests", "HTTP requests by endpoint and status code", ["endpoint", "status"], registry=r
+        )
         self.prompt_tokens = Counter("medvllm_prompt_tokens", "Prompt tokens of accepted requests", registry=r)
         self.generation_tokens = Counter("medvllm_generation_tokens", "Tokens generated", registry=r)
-        self.ttft = Histogram("medvllm_time_to_first_token_seconds", "Arrival to first generated token",
-                              buckets=TTFT_BUCKETS, registry=r)
-        self.itl = Histogram("medvllm_inter_token_latency_seconds", "Time between two tokens of a request",
-                             buckets=ITL_BUCKETS, registry=r)
-        self.e2e = Histogram("medvllm_request_latency_seconds", "Arrival to last token", buckets=E2E_BUCKETS,
-                             registry=r)
+        self.ttft = Histogram(
+            "medvllm_time_to_first_token_seconds", "Arrival to first generated token", buckets=TTFT_BUCKETS, registry=r
+        )
+        self.itl = Histogram(
+            "medvllm_inter_token_latency_seconds",
+            "Time between two tokens of a request",
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "medvllm_request_latency_seconds", "Arrival to last token", buckets=E2E_BUCKETS, registry=r
+        )
         r.register(EngineCollector(engine_stats))
 
     def count(self, endpoint: str, status: int) -> None:

@@ -1,4 +1,5 @@
 """Response bodies and stream chunks shaped exactly as OpenAI's, and the SSE framing around them."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,12 @@ DONE = sse("[DONE]")
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
 
 
 def head(request_id: str, obj: str, created: int, model: str) -> dict:
@@ -28,8 +32,7 @@ def completion_choice(index: int, text: str, finish_reason: str | None, logprobs
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
-def completion_logprobs(tokenizer, token_ids: list[int], entries: list[dict], top_n: int,
-                        offset: int = 0) -> dict:
+def completion_logprobs(tokenizer, token_ids: list[int], entries: list[dict], top_n: int, offset: int = 0) -> dict:
     """The legacy completions `logprobs` object: tokens, token_logprobs, top_logprobs, text_offset."""
     tokens, token_logprobs, tops, offsets = [], [], [], []
     for token_id, entry in zip(token_ids, entries):
@@ -44,8 +47,12 @@ def completion_logprobs(tokenizer, token_ids: list[int], entries: list[dict], to
 
 # ---- /v1/chat/completions
 def chat_choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None) -> dict:
-    return {"index": index, "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": logprobs, "finish_reason": finish_reason}
+    return {
+        "index": index,
+        "message": {"role": "assistant", "content": text, "refusal": None},
+        "logprobs": logprobs,
+        "finish_reason": finish_reason,
+    }
 
 
 def chat_chunk_choice(index: int, delta: dict, finish_reason: str | None, logprobs: dict | None) -> dict:
@@ -56,8 +63,10 @@ def chat_logprobs(tokenizer, token_ids: list[int], entries: list[dict], top_n: i
     """The chat `logprobs` object: {"content": [{token, logprob, bytes, top_logprobs}, ...]}."""
     content = []
     for token_id, entry in zip(token_ids, entries):
-        content.append(_chat_token(tokenizer, token_id, entry[token_id]) | {
-            "top_logprobs": [_chat_token(tokenizer, i, lp) for i, lp in top_entries(entry, top_n)]})
+        content.append(
+            _chat_token(tokenizer, token_id, entry[token_id])
+            | {"top_logprobs": [_chat_token(tokenizer, i, lp) for i, lp in top_entries(entry, top_n)]}
+        )
     return {"content": content}
 
 

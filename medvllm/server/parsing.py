@@ -2,6 +2,7 @@
 
 Every refusal is an APIError in OpenAI's shape: 401 before anything else, 503 while loading, then 400s.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,15 @@ from medvllm.server.protocol import ChatCompletionRequest, SamplingFields, descr
 def check_ready(state, authorization: str | None) -> None:
     state.keys.check(authorization)
     if state.status == "loading":
-        raise unavailable("the model is still loading: retry after the Retry-After delay (GET /health says "
-                          "when it is ready)", code="model_loading", retry_after_s=state.settings.loading_retry_after_s)
+        raise unavailable(
+            "the model is still loading: retry after the Retry-After delay (GET /health says when it is ready)",
+            code="model_loading",
+            retry_after_s=state.settings.loading_retry_after_s,
+        )
     if state.status != "ready" or not state.engine.alive:
         why = {"failed": "the model failed to load", "stopping": "the server is shutting down"}.get(
-            state.status, "the engine stopped")
+            state.status, "the engine stopped"
+        )
         raise unavailable(f"{why}: see the server log", code="engine_unavailable")
 
 
@@ -41,13 +46,21 @@ async def parse(request, model_cls: type[BaseModel], state) -> SamplingFields:
         message, param = describe(e)
         raise bad_request(message, param=param) from None
     if req.model != state.model_name:
-        raise bad_request(f"model {req.model!r} is not served here: this server serves {state.model_name!r} "
-                          "(GET /v1/models lists it)", param="model", code="model_not_found")
+        raise bad_request(
+            f"model {req.model!r} is not served here: this server serves {state.model_name!r} "
+            "(GET /v1/models lists it)",
+            param="model",
+            code="model_not_found",
+        )
     extra = req.unsupported()
     if extra:
-        raise bad_request(f"unsupported field(s) {', '.join(extra)}: this server does not implement "
-                          f"{'it' if len(extra) == 1 else 'them'}; remove {'it' if len(extra) == 1 else 'them'} "
-                          "from the request", param=extra[0], code="unsupported_parameter")
+        raise bad_request(
+            f"unsupported field(s) {', '.join(extra)}: this server does not implement "
+            f"{'it' if len(extra) == 1 else 'them'}; remove {'it' if len(extra) == 1 else 'them'} "
+            "from the request",
+            param=extra[0],
+            code="unsupported_parameter",
+        )
     return req
 
 
@@ -57,8 +70,10 @@ def prompt_ids(state, prompt: str | list[int]) -> list[int]:
         return list(state.tokenizer.encode(prompt))
     bad = [t for t in prompt if t >= state.vocab_size]
     if bad:
-        raise bad_request(f"prompt token id {bad[0]} is out of range: the model's vocabulary has "
-                          f"{state.vocab_size} tokens", param="prompt")
+        raise bad_request(
+            f"prompt token id {bad[0]} is out of range: the model's vocabulary has {state.vocab_size} tokens",
+            param="prompt",
+        )
     return list(prompt)
 
 
@@ -68,8 +83,9 @@ def chat_ids(state, req: ChatCompletionRequest) -> list[int]:
     try:
         return encode_chat(state.tokenizer, messages)
     except RequestError:  # the model has no chat template: name the endpoint that takes plain text
-        raise bad_request("this model has no chat template: send plain text to /v1/completions instead",
-                          param="messages") from None
+        raise bad_request(
+            "this model has no chat template: send plain text to /v1/completions instead", param="messages"
+        ) from None
     except Exception as e:  # noqa: BLE001 - the template's own complaint (roles out of order, ...)
         raise bad_request(f"the model's chat template refused these messages: {e}", param="messages") from None
 
@@ -85,7 +101,10 @@ def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int |
         repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
-        max_tokens=max_tokens, stop=req.stop, logprobs=logprobs)
+        max_tokens=max_tokens,
+        stop=req.stop,
+        logprobs=logprobs,
+    )
     try:
         return [SamplingParams(**fields, seed=seed) for seed in seeds]
     except RequestError as e:

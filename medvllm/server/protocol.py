@@ -4,6 +4,7 @@ Types are checked strictly (a string is not a number). Fields OpenAI defines tha
 (and any unknown field) are collected, and the request is refused with a 400 naming them, unless
 their value asks for nothing (null, false, empty).
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -18,6 +19,7 @@ class StreamOptions(BaseModel):
 
 class SamplingFields(BaseModel):
     """Fields both endpoints share."""
+
     model_config = ConfigDict(strict=True, extra="allow")
 
     model: str
@@ -62,8 +64,9 @@ class CompletionRequest(SamplingFields):
             return v
         if isinstance(v, list) and v and (all(isinstance(p, str) for p in v) or all(_is_ids(p) for p in v)):
             return v
-        raise ValueError("must be a string, a list of strings, a list of token ids, "
-                         "or a list of token-id lists (none empty)")
+        raise ValueError(
+            "must be a string, a list of strings, a list of token ids, or a list of token-id lists (none empty)"
+        )
 
     def prompts(self) -> list[str | list[int]]:
         """The prompt field as a list of prompts (text or token ids)."""
@@ -91,11 +94,14 @@ class ChatMessage(BaseModel):
     def _content(cls, v):
         if v is None or isinstance(v, str):
             return v
-        if isinstance(v, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                       and isinstance(p.get("text"), str) and len(p) == 2 for p in v):
+        if isinstance(v, list) and all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) and len(p) == 2
+            for p in v
+        ):
             return v
-        raise ValueError('must be a string or a list of {"type": "text", "text": ...} parts '
-                         "(this server takes text only)")
+        raise ValueError(
+            'must be a string or a list of {"type": "text", "text": ...} parts (this server takes text only)'
+        )
 
     def as_template_message(self) -> dict:
         content = self.content

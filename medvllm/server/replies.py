@@ -1,9 +1,10 @@
 """How a started Run answers its API call: one JSON body once every choice is done, or server-sent
 events framed and ended as OpenAI ends them. Both endpoints answer through here."""
+
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from typing import AsyncIterator, Callable
 
 from starlette.responses import JSONResponse, Response
 
@@ -22,7 +23,8 @@ async def whole_reply(request, run: Run, obj: str, choice: Callable[[int, Comple
         return Response(status_code=499)  # the client is gone; nobody reads this
     body = fmt.head(run.request_id, obj, run.created, run.state.model_name) | {
         "choices": [choice(index, final.outputs[0]) for index, final in enumerate(finals)],
-        "usage": fmt.usage(*run.usage_counts())}
+        "usage": fmt.usage(*run.usage_counts()),
+    }
     return JSONResponse(body, headers={"X-Request-Id": run.request_id})
 
 

@@ -3,6 +3,7 @@
 Prompts and completions may hold patient data, so they reach the log only when the operator starts the
 server with --log-content; then a second line carries them, JSON-quoted, under the same request id.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,12 @@ def log_request(request_id: str, endpoint: str, status: int, **fields) -> None:
 
 def log_content(request_id: str, prompt, completion) -> None:
     """Only called when the operator passed --log-content."""
-    log.info("request_id=%s content prompt=%s completion=%s", request_id,
-             json.dumps(prompt, ensure_ascii=False), json.dumps(completion, ensure_ascii=False))
+    log.info(
+        "request_id=%s content prompt=%s completion=%s",
+        request_id,
+        json.dumps(prompt, ensure_ascii=False),
+        json.dumps(completion, ensure_ascii=False),
+    )
 
 
 def _fmt(v) -> str:

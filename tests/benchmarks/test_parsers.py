@@ -3,6 +3,7 @@
 The sample lines are real output of llama-bench and llama-batched-bench (llama.cpp 0c1e570) on the
 default model; the expected figures are recomputed here from the fields llama.cpp printed.
 """
+
 import importlib.util
 import sys
 from pathlib import Path
@@ -36,7 +37,7 @@ def _load_peers(*names: str) -> list:
 common, llama_cpp, table, vllm_cpu = _load_peers("common", "llama_cpp", "table", "vllm_cpu")
 
 LLAMA_BENCH = (
-    'main: loading model\n'
+    "main: loading model\n"
     '{"build_commit": "0c1e570", "model_type": "llama 256M Q4_1", "n_threads": 2, "flash_attn": 1, '
     '"n_prompt": 30, "n_gen": 0, "n_depth": 0, "avg_ns": 7300032687, "stddev_ns": 0, "avg_ts": 4.109571, '
     '"stddev_ts": 0.000000, "samples_ns": [ 7300032687 ],"samples_ts": [ 4.10957 ]}\n'
@@ -45,7 +46,7 @@ LLAMA_BENCH = (
     '"stddev_ts": 0.000000, "samples_ns": [ 28463300418 ],"samples_ts": [ 0.562127 ]}\n'
 )
 BATCHED_BENCH = (
-    'main: n_kv_max = 1024, n_batch = 2048\n'
+    "main: n_kv_max = 1024, n_batch = 2048\n"
     '{"n_kv_max": 1024, "n_batch": 2048, "n_ubatch": 512, "flash_attn": 0, "is_pp_shared": 0, "n_gpu_layers": -1, '
     '"n_threads": 2, "n_threads_batch": 2, "pp": 40, "tg": 8, "pl": 1, "n_kv": 48, "t_pp": 6.679966, '
     '"speed_pp": 5.988054, "t_tg": 20.116020, "speed_tg": 0.397693, "t": 26.795986, "speed": 1.791313}\n'
@@ -70,18 +71,34 @@ def test_batched_bench_counts_generated_tokens_over_total_time():
 
 
 def test_medians_are_taken_per_key_and_nested():
-    runs = [{"single_decode": 10.0, "batched": {"32": 100.0}, "ttft_s": None},
-            {"single_decode": 30.0, "batched": {"32": 300.0}, "ttft_s": None},
-            {"single_decode": 20.0, "batched": {"32": 250.0}, "ttft_s": None}]
+    runs = [
+        {"single_decode": 10.0, "batched": {"32": 100.0}, "ttft_s": None},
+        {"single_decode": 30.0, "batched": {"32": 300.0}, "ttft_s": None},
+        {"single_decode": 20.0, "batched": {"32": 250.0}, "ttft_s": None},
+    ]
     assert common.medians(runs) == {"single_decode": 20.0, "batched": {"32": 250.0}, "ttft_s": None}
 
 
 def test_table_ratios_are_ours_over_peer_and_missing_peers_say_why():
     results = {
-        "Med-vLLM": {"status": "ok", "label": "x", "single_decode": 50.0, "ttft_s": 0.02,
-                     "batched": {"32": 600.0}, "startup_s": 3.0, "peak_rss_bytes": 2 ** 29},
-        "llama.cpp": {"status": "ok", "label": "y", "single_decode": 100.0, "ttft_s": 0.04,
-                      "batched": {"32": 200.0}, "startup_s": 1.0, "peak_rss_bytes": 2 ** 28},
+        "Med-vLLM": {
+            "status": "ok",
+            "label": "x",
+            "single_decode": 50.0,
+            "ttft_s": 0.02,
+            "batched": {"32": 600.0},
+            "startup_s": 3.0,
+            "peak_rss_bytes": 2**29,
+        },
+        "llama.cpp": {
+            "status": "ok",
+            "label": "y",
+            "single_decode": 100.0,
+            "ttft_s": 0.04,
+            "batched": {"32": 200.0},
+            "startup_s": 1.0,
+            "peak_rss_bytes": 2**28,
+        },
         "vLLM CPU": {"status": "not built: run bash benchmarks/peers/vllm_cpu.sh"},
     }
     lines = table.render(results, [32]).splitlines()

@@ -1,4 +1,5 @@
 """`medvllm inference generate` end to end on the real embedded default model (no stand-in engine)."""
+
 import io
 import json
 import os
@@ -13,9 +14,17 @@ from medvllm.cli.main import main
 from medvllm.hardware import detect
 
 PROMPT = "What is hypertension?"
-SITE = {"profile": "site", "category": "edge",
-        "engine": {"device": "cpu", "max_num_seqs": 8, "kv_cache_space_gib": 0.25, "max_model_len": 1024,
-                   "enable_memory_pooling": True}}
+SITE = {
+    "profile": "site",
+    "category": "edge",
+    "engine": {
+        "device": "cpu",
+        "max_num_seqs": 8,
+        "kv_cache_space_gib": 0.25,
+        "max_model_len": 1024,
+        "enable_memory_pooling": True,
+    },
+}
 
 
 @pytest.fixture
@@ -34,8 +43,21 @@ def run(capsys, *argv):
 
 @pytest.mark.slow
 def test_flag_profile_with_overrides_and_json_provenance(capsys, site):
-    code, out, err = run(capsys, "inference", "generate", "--text", PROMPT, "--max-tokens", "4",
-                         "--deployment-profile", "site", "--max-num-seqs", "4", "--no-memory-pooling", "--json")
+    code, out, err = run(
+        capsys,
+        "inference",
+        "generate",
+        "--text",
+        PROMPT,
+        "--max-tokens",
+        "4",
+        "--deployment-profile",
+        "site",
+        "--max-num-seqs",
+        "4",
+        "--no-memory-pooling",
+        "--json",
+    )
     assert code == 0, err
     data = json.loads(out)
     dep = data["deployment"]
@@ -67,8 +89,17 @@ def test_env_profile_by_path(capsys, site, monkeypatch):
 def test_stdin_streams_plain_text_to_stdout_and_matches_json(capsys, site, tmp_path):
     env = dict(os.environ, MEDVLLM_PROFILES_DIR=str(tmp_path))
     env.pop("MEDVLLM_DEPLOYMENT_PROFILE", None)
-    base = [sys.executable, "-m", "medvllm.cli", "inference", "generate", "--max-tokens", "6",
-            "--deployment-profile", "site"]
+    base = [
+        sys.executable,
+        "-m",
+        "medvllm.cli",
+        "inference",
+        "generate",
+        "--max-tokens",
+        "6",
+        "--deployment-profile",
+        "site",
+    ]
     streamed = subprocess.run(base + ["--quiet"], input=PROMPT, capture_output=True, text=True, env=env)
     assert streamed.returncode == 0 and streamed.stderr == ""
     as_json = subprocess.run(base + ["--json", "--text", PROMPT], capture_output=True, text=True, env=env)
@@ -82,8 +113,23 @@ def test_input_file_without_chat_template_or_profile(capsys, tmp_path, monkeypat
     monkeypatch.delenv("MEDVLLM_DEPLOYMENT_PROFILE", raising=False)
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("The heart has four")
-    code, out, err = run(capsys, "inference", "generate", "--input", str(prompt), "--no-chat", "--max-tokens", "3",
-                         "--deployment-profile", "none", "--kv-cache-space-gib", "0.25", "--max-model-len", "1024", "--json")
+    code, out, err = run(
+        capsys,
+        "inference",
+        "generate",
+        "--input",
+        str(prompt),
+        "--no-chat",
+        "--max-tokens",
+        "3",
+        "--deployment-profile",
+        "none",
+        "--kv-cache-space-gib",
+        "0.25",
+        "--max-model-len",
+        "1024",
+        "--json",
+    )
     data = json.loads(out)
     assert code == 0 and data["chat_template"] is False and data["usage"]["prompt_tokens"] == 4
     assert data["deployment"]["how_chosen"] == "none" and data["deployment"]["profile"] is None
@@ -102,16 +148,19 @@ def test_shipped_cpu_profile_runs_or_says_why_not(capsys, monkeypatch):
         assert "deployment profile 'cpu' cannot run on this machine" in err and "not implemented" in err
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--deployment-profile", "gpu_8bit"], "deployment profile 'gpu_8bit' cannot run on this machine"),
-    (["--deployment-profile", "nope.json"], "deployment profile file 'nope.json' does not exist"),
-    (["--quantization-bits", "4", "--quantization-method", "dynamic"], "does not match"),
-    (["--device", "cpu", "--quantization-method", "bnb-8bit"], "needs a CUDA GPU"),
-    (["--mixed-precision", "--mixed-precision-dtype", "fp16", "--device", "cpu"], "not supported on CPU"),
-    (["--attention-impl", "flash", "--device", "cpu"], "flash attention needs a CUDA GPU"),
-    (["--max-num-seqs", "0"], "max_num_seqs=0 is invalid"),
-    (["--temperature", "-1"], "temperature=-1.0 is invalid"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--deployment-profile", "gpu_8bit"], "deployment profile 'gpu_8bit' cannot run on this machine"),
+        (["--deployment-profile", "nope.json"], "deployment profile file 'nope.json' does not exist"),
+        (["--quantization-bits", "4", "--quantization-method", "dynamic"], "does not match"),
+        (["--device", "cpu", "--quantization-method", "bnb-8bit"], "needs a CUDA GPU"),
+        (["--mixed-precision", "--mixed-precision-dtype", "fp16", "--device", "cpu"], "not supported on CPU"),
+        (["--attention-impl", "flash", "--device", "cpu"], "flash attention needs a CUDA GPU"),
+        (["--max-num-seqs", "0"], "max_num_seqs=0 is invalid"),
+        (["--temperature", "-1"], "temperature=-1.0 is invalid"),
+    ],
+)
 def test_bad_settings_are_one_line_errors(capsys, monkeypatch, argv, message):
     monkeypatch.delenv("MEDVLLM_DEPLOYMENT_PROFILE", raising=False)
     if detect().has_cuda and "gpu_8bit" in argv:
@@ -123,8 +172,23 @@ def test_bad_settings_are_one_line_errors(capsys, monkeypatch, argv, message):
 def test_engine_warnings_are_one_line_each():
     """A setting the engine adjusts while it starts (here max_model_len, to a tiny KV pool) is reported as
     a `medvllm: warning:` line, not in Python's file:line form."""
-    out = subprocess.run([sys.executable, "-m", "medvllm.cli", "inference", "generate", "--text", "hi",
-                          "--max-tokens", "2", "--kv-cache-space-gib", "0.001"], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medvllm.cli",
+            "inference",
+            "generate",
+            "--text",
+            "hi",
+            "--max-tokens",
+            "2",
+            "--kv-cache-space-gib",
+            "0.001",
+        ],
+        capture_output=True,
+        text=True,
+    )
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 1 and "ConfigWarning" not in out.stderr
     assert any(line.startswith("medvllm: warning: max_model_len lowered from the model's 8192") for line in lines)

@@ -1,4 +1,5 @@
 """`medvllm profiles list | show | validate | select`, and the CLI's error contract."""
+
 import json
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def test_list_json(capsys, tmp_path, monkeypatch):
 
 def test_show_by_name_and_by_path(capsys, tmp_path):
     code, out, _ = run(capsys, "profiles", "show", "gpu_4bit")
-    assert code == 0 and "quantization_method: \"bnb-nf4\"" in out and "this machine:" in out
+    assert code == 0 and 'quantization_method: "bnb-nf4"' in out and "this machine:" in out
     path = tmp_path / "p.json"
     path.write_text('{"profile": "p", "engine": {"max_num_seqs": 2, "later": 1}}')
     code, out, _ = run(capsys, "profiles", "show", str(path), "--json")
@@ -83,23 +84,32 @@ def fake(tmp_path, hw: HardwareInfo):
     return str(path)
 
 
-@pytest.mark.parametrize("gpus,expected", [
-    ((), "edge_cpu_int8"),
-    ((GPUInfo("A100", (8, 0), 80 << 30),) * 4, "cloud_gpu_tp4_fp16"),
-    ((GPUInfo("A10", (8, 6), 24 << 30),), "onprem_gpu_bf16_flash"),
-    ((GPUInfo("T4", (7, 5), 8 << 30),), "gpu_4bit"),
-    ((GPUInfo("V100", (7, 0), 32 << 30),), "gpu_8bit"),
-])
+@pytest.mark.parametrize(
+    "gpus,expected",
+    [
+        ((), "edge_cpu_int8"),
+        ((GPUInfo("A100", (8, 0), 80 << 30),) * 4, "cloud_gpu_tp4_fp16"),
+        ((GPUInfo("A10", (8, 6), 24 << 30),), "onprem_gpu_bf16_flash"),
+        ((GPUInfo("T4", (7, 5), 8 << 30),), "gpu_4bit"),
+        ((GPUInfo("V100", (7, 0), 32 << 30),), "gpu_8bit"),
+    ],
+)
 def test_select_on_described_hardware(capsys, tmp_path, gpus, expected):
-    hw = HardwareInfo(cpu_count=8, total_memory=64 << 30, available_memory=60 << 30, gpus=gpus,
-                      backends={"bitsandbytes": True})
+    hw = HardwareInfo(
+        cpu_count=8, total_memory=64 << 30, available_memory=60 << 30, gpus=gpus, backends={"bitsandbytes": True}
+    )
     code, out, _ = run(capsys, "profiles", "select", "--hardware", fake(tmp_path, hw))
     assert code == 0 and out == f"{expected}\n"
 
 
 def test_select_explain_marks_every_profile(capsys, tmp_path):
-    hw = HardwareInfo(cpu_count=8, total_memory=64 << 30, available_memory=60 << 30,
-                      gpus=(GPUInfo("RTX", (8, 6), 8 << 30),), backends={"bitsandbytes": True})
+    hw = HardwareInfo(
+        cpu_count=8,
+        total_memory=64 << 30,
+        available_memory=60 << 30,
+        gpus=(GPUInfo("RTX", (8, 6), 8 << 30),),
+        backends={"bitsandbytes": True},
+    )
     code, out, _ = run(capsys, "profiles", "select", "--explain", "--hardware", fake(tmp_path, hw))
     assert code == 0 and out.startswith("onprem_gpu_bf16_flash\n")
     assert "SmolLM2-135M" in out and "auto-selection, in order:" in out
@@ -126,6 +136,7 @@ def test_module_entry_point_and_verbose_traceback():
     assert quiet.returncode == 1 and quiet.stdout == "" and "Traceback" not in quiet.stderr
     assert quiet.stderr.strip().splitlines() == [
         "medvllm: error: deployment profile file '/no/such.json' does not exist: check the path "
-        "(a path is never replaced by a shipped profile of the same name)"]
+        "(a path is never replaced by a shipped profile of the same name)"
+    ]
     loud = subprocess.run(base + ["--verbose"], capture_output=True, text=True)
     assert loud.returncode == 1 and "Traceback" in loud.stderr

@@ -1,4 +1,5 @@
 """`medvllm quality compare` end to end on a tiny random model: report shape, exit codes, refusals."""
+
 import json
 
 import pytest
@@ -8,15 +9,28 @@ from medvllm.cli.main import main
 from medvllm.hardware import detect
 from medvllm.quality.gate import RULES, TIERS
 
-METRIC_KEYS = {"texts", "scored_tokens", "mean_kl", "p99_kl", "max_kl", "top1_agreement", "ppl_reference",
-               "ppl_candidate", "ppl_delta", "greedy_match_rate", "greedy_tokens_compared", "greedy_exact_texts",
-               "greedy_mean_common_prefix"}
+METRIC_KEYS = {
+    "texts",
+    "scored_tokens",
+    "mean_kl",
+    "p99_kl",
+    "max_kl",
+    "top1_agreement",
+    "ppl_reference",
+    "ppl_candidate",
+    "ppl_delta",
+    "greedy_match_rate",
+    "greedy_tokens_compared",
+    "greedy_exact_texts",
+    "greedy_mean_common_prefix",
+}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny llama folder and a text set in its word-level vocabulary (w0..w255)."""
     from tests.tiny_models import build_tiny
+
     folder = tmp_path_factory.mktemp("tiny_llama")
     build_tiny("llama", folder)
     gen = torch.Generator().manual_seed(0)
@@ -47,13 +61,40 @@ def test_identical_profile_passes_with_a_markdown_report(capsys, tiny, monkeypat
 
 def test_impossible_threshold_exits_3_with_the_json_report(capsys, tiny):
     folder, texts = tiny
-    code, out, err = run(capsys, "--model", folder, "--texts", texts, "--deployment-profile", "none",
-                         "--limit", "4", "--min-top1", "1.01", "--max-p99-kl", "0.25", "--json")
+    code, out, err = run(
+        capsys,
+        "--model",
+        folder,
+        "--texts",
+        texts,
+        "--deployment-profile",
+        "none",
+        "--limit",
+        "4",
+        "--min-top1",
+        "1.01",
+        "--max-p99-kl",
+        "0.25",
+        "--json",
+    )
     assert code == 3
     assert "quality gate failed: top-1 agreement 1 is below the minimum 1.01 (--min-top1)" in err
     data = json.loads(out)
-    assert set(data) == {"passed", "failures", "failed_thresholds", "threshold_tier", "thresholds", "metrics",
-                         "by_kind", "items", "reference", "candidate", "text_set", "greedy_tokens", "seconds"}
+    assert set(data) == {
+        "passed",
+        "failures",
+        "failed_thresholds",
+        "threshold_tier",
+        "thresholds",
+        "metrics",
+        "by_kind",
+        "items",
+        "reference",
+        "candidate",
+        "text_set",
+        "greedy_tokens",
+        "seconds",
+    }
     assert data["passed"] is False and data["failed_thresholds"] == ["min_top1_agreement"]
     assert set(data["thresholds"]) == set(RULES) and data["threshold_tier"] == "float"
     assert data["thresholds"] == dict(TIERS["float"].to_dict(), min_top1_agreement=1.01, max_p99_kl=0.25)
@@ -70,8 +111,23 @@ def test_impossible_threshold_exits_3_with_the_json_report(capsys, tiny):
 
 def test_setting_flags_reach_the_candidate_only(capsys, tiny):
     folder, texts = tiny
-    code, out, err = run(capsys, "--model", folder, "--texts", texts, "--deployment-profile", "none", "--limit", "3",
-                         "--mixed-precision", "--mixed-precision-dtype", "bf16", "--greedy-tokens", "8", "--json")
+    code, out, err = run(
+        capsys,
+        "--model",
+        folder,
+        "--texts",
+        texts,
+        "--deployment-profile",
+        "none",
+        "--limit",
+        "3",
+        "--mixed-precision",
+        "--mixed-precision-dtype",
+        "bf16",
+        "--greedy-tokens",
+        "8",
+        "--json",
+    )
     data = json.loads(out)
     assert data["candidate"]["runtime"]["dtype"] == "bfloat16" and data["reference"]["runtime"]["dtype"] == "float32"
     assert data["candidate"]["label"] == "no profile + enable_mixed_precision=True, mixed_precision_dtype=bf16"

@@ -1,4 +1,5 @@
 """HardwareInfo: the snapshot's questions, its plain-data round trip, and detect() on this machine."""
+
 import json
 
 from medvllm.hardware import GPUInfo, HardwareInfo, detect
@@ -25,9 +26,15 @@ def test_native_bf16_flags():
 
 
 def test_dict_round_trip_through_json():
-    hw = HardwareInfo(cpu_count=2, cpu_model="x", cpu_flags=frozenset({"avx2"}), total_memory=8 << 30,
-                      available_memory=6 << 30, gpus=(GPUInfo("H100", (9, 0), 80 << 30),),
-                      backends={"bitsandbytes": True})
+    hw = HardwareInfo(
+        cpu_count=2,
+        cpu_model="x",
+        cpu_flags=frozenset({"avx2"}),
+        total_memory=8 << 30,
+        available_memory=6 << 30,
+        gpus=(GPUInfo("H100", (9, 0), 80 << 30),),
+        backends={"bitsandbytes": True},
+    )
     assert HardwareInfo.from_dict(json.loads(json.dumps(hw.to_dict()))) == hw
 
 

@@ -1,4 +1,5 @@
 """Config validation: types, ranges, combinations, and what the hardware can do (fake HardwareInfo)."""
+
 import dataclasses
 import warnings
 
@@ -79,13 +80,27 @@ def test_resolved_device_and_dtypes_come_from_the_fields_and_the_snapshot():
     assert (make().torch_dtype, make(GPU, dtype="float16").torch_dtype) == (torch.float32, torch.float16)
 
 
-@pytest.mark.parametrize("name,value", [
-    ("max_num_seqs", 0), ("max_num_seqs", "4"), ("tensor_parallel_size", True), ("kvcache_block_size", 1.5),
-    ("max_model_len", 0), ("num_kvcache_blocks", -1), ("seed", -1), ("seed", "1"),
-    ("kv_cache_space_gib", 0), ("kv_cache_space_gib", "1"), ("gpu_memory_utilization", 1.5),
-    ("gpu_memory_utilization", 0), ("enable_mixed_precision", "yes"), ("allow_tf32", 1), ("model", ""),
-    ("enable_flash_attention", 0),
-])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("max_num_seqs", 0),
+        ("max_num_seqs", "4"),
+        ("tensor_parallel_size", True),
+        ("kvcache_block_size", 1.5),
+        ("max_model_len", 0),
+        ("num_kvcache_blocks", -1),
+        ("seed", -1),
+        ("seed", "1"),
+        ("kv_cache_space_gib", 0),
+        ("kv_cache_space_gib", "1"),
+        ("gpu_memory_utilization", 1.5),
+        ("gpu_memory_utilization", 0),
+        ("enable_mixed_precision", "yes"),
+        ("allow_tf32", 1),
+        ("model", ""),
+        ("enable_flash_attention", 0),
+    ],
+)
 def test_bad_types_and_ranges_name_the_field_and_value(name, value):
     msg = key_error(**{name: value})
     assert f"{name}={value!r}" in msg
@@ -104,7 +119,9 @@ def test_bad_enum_of_a_config_field_lists_the_choices(name):
 
 
 def test_batched_tokens_must_cover_num_seqs():
-    assert "max_num_batched_tokens=8 is smaller than max_num_seqs=16" in error(max_num_seqs=16, max_num_batched_tokens=8)
+    assert "max_num_batched_tokens=8 is smaller than max_num_seqs=16" in error(
+        max_num_seqs=16, max_num_batched_tokens=8
+    )
 
 
 @pytest.mark.parametrize("bits", [2, 16, "8", 8.0])
@@ -117,8 +134,9 @@ def test_unknown_quantization_method():
     assert "quantization_method='gptq'" in msg and "dynamic" in msg and "bnb-nf4" in msg
 
 
-@pytest.mark.parametrize("bits,method,hw", [(4, "dynamic", CPU), (4, "bnb-8bit", GPU), (8, "bnb-nf4", GPU),
-                                            (8, "bnb-4bit", GPU)])
+@pytest.mark.parametrize(
+    "bits,method,hw", [(4, "dynamic", CPU), (4, "bnb-8bit", GPU), (8, "bnb-nf4", GPU), (8, "bnb-4bit", GPU)]
+)
 def test_bits_and_method_must_agree(bits, method, hw):
     msg = key_error(hw, quantization_bits=bits, quantization_method=method)
     assert "does not match" in msg and f"quantization_bits={bits}" in msg
@@ -130,6 +148,7 @@ def test_bits_without_method_is_refused_with_a_suggestion():
 
 def test_method_implies_bits_and_4bit_is_an_alias_of_nf4():
     from medvllm.config import quantization_bits
+
     assert quantization_bits(make(quantization_method="dynamic").quantization_method) == 8
     c = make(GPU, quantization_method="bnb-4bit")
     assert (c.quantization_method, quantization_bits(c.quantization_method)) == ("bnb-nf4", 4)
@@ -230,6 +249,7 @@ def test_this_machine_validates():
 
 def test_step_budget_defaults_per_device_and_covers_max_num_seqs():
     from medvllm.config import DEFAULT_BATCHED_TOKENS
+
     assert Config(hardware=CPU, device="cpu").max_num_batched_tokens == DEFAULT_BATCHED_TOKENS["cpu"] == 2048
     assert Config(hardware=CPU, device="cpu", max_num_seqs=4096).max_num_batched_tokens == 4096
     assert Config(hardware=CPU, device="cpu", max_num_batched_tokens=512).max_num_batched_tokens == 512
@@ -237,19 +257,33 @@ def test_step_budget_defaults_per_device_and_covers_max_num_seqs():
 
 def test_memory_efficient_lowers_the_cpu_defaults_but_not_explicit_values():
     from medvllm.config import DEFAULT_KV_SPACE_GIB, MEMORY_EFFICIENT_BATCHED_TOKENS
+
     lean = Config(hardware=CPU, device="cpu", memory_efficient=True)
     assert (lean.kv_cache_space_gib, lean.max_num_batched_tokens) == (DEFAULT_KV_SPACE_GIB[True], 1024)
     assert MEMORY_EFFICIENT_BATCHED_TOKENS == 1024 and DEFAULT_KV_SPACE_GIB == {False: 1.0, True: 0.4}
     assert Config(hardware=CPU, device="cpu").kv_cache_space_gib == 1.0
-    given = Config(hardware=CPU, device="cpu", memory_efficient=True, kv_cache_space_gib=2.0,
-                   max_num_batched_tokens=4096)
+    given = Config(
+        hardware=CPU, device="cpu", memory_efficient=True, kv_cache_space_gib=2.0, max_num_batched_tokens=4096
+    )
     assert (given.kv_cache_space_gib, given.max_num_batched_tokens) == (2.0, 4096)
 
 
 def test_fields_memory_efficient_chose_say_so():
     lean = Config(hardware=CPU, device="cpu", memory_efficient=True)
-    assert lean.derived == {"max_num_batched_tokens": "memory_efficient", "kv_cache_space_gib": "memory_efficient",
-                            "kv_cache_dtype": "memory_efficient"}
-    assert Config(hardware=CPU, device="cpu", memory_efficient=True, kv_cache_dtype="float32", kv_cache_space_gib=1.0,
-                  max_num_batched_tokens=2048).derived == {}
+    assert lean.derived == {
+        "max_num_batched_tokens": "memory_efficient",
+        "kv_cache_space_gib": "memory_efficient",
+        "kv_cache_dtype": "memory_efficient",
+    }
+    assert (
+        Config(
+            hardware=CPU,
+            device="cpu",
+            memory_efficient=True,
+            kv_cache_dtype="float32",
+            kv_cache_space_gib=1.0,
+            max_num_batched_tokens=2048,
+        ).derived
+        == {}
+    )
     assert Config(hardware=CPU, device="cpu").derived == {}

@@ -1,4 +1,5 @@
 """Profiles: the shipped six, the schema, lookup by name or path, and every invalid input's error."""
+
 import json
 from pathlib import Path
 
@@ -12,20 +13,49 @@ from medvllm.hardware import GPUInfo, HardwareInfo
 REPO = Path(__file__).resolve().parents[2]
 SPEC_ENGINES = {  # the engine blocks of the product spec (gpu_4bit as the issue spells it out)
     "cpu": {"device": "cpu", "tensor_parallel_size": 1, "quantization_bits": 8, "quantization_method": "dynamic"},
-    "gpu_8bit": {"device": "cuda", "tensor_parallel_size": 1, "quantization_bits": 8, "quantization_method": "bnb-8bit"},
+    "gpu_8bit": {
+        "device": "cuda",
+        "tensor_parallel_size": 1,
+        "quantization_bits": 8,
+        "quantization_method": "bnb-8bit",
+    },
     "gpu_4bit": {"device": "cuda", "tensor_parallel_size": 1, "quantization_bits": 4, "quantization_method": "bnb-nf4"},
-    "edge_cpu_int8": {"tensor_parallel_size": 1, "quantization_bits": 8, "quantization_method": "dynamic",
-                      "memory_efficient": True, "enable_memory_pooling": True, "pool_device": "auto"},
-    "onprem_gpu_bf16_flash": {"tensor_parallel_size": 1, "enable_mixed_precision": True, "mixed_precision_dtype": "bf16",
-                              "enable_flash_attention": True, "attention_impl": "flash", "allow_tf32": True,
-                              "cudnn_benchmark": True},
-    "cloud_gpu_tp4_fp16": {"tensor_parallel_size": 4, "enable_mixed_precision": True, "mixed_precision_dtype": "fp16",
-                           "enable_memory_pooling": True, "pool_device": "cuda"},
+    "edge_cpu_int8": {
+        "tensor_parallel_size": 1,
+        "quantization_bits": 8,
+        "quantization_method": "dynamic",
+        "memory_efficient": True,
+        "enable_memory_pooling": True,
+        "pool_device": "auto",
+    },
+    "onprem_gpu_bf16_flash": {
+        "tensor_parallel_size": 1,
+        "enable_mixed_precision": True,
+        "mixed_precision_dtype": "bf16",
+        "enable_flash_attention": True,
+        "attention_impl": "flash",
+        "allow_tf32": True,
+        "cudnn_benchmark": True,
+    },
+    "cloud_gpu_tp4_fp16": {
+        "tensor_parallel_size": 4,
+        "enable_mixed_precision": True,
+        "mixed_precision_dtype": "fp16",
+        "enable_memory_pooling": True,
+        "pool_device": "cuda",
+    },
 }
-TRANSLATED = {"onprem_gpu_bf16_flash": {"dtype": "bfloat16", "attention_impl": "flash"},
-              "cloud_gpu_tp4_fp16": {"dtype": "float16", "attention_impl": "auto"}}
-BIG = HardwareInfo(cpu_count=32, total_memory=256 << 30, available_memory=250 << 30,
-                   gpus=(GPUInfo("A100", (8, 0), 80 << 30),) * 4, backends={"bitsandbytes": True})
+TRANSLATED = {
+    "onprem_gpu_bf16_flash": {"dtype": "bfloat16", "attention_impl": "flash"},
+    "cloud_gpu_tp4_fp16": {"dtype": "float16", "attention_impl": "auto"},
+}
+BIG = HardwareInfo(
+    cpu_count=32,
+    total_memory=256 << 30,
+    available_memory=250 << 30,
+    gpus=(GPUInfo("A100", (8, 0), 80 << 30),) * 4,
+    backends={"bitsandbytes": True},
+)
 
 
 def write(tmp_path, text, name="p.json") -> str:
@@ -86,9 +116,9 @@ BAD = [
     ('{"engine": [1]}', "engine: [1] is not of type object"),
     ('{"engine": "cpu"}', 'engine: "cpu" is not of type object'),
     ('{"engine": {"quantization_bits": "8"}}', 'engine.quantization_bits: "8" is not one of 4, 8, null'),
-    ('{"engine": {"tensor_parallel_size": "2"}}', "engine.tensor_parallel_size: \"2\" is not of type integer"),
+    ('{"engine": {"tensor_parallel_size": "2"}}', 'engine.tensor_parallel_size: "2" is not of type integer'),
     ('{"engine": {"tensor_parallel_size": 0}}', "engine.tensor_parallel_size: 0 is less than the minimum 1"),
-    ('{"engine": {"allow_tf32": "yes"}}', "engine.allow_tf32: \"yes\" is not of type boolean"),
+    ('{"engine": {"allow_tf32": "yes"}}', 'engine.allow_tf32: "yes" is not of type boolean'),
     ('{"engine": {"device": "tpu"}}', 'engine.device: "tpu" is not one of "auto", "cpu", "cuda"'),
     ('{"engine": {"quantization_method": "gptq"}}', 'engine.quantization_method: "gptq" is not one of'),
     ('{"engine": {"gpu_memory_utilization": 1.5}}', "more than the maximum 1"),

@@ -1,4 +1,5 @@
 """resolve(): each precedence rule, provenance of every field, paired fields, and errors that blame a profile."""
+
 import dataclasses
 import json
 
@@ -171,8 +172,9 @@ def test_api_keyword_arguments_may_use_the_profile_keys():
     r = resolve({"enable_mixed_precision": True, "mixed_precision_dtype": "bf16"}, "none", {}, GPU)
     assert (r.config.dtype, r.sources["dtype"]) == ("bfloat16", "cli")
     assert r.given == {"enable_mixed_precision": True, "mixed_precision_dtype": "bf16"}
-    r = resolve({"enable_flash_attention": True, "quantization_bits": 8, "quantization_method": "bnb-8bit"}, "none",
-                {}, GPU)
+    r = resolve(
+        {"enable_flash_attention": True, "quantization_bits": 8, "quantization_method": "bnb-8bit"}, "none", {}, GPU
+    )
     assert (r.config.attention_impl, r.config.quantization_method) == ("flash", "bnb-8bit")
 
 

@@ -1,4 +1,5 @@
 """Auto-selection with fake hardware: each branch of the spec's table, the memory-fit step, the shared check."""
+
 import dataclasses
 
 import pytest
@@ -13,16 +14,33 @@ CPU = HardwareInfo(cpu_count=8, total_memory=32 * GIB, available_memory=30 * GIB
 
 
 def gpus(n, sm=(8, 0), mem=80, bnb=True, **kw):
-    return dataclasses.replace(CPU, gpus=(GPUInfo("GPU", sm, mem * GIB),) * n,
-                               backends={"bitsandbytes": bnb}, **kw)
+    return dataclasses.replace(CPU, gpus=(GPUInfo("GPU", sm, mem * GIB),) * n, backends={"bitsandbytes": bnb}, **kw)
 
 
-LLAMA_7B = ModelInfo.from_hf_config({"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
-                                     "num_key_value_heads": 32, "intermediate_size": 11008, "vocab_size": 32000,
-                                     "max_position_embeddings": 4096}, name="llama-7b")
-LLAMA_70B = ModelInfo.from_hf_config({"hidden_size": 8192, "num_hidden_layers": 80, "num_attention_heads": 64,
-                                      "num_key_value_heads": 8, "intermediate_size": 28672, "vocab_size": 32000,
-                                      "max_position_embeddings": 4096}, name="llama-70b")
+LLAMA_7B = ModelInfo.from_hf_config(
+    {
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "intermediate_size": 11008,
+        "vocab_size": 32000,
+        "max_position_embeddings": 4096,
+    },
+    name="llama-7b",
+)
+LLAMA_70B = ModelInfo.from_hf_config(
+    {
+        "hidden_size": 8192,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "intermediate_size": 28672,
+        "vocab_size": 32000,
+        "max_position_embeddings": 4096,
+    },
+    name="llama-70b",
+)
 
 
 def pick(hw, model=None, env=None, overrides=None):
@@ -35,15 +53,18 @@ def test_parameter_count_of_known_models():
     assert 68e9 < LLAMA_70B.num_params < 70e9  # Llama-2-70B: 68.98B
 
 
-@pytest.mark.parametrize("hw,expected", [
-    (CPU, "edge_cpu_int8"),
-    (gpus(4), "cloud_gpu_tp4_fp16"),
-    (gpus(8, sm=(9, 0)), "cloud_gpu_tp4_fp16"),
-    (gpus(1, sm=(8, 6), mem=24), "onprem_gpu_bf16_flash"),
-    (gpus(2, sm=(9, 0)), "onprem_gpu_bf16_flash"),
-    (gpus(1, sm=(7, 5), mem=8), "gpu_4bit"),
-    (gpus(1, sm=(7, 0), mem=16), "gpu_8bit"),
-])
+@pytest.mark.parametrize(
+    "hw,expected",
+    [
+        (CPU, "edge_cpu_int8"),
+        (gpus(4), "cloud_gpu_tp4_fp16"),
+        (gpus(8, sm=(9, 0)), "cloud_gpu_tp4_fp16"),
+        (gpus(1, sm=(8, 6), mem=24), "onprem_gpu_bf16_flash"),
+        (gpus(2, sm=(9, 0)), "onprem_gpu_bf16_flash"),
+        (gpus(1, sm=(7, 5), mem=8), "gpu_4bit"),
+        (gpus(1, sm=(7, 0), mem=16), "gpu_8bit"),
+    ],
+)
 def test_each_branch_of_the_table(hw, expected):
     name, reasons = pick(hw)
     assert name == expected and reasons[-1].startswith(f"{expected}: chosen")

@@ -1,4 +1,5 @@
 """A wheel carries the profiles and the schema: they load from the installed package, without the source tree."""
+
 import shutil
 import subprocess
 import sys
@@ -29,8 +30,22 @@ def test_wheel_install_finds_profiles_and_schema(tmp_path):
         if (REPO / name).exists():
             shutil.copy(REPO / name, src)
     shutil.copytree(REPO / "medvllm", src / "medvllm", ignore=shutil.ignore_patterns("__pycache__"))
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr
     wheel = next((tmp_path / "dist").glob("medvllm-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
@@ -40,6 +55,11 @@ def test_wheel_install_finds_profiles_and_schema(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    run = subprocess.run([sys.executable, "-c", CHECK, str(site)], cwd=elsewhere, capture_output=True, text=True,
-                         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    run = subprocess.run(
+        [sys.executable, "-c", CHECK, str(site)],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr

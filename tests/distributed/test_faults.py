@@ -1,5 +1,6 @@
 """Faults and shutdown over 2 gloo ranks: a dead worker is an error within seconds, never a hang, and no
 process or shared-memory segment outlives the engine (normal shutdown, failure, or Ctrl-C)."""
+
 from __future__ import annotations
 
 import os
@@ -121,8 +122,14 @@ def test_ctrl_c_mid_generation_stops_every_rank(folder):
     tag = f"MEDVLLM_TEST_TAG={uuid.uuid4().hex}"
     env = dict(os.environ, MEDVLLM_TEST_TAG=tag.split("=", 1)[1])
     shm = shared_memory()
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, folder], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, folder],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
         assert len(tagged(tag)) >= 2  # the driver and its worker

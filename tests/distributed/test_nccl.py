@@ -1,5 +1,6 @@
 """The NCCL path on CUDA: a one-rank NCCL group through the tensor-parallel runner (any CUDA machine), and
 two ranks against one (machines with 2+ GPUs). Skipped without CUDA."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,13 +17,14 @@ ENGINE = dict(kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256, d
 
 
 def test_one_rank_nccl_group_scores_like_the_plain_runner(tmp_path):
-    from medvllm.distributed.runner import TensorParallelRunner
+    from medvllm.distributed.executor import TensorParallelRunner
     from medvllm.engine.model_runner import ModelRunner
     from medvllm.loader import open_model
 
     build_tiny("llama", tmp_path)
-    config = Config(model=str(tmp_path), tensor_parallel_size=1, device="cuda", num_kvcache_blocks=32,
-                    hardware=detect())
+    config = Config(
+        model=str(tmp_path), tensor_parallel_size=1, device="cuda", num_kvcache_blocks=32, hardware=detect()
+    )
     source = open_model(str(tmp_path))
     plain = ModelRunner(config, source, 256)
     runner = TensorParallelRunner(config, source, 256)

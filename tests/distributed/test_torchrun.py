@@ -1,5 +1,6 @@
 """Under torchrun (RANK / WORLD_SIZE / MASTER_ADDR set), ranks join the launcher's group instead of
 spawning workers: rank 0 generates, rank 1 serves its shard and exits when rank 0 is done."""
+
 from __future__ import annotations
 
 import json
@@ -30,14 +31,29 @@ def test_torchrun_two_ranks_generate_the_one_rank_tokens(tmp_path):
     script.write_text(SCRIPT)
     tag = uuid.uuid4().hex
     env = dict(os.environ, MEDVLLM_TEST_TAG=tag)
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          str(script), str(folder)], capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(script),
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [line for line in run.stdout.splitlines() if line.startswith("[[")]
     assert len(lines) == 1  # printed by rank 0 only: rank 1 never returned from LLM()
     one = LLM(str(folder), kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256, device="cpu")
-    expected = one.generate([[5, 6, 7], list(range(3, 40))], SamplingParams(temperature=0, max_tokens=8,
-                                                                           ignore_eos=True))
+    expected = one.generate(
+        [[5, 6, 7], list(range(3, 40))], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    )
     assert json.loads(lines[0]) == [o.outputs[0].token_ids for o in expected]
     leftovers = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -52,6 +68,7 @@ def test_torchrun_two_ranks_generate_the_one_rank_tokens(tmp_path):
 
 def test_world_size_must_equal_tensor_parallel_size(monkeypatch, tmp_path):
     from medvllm.errors import ConfigError
+
     build_tiny("llama", tmp_path)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "3")

@@ -1,5 +1,6 @@
 """The default model (SmolLM2-135M: 9 heads over 3 KV heads, split 3 + 6) on 2 gloo ranks: the same greedy
 tokens as one rank, through the Python API and through `medvllm inference generate`."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import uuid
 import pytest
 
 from medvllm import LLM, SamplingParams
-from medvllm.distributed.runner import cpu_sockets
+from medvllm.distributed.executor import cpu_sockets
 from tests.conftest import CHAT_PROMPTS
 
 GREEDY = SamplingParams(temperature=0, max_tokens=24)
@@ -54,10 +55,26 @@ def test_cli_generate_with_two_ranks_end_to_end(default_llm):
     prompt, tag = CHAT_PROMPTS[0], uuid.uuid4().hex
     env = dict(os.environ, MEDVLLM_TEST_TAG=tag)
     env.pop("MEDVLLM_DEPLOYMENT_PROFILE", None)
-    argv = ["inference", "generate", "--tensor-parallel-size", "2", "--device", "cpu", "--text", prompt,
-            "--max-tokens", "8", "--max-model-len", "1024", "--deployment-profile", "none", "--json"]
-    run = subprocess.run([sys.executable, "-m", "medvllm.cli", *argv], capture_output=True, text=True, env=env,
-                         timeout=300)
+    argv = [
+        "inference",
+        "generate",
+        "--tensor-parallel-size",
+        "2",
+        "--device",
+        "cpu",
+        "--text",
+        prompt,
+        "--max-tokens",
+        "8",
+        "--max-model-len",
+        "1024",
+        "--deployment-profile",
+        "none",
+        "--json",
+    ]
+    run = subprocess.run(
+        [sys.executable, "-m", "medvllm.cli", *argv], capture_output=True, text=True, env=env, timeout=300
+    )
     assert run.returncode == 0, run.stderr
     data = json.loads(run.stdout)
     assert data["deployment"]["settings"]["tensor_parallel_size"] == {"value": 2, "source": "cli"}

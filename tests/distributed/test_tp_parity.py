@@ -3,6 +3,7 @@
 Tiny random models cover tied and untied embeddings, Qwen3's q/k norms, and a model with one KV head
 (replicated on both ranks) whose MLP and vocabulary do not split evenly.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -20,9 +21,19 @@ ENGINE = dict(kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256, d
 
 def build_mqa_uneven(folder):
     """1 KV head for 4 query heads, intermediate 99 and vocab 257: every split is uneven or replicated."""
-    config = transformers.LlamaConfig(vocab_size=257, hidden_size=64, intermediate_size=99, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512,
-                                      tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    config = transformers.LlamaConfig(
+        vocab_size=257,
+        hidden_size=64,
+        intermediate_size=99,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
@@ -65,11 +76,12 @@ def test_two_ranks_match_one_rank_and_transformers(engines):
     hf, one, two = engines
     prompts = prompts_of([5, 17, 33, 40], seed=1)
     for prompt, (tokens1, logits1, _), (tokens2, logits2, _) in zip(
-            prompts, generate_with_logits(one, prompts), generate_with_logits(two, prompts)):
+        prompts, generate_with_logits(one, prompts), generate_with_logits(two, prompts)
+    ):
         assert tokens2 == tokens1
         assert logits2.shape == logits1.shape == (len(tokens2), hf.config.vocab_size)
         assert (logits2 - logits1).abs().max().item() < TOL
-        ref = hf_logits(hf, prompt + tokens2[:-1])[len(prompt) - 1:]
+        ref = hf_logits(hf, prompt + tokens2[:-1])[len(prompt) - 1 :]
         assert (logits2 - ref).abs().max().item() < TOL
 
 
@@ -80,7 +92,7 @@ def test_prefix_cache_hit_over_two_ranks(engines):
     second = first[:32] + prompts_of([7], seed=3)[0]  # shares two 16-token blocks
     [(tokens, logits, out)] = generate_with_logits(two, [second])
     assert out.metrics.num_cached_tokens == 32
-    ref = hf_logits(hf, second + tokens[:-1])[len(second) - 1:]
+    ref = hf_logits(hf, second + tokens[:-1])[len(second) - 1 :]
     assert (logits - ref).abs().max().item() < TOL
 
 
@@ -89,4 +101,3 @@ def test_scoring_every_position_over_two_ranks(engines):
     tokens = prompts_of([30], seed=4)[0]
     ours = two.engine.runner.score(tokens)
     assert (ours - hf_logits(hf, tokens)).abs().max().item() < TOL
-

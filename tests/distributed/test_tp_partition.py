@@ -1,4 +1,5 @@
 """How tensor parallelism splits heads, MLP and vocabulary, and the errors for splits that cannot work."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,9 @@ def owners(num_heads, num_kv_heads, tp):
     return out
 
 
-@pytest.mark.parametrize("heads,kv,tp", [(9, 3, 2), (9, 3, 3), (9, 3, 9), (32, 8, 4), (32, 8, 16),
-                                         (4, 1, 2), (4, 2, 4), (16, 16, 3)])
+@pytest.mark.parametrize(
+    "heads,kv,tp", [(9, 3, 2), (9, 3, 3), (9, 3, 9), (32, 8, 4), (32, 8, 16), (4, 1, 2), (4, 2, 4), (16, 16, 3)]
+)
 def test_every_query_head_is_computed_once_next_to_its_kv_head(heads, kv, tp):
     pairs = [p for rank in owners(heads, kv, tp) for p in rank]
     assert sorted(q for q, _ in pairs) == list(range(heads))
@@ -61,8 +63,15 @@ def test_impossible_split_names_the_head_counts_and_the_sizes_that_work(heads, k
 def six_heads(tmp_path_factory):
     """A tiny Llama with 6 heads and 3 KV heads: tensor_parallel_size=4 cannot split it."""
     folder = tmp_path_factory.mktemp("six_heads")
-    config = transformers.LlamaConfig(vocab_size=256, hidden_size=48, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=6, num_key_value_heads=3, max_position_embeddings=128)
+    config = transformers.LlamaConfig(
+        vocab_size=256,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=6,
+        num_key_value_heads=3,
+        max_position_embeddings=128,
+    )
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return str(folder)
@@ -89,8 +98,25 @@ def test_engine_refuses_before_starting_any_worker(six_heads):
 
 
 def test_cli_prints_the_split_error_as_one_line(six_heads, capsys):
-    code = main(["inference", "generate", "--model", six_heads, "--tensor-parallel-size", "4", "--device", "cpu",
-                 "--deployment-profile", "none", "--no-chat", "--text", "w5 w6", "--num-kvcache-blocks", "8"])
+    code = main(
+        [
+            "inference",
+            "generate",
+            "--model",
+            six_heads,
+            "--tensor-parallel-size",
+            "4",
+            "--device",
+            "cpu",
+            "--deployment-profile",
+            "none",
+            "--no-chat",
+            "--text",
+            "w5 w6",
+            "--num-kvcache-blocks",
+            "8",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1 and out == ""
     last = err.strip().splitlines()[-1]

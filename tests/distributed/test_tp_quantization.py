@@ -1,4 +1,5 @@
 """Quantization runs per shard: each tensor-parallel rank quantizes the slice of each layer it holds."""
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,10 @@ def test_dynamic_int8_quantizes_each_shard(tmp_path):
     def prefill_error(llm):
         recorder = LogitsRecorder(llm.engine)
         outs = llm.generate(prompts, first)
-        return max((recorder.logits_of(o.request_id)[0] - hf_last_logits(hf, p)).abs().max().item()
-                   for p, o in zip(prompts, outs))
+        return max(
+            (recorder.logits_of(o.request_id)[0] - hf_last_logits(hf, p)).abs().max().item()
+            for p, o in zip(prompts, outs)
+        )
 
     one = LLM(str(tmp_path), quantization_method="dynamic", **ENGINE)
     two = LLM(str(tmp_path), quantization_method="dynamic", tensor_parallel_size=2, **ENGINE)

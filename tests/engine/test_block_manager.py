@@ -1,4 +1,5 @@
 """BlockManager bookkeeping: prefix sharing, reference counts, eviction order, no leaks."""
+
 from __future__ import annotations
 
 import random

@@ -1,5 +1,6 @@
 """Chunked prefill: prompts longer than max_num_batched_tokens run over several steps, and every logit
 still equals transformers'; the split is invisible in the tokens and in the prefix cache."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,8 +26,15 @@ def tiny(tmp_path_factory):
 
 
 def chunked(folder, **kw):
-    return LLM(str(folder), kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256,
-               max_num_seqs=8, max_num_batched_tokens=BUDGET, **kw)
+    return LLM(
+        str(folder),
+        kvcache_block_size=16,
+        num_kvcache_blocks=64,
+        max_model_len=256,
+        max_num_seqs=8,
+        max_num_batched_tokens=BUDGET,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("impl", ["auto", "sdpa"])
@@ -41,6 +49,7 @@ def test_prompts_longer_than_the_budget_match_transformers(tiny, impl):
         if is_prefill:
             steps.append(sum((s.prefill_end or len(s)) - s.num_computed_tokens for s in seqs))
         return seqs, is_prefill
+
     llm.engine.scheduler.schedule = noting_schedule
     prompts = prompts_of([100, 7, 45, 23], seed=1)
     # 100-token prompts: per unit of the largest logit (~2.8), where 1.4e-6 is usual but one CI host gave 1.42e-4
@@ -53,15 +62,24 @@ def test_chunked_tokens_equal_unchunked_with_sampling_and_preemption(tiny):
     folder, _ = tiny
     prompts = prompts_of([90, 12, 61, 33, 70], seed=2)
     # no max_tokens: admitted optimistically, so the small pool must preempt (each runs to max_model_len)
-    params = [SamplingParams(temperature=0, max_tokens=None, ignore_eos=True),
-              SamplingParams(temperature=0.8, top_p=0.9, seed=5, max_tokens=None, ignore_eos=True)]
+    params = [
+        SamplingParams(temperature=0, max_tokens=None, ignore_eos=True),
+        SamplingParams(temperature=0.8, top_p=0.9, seed=5, max_tokens=None, ignore_eos=True),
+    ]
     params = [params[i % 2] for i in range(len(prompts))]
-    whole = LLM(str(folder), kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=128,
-                max_num_batched_tokens=512)
+    whole = LLM(
+        str(folder), kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=128, max_num_batched_tokens=512
+    )
     expected = [o.outputs[0].token_ids for o in whole.generate(prompts, params)]
     # a pool too small for all five at once: chunks and preemption together
-    small = LLM(str(folder), kvcache_block_size=8, num_kvcache_blocks=24, max_model_len=128,
-                max_num_seqs=8, max_num_batched_tokens=BUDGET)
+    small = LLM(
+        str(folder),
+        kvcache_block_size=8,
+        num_kvcache_blocks=24,
+        max_model_len=128,
+        max_num_seqs=8,
+        max_num_batched_tokens=BUDGET,
+    )
     outs = small.generate(prompts, params)
     assert [o.outputs[0].token_ids for o in outs] == expected
     assert small.engine.stats()["num_preemptions"] > 0

@@ -4,6 +4,7 @@ The oracle is transformers with the same narrowing made explicit: its keys (afte
 rounded to bfloat16 before attention, queries and everything else stay float32. Our logits must match
 it as closely as the float32 engine matches plain transformers, on both CPU attention paths.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -44,8 +45,14 @@ def hf_with_bf16_kv(tmp_path_factory):
 @pytest.mark.parametrize("impl", ["auto", "sdpa"])
 def test_bf16_cache_matches_transformers_with_bf16_keys_and_values(hf_with_bf16_kv, impl):
     folder, model = hf_with_bf16_kv
-    llm = LLM(str(folder), kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256,
-              attention_impl=impl, kv_cache_dtype="bfloat16")
+    llm = LLM(
+        str(folder),
+        kvcache_block_size=16,
+        num_kvcache_blocks=64,
+        max_model_len=256,
+        attention_impl=impl,
+        kv_cache_dtype="bfloat16",
+    )
     info = llm.runtime_info()
     assert (info["dtype"], info["kv_cache_dtype"]) == ("float32", "bfloat16")
     assert llm.engine.runner.kv_cache.dtype == torch.bfloat16
@@ -62,8 +69,13 @@ def test_bf16_cache_takes_half_the_bytes_per_block(hf_with_bf16_kv):
 
 
 CPU = HardwareInfo(cpu_count=8, total_memory=32 << 30, available_memory=30 << 30, gpus=(), backends={})
-GPU = HardwareInfo(cpu_count=8, total_memory=32 << 30, available_memory=30 << 30,
-                   gpus=(GPUInfo("A100", (8, 0), 80 << 30),), backends={})
+GPU = HardwareInfo(
+    cpu_count=8,
+    total_memory=32 << 30,
+    available_memory=30 << 30,
+    gpus=(GPUInfo("A100", (8, 0), 80 << 30),),
+    backends={},
+)
 
 
 def test_float16_cache_is_refused_on_cpu():
@@ -74,8 +86,9 @@ def test_float16_cache_is_refused_on_cpu():
 def test_a_narrower_cache_is_refused_with_flash_attention():
     with pytest.raises(ConfigError, match="flash kernels read the cache in the model's dtype"):
         Config(device="cuda", dtype="bfloat16", attention_impl="flash", kv_cache_dtype="float32", hardware=GPU)
-    Config(device="cuda", dtype="bfloat16", attention_impl="flash",
-           kv_cache_dtype="bfloat16", hardware=GPU)  # the model's own dtype, spelled out: fine
+    Config(
+        device="cuda", dtype="bfloat16", attention_impl="flash", kv_cache_dtype="bfloat16", hardware=GPU
+    )  # the model's own dtype, spelled out: fine
 
 
 def test_unknown_cache_dtype_names_the_choices():

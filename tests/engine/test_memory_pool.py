@@ -1,6 +1,7 @@
 """Memory pooling: the KV cache is one allocation, committed at start on the pool device, and a long
 decode run maps in no new memory (RSS flat within 2% over 1,000 decode steps on a tiny model).
 Without pooling, a CPU cache holds in memory only the blocks the requests have needed at once."""
+
 from __future__ import annotations
 
 import os
@@ -30,9 +31,18 @@ def _rss() -> int:
 def wide_tiny(tmp_path_factory):
     """A tiny Llama with a wide KV (4 KiB per token) so that cache pages show up in RSS."""
     from tests.tiny_models import BASE, tiny_tokenizer
+
     folder = tmp_path_factory.mktemp("wide_tiny")
-    config = transformers.LlamaConfig(**dict(BASE, hidden_size=256, num_attention_heads=8, num_key_value_heads=8,
-                                             intermediate_size=256, max_position_embeddings=2048))
+    config = transformers.LlamaConfig(
+        **dict(
+            BASE,
+            hidden_size=256,
+            num_attention_heads=8,
+            num_key_value_heads=8,
+            intermediate_size=256,
+            max_position_embeddings=2048,
+        )
+    )
     torch.manual_seed(0)
     transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
@@ -40,9 +50,19 @@ def wide_tiny(tmp_path_factory):
 
 
 def _engine(path: str, pooling: bool) -> LLMEngine:
-    return LLMEngine(Config(model=path, device="cpu", enable_memory_pooling=pooling, num_kvcache_blocks=POOL_BLOCKS,
-                            hardware=detect(), max_model_len=512, max_num_seqs=IN_FLIGHT, max_num_batched_tokens=2048,
-                            enable_prefix_caching=False))
+    return LLMEngine(
+        Config(
+            model=path,
+            device="cpu",
+            enable_memory_pooling=pooling,
+            num_kvcache_blocks=POOL_BLOCKS,
+            hardware=detect(),
+            max_model_len=512,
+            max_num_seqs=IN_FLIGHT,
+            max_num_batched_tokens=2048,
+            enable_prefix_caching=False,
+        )
+    )
 
 
 def _decode_rss(engine: LLMEngine, steps: int = STEPS) -> list[int]:
@@ -81,6 +101,7 @@ def _growth(samples: list[int]) -> float:
     """RSS at the end over RSS at the start of the steady state (after the first batch has run every
     kernel once); medians of 100 samples, so one step's transient buffer is not mistaken for growth."""
     import statistics
+
     return statistics.median(samples[-100:]) / statistics.median(samples[50:150])
 
 
@@ -95,6 +116,7 @@ def _measure_in_fresh_process(path: str, pooling: bool) -> tuple[list[int], int,
     """RSS of a process holding only this engine: in the test process, memory left by earlier tests
     would dwarf the KV pages (and could be freed mid-run), hiding what the test looks for."""
     import multiprocessing
+
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_measure, (path, pooling))
 
@@ -132,6 +154,7 @@ def test_without_pooling_only_the_blocks_in_use_are_resident(runs):
 
 def test_pool_device_must_be_the_model_device():
     from medvllm.engine.memory_pool import pool_device
+
     config = Config(hardware=detect(), device="cpu", enable_memory_pooling=True)
     assert pool_device(config, torch.device("cpu")) == torch.device("cpu")
     config.pool_device = "cuda"  # what a CUDA-pooled profile says, seen by a CPU run
@@ -141,11 +164,30 @@ def test_pool_device_must_be_the_model_device():
 
 def test_a_pooled_cpu_cache_is_no_bigger_than_the_requests_can_fill(wide_tiny):
     """kv_cache_space_gib is the limit; a committed pool stops at max_num_seqs x max_model_len."""
-    engine = LLMEngine(Config(model=wide_tiny, device="cpu", enable_memory_pooling=True, kv_cache_space_gib=1.0,
-                              hardware=detect(), max_model_len=100, max_num_seqs=3, max_num_batched_tokens=512))
+    engine = LLMEngine(
+        Config(
+            model=wide_tiny,
+            device="cpu",
+            enable_memory_pooling=True,
+            kv_cache_space_gib=1.0,
+            hardware=detect(),
+            max_model_len=100,
+            max_num_seqs=3,
+            max_num_batched_tokens=512,
+        )
+    )
     assert engine.runner.num_blocks == 3 * 7  # ceil(100 / 16) blocks per request
-    unpooled = LLMEngine(Config(model=wide_tiny, device="cpu", kv_cache_space_gib=0.01, max_model_len=100,
-                                hardware=detect(), max_num_seqs=3, max_num_batched_tokens=512))
+    unpooled = LLMEngine(
+        Config(
+            model=wide_tiny,
+            device="cpu",
+            kv_cache_space_gib=0.01,
+            max_model_len=100,
+            hardware=detect(),
+            max_num_seqs=3,
+            max_num_batched_tokens=512,
+        )
+    )
     assert unpooled.runner.num_blocks == int(0.01 * 2**30) // (16 * KV_BYTES_PER_TOKEN)  # the limit, mapped lazily
 
 
@@ -153,6 +195,7 @@ def test_glibc_is_left_alone_while_a_step_buffer_fits_its_own_threshold():
     """keep_freed_memory only raises glibc's mmap threshold for buffers beyond the 32 MiB it learns by
     itself (at 8,192-token steps); at the CPU default of 2,048 tokens it changes nothing."""
     from medvllm.engine.memory_pool import GLIBC_DYNAMIC_MMAP_MAX, keep_freed_memory, step_buffer_bytes
+
     default_model = transformers.LlamaConfig(hidden_size=576, intermediate_size=1536)
     assert step_buffer_bytes(default_model, 2048) == 2048 * 3072 * 4 <= GLIBC_DYNAMIC_MMAP_MAX
     assert step_buffer_bytes(default_model, 8192) > GLIBC_DYNAMIC_MMAP_MAX
@@ -161,8 +204,9 @@ def test_glibc_is_left_alone_while_a_step_buffer_fits_its_own_threshold():
 
 def test_an_automatic_max_model_len_is_lowered_to_what_the_pool_holds(wide_tiny):
     with pytest.warns(UserWarning, match="max_model_len lowered from the model's 2048 to 320 tokens"):
-        engine = LLMEngine(Config(model=wide_tiny, device="cpu", num_kvcache_blocks=20, max_num_seqs=4,
-                                  hardware=detect()))
+        engine = LLMEngine(
+            Config(model=wide_tiny, device="cpu", num_kvcache_blocks=20, max_num_seqs=4, hardware=detect())
+        )
     assert engine.max_model_len == 320
     with pytest.raises(ConfigError, match="fewer than the 32 one request of max_model_len=512 needs"):
         LLMEngine(Config(hardware=detect(), model=wide_tiny, device="cpu", num_kvcache_blocks=20, max_model_len=512))
@@ -171,8 +215,17 @@ def test_an_automatic_max_model_len_is_lowered_to_what_the_pool_holds(wide_tiny)
 @pytest.mark.parametrize("memory_efficient", [True, False])
 def test_a_memory_efficient_engine_returns_free_heap_pages_when_it_goes_idle(wide_tiny, monkeypatch, memory_efficient):
     import medvllm.engine.llm_engine as llm_engine
-    engine = LLMEngine(Config(model=wide_tiny, device="cpu", memory_efficient=memory_efficient, max_model_len=128,
-                              hardware=detect(), num_kvcache_blocks=64))
+
+    engine = LLMEngine(
+        Config(
+            model=wide_tiny,
+            device="cpu",
+            memory_efficient=memory_efficient,
+            max_model_len=128,
+            hardware=detect(),
+            num_kvcache_blocks=64,
+        )
+    )
     calls = []
     monkeypatch.setattr(llm_engine, "release_free_memory", lambda: calls.append(len(engine._seqs)))
     params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)

@@ -5,6 +5,7 @@ Quality thresholds (teacher-forced over two clinical passages): mean KL(fp32 || 
 top-1 agreement >= 0.97; greedy 16-token answers to the five chat prompts share >= 50% of their
 tokens (16 each) as common prefix. Measured here: KL 0.0014, top-1 0.995, prefixes (of 32) 32/15/5/32/32.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -37,7 +38,7 @@ def test_rmsnorm_statistics_in_float32():
     x64 = x.double()
     exact = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-6)
     assert out.dtype == torch.bfloat16
-    assert ((out.double() - exact).abs() <= exact.abs() * 2 ** -7 + 1e-6).all()
+    assert ((out.double() - exact).abs() <= exact.abs() * 2**-7 + 1e-6).all()
 
 
 def test_attention_softmax_accumulates_in_float32():
@@ -48,17 +49,20 @@ def test_attention_softmax_accumulates_in_float32():
     mask = torch.ones(4, 1, 8, 300, dtype=torch.bool).tril(292)
     exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask, enable_gqa=True)
     bf = F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), attn_mask=mask, enable_gqa=True)
-    f32 = F.scaled_dot_product_attention(*(t.bfloat16().float() for t in (q, k, v)), attn_mask=mask,
-                                         enable_gqa=True).bfloat16()
+    f32 = F.scaled_dot_product_attention(
+        *(t.bfloat16().float() for t in (q, k, v)), attn_mask=mask, enable_gqa=True
+    ).bfloat16()
 
     def err(t):
         return ((t.double() - exact).norm() / exact.norm()).item()
+
     assert err(bf) <= 1.5 * err(f32)
 
 
 def test_cpu_backend_flags_are_not_touched():
     from medvllm.config import ConfigWarning
     from medvllm.engine.precision import apply_backend_flags
+
     before = torch.backends.cudnn.benchmark
     with pytest.warns(ConfigWarning, match="does nothing on cpu"):
         config = Config(device="cpu", allow_tf32=True, cudnn_benchmark=True, hardware=detect())
@@ -70,6 +74,7 @@ def test_cpu_backend_flags_are_not_touched():
 @pytest.fixture(scope="module")
 def bf16_llm():
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the CPU may lack native bf16; Config says so in a warning
         return LLM(max_model_len=2048, max_num_batched_tokens=4096, enable_mixed_precision=True)
@@ -95,6 +100,7 @@ def test_bf16_default_model_close_to_float32(default_llm, bf16_llm):
 @pytest.mark.slow
 def test_bf16_greedy_answers_mostly_agree(default_llm, bf16_llm):
     from tests.conftest import CHAT_PROMPTS
+
     chats = [[{"role": "user", "content": p}] for p in CHAT_PROMPTS]
     params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
     ref, got = default_llm.chat(chats, params), bf16_llm.chat(chats, params)

@@ -3,6 +3,7 @@
 Requests that say how long they may grow (max_tokens) are admitted only while their growth fits, so
 they never need preempting; requests without a limit are admitted optimistically and preempted (and
 recomputed) when the pool runs out."""
+
 from __future__ import annotations
 
 import torch
@@ -12,10 +13,13 @@ from medvllm import LLM, SamplingParams
 
 def _prompts_and_params(max_tokens):
     g = torch.Generator().manual_seed(3)
-    prompts = [torch.randint(3, 256, (int(n),), generator=g).tolist()
-               for n in torch.randint(10, 40, (10,), generator=g)]
-    params = [SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True),
-              SamplingParams(temperature=0.8, top_p=0.9, seed=11, max_tokens=max_tokens, ignore_eos=True)]
+    prompts = [
+        torch.randint(3, 256, (int(n),), generator=g).tolist() for n in torch.randint(10, 40, (10,), generator=g)
+    ]
+    params = [
+        SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True),
+        SamplingParams(temperature=0.8, top_p=0.9, seed=11, max_tokens=max_tokens, ignore_eos=True),
+    ]
     return prompts, [params[i % 2] for i in range(len(prompts))]
 
 
@@ -32,6 +36,7 @@ def _small_and_large(folder, max_tokens):
 
 def test_small_pool_preempts_unbounded_requests_and_every_one_matches_large_pool(tmp_path):
     from tests.tiny_models import build_tiny
+
     build_tiny("llama", tmp_path)
     stats, prompts, expected = _small_and_large(tmp_path, max_tokens=None)  # each runs to max_model_len
     assert stats["num_preemptions"] > 0
@@ -40,6 +45,7 @@ def test_small_pool_preempts_unbounded_requests_and_every_one_matches_large_pool
 
 def test_small_pool_admits_bounded_requests_as_their_growth_fits_and_never_preempts(tmp_path):
     from tests.tiny_models import build_tiny
+
     build_tiny("llama", tmp_path)
     stats, _, expected = _small_and_large(tmp_path, max_tokens=40)
     assert stats["num_preemptions"] == 0

@@ -5,6 +5,7 @@ with the kernel swapped for plain math: SDPA's MATH kernel for "sdpa-flash", and
 varlen attention for "flash-attn". Both must give the tokens and logits of the default SDPA path,
 through prefill, prefix-cache hits and decode of a batch with different context lengths.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -12,17 +13,28 @@ import torch
 import torch.nn.functional as F
 
 from medvllm import SamplingParams
+from medvllm.backends.cuda import flash_attention as fa
 from medvllm.backends.select import ModelTraits, select_backends
 from medvllm.config import Config
 from medvllm.deployment.merge import build
 from medvllm.engine.llm_engine import LLMEngine
 from medvllm.errors import ConfigError
 from medvllm.hardware import detect
-from medvllm.backends.cuda import flash_attention as fa
 
 
-def reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
-                     window_size, block_table=None):
+def reference_varlen(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    softmax_scale,
+    causal,
+    window_size,
+    block_table=None,
+):
     """flash_attn_varlen_func's contract in float64: bottom-right causal, GQA, optional window/pages."""
     assert causal
     outs = []
@@ -30,7 +42,10 @@ def reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
         qs, qe = int(cu_seqlens_q[i]), int(cu_seqlens_q[i + 1])
         n_k = int(cu_seqlens_k[i + 1] - cu_seqlens_k[i])
         if block_table is None:
-            ki, vi = k[int(cu_seqlens_k[i]):int(cu_seqlens_k[i + 1])], v[int(cu_seqlens_k[i]):int(cu_seqlens_k[i + 1])]
+            ki, vi = (
+                k[int(cu_seqlens_k[i]) : int(cu_seqlens_k[i + 1])],
+                v[int(cu_seqlens_k[i]) : int(cu_seqlens_k[i + 1])],
+            )
         else:
             ki, vi = (c[block_table[i].long()].flatten(0, 1)[:n_k] for c in (k, v))
         n_q, groups = qe - qs, q.shape[1] // k.shape[-2]
@@ -41,8 +56,9 @@ def reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
         mask = k_pos <= q_pos
         if window_size[0] >= 0:
             mask &= k_pos >= q_pos - window_size[0]
-        outs.append(F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=softmax_scale)
-                    .transpose(0, 1).to(q.dtype))
+        outs.append(
+            F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=softmax_scale).transpose(0, 1).to(q.dtype)
+        )
     return torch.cat(outs)
 
 
@@ -52,9 +68,17 @@ class ReferenceFlashAttn(fa.FlashAttnBackend):
 
 
 def _engine(path, block_size=16):
-    return LLMEngine(Config(model=path, device="cpu", num_kvcache_blocks=64 if block_size == 16 else 8,
-                            kvcache_block_size=block_size, max_model_len=256, max_num_batched_tokens=512,
-                            hardware=detect()))
+    return LLMEngine(
+        Config(
+            model=path,
+            device="cpu",
+            num_kvcache_blocks=64 if block_size == 16 else 8,
+            kvcache_block_size=block_size,
+            max_model_len=256,
+            max_num_batched_tokens=512,
+            hardware=detect(),
+        )
+    )
 
 
 def _install(engine, backend):
@@ -87,12 +111,14 @@ def test_flash_backend_bookkeeping_matches_sdpa(tmp_path, arch, backend):
     if backend == "sdpa-flash" and arch == "mistral":
         pytest.skip("sdpa-flash refuses sliding windows (tested below)")
     from tests.tiny_models import build_tiny
+
     build_tiny(arch, tmp_path)
     block_size = 256 if backend == "flash-attn-paged" else 16
     ref_tokens, ref_logits = _run(_engine(str(tmp_path), block_size))
     engine = _engine(str(tmp_path), block_size)
     if backend == "sdpa-flash":
         from torch.nn.attention import SDPBackend
+
         _install(engine, fa.SdpaFlashBackend([SDPBackend.MATH]))
     else:
         _install(engine, ReferenceFlashAttn())
@@ -103,6 +129,7 @@ def test_flash_backend_bookkeeping_matches_sdpa(tmp_path, arch, backend):
 
 def test_sdpa_flash_refuses_sliding_window_models(tmp_path):
     from tests.tiny_models import build_tiny
+
     build_tiny("mistral", tmp_path)
     engine = _engine(str(tmp_path))
     _install(engine, fa.SdpaFlashBackend())

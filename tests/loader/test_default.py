@@ -69,9 +69,21 @@ def test_iter_weights_restarts(source):
 
 def test_config_matches_transformers(source, reference):
     ours, theirs = source.hf_config, reference[0].config
-    for field in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                  "num_key_value_heads", "head_dim", "rms_norm_eps", "vocab_size", "tie_word_embeddings",
-                  "max_position_embeddings", "bos_token_id", "eos_token_id", "model_type"):
+    for field in (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "rms_norm_eps",
+        "vocab_size",
+        "tie_word_embeddings",
+        "max_position_embeddings",
+        "bos_token_id",
+        "eos_token_id",
+        "model_type",
+    ):
         assert getattr(ours, field) == getattr(theirs, field), field
     assert ours.rope_parameters["rope_theta"] == theirs.rope_parameters["rope_theta"] == 100000.0
     assert ours.rope_parameters["rope_type"] == theirs.rope_parameters["rope_type"] == "default"

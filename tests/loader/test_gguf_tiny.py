@@ -21,8 +21,16 @@ from medvllm.loader.gguf_weights import dequantize
 BYTES = list(bytes_to_unicode().values())
 TOKENS = BYTES + ["Ġt", "he", "<|end|>"]
 MERGES = ["Ġ t", "h e"]
-SMALL = dict(vocab_size=len(TOKENS), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5)
+SMALL = dict(
+    vocab_size=len(TOKENS),
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-5,
+)
 ARCHS = {  # gguf arch -> (HF config class, extra config, gguf enum)
     "llama": (transformers.LlamaConfig, dict(tie_word_embeddings=True), MODEL_ARCH.LLAMA),
     "qwen2": (transformers.Qwen2Config, dict(tie_word_embeddings=False), MODEL_ARCH.QWEN2),
@@ -124,8 +132,9 @@ def test_names_shapes_values(tmp_path, arch, qtype):
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_same_as_transformers_gguf_loading(tmp_path, arch):
     path = write_gguf(tmp_path / "tiny.gguf", tiny_model(arch), arch, Q.Q8_0)
-    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf",
-                                                                  local_files_only=True)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, gguf_file="tiny.gguf", local_files_only=True
+    )
     source = open_model(str(path))
     expected = reference.state_dict()
     if reference.config.tie_word_embeddings:
@@ -134,8 +143,16 @@ def test_same_as_transformers_gguf_loading(tmp_path, arch):
     assert set(got) == set(expected)
     for name, tensor in got.items():
         assert torch.equal(tensor, expected[name]), name
-    for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                  "rms_norm_eps", "vocab_size", "tie_word_embeddings", "max_position_embeddings"):
+    for field in (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "rms_norm_eps",
+        "vocab_size",
+        "tie_word_embeddings",
+        "max_position_embeddings",
+    ):
         assert getattr(source.hf_config, field) == getattr(reference.config, field), field
     assert source.hf_config.rope_parameters["rope_theta"] == reference.config.rope_parameters["rope_theta"]
 
@@ -161,8 +178,12 @@ def test_rope_scaling(tmp_path):
     model = tiny_model("qwen2")
     rope = {"type": RopeScalingType.YARN, "factor": 4.0, "orig_ctx_len": 64}
     cfg = open_model(str(write_gguf(tmp_path / "y.gguf", model, "qwen2", rope=rope))).hf_config
-    assert cfg.rope_parameters == {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-                                   "original_max_position_embeddings": 64}
+    assert cfg.rope_parameters == {
+        "rope_type": "yarn",
+        "rope_theta": 10000.0,
+        "factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
     linear = {"type": RopeScalingType.LINEAR, "factor": 2.0}
     cfg = open_model(str(write_gguf(tmp_path / "l.gguf", model, "qwen2", rope=linear)))
     assert cfg.hf_config.rope_parameters == {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
@@ -186,11 +207,18 @@ def llama_cpp_rope_factors(theta, dim, factor, low, high, context):
 
 @pytest.mark.parametrize("head_dim,theta,factor,context", [(16, 10000.0, 8.0, 64), (128, 500000.0, 32.0, 8192)])
 def test_llama3_rope_freqs(tmp_path, head_dim, theta, factor, context):
-    rope = dict(rope_type="llama3", rope_theta=theta, factor=factor, low_freq_factor=1.0, high_freq_factor=4.0,
-                original_max_position_embeddings=context)
+    rope = dict(
+        rope_type="llama3",
+        rope_theta=theta,
+        factor=factor,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=context,
+    )
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(**(SMALL | dict(num_attention_heads=2, num_key_value_heads=1)),
-                                      head_dim=head_dim, rope_parameters=rope)
+    config = transformers.LlamaConfig(
+        **(SMALL | dict(num_attention_heads=2, num_key_value_heads=1)), head_dim=head_dim, rope_parameters=rope
+    )
     model = transformers.LlamaForCausalLM(config)
     factors = llama_cpp_rope_factors(theta, head_dim, factor, 1.0, 4.0, context)
     path = write_gguf(tmp_path / "r.gguf", model, "llama", extra_tensors={"rope_freqs.weight": factors})
@@ -213,8 +241,12 @@ def test_llama3_rope_freqs(tmp_path, head_dim, theta, factor, context):
 def test_fast_dequantize_is_bit_identical_to_gguf(qtype, rows_at_once, monkeypatch):
     if rows_at_once:  # big tensors are decoded a slice of rows at a time: slices of 5 rows, the last short
         import medvllm.loader.gguf_weights as gguf_weights
-        monkeypatch.setattr(gguf_weights, "ROW_BYTES_AT_ONCE", rows_at_once * quantize(np.zeros((1, 256), np.float32),
-                                                                                       qtype).view(np.uint8).shape[-1])
+
+        monkeypatch.setattr(
+            gguf_weights,
+            "ROW_BYTES_AT_ONCE",
+            rows_at_once * quantize(np.zeros((1, 256), np.float32), qtype).view(np.uint8).shape[-1],
+        )
     rng = np.random.default_rng(0)
     array = (rng.standard_normal((64, 256)) * rng.uniform(0.01, 10, (64, 1))).astype(np.float32)
     raw = quantize(array, qtype)
@@ -225,6 +257,7 @@ def test_fast_dequantize_is_bit_identical_to_gguf(qtype, rows_at_once, monkeypat
 
 
 # --- errors -------------------------------------------------------------------------------------------
+
 
 def test_not_a_gguf_file(tmp_path):
     path = tmp_path / "notes.gguf"

@@ -12,12 +12,21 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from medvllm.errors import ModelLoadError
 from medvllm.loader import open_model
 
-SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=256)
+SMALL = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 CASES = {
     "llama": (transformers.LlamaConfig, dict(tie_word_embeddings=True)),
-    "llama_bias_untied": (transformers.LlamaConfig, dict(attention_bias=True, mlp_bias=True,
-                                                         tie_word_embeddings=False)),
+    "llama_bias_untied": (
+        transformers.LlamaConfig,
+        dict(attention_bias=True, mlp_bias=True, tie_word_embeddings=False),
+    ),
     "mistral": (transformers.MistralConfig, dict(tie_word_embeddings=False)),
     "qwen2": (transformers.Qwen2Config, dict(tie_word_embeddings=True)),
     "qwen3": (transformers.Qwen3Config, dict(head_dim=32, tie_word_embeddings=False)),
@@ -34,8 +43,9 @@ def save_tiny(folder, case="llama", dtype=torch.float32, shard="20KB"):
     vocab = {f"w{i}": i for i in range(SMALL["vocab_size"])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w2"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="w0", eos_token="w1",
-                                                     unk_token="w2")
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="w0", eos_token="w1", unk_token="w2"
+    )
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
     tokenizer.save_pretrained(folder)
     return model
@@ -123,7 +133,6 @@ def test_folder_without_tokenizer(tmp_path):
             os.remove(tmp_path / name)
     with pytest.raises(ModelLoadError, match="tokenizer"):
         open_model(str(tmp_path))
-
 
 
 def test_config_that_does_not_match_the_weights(tmp_path):

@@ -1,4 +1,5 @@
 """The real default model (SmolLM2-135M-Instruct GGUF): same greedy tokens as transformers."""
+
 from __future__ import annotations
 
 import torch
@@ -9,9 +10,13 @@ from tests.conftest import CHAT_PROMPTS
 
 def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                             attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long))
-    return out[0, len(prompt_ids):].tolist()
+        out = model.generate(
+            torch.tensor([prompt_ids]),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+        )
+    return out[0, len(prompt_ids) :].tolist()
 
 
 def test_chat_greedy_64_tokens_equal_transformers(default_llm, hf_default):
@@ -30,8 +35,9 @@ def test_chat_greedy_64_tokens_equal_transformers(default_llm, hf_default):
 
 def test_each_prompt_alone_equals_in_batch(default_llm):
     g = torch.Generator().manual_seed(7)
-    prompts = [torch.randint(100, 40000, (int(n),), generator=g).tolist()
-               for n in torch.randint(4, 120, (16,), generator=g)]
+    prompts = [
+        torch.randint(100, 40000, (int(n),), generator=g).tolist() for n in torch.randint(4, 120, (16,), generator=g)
+    ]
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     batched = default_llm.generate(prompts, params)
     for prompt, out in zip(prompts, batched):

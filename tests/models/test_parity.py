@@ -1,4 +1,5 @@
 """Our logits equal transformers' (same weights, float32) for every supported architecture."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,8 +20,9 @@ def prompts_of(lengths, seed):
 
 # "auto" on CPU decodes through the native paged kernel and norms through the native RMSNorm; "sdpa"
 # keeps every step on PyTorch (SDPA, and the norms' PyTorch path)
-@pytest.fixture(scope="module", params=[(arch, impl) for arch in ARCHS for impl in ("auto", "sdpa")],
-                ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(
+    scope="module", params=[(arch, impl) for arch in ARCHS for impl in ("auto", "sdpa")], ids=lambda p: f"{p[0]}-{p[1]}"
+)
 def tiny(request, tmp_path_factory):
     arch, impl = request.param
     folder = tmp_path_factory.mktemp(arch)

@@ -1,14 +1,15 @@
 """Quality compare on the real default model: identical engines agree exactly, perplexity matches
 transformers, bf16 and dynamic int8 stay within their documented thresholds, and per-tensor int8 (the
 scheme that makes this model's answers wrong) is caught."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from medvllm.hardware import detect
 from medvllm.backends.cpu.panel_linear import unpack_panels
+from medvllm.hardware import detect
 from medvllm.layers.linear import LinearBase, LinearMethod
 from medvllm.quality import engines
 from medvllm.quality.compare import compare
@@ -67,8 +68,15 @@ def test_bf16_stays_within_the_float_tier(reference, texts):
     assert m["mean_kl"] > 0  # bf16 really ran: its distributions differ from float32's
     assert set(result.by_kind) == {"question", "discharge", "medication", "lab"}
 
-    report = build(result, TIERS["float"], side(describe(ref_res), ref_res, ref), side(describe(res), res, bf16),
-                   {"name": "clinical_texts.jsonl", "path": "", "limit": 8}, 32, "float")
+    report = build(
+        result,
+        TIERS["float"],
+        side(describe(ref_res), ref_res, ref),
+        side(describe(res), res, bf16),
+        {"name": "clinical_texts.jsonl", "path": "", "limit": 8},
+        32,
+        "float",
+    )
     assert report["passed"] and report["candidate"]["runtime"]["dtype"] == "bfloat16"
     text = markdown(report)
     assert "no profile + enable_mixed_precision=True, mixed_precision_dtype=bf16" in text

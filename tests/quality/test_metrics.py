@@ -1,4 +1,5 @@
 """Quality metrics against direct math; the gate's threshold checks; the shipped clinical text set."""
+
 import json
 import math
 import types
@@ -69,12 +70,15 @@ def test_percentile_matches_numpy():
         assert M.percentile(values, q) == pytest.approx(float(np.percentile(values.numpy(), q)))
 
 
-@pytest.mark.parametrize("ref, cand, n, expected", [
-    ([1, 2, 3, 4], [1, 2, 3, 4], 32, (4, 4)),  # identical
-    ([1, 2, 3, 4], [1, 9, 3, 4], 32, (3, 4)),  # token by token, not prefix only
-    ([1, 2, 3], [1, 2, 3, 7, 8], 32, (3, 5)),  # the reference stopped early (EOS); the rest counts as misses
-    ([5, 6, 7, 8], [5, 6, 0, 0], 2, (2, 2)),  # only the first n tokens count
-])
+@pytest.mark.parametrize(
+    "ref, cand, n, expected",
+    [
+        ([1, 2, 3, 4], [1, 2, 3, 4], 32, (4, 4)),  # identical
+        ([1, 2, 3, 4], [1, 9, 3, 4], 32, (3, 4)),  # token by token, not prefix only
+        ([1, 2, 3], [1, 2, 3, 7, 8], 32, (3, 5)),  # the reference stopped early (EOS); the rest counts as misses
+        ([5, 6, 7, 8], [5, 6, 0, 0], 2, (2, 2)),  # only the first n tokens count
+    ],
+)
 def test_greedy_matches(ref, cand, n, expected):
     assert M.greedy_matches(ref, cand, n) == expected
 
@@ -100,19 +104,31 @@ def test_gate_passes_inside_and_names_each_crossed_threshold():
 
 def test_gate_limits_are_inclusive_and_overridable():
     t = Thresholds()
-    at_limit = {"mean_kl": t.max_mean_kl, "p99_kl": t.max_p99_kl, "top1_agreement": t.min_top1_agreement,
-                "ppl_delta": t.max_ppl_increase, "greedy_match_rate": t.min_greedy_match}
+    at_limit = {
+        "mean_kl": t.max_mean_kl,
+        "p99_kl": t.max_p99_kl,
+        "top1_agreement": t.min_top1_agreement,
+        "ppl_delta": t.max_ppl_increase,
+        "greedy_match_rate": t.min_greedy_match,
+    }
     assert crossed(at_limit, t) == {}
     assert list(crossed(_passing_metrics(), Thresholds(min_top1_agreement=1.01))) == ["min_top1_agreement"]
     # a lower perplexity than the reference's is not a failure
     assert crossed(dict(_passing_metrics(), ppl_delta=-0.5), t) == {}
 
 
-@pytest.mark.parametrize("method, bits, tier", [
-    (None, None, "float"), ("dynamic", 8, "8-bit"), ("bnb-8bit", 8, "8-bit"), ("bnb-nf4", 4, "4-bit"),
-])
+@pytest.mark.parametrize(
+    "method, bits, tier",
+    [
+        (None, None, "float"),
+        ("dynamic", 8, "8-bit"),
+        ("bnb-8bit", 8, "8-bit"),
+        ("bnb-nf4", 4, "4-bit"),
+    ],
+)
 def test_threshold_tier_follows_the_quantization_width(method, bits, tier):
     from medvllm.config import quantization_bits
+
     assert quantization_bits(method) == bits  # the width a method means
     config = types.SimpleNamespace(quantization_method=method)
     assert tier_of(config) == tier
@@ -148,12 +164,15 @@ def test_pick_takes_round_robin_across_kinds():
         pick(items, 0)
 
 
-@pytest.mark.parametrize("content, message", [
-    ("not json\n", "not valid JSON"),
-    (json.dumps({"id": "a", "kind": "lab"}) + "\n", "'text' is missing"),
-    ((json.dumps({"id": "a", "kind": "lab", "text": "x y"}) + "\n") * 2, "appears twice"),
-    ("\n", "is empty"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("not json\n", "not valid JSON"),
+        (json.dumps({"id": "a", "kind": "lab"}) + "\n", "'text' is missing"),
+        ((json.dumps({"id": "a", "kind": "lab", "text": "x y"}) + "\n") * 2, "appears twice"),
+        ("\n", "is empty"),
+    ],
+)
 def test_text_set_errors_name_the_line_and_the_fix(tmp_path, content, message):
     path = tmp_path / "set.jsonl"
     path.write_text(content)
@@ -165,9 +184,13 @@ def test_text_set_errors_name_the_line_and_the_fix(tmp_path, content, message):
 
 def test_docs_threshold_table_matches_the_code():
     from pathlib import Path
+
     doc = (Path(__file__).resolve().parents[2] / "docs" / "QUALITY.md").read_text(encoding="utf-8")
-    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:5]]
-            for line in doc.splitlines() if line.startswith("| `--")}
+    rows = {
+        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:5]]
+        for line in doc.splitlines()
+        if line.startswith("| `--")
+    }
     for name, (_, _, flag, _) in RULES.items():
         key = next(k for k in rows if k.startswith(f"`{flag}`"))
         assert [float(v) for v in rows[key]] == [getattr(TIERS[t], name) for t in ("float", "8-bit", "4-bit")], flag

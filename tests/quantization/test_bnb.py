@@ -1,6 +1,7 @@
 """bitsandbytes methods: refused without CUDA or the package; their wiring checked on CPU when the
 package is installed (bitsandbytes >= 0.45 has CPU kernels). The CUDA runs are in
 tests/backends/cuda/test_backends.py."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -34,6 +35,7 @@ def test_bnb_refused_without_the_package():
 
 def test_bnb_method_refuses_cleanly_when_import_fails(monkeypatch):
     from medvllm.quantization.bnb import Bnb8bitMethod
+
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import raises ImportError
     with pytest.raises(ConfigError, match=r"pip install 'medvllm\[bnb\]'"):
         Bnb8bitMethod()
@@ -46,6 +48,7 @@ def test_bnb_method_wiring_on_cpu(name, tolerance):
 
     from medvllm.quantization import quantize_layer
     from medvllm.quantization.bnb import Bnb8bitMethod, BnbNf4Method
+
     torch.manual_seed(0)
     layer = ReplicatedLinear(128, 96, bias=True)
     layer.weight.data.normal_(0, 0.05)

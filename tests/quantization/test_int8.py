@@ -5,6 +5,7 @@ Quality thresholds (teacher-forced over two clinical passages, 218 tokens): mean
 <= 0.15 nats and top-1 agreement >= 0.80. Measured here (native kernel): KL 0.054, p99 0.52, top-1 0.90. For
 comparison torch.ao's quantize_dynamic (per-tensor weights, LM head included) measured KL 1.47, top-1 0.42.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -14,14 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from medvllm import LLM, SamplingParams
+from medvllm.backends.cpu.int8_linear import QMAX, rows_kernel_uses_amx
+from medvllm.backends.cpu.native.build import NativeUnavailable, load
 from medvllm.config import Config
 from medvllm.deployment.merge import build
 from medvllm.errors import ConfigError
 from medvllm.hardware import detect
-from medvllm.backends.cpu.int8_linear import QMAX, rows_kernel_uses_amx
 from medvllm.layers.linear import ReplicatedLinear
 from medvllm.quantization import METHODS, quantizable_layers
-from medvllm.backends.cpu.native.build import NativeUnavailable, load
 from medvllm.quantization.dynamic_int8 import DynamicInt8Method
 from tests.quant_quality import max_ngram_repeats, teacher_forced
 
@@ -93,7 +94,7 @@ def test_int8_rows_do_not_depend_on_the_batch(kernel):
     x[0] *= 100
     batched = layer(x)
     for i in (0, 1, 5, 63, 64, 69):
-        assert torch.equal(layer(x[i:i + 1]), batched[i:i + 1])
+        assert torch.equal(layer(x[i : i + 1]), batched[i : i + 1])
     assert torch.equal(layer(x[62:67]), batched[62:67])
 
 
@@ -101,6 +102,7 @@ def _native_int8_in_torch(x, weight, bias):
     """The native kernel's arithmetic written out in torch: per-token and per-channel symmetric int8,
     exact integer dot products (float64 holds them exactly), then the kernel's float32 epilogue."""
     from medvllm.layers.int8_rows import int8_rows
+
     q, w_scale = int8_rows(weight)
     amax = x.abs().amax(dim=1)
     inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
@@ -109,13 +111,25 @@ def _native_int8_in_torch(x, weight, bias):
 
 
 @pytest.mark.skipif(not _native_builds(), reason="no C compiler")
-@pytest.mark.parametrize("rows,n_in,n_out", [(1, 128, 40), (4, 128, 40), (5, 64, 16), (15, 128, 40),
-                                             (16, 128, 48), (17, 128, 33), (70, 192, 200), (48, 576, 80),
-                                             (33, 96, 50)])
+@pytest.mark.parametrize(
+    "rows,n_in,n_out",
+    [
+        (1, 128, 40),
+        (4, 128, 40),
+        (5, 64, 16),
+        (15, 128, 40),
+        (16, 128, 48),
+        (17, 128, 33),
+        (70, 192, 200),
+        (48, 576, 80),
+        (33, 96, 50),
+    ],
+)
 def test_native_int8_linear_is_the_exact_integer_math_on_every_path(rows, n_in, n_out):
     # whichever path this CPU takes (AMX for every token from 5 on when the input width is a multiple of
     # 64, the last tile padded; AVX-512 VNNI or AVX2 otherwise), the int32 sums are exact: equal to the bit
     from medvllm.backends.cpu.int8_linear import column_sums, int8_linear, native_int8_kernel, pack_int8
+
     torch.manual_seed(rows)
     weight, x, bias = torch.randn(n_out, n_in), torch.randn(rows, n_in), torch.randn(n_out)
     x[0] *= 30
@@ -139,6 +153,7 @@ def test_int8_keeps_leading_dims_and_zero_rows(kernel):
 @pytest.mark.skipif(not _native_builds("int8_rows_matmul"), reason="no C compiler")
 def test_int8_rows_head_is_weight_only_math_and_batch_invariant():
     from medvllm.backends.cpu.int8_linear import int8_rows, int8_rows_linear, native_rows_kernel
+
     torch.manual_seed(0)
     weight = torch.randn(203, 100) * 0.1  # rows and width off every blocking (3, 8, 96 rows; 8 lanes)
     weight[5] *= 30
@@ -172,6 +187,7 @@ def _two_part_head_in_torch(x, q, scale):
 @pytest.mark.skipif(not _rows_kernel_builds() or not rows_kernel_uses_amx(128), reason="no AMX here")
 def test_int8_rows_on_amx_is_the_two_part_integer_math_and_batch_invariant():
     from medvllm.backends.cpu.int8_linear import int8_rows, int8_rows_linear, native_rows_kernel
+
     torch.manual_seed(1)
     weight = torch.randn(203, 128) * 0.1  # a last partial tile of rows
     q, scale = int8_rows(weight)
@@ -192,9 +208,13 @@ def test_without_the_native_kernel_dynamic_is_refused_with_the_fix(monkeypatch):
     # no other kernel computes the same numbers: refused at engine start, never a silent substitute
     from medvllm.backends import select
     from medvllm.backends.select import ModelTraits, select_backends
+
     monkeypatch.setattr(select, "native_unavailable", lambda: "no C compiler found (install gcc, or set CC)")
     with pytest.raises(ConfigError, match="native int8 kernel, which cannot be built here .*install a C compiler"):
-        select_backends(Config(device="cpu", quantization_method="dynamic", hardware=detect()), ModelTraits(hidden_size=64, head_dim=16))
+        select_backends(
+            Config(device="cpu", quantization_method="dynamic", hardware=detect()),
+            ModelTraits(hidden_size=64, head_dim=16),
+        )
 
 
 def test_engine_implements_the_profile_methods():
@@ -208,7 +228,8 @@ def test_dynamic_refuses_mixed_precision_and_cuda():
         Config(hardware=detect(), device="cpu", quantization_method="dynamic", dtype="bfloat16")
     from dataclasses import replace
 
-    from medvllm.hardware import GPUInfo, detect
+    from medvllm.hardware import GPUInfo
+
     gpu = replace(detect(), gpus=(GPUInfo("fake", (8, 0), 40 << 30),))
     with pytest.raises(ConfigError, match="runs on CPU only"):
         Config(device="cuda", quantization_method="dynamic", hardware=gpu)
@@ -244,8 +265,10 @@ def test_int8_default_model_quantizes_every_linear_and_shares_one_int8_table_for
     float_bytes = sum(layer.in_features * layer.out_features * 4 for layer in layers.values())
     assert sum(layer.packed.nbytes for layer in layers.values()) <= 0.3 * float_bytes
     assert info["quantization"]["kernel"] == "native"  # what the tensors really hold, padding included
-    held = sum(layer.packed.panels.untyped_storage().nbytes() + layer.packed.scale.untyped_storage().nbytes()
-               for layer in layers.values())
+    held = sum(
+        layer.packed.panels.untyped_storage().nbytes() + layer.packed.scale.untyped_storage().nbytes()
+        for layer in layers.values()
+    )
     assert held <= 0.26 * float_bytes
 
 
@@ -263,8 +286,10 @@ def test_int8_default_model_close_to_float32(default_llm, int8_llm):
 @pytest.mark.slow
 def test_int8_default_model_answers_without_degenerating(int8_llm):
     from tests.conftest import CHAT_PROMPTS
-    outs = int8_llm.chat([[{"role": "user", "content": p}] for p in CHAT_PROMPTS],
-                         SamplingParams(max_tokens=32, temperature=0))
+
+    outs = int8_llm.chat(
+        [[{"role": "user", "content": p}] for p in CHAT_PROMPTS], SamplingParams(max_tokens=32, temperature=0)
+    )
     for out in outs:
         tokens = out.outputs[0].token_ids
         assert len(tokens) >= 8 and max_ngram_repeats(tokens) <= 3, out.outputs[0].text
@@ -272,6 +297,7 @@ def test_int8_default_model_answers_without_degenerating(int8_llm):
 
 def test_int8_embedding_rows_are_the_float_rows_within_half_a_step():
     from medvllm.layers.embedding import VocabParallelEmbedding
+
     torch.manual_seed(0)
     emb = VocabParallelEmbedding(50, 24, int8=True)
     emb.weight.data.normal_(0, 0.1)

@@ -1,13 +1,14 @@
 """Quantization while loading: each layer is quantized, and its float weight freed, as soon as the
 stream has filled it, so the float model never sits in memory whole; the result equals quantizing
 after a full float load."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from medvllm.layers.kit import LayerKit
 from medvllm.backends.cpu.native.build import NativeUnavailable
+from medvllm.layers.kit import LayerKit
 from medvllm.loader import open_model
 from medvllm.models.loading import build_model
 from medvllm.quantization import quantizable_layers
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.skipif(_dynamic_unavailable() is not None, reason=str(_
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
 def tiny_source(request, tmp_path_factory):
     from tests.tiny_models import build_tiny
+
     folder = tmp_path_factory.mktemp(request.param)
     build_tiny(request.param, folder)
     return open_model(str(folder))
@@ -49,13 +51,15 @@ class WatchedSource:
         for item in self.source.iter_weights():
             yield item
             if self.model is not None:
-                self.quantized_when.append(sum(layer.weight.numel() == 0
-                                               for layer in quantizable_layers(self.model).values()))
+                self.quantized_when.append(
+                    sum(layer.weight.numel() == 0 for layer in quantizable_layers(self.model).values())
+                )
 
 
 def test_layers_are_quantized_during_the_stream(tiny_source, monkeypatch):
     watched = WatchedSource(tiny_source)
     import medvllm.models.loading as loading
+
     real = loading.load_weights
 
     def load(model, weights):
@@ -84,6 +88,7 @@ def test_the_embedding_keeps_a_whole_table_handed_over_and_copies_anything_else(
     """A loader's fresh full table is kept as the weight (no second copy of the largest tensor); a view
     into a bigger buffer, or another dtype, is copied as before."""
     from medvllm.layers.embedding import VocabParallelEmbedding
+
     table = torch.randn(50, 8)
     emb = VocabParallelEmbedding(50, 8)
     emb.load_weight("weight", table)

@@ -4,6 +4,7 @@ disconnects, SSE framing, n and prompt lists, --log-content, and the bind rule.
 The oracle for generated text is the offline LLM on the same tiny model; for the wire format, the
 official openai client and OpenAI's SSE framing; nothing here stands in for the engine.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,6 +44,7 @@ def free_port() -> int:
 def tiny(tmp_path_factory):
     """A tiny random Llama folder whose tokenizer has a (trivial) chat template."""
     from tests.tiny_models import build_tiny
+
     folder = tmp_path_factory.mktemp("tiny_llama")
     build_tiny("llama", folder)
     cfg_path = folder / "tokenizer_config.json"
@@ -64,8 +66,9 @@ class ThreadServer:
         self.app = create_app(settings, load)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", access_log=False))
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.time() + 120
@@ -90,8 +93,10 @@ class ThreadServer:
 @pytest.fixture(scope="module")
 def srv(tiny):
     """No API key, one running sequence at a time, one more may wait, text logging on."""
-    server = ThreadServer(ServerSettings(max_queue=1, log_content=True, served_model_name="tiny"),
-                          lambda: LLMEngine(Config(hardware=detect(), model=tiny, max_num_seqs=1, **ENGINE)))
+    server = ThreadServer(
+        ServerSettings(max_queue=1, log_content=True, served_model_name="tiny"),
+        lambda: LLMEngine(Config(hardware=detect(), model=tiny, max_num_seqs=1, **ENGINE)),
+    )
     yield server
     server.stop()
 
@@ -109,6 +114,7 @@ def wait_idle(state, timeout: float = 20.0) -> dict:
 # ---- the async engine itself
 def test_async_engine_batches_concurrent_requests_and_matches_offline(tiny, offline):
     from tests.engine_probe import LogitsRecorder
+
     prompts = [[5 + i, 9, 11 + i] for i in range(6)]
     params = SamplingParams(temperature=0.0, max_tokens=5)
     expected = [o.outputs[0].token_ids for o in offline.generate(prompts, params)]
@@ -131,6 +137,7 @@ def test_async_engine_batches_concurrent_requests_and_matches_offline(tiny, offl
             async with await front.add([(prompts[0], SamplingParams(temperature=0.0, max_tokens=400))]) as s:
                 for _ in range(2):
                     await s.__anext__()
+
         asyncio.run(abandon())
         deadline = time.time() + 20
         while front.stats()["num_running"] or front.stats()["kv_cache_usage"]:
@@ -161,17 +168,26 @@ def test_no_key_configured_serves_anyone_and_n_and_prompt_lists_match_offline(sr
 def test_sse_framing_is_openais(srv, offline):
     """Raw bytes: `data: {json}` events split by blank lines, a role chunk first, an empty-delta chunk
     with the finish reason, a usage chunk with no choices, then `data: [DONE]`."""
-    expected = offline.chat([{"role": "user", "content": "w4 w5"}],
-                            SamplingParams(temperature=0.0, max_tokens=3))[0].outputs[0].text
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "w4 w5"}], "max_tokens": 3,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    expected = (
+        offline.chat([{"role": "user", "content": "w4 w5"}], SamplingParams(temperature=0.0, max_tokens=3))[0]
+        .outputs[0]
+        .text
+    )
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "w4 w5"}],
+        "max_tokens": 3,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     with httpx.stream("POST", srv.base + "/v1/chat/completions", json=body) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         raw = r.read().decode()
     assert raw.endswith("\n\ndata: [DONE]\n\n")
     events = raw.split("\n\n")[:-2]
     assert all(e.startswith("data: {") for e in events)
-    chunks = [json.loads(e[len("data: "):]) for e in events]
+    chunks = [json.loads(e[len("data: ") :]) for e in events]
     assert len({c["id"] for c in chunks}) == 1 and all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[1:-1])
@@ -184,7 +200,11 @@ def test_sse_framing_is_openais(srv, offline):
 def test_completion_logprobs_match_offline(srv, offline):
     want = offline.generate("w5 w6", SamplingParams(temperature=0.0, max_tokens=4, logprobs=2))[0].outputs[0]
     client = openai.OpenAI(base_url=srv.base + "/v1", api_key="x", max_retries=0)
-    lp = client.completions.create(model="tiny", prompt="w5 w6", max_tokens=4, temperature=0, logprobs=2).choices[0].logprobs
+    lp = (
+        client.completions.create(model="tiny", prompt="w5 w6", max_tokens=4, temperature=0, logprobs=2)
+        .choices[0]
+        .logprobs
+    )
     tokenizer = offline.tokenizer
     assert lp.tokens == [tokenizer.decode([t]) for t in want.token_ids]
     assert lp.token_logprobs == pytest.approx([e[t] for t, e in zip(want.token_ids, want.logprobs)], abs=1e-4)
@@ -196,10 +216,12 @@ def test_completion_logprobs_match_offline(srv, offline):
 
 def test_a_model_that_fails_to_load_keeps_health_at_503_and_reports_why():
     from medvllm.errors import ModelLoadError
+
     failures = []
 
     def load():
         raise ModelLoadError("no such model: /nowhere")
+
     app = create_app(ServerSettings(), load, on_failure=failures.append)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -231,6 +253,7 @@ def test_a_server_stopped_while_loading_waits_for_the_load_then_starts_nothing(t
         engine = LLMEngine(Config(hardware=detect(), model=tiny, max_num_seqs=1, **ENGINE))
         engine.shutdown = lambda: shut.append(True)
         return engine
+
     app = create_app(ServerSettings(), load)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -256,7 +279,11 @@ def test_full_queue_answers_503_with_retry_after(srv):
                 r = httpx.post(srv.base + "/v1/completions", json=long | {"stream": False})
                 assert r.status_code == 503 and r.headers["retry-after"] == "1"
                 assert r.json()["error"]["code"] == "queue_full" and set(r.json()["error"]) == {
-                    "message", "type", "param", "code"}
+                    "message",
+                    "type",
+                    "param",
+                    "code",
+                }
                 client = openai.OpenAI(base_url=srv.base + "/v1", api_key="x", max_retries=0)
                 with pytest.raises(openai.InternalServerError) as e:
                     client.completions.create(model="tiny", prompt="w1", max_tokens=2)
@@ -275,8 +302,11 @@ def test_non_streaming_client_that_leaves_is_aborted(srv, caplog):
     with pytest.raises(httpx.ReadTimeout):
         # leaves 50 ms in: 500 tokens take the tiny model several times that (400 in 0.5 s was too close
         # once the engine got faster)
-        httpx.post(srv.base + "/v1/completions", json={"model": "tiny", "prompt": "w7", "max_tokens": 500, "temperature": 0},
-                   timeout=httpx.Timeout(60, read=0.05))
+        httpx.post(
+            srv.base + "/v1/completions",
+            json={"model": "tiny", "prompt": "w7", "max_tokens": 500, "temperature": 0},
+            timeout=httpx.Timeout(60, read=0.05),
+        )
     wait_idle(srv.state)
     lines = [r.getMessage() for r in caplog.records if "outcome=client_disconnected" in r.getMessage()]
     assert lines, "the server did not log the disconnect"
@@ -296,6 +326,7 @@ def test_log_content_flag_puts_text_in_the_log(srv, caplog):
 # ---- the bind rule and the key check
 def test_refuses_a_public_bind_without_a_key(monkeypatch, capsys):
     from medvllm.cli.main import main
+
     monkeypatch.delenv("MEDVLLM_API_KEY", raising=False)
     assert main(["serve", "--host", "0.0.0.0", "--port", str(free_port())]) == 1
     err = capsys.readouterr().err

@@ -4,6 +4,7 @@ prometheus_client's parser, a disconnect freeing its KV blocks, no prompt text i
 
 One server for the module (a subprocess, like production); the oracle `default_llm` loads meanwhile.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,12 @@ def served(request, tmp_path_factory):
     port, log = free_port(), tmp_path_factory.mktemp("serve") / "server.log"
     env = {k: v for k, v in os.environ.items() if k != "MEDVLLM_API_KEY"}
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "medvllm.cli", "serve", "--port", str(port),
-                                 "--api-key", KEY, *ENGINE_FLAGS], stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "medvllm.cli", "serve", "--port", str(port), "--api-key", KEY, *ENGINE_FLAGS],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     request.getfixturevalue("default_llm")  # the oracle loads while the server does
     base, health, loading_reply = f"http://127.0.0.1:{port}", [], None
     deadline = time.time() + 600
@@ -88,8 +93,11 @@ def model(client):
 def scrape(served) -> dict:
     """{(sample name, sorted labels): value} from /metrics, parsed by prometheus_client."""
     text = httpx.get(served.base + "/metrics", headers=AUTH, timeout=30).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def both(*calls):
@@ -112,7 +120,8 @@ def test_completion_equals_offline_generate_streamed_or_not(client, model, defau
     want, whole, chunks = both(
         lambda: default_llm.generate(prompt, SamplingParams(temperature=0.0, max_tokens=6))[0],
         lambda: client.completions.create(**args),
-        lambda: list(client.completions.create(**args, stream=True, stream_options={"include_usage": True})))
+        lambda: list(client.completions.create(**args, stream=True, stream_options={"include_usage": True})),
+    )
     text, tokens = want.outputs[0].text, len(want.outputs[0].token_ids)
     assert whole.choices[0].text == text and whole.choices[0].finish_reason == want.outputs[0].finish_reason
     assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (len(want.prompt_token_ids), tokens)
@@ -122,13 +131,16 @@ def test_completion_equals_offline_generate_streamed_or_not(client, model, defau
 
 
 def test_chat_equals_offline_chat_streamed_or_not_with_logprobs(client, model, default_llm):
-    messages = [{"role": "system", "content": "You are a concise clinical assistant."},
-                {"role": "user", "content": f"A patient in {MARKER} has a low potassium level. What is it called?"}]
+    messages = [
+        {"role": "system", "content": "You are a concise clinical assistant."},
+        {"role": "user", "content": f"A patient in {MARKER} has a low potassium level. What is it called?"},
+    ]
     args = dict(model=model, messages=messages, max_tokens=6, temperature=0)
     want, whole, chunks = both(
         lambda: default_llm.chat(messages, SamplingParams(temperature=0.0, max_tokens=6, logprobs=2))[0],
         lambda: client.chat.completions.create(**args, logprobs=True, top_logprobs=2),
-        lambda: list(client.chat.completions.create(**args, stream=True)))
+        lambda: list(client.chat.completions.create(**args, stream=True)),
+    )
     c = whole.choices[0]
     assert c.message.role == "assistant" and c.message.content == want.outputs[0].text
     assert c.finish_reason == want.outputs[0].finish_reason
@@ -148,8 +160,16 @@ def test_32_concurrent_streams_all_complete_and_beat_serial_throughput(client, m
     want = [o.outputs[0].text for o in default_llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=4))]
 
     def stream(prompt: str) -> tuple[str, str | None, int]:
-        chunks = list(client.completions.create(model=model, prompt=prompt, max_tokens=4, temperature=0,
-                                                stream=True, stream_options={"include_usage": True}))
+        chunks = list(
+            client.completions.create(
+                model=model,
+                prompt=prompt,
+                max_tokens=4,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
         text = "".join(c.choices[0].text for c in chunks if c.choices)
         finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
         return text, finish, chunks[-1].usage.completion_tokens
@@ -183,8 +203,18 @@ def test_error_cases_answer_openais_error_shape(served, client, model):
     assert error_of(post("/v1/chat/completions", json={"model": model, "messages": "hi"}), 400)["param"] == "messages"
     assert error_of(post("/v1/completions", json=ok | {"model": "gpt-4"}), 400)["code"] == "model_not_found"
     assert "max_model_len" in error_of(post("/v1/completions", json=ok | {"max_tokens": 5000}), 400)["message"]
-    e = error_of(post("/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "x"}],
-                                                    "tools": [{"type": "function"}], "logit_bias": {"1": 5}}), 400)
+    e = error_of(
+        post(
+            "/v1/chat/completions",
+            json={
+                "model": model,
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "function"}],
+                "logit_bias": {"1": 5},
+            },
+        ),
+        400,
+    )
     assert e["code"] == "unsupported_parameter" and "tools" in e["message"] and "logit_bias" in e["message"]
     assert error_of(post("/v1/completions", json=ok, headers={}), 401)["code"] == "invalid_api_key"
     error_of(post("/v1/completions", json=ok, headers={"Authorization": "Bearer wrong"}), 401)
@@ -218,8 +248,9 @@ def test_metrics_parse_and_move(served, client, model):
 
 
 def test_disconnect_mid_stream_aborts_and_frees_kv(served, client, model):
-    stream = client.completions.create(model=model, prompt="A numbered list of 80 common diseases:\n1.",
-                                       max_tokens=300, temperature=0, stream=True)
+    stream = client.completions.create(
+        model=model, prompt="A numbered list of 80 common diseases:\n1.", max_tokens=300, temperature=0, stream=True
+    )
     chunks = iter(stream)
     next(chunks), next(chunks)
     mid = scrape(served)
@@ -247,8 +278,14 @@ def test_log_has_request_lines_but_no_prompt_or_completion_text(served):
 
 def test_sigterm_finishes_the_in_flight_stream_then_exits_0(served, client, model):
     """Last: it stops the module's server."""
-    stream = client.completions.create(model=model, prompt=f"{MARKER} discharge summary:", max_tokens=6,
-                                       temperature=0, stream=True, stream_options={"include_usage": True})
+    stream = client.completions.create(
+        model=model,
+        prompt=f"{MARKER} discharge summary:",
+        max_tokens=6,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = iter(stream)
     first = next(chunks)
     served.proc.send_signal(signal.SIGTERM)

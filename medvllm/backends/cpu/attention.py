@@ -7,6 +7,7 @@ every context is short (MAX_PROMPT_CONTEXT); longer ones stay on SDPA, whose blo
 when many queries share their keys. Measured for one prompt of 128 / 512 / 1024 / 2000 tokens, a whole
 int8 prompt step: 29 / 171 / 550 / 2371 ms on the kernel, 48 / 184 / 485 / 1561 ms with SDPA.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,9 +27,17 @@ def native_kernel():
     return binding.paged_attention
 
 
-def paged_attention(kernel, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    block_tables: torch.Tensor, token_rows: torch.Tensor, token_positions: torch.Tensor,
-                    scale: float, sliding_window: int | None) -> torch.Tensor:
+def paged_attention(
+    kernel,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    token_rows: torch.Tensor,
+    token_positions: torch.Tensor,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
     """q: [T, H, D]; caches [num_blocks, block_size, Hkv, D]. Token t attends to positions
     0..token_positions[t] (within the window) of block_tables[token_rows[t]]. Returns [T, H, D] in q's dtype."""
     if k_cache.dtype not in CACHE_DTYPES:
@@ -38,8 +47,9 @@ def paged_attention(kernel, q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     tables = block_tables.to(torch.int64).contiguous()
     rows = token_rows.to(torch.int64).contiguous()
     positions = token_positions.to(torch.int64).contiguous()
-    status = kernel(out, q32, k_cache, v_cache, tables, rows, positions, scale, sliding_window or 0,
-                    torch.get_num_threads())
+    status = kernel(
+        out, q32, k_cache, v_cache, tables, rows, positions, scale, sliding_window or 0, torch.get_num_threads()
+    )
     if status != 0:
         raise MemoryError("the native paged attention could not allocate its scratch memory")
     return out.to(q.dtype)

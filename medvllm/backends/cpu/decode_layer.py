@@ -8,6 +8,7 @@ exceeds MAX_PROMPT_CONTEXT (attention.py: each prompt token attends over the pag
 own). Which models and settings it covers is decided with the other backends
 (medvllm/backends/select.py); runtime_info["decode_layer"] says whether it runs.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,11 +38,25 @@ class FusedDecode:
         for layer in model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             cache = attn.attn.k_cache
-            self.layers.append(binding.decode_layer_params(
-                _weight(attn.qkv_proj), _weight(attn.o_proj), _weight(mlp.gate_up_proj), _weight(mlp.down_proj),
-                layer.input_layernorm.weight, layer.post_attention_layernorm.weight, cache, attn.attn.v_cache,
-                attn.num_heads, attn.num_kv_heads, attn.head_dim, mlp.intermediate, attn.attn.sliding_window or 0,
-                layer.input_layernorm.eps, attn.attn.scale))
+            self.layers.append(
+                binding.decode_layer_params(
+                    _weight(attn.qkv_proj),
+                    _weight(attn.o_proj),
+                    _weight(mlp.gate_up_proj),
+                    _weight(mlp.down_proj),
+                    layer.input_layernorm.weight,
+                    layer.post_attention_layernorm.weight,
+                    cache,
+                    attn.attn.v_cache,
+                    attn.num_heads,
+                    attn.num_kv_heads,
+                    attn.head_dim,
+                    mlp.intermediate,
+                    attn.attn.sliding_window or 0,
+                    layer.input_layernorm.eps,
+                    attn.attn.scale,
+                )
+            )
         self.work_floats = work_floats(self.layers[0])  # per token, the same for every layer
         # a prompt step's buffer is past glibc's mmap threshold: allocated per step, it would be mapped in
         # and zeroed again every step; kept, it is reused
@@ -65,8 +80,9 @@ class FusedDecode:
             rows = torch.arange(tokens, dtype=torch.int64)
         else:  # each prompt token's sequence: its row of the padded [B, max_q] layout
             rows = torch.div(meta.unpad_index, meta.pad_index.shape[1], rounding_mode="floor").to(torch.int64)
-        step = binding.decode_step(positions, slots, tables, rows, self.rotary.cos, self.rotary.sin,
-                                   torch.get_num_threads())
+        step = binding.decode_step(
+            positions, slots, tables, rows, self.rotary.cos, self.rotary.sin, torch.get_num_threads()
+        )
         for i, layer in enumerate(self.layers):
             if self.kernel(layer, step, hidden, residual, i == 0, work) != 0:
                 raise MemoryError("the native decode layer could not allocate its work memory")

@@ -5,12 +5,13 @@
 - int8_rows_matmul.c (weight-only): plain int8 rows with a scale each, float activations; the LM head
   uses it, sharing its rows with the token embedding (int8_rows_amx.c where the CPU has AMX).
 """
+
 from __future__ import annotations
 
 import torch
 
 from medvllm.backends.cpu.native import binding
-from medvllm.layers.int8_rows import QMAX, int8_rows
+from medvllm.layers.int8_rows import int8_rows
 
 PANEL = 16  # output columns per packed panel (PANEL in int8_linear.c)
 
@@ -51,8 +52,14 @@ def column_sums(packed: torch.Tensor) -> torch.Tensor:
     return packed.sum(dim=(1, 3), dtype=torch.int32).reshape(-1).contiguous()
 
 
-def int8_linear(kernel, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
-                bias: torch.Tensor | None, col_sums: torch.Tensor | None = None) -> torch.Tensor:
+def int8_linear(
+    kernel,
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    col_sums: torch.Tensor | None = None,
+) -> torch.Tensor:
     """x [..., in] float32 -> [..., out] float32, x quantized per token inside the kernel; col_sums from
     column_sums(packed), or None to have the kernel sum the weights itself."""
     n_out = scale.shape[0]

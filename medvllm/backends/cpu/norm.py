@@ -1,5 +1,6 @@
 """RMSNorm's C kernel (native/fused_norm.c) as a NormKernel: the same arithmetic as RMSNorm's PyTorch
 path in one pass instead of eight ops."""
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,9 @@ def native_rms_norm():
         x = x.contiguous()
         out = torch.empty_like(x)
         summed = None if residual is None else torch.empty_like(x)
-        binding.rms_norm(out, summed, x, None if residual is None else residual.contiguous(), weight, eps,
-                         torch.get_num_threads())
+        binding.rms_norm(
+            out, summed, x, None if residual is None else residual.contiguous(), weight, eps, torch.get_num_threads()
+        )
         return out if residual is None else (out, summed)
 
     return rms_norm

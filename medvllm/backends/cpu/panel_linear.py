@@ -6,6 +6,7 @@ figures against PyTorch's F.linear are in docs/ARCHITECTURE.md); the fused decod
 (decode_layer.py) reads the same panels, and so does the LM head. Same float32 arithmetic as
 F.linear, in a fixed order per output: one multiply-add chain over the inputs, then the bias.
 """
+
 from __future__ import annotations
 
 import torch

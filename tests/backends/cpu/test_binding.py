@@ -1,5 +1,6 @@
 """The typed binding of the native kernels (backends/cpu/native/binding.py): a wrong argument is refused
 in one line naming it, before anything runs in C, and the ctypes structs match the C structs."""
+
 from __future__ import annotations
 
 import ctypes
@@ -22,6 +23,7 @@ def lib():
 
 # --- the struct layout ------------------------------------------------------------------------------
 
+
 def test_structs_match_the_c_side(lib):
     binding.check_layouts(lib)  # library() ran it too; here it must simply pass
     layout = binding.c_layout(lib)
@@ -32,9 +34,17 @@ def test_structs_match_the_c_side(lib):
 
 
 class _StepWithSwappedCounts(ctypes.Structure):  # max_blocks before tokens: same size, fields crossed
-    _fields_ = [("positions", ctypes.c_void_p), ("slots", ctypes.c_void_p), ("block_tables", ctypes.c_void_p),
-                ("token_rows", ctypes.c_void_p), ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
-                ("max_blocks", ctypes.c_int64), ("tokens", ctypes.c_int64), ("threads", ctypes.c_int)]
+    _fields_ = [
+        ("positions", ctypes.c_void_p),
+        ("slots", ctypes.c_void_p),
+        ("block_tables", ctypes.c_void_p),
+        ("token_rows", ctypes.c_void_p),
+        ("cos", ctypes.c_void_p),
+        ("sin", ctypes.c_void_p),
+        ("max_blocks", ctypes.c_int64),
+        ("tokens", ctypes.c_int64),
+        ("threads", ctypes.c_int),
+    ]
 
 
 class _StepWithNarrowTokens(ctypes.Structure):  # tokens 32-bit: the padding hides it from every offset
@@ -54,13 +64,20 @@ class _StepPacked(ctypes.Structure):  # no tail padding: every field right, only
     _fields_ = binding.Step._fields_
 
 
-@pytest.mark.parametrize("name, cls, message", [
-    ("Step", _StepWithSwappedCounts, "struct Step, field tokens: offset 48 size 8 in C, offset 56 size 8 in _Step"),
-    ("Step", _StepWithNarrowTokens, "struct Step, field tokens: offset 48 size 8 in C, offset 48 size 4 in _Step"),
-    ("Weight", _WeightWithoutColSums, "struct Weight, field col_sums: offset 48 size 8 in C, absent in _Weight"),
-    ("Layer", _LayerWithWideScale, "struct Layer, field scale: offset 324 size 4 in C, offset 324 size 8 in _Layer"),
-    ("Step", _StepPacked, "struct Step: size 72 in C, 68 in _StepPacked"),
-])
+@pytest.mark.parametrize(
+    "name, cls, message",
+    [
+        ("Step", _StepWithSwappedCounts, "struct Step, field tokens: offset 48 size 8 in C, offset 56 size 8 in _Step"),
+        ("Step", _StepWithNarrowTokens, "struct Step, field tokens: offset 48 size 8 in C, offset 48 size 4 in _Step"),
+        ("Weight", _WeightWithoutColSums, "struct Weight, field col_sums: offset 48 size 8 in C, absent in _Weight"),
+        (
+            "Layer",
+            _LayerWithWideScale,
+            "struct Layer, field scale: offset 324 size 4 in C, offset 324 size 8 in _Layer",
+        ),
+        ("Step", _StepPacked, "struct Step: size 72 in C, 68 in _StepPacked"),
+    ],
+)
 def test_a_struct_declared_wrongly_is_caught(lib, name, cls, message):
     with pytest.raises(NativeUnavailable, match=message):
         binding.check_layouts(lib, {name: cls}, {})
@@ -80,13 +97,16 @@ def test_disabled_native_code_is_unavailable_with_the_reason(monkeypatch):
 def test_no_other_module_declares_c_functions():
     package = Path(binding.__file__).parents[3]
     native = Path(binding.__file__).parent
-    offenders = [str(path.relative_to(package)) for path in package.rglob("*.py")
-                 if native not in path.parents and ("import ctypes" in (text := path.read_text())
-                                                    or "argtypes" in text)]
+    offenders = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if native not in path.parents and ("import ctypes" in (text := path.read_text()) or "argtypes" in text)
+    ]
     assert offenders == []
 
 
 # --- the argument checks: nothing reaches C ----------------------------------------------------------
+
 
 class _RecordingLibrary:
     """Stands in for the loaded library: records each call instead of running it (decode_layer_work
@@ -99,6 +119,7 @@ class _RecordingLibrary:
         def call(*args):
             self.calls.append(name)
             return 100 if name == "decode_layer_work" else 0
+
         return call
 
 
@@ -123,53 +144,127 @@ def _call(fn, change: dict, **args):
 
 
 def _attention(**change):
-    return _call(binding.paged_attention, change, out=_f(3, 4, 8), q=_f(3, 4, 8), k_cache=_f(5, 16, 2, 8),
-                 v_cache=_f(5, 16, 2, 8), block_tables=_i(2, 5), token_rows=_i(3), token_positions=_i(3), scale=0.3,
-                 window=0, threads=1)
+    return _call(
+        binding.paged_attention,
+        change,
+        out=_f(3, 4, 8),
+        q=_f(3, 4, 8),
+        k_cache=_f(5, 16, 2, 8),
+        v_cache=_f(5, 16, 2, 8),
+        block_tables=_i(2, 5),
+        token_rows=_i(3),
+        token_positions=_i(3),
+        scale=0.3,
+        window=0,
+        threads=1,
+    )
 
 
 def _norm(**change):
-    return _call(binding.rms_norm, change, out=_f(3, 8), residual_out=None, x=_f(3, 8), residual=None, weight=_f(8),
-                 eps=1e-6, threads=1)
+    return _call(
+        binding.rms_norm,
+        change,
+        out=_f(3, 8),
+        residual_out=None,
+        x=_f(3, 8),
+        residual=None,
+        weight=_f(8),
+        eps=1e-6,
+        threads=1,
+    )
 
 
 def _panels(**change):
-    return _call(binding.f32_panels_linear, change, out=_f(2, 50), x=_f(2, 7), panels=_f(binding._panels_size(50, 7)),
-                 bias=None, threads=1)
+    return _call(
+        binding.f32_panels_linear,
+        change,
+        out=_f(2, 50),
+        x=_f(2, 7),
+        panels=_f(binding._panels_size(50, 7)),
+        bias=None,
+        threads=1,
+    )
 
 
 def _int8(**change):
-    return _call(binding.int8_linear, change, out=_f(2, 20), x=_f(2, 10), packed=_f(2, 3, 16, 4, dtype=torch.int8),
-                 scale=_f(20), bias=None, threads=1, col_sums=_f(32, dtype=torch.int32))
+    return _call(
+        binding.int8_linear,
+        change,
+        out=_f(2, 20),
+        x=_f(2, 10),
+        packed=_f(2, 3, 16, 4, dtype=torch.int8),
+        scale=_f(20),
+        bias=None,
+        threads=1,
+        col_sums=_f(32, dtype=torch.int32),
+    )
 
 
 def _rows(**change):
-    return _call(binding.int8_rows_matmul, change, out=_f(2, 5), x=_f(2, 10), rows=_f(5, 10, dtype=torch.int8),
-                 scale=_f(5), threads=1)
+    return _call(
+        binding.int8_rows_matmul,
+        change,
+        out=_f(2, 5),
+        x=_f(2, 10),
+        rows=_f(5, 10, dtype=torch.int8),
+        scale=_f(5),
+        threads=1,
+    )
 
 
 def _step(**change):
-    return _call(binding.decode_step, change, positions=_i(3), slots=_i(3), block_tables=_i(2, 4), token_rows=_i(3),
-                 cos=_f(64, 8), sin=_f(64, 8), threads=1)
+    return _call(
+        binding.decode_step,
+        change,
+        positions=_i(3),
+        slots=_i(3),
+        block_tables=_i(2, 4),
+        token_rows=_i(3),
+        cos=_f(64, 8),
+        sin=_f(64, 8),
+        threads=1,
+    )
 
 
 def _layer(**change):
     def weight(n_out, n_in):
         return binding.decode_weight_f32(_f(binding._panels_size(n_out, n_in)), None, n_out, n_in)
-    return _call(binding.decode_layer_params, change, qkv=weight(64, 32), o=weight(32, 32), gate_up=weight(96, 32),
-                 down=weight(32, 48), input_norm=_f(32), post_norm=_f(32), k_cache=_f(5, 16, 2, 8),
-                 v_cache=_f(5, 16, 2, 8), heads=4, kv_heads=2, head_dim=8, intermediate=48, window=0, eps=1e-6,
-                 scale=0.3)
+
+    return _call(
+        binding.decode_layer_params,
+        change,
+        qkv=weight(64, 32),
+        o=weight(32, 32),
+        gate_up=weight(96, 32),
+        down=weight(32, 48),
+        input_norm=_f(32),
+        post_norm=_f(32),
+        k_cache=_f(5, 16, 2, 8),
+        v_cache=_f(5, 16, 2, 8),
+        heads=4,
+        kv_heads=2,
+        head_dim=8,
+        intermediate=48,
+        window=0,
+        eps=1e-6,
+        scale=0.3,
+    )
 
 
 def _first_max(**change):
     return _call(binding.first_max, change, out=_i(3), x=_f(3, 10), threads=1)
 
 
-GOOD = {"paged_attention": _attention(), "rms_norm": _norm(), "rms_norm(residual)":
-        _norm(residual=_f(3, 8), residual_out=_f(3, 8)), "f32_panels_linear": _panels(), "int8_linear": _int8(),
-        "int8_rows_matmul": _rows(), "first_max": _first_max(),
-        "f32_panels_pack": lambda: binding.f32_panels_pack(_f(binding._panels_size(50, 7)), _f(50, 7), 1)}
+GOOD = {
+    "paged_attention": _attention(),
+    "rms_norm": _norm(),
+    "rms_norm(residual)": _norm(residual=_f(3, 8), residual_out=_f(3, 8)),
+    "f32_panels_linear": _panels(),
+    "int8_linear": _int8(),
+    "int8_rows_matmul": _rows(),
+    "first_max": _first_max(),
+    "f32_panels_pack": lambda: binding.f32_panels_pack(_f(binding._panels_size(50, 7)), _f(50, 7), 1),
+}
 
 BAD = [  # (call, error, the argument the message must name)
     (_first_max(x=_f(3, 10, dtype=torch.float64)), TypeError, "x: expected torch.float32, got torch.float64"),
@@ -178,12 +273,18 @@ BAD = [  # (call, error, the argument the message must name)
     (_first_max(out=_i(4)), ValueError, r"out: expected shape \(3,\), got \(4,\)"),
     (_first_max(x=[[1.0]]), TypeError, "x: expected a torch.Tensor, got list"),
     (_norm(weight=_f(9)), ValueError, "weight: expected shape"),
-    (_norm(residual=_f(3, 8, dtype=torch.bfloat16), residual_out=_f(3, 8)), TypeError,
-     "residual: expected torch.float32"),
+    (
+        _norm(residual=_f(3, 8, dtype=torch.bfloat16), residual_out=_f(3, 8)),
+        TypeError,
+        "residual: expected torch.float32",
+    ),
     (_norm(residual=_f(3, 8)), ValueError, "residual_out: given without residual, or residual without it"),
     (_norm(x=_f(8, 3).t()), TypeError, "x: expected a contiguous tensor"),
-    (_attention(k_cache=_f(5, 16, 2, 8, dtype=torch.float16)), TypeError,
-     "k_cache: expected torch.float32 or torch.bfloat16"),
+    (
+        _attention(k_cache=_f(5, 16, 2, 8, dtype=torch.float16)),
+        TypeError,
+        "k_cache: expected torch.float32 or torch.bfloat16",
+    ),
     (_attention(v_cache=_f(5, 16, 2, 8, dtype=torch.bfloat16)), TypeError, "v_cache: expected torch.float32"),
     (_attention(v_cache=_f(4, 16, 2, 8)), ValueError, "v_cache: expected shape"),
     (_attention(k_cache=_f(5, 16, 2, 4), v_cache=_f(5, 16, 2, 4)), ValueError, "k_cache: expected"),
@@ -210,8 +311,11 @@ BAD = [  # (call, error, the argument the message must name)
     (_layer(heads=3), ValueError, "heads: 3 is not a multiple of kv_heads 2"),
     (_layer(intermediate=40), ValueError, r"gate_up: expected a \[80, 32\] weight"),
     (_layer(k_cache=_f(5, 16, 2, 8, dtype=torch.float16)), TypeError, "k_cache: expected torch.float32 or"),
-    (lambda: binding.decode_weight_int8(_f(2, 3, 16, 4, dtype=torch.int8), _f(20), _f(21), None), ValueError,
-     "bias: expected shape"),
+    (
+        lambda: binding.decode_weight_int8(_f(2, 3, 16, 4, dtype=torch.int8), _f(20), _f(21), None),
+        ValueError,
+        "bias: expected shape",
+    ),
     (lambda: binding.madvise(_f(4), 8, 16, 14), ValueError, "offset, length: bytes 8..24 lie outside"),
 ]
 
@@ -222,8 +326,9 @@ def test_good_arguments_reach_c(fake, name):
     assert len(fake.calls) == 1 and fake.calls[0] == name.split("(")[0]
 
 
-@pytest.mark.parametrize("call, error, message", BAD, ids=[message.split(":")[0] + f"-{i}" for i, (_, _, message)
-                                                           in enumerate(BAD)])
+@pytest.mark.parametrize(
+    "call, error, message", BAD, ids=[message.split(":")[0] + f"-{i}" for i, (_, _, message) in enumerate(BAD)]
+)
 def test_bad_arguments_are_refused_before_c(fake, call, error, message):
     with pytest.raises(error, match=message) as refused:
         call()

@@ -1,6 +1,7 @@
 """The fused native decode layer (backends/cpu/decode_layer.py) computes what the layer-by-layer PyTorch
 path computes: same logits at every decode step, same greedy tokens, for each architecture it covers
 and both KV cache dtypes it reads; it stands aside where it does not apply."""
+
 from __future__ import annotations
 
 import pytest
@@ -39,8 +40,14 @@ def _run(llm):
 @pytest.mark.parametrize("kv_dtype", ["auto", "bfloat16"])
 def test_fused_decode_matches_the_layer_by_layer_path(tmp_path, arch, kv_dtype):
     build_tiny(arch, tmp_path)
-    llm = LLM(str(tmp_path), quantization_method="dynamic", kv_cache_dtype=kv_dtype, kvcache_block_size=16,
-              num_kvcache_blocks=64, max_model_len=256)
+    llm = LLM(
+        str(tmp_path),
+        quantization_method="dynamic",
+        kv_cache_dtype=kv_dtype,
+        kvcache_block_size=16,
+        num_kvcache_blocks=64,
+        max_model_len=256,
+    )
     assert llm.runtime_info()["decode_layer"] == "native"
     fused_tokens, fused_logits = _run(llm)
     llm.engine.runner.model.model.fused_layers = None  # the PyTorch path, same weights and engine
@@ -53,10 +60,15 @@ def test_fused_decode_matches_the_layer_by_layer_path(tmp_path, arch, kv_dtype):
 
 def test_fused_decode_stands_aside_where_it_does_not_apply(tmp_path):
     build_tiny("qwen3", tmp_path / "qwen3")  # q/k norms
-    assert LLM(str(tmp_path / "qwen3"), quantization_method="dynamic", num_kvcache_blocks=64,
-               max_model_len=256).runtime_info()["decode_layer"] == "torch"
-    assert LLM(str(tmp_path / "qwen3"), num_kvcache_blocks=64,
-               max_model_len=256).runtime_info()["decode_layer"] == "torch"
+    assert (
+        LLM(
+            str(tmp_path / "qwen3"), quantization_method="dynamic", num_kvcache_blocks=64, max_model_len=256
+        ).runtime_info()["decode_layer"]
+        == "torch"
+    )
+    assert (
+        LLM(str(tmp_path / "qwen3"), num_kvcache_blocks=64, max_model_len=256).runtime_info()["decode_layer"] == "torch"
+    )
 
 
 # float32 Linears (packed panels): the fused layer takes the prompt step of 20 prompts and every decode
@@ -64,6 +76,7 @@ def test_fused_decode_stands_aside_where_it_does_not_apply(tmp_path):
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
 def test_fused_float32_decode_matches_the_layer_by_layer_path(tmp_path, arch):
     import medvllm.backends.cpu.decode_layer as fused
+
     build_tiny(arch, tmp_path)
     llm = LLM(str(tmp_path), kvcache_block_size=16, num_kvcache_blocks=128, max_model_len=256)
     assert llm.runtime_info()["decode_layer"] == "native"
@@ -94,9 +107,11 @@ def test_fused_float32_decode_matches_the_layer_by_layer_path(tmp_path, arch):
 
 @pytest.mark.parametrize("prompt_limit", [10_000, 24])  # prompt steps fused / long ones on PyTorch's path
 @pytest.mark.parametrize("quantization", ["dynamic", None])  # int8 / float32 panels
-def test_fused_prompt_steps_with_chunks_and_prefix_hits_match_the_layer_by_layer_path(tmp_path, monkeypatch,
-                                                                                     prompt_limit, quantization):
+def test_fused_prompt_steps_with_chunks_and_prefix_hits_match_the_layer_by_layer_path(
+    tmp_path, monkeypatch, prompt_limit, quantization
+):
     import medvllm.backends.cpu.decode_layer as fused
+
     monkeypatch.setattr(fused, "MAX_PROMPT_CONTEXT", prompt_limit)
     prompt_steps = []
     call = fused.FusedDecode.__call__
@@ -104,10 +119,19 @@ def test_fused_prompt_steps_with_chunks_and_prefix_hits_match_the_layer_by_layer
     def counting(self, hidden, positions, meta):
         prompt_steps.append(not meta.is_decode)
         return call(self, hidden, positions, meta)
+
     monkeypatch.setattr(fused.FusedDecode, "__call__", counting)
     build_tiny("llama", tmp_path)
-    llm = LLM(str(tmp_path), quantization_method=quantization, kvcache_block_size=16, num_kvcache_blocks=64,
-              max_model_len=256, max_num_batched_tokens=24, max_num_seqs=4, enable_prefix_caching=True)
+    llm = LLM(
+        str(tmp_path),
+        quantization_method=quantization,
+        kvcache_block_size=16,
+        num_kvcache_blocks=64,
+        max_model_len=256,
+        max_num_batched_tokens=24,
+        max_num_seqs=4,
+        enable_prefix_caching=True,
+    )
     shared = _prompts()[3][:32]  # two full blocks every prompt below starts with
     prompts = [shared + p for p in _prompts()]
 

@@ -1,4 +1,5 @@
 """The greedy pick (layers/sampler.first_max): argmax's answer from the native kernel and from torch."""
+
 from __future__ import annotations
 
 import torch
@@ -7,6 +8,7 @@ import torch
 def test_first_max_is_argmax_with_ties_nan_and_infinities():
     # the native kernel on CPU float32 rows, max().indices elsewhere: argmax's answer either way
     from medvllm.layers.sampler import first_max
+
     g = torch.Generator().manual_seed(0)
     x = torch.randn(9, 1037, generator=g)  # a width off the 16-lane vectors
     x[1, 700] = x[1, 5] = 50.0  # a tie: the first wins

@@ -1,4 +1,5 @@
 """The native CPU paged-attention kernel against attention written out in plain PyTorch."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,8 +36,7 @@ def reference(q, k_cache, v_cache, tables, rows, positions, scale, window):
     return out
 
 
-def random_case(num_rows, max_blocks, heads, kv_heads, dim, block_size=16, num_blocks=96, dtype=torch.float32,
-                seed=0):
+def random_case(num_rows, max_blocks, heads, kv_heads, dim, block_size=16, num_blocks=96, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     k_cache = torch.randn(num_blocks, block_size, kv_heads, dim, generator=g).to(dtype)
     v_cache = torch.randn(num_blocks, block_size, kv_heads, dim, generator=g).to(dtype)
@@ -52,8 +52,8 @@ def test_decode_matches_reference(kernel, dtype, num_rows, heads, kv_heads, dim)
     positions = torch.randint(0, 5 * 16, (num_rows,), generator=g)  # any fill of the last block
     rows = torch.arange(num_rows)
     q = torch.randn(num_rows, heads, dim, generator=g).to(dtype)
-    out = paged_attention(kernel, q, k_cache, v_cache, tables, rows, positions, dim ** -0.5, None)
-    ref = reference(q, k_cache, v_cache, tables, rows, positions, dim ** -0.5, None)
+    out = paged_attention(kernel, q, k_cache, v_cache, tables, rows, positions, dim**-0.5, None)
+    ref = reference(q, k_cache, v_cache, tables, rows, positions, dim**-0.5, None)
     assert out.dtype == dtype and out.shape == q.shape
     tol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: rounding of the output alone
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
@@ -78,23 +78,34 @@ def test_result_of_a_token_does_not_depend_on_the_batch(kernel):
     rows = torch.arange(8)
     batched = paged_attention(kernel, q, k_cache, v_cache, tables, rows, positions, 0.125, None)
     for t in range(8):
-        alone = paged_attention(kernel, q[t:t + 1], k_cache, v_cache, tables, rows[t:t + 1], positions[t:t + 1],
-                                0.125, None)
+        alone = paged_attention(
+            kernel, q[t : t + 1], k_cache, v_cache, tables, rows[t : t + 1], positions[t : t + 1], 0.125, None
+        )
         assert torch.equal(alone[0], batched[t])
 
 
 def test_refuses_other_cache_dtypes(kernel):
     k_cache, v_cache, tables, _ = random_case(1, 1, 2, 2, 8, dtype=torch.float16)
     with pytest.raises(TypeError, match="float32 or bfloat16"):
-        paged_attention(kernel, torch.zeros(1, 2, 8), k_cache, v_cache, tables, torch.zeros(1, dtype=torch.long),
-                        torch.zeros(1, dtype=torch.long), 1.0, None)
+        paged_attention(
+            kernel,
+            torch.zeros(1, 2, 8),
+            k_cache,
+            v_cache,
+            tables,
+            torch.zeros(1, dtype=torch.long),
+            torch.zeros(1, dtype=torch.long),
+            1.0,
+            None,
+        )
 
 
 def test_build_failure_is_reported_not_raised_into_the_engine(monkeypatch, tmp_path):
+    from medvllm.backends.cpu.native import build
+    from medvllm.backends.select import ModelTraits, select_backends
     from medvllm.config import Config
     from medvllm.hardware import detect
-    from medvllm.backends.select import ModelTraits, select_backends
-    from medvllm.backends.cpu.native import build
+
     build._library.cache_clear()
     monkeypatch.setenv("MEDVLLM_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
@@ -115,9 +126,17 @@ def test_prompt_steps_on_the_kernel_match_sdpa_in_the_engine(kernel, tmp_path, m
     from medvllm.backends.cpu import attention as cpu_attention
     from tests.engine_probe import LogitsRecorder
     from tests.tiny_models import build_tiny
+
     build_tiny(arch, tmp_path)
-    llm = LLM(str(tmp_path), kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256,
-              max_num_batched_tokens=24, max_num_seqs=4, enable_prefix_caching=True)
+    llm = LLM(
+        str(tmp_path),
+        kvcache_block_size=16,
+        num_kvcache_blocks=64,
+        max_model_len=256,
+        max_num_batched_tokens=24,
+        max_num_seqs=4,
+        enable_prefix_caching=True,
+    )
     assert llm.runtime_info()["attention_backend"] == "cpu-paged"
     llm.engine.runner.model.model.fused_layers = None  # the layer-by-layer path, where the backend decides
     g = torch.Generator().manual_seed(3)
@@ -135,6 +154,7 @@ def test_prompt_steps_on_the_kernel_match_sdpa_in_the_engine(kernel, tmp_path, m
             if not meta.is_decode:
                 on_sdpa.append(step is cpu_attention._SDPA)
             return step
+
         monkeypatch.setattr(cpu_attention, "_token_rows_and_positions", recording)
         recorder = LogitsRecorder(llm.engine)
         outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))

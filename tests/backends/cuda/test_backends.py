@@ -5,6 +5,7 @@ Thresholds are teacher-forced against the same model in float32 on the GPU (quan
 they are first guesses from the CPU measurements (int8 KL 0.07, bf16 KL 0.0014) and must be confirmed
 on a GPU: bf16/fp16 KL <= 0.01 and top-1 >= 0.97; 8-bit KL <= 0.15, top-1 >= 0.8; NF4 KL <= 0.5, top-1 >= 0.7.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -57,8 +58,7 @@ def test_bf16_on_cuda(fp32_gpu):
 
 @needs_bnb
 def test_bnb_8bit(fp32_gpu):
-    llm = _llm(device="cuda", quantization_method="bnb-8bit", enable_mixed_precision=True,
-               mixed_precision_dtype="fp16")
+    llm = _llm(device="cuda", quantization_method="bnb-8bit", enable_mixed_precision=True, mixed_precision_dtype="fp16")
     info = llm.runtime_info()["quantization"]
     assert info["method"] == "bnb-8bit" and info["layers"] == 4 * 30
     _close(fp32_gpu, llm, 0.15, 0.8)
@@ -66,8 +66,7 @@ def test_bnb_8bit(fp32_gpu):
 
 @needs_bnb
 def test_bnb_nf4(fp32_gpu):
-    llm = _llm(device="cuda", quantization_method="bnb-nf4", enable_mixed_precision=True,
-               mixed_precision_dtype="fp16")
+    llm = _llm(device="cuda", quantization_method="bnb-nf4", enable_mixed_precision=True, mixed_precision_dtype="fp16")
     assert llm.runtime_info()["quantization"]["method"] == "bnb-nf4"
     _close(fp32_gpu, llm, 0.5, 0.7)
 
@@ -75,17 +74,29 @@ def test_bnb_nf4(fp32_gpu):
 @needs_ampere
 @pytest.mark.parametrize("block_size", [16, 256])
 def test_flash_attention_matches_sdpa(block_size):
-    sdpa = _llm(device="cuda", enable_mixed_precision=True, attention_impl="sdpa", kvcache_block_size=block_size,
-                num_kvcache_blocks=4096 // block_size)
-    flash = _llm(device="cuda", enable_mixed_precision=True, attention_impl="flash", kvcache_block_size=block_size,
-                 num_kvcache_blocks=4096 // block_size)
+    sdpa = _llm(
+        device="cuda",
+        enable_mixed_precision=True,
+        attention_impl="sdpa",
+        kvcache_block_size=block_size,
+        num_kvcache_blocks=4096 // block_size,
+    )
+    flash = _llm(
+        device="cuda",
+        enable_mixed_precision=True,
+        attention_impl="flash",
+        kvcache_block_size=block_size,
+        num_kvcache_blocks=4096 // block_size,
+    )
     backend = flash.runtime_info()["attention_backend"]
     assert backend == ("flash-attn" if importlib.util.find_spec("flash_attn") else "sdpa-flash")
     _close(sdpa, flash, 0.005, 0.98)
     prompts = ["What is hypertension?", "List three symptoms of type 2 diabetes, with a short explanation each."]
     params = SamplingParams(max_tokens=24, temperature=0)
-    same = [a.outputs[0].token_ids[:8] == b.outputs[0].token_ids[:8]
-            for a, b in zip(sdpa.generate(prompts, params), flash.generate(prompts, params))]
+    same = [
+        a.outputs[0].token_ids[:8] == b.outputs[0].token_ids[:8]
+        for a, b in zip(sdpa.generate(prompts, params), flash.generate(prompts, params))
+    ]
     assert all(same)
 
 

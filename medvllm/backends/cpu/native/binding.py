@@ -15,6 +15,7 @@ here (restype, argtypes), behind a function that takes torch tensors and checks 
 - The C library's memory calls (madvise, malloc_trim, mallopt) for engine/memory_pool.py need no
   compiler: they load apart from the kernels, NativeUnavailable where this C library lacks them.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -35,27 +36,66 @@ INT8_PANEL = 16  # PANEL in int8_linear.c
 
 class Weight(ctypes.Structure):
     """decode_layer.c's Weight: one Linear, int8 panels or float32 panels."""
-    _fields_ = [("panels", _P), ("scale", _P), ("bias", _P), ("n_out", _I), ("k_padded", _I), ("f32_panels", _P),
-                ("col_sums", _P)]
+
+    _fields_ = [
+        ("panels", _P),
+        ("scale", _P),
+        ("bias", _P),
+        ("n_out", _I),
+        ("k_padded", _I),
+        ("f32_panels", _P),
+        ("col_sums", _P),
+    ]
 
 
 class Layer(ctypes.Structure):
     """decode_layer.c's Layer: what one decoder layer holds."""
-    _fields_ = [("qkv", Weight), ("o", Weight), ("gate_up", Weight), ("down", Weight),
-                ("input_norm", _P), ("post_norm", _P), ("k_cache", _P), ("v_cache", _P),
-                ("hidden", _I), ("heads", _I), ("kv_heads", _I), ("head_dim", _I), ("intermediate", _I),
-                ("block_size", _I), ("window", _I), ("cache_dtype", _I), ("eps", _F), ("scale", _F)]
+
+    _fields_ = [
+        ("qkv", Weight),
+        ("o", Weight),
+        ("gate_up", Weight),
+        ("down", Weight),
+        ("input_norm", _P),
+        ("post_norm", _P),
+        ("k_cache", _P),
+        ("v_cache", _P),
+        ("hidden", _I),
+        ("heads", _I),
+        ("kv_heads", _I),
+        ("head_dim", _I),
+        ("intermediate", _I),
+        ("block_size", _I),
+        ("window", _I),
+        ("cache_dtype", _I),
+        ("eps", _F),
+        ("scale", _F),
+    ]
 
 
 class Step(ctypes.Structure):
     """decode_layer.c's Step: what a step gives every layer."""
-    _fields_ = [("positions", _P), ("slots", _P), ("block_tables", _P), ("token_rows", _P), ("cos", _P),
-                ("sin", _P), ("tokens", _I), ("max_blocks", _I), ("threads", _INT)]
+
+    _fields_ = [
+        ("positions", _P),
+        ("slots", _P),
+        ("block_tables", _P),
+        ("token_rows", _P),
+        ("cos", _P),
+        ("sin", _P),
+        ("tokens", _I),
+        ("max_blocks", _I),
+        ("threads", _INT),
+    ]
 
 
 STRUCTS = {"Weight": Weight, "Layer": Layer, "Step": Step}  # C name -> its declaration here
-CONSTANTS = {"CACHE_F32": CACHE_DTYPES[torch.float32], "CACHE_BF16": CACHE_DTYPES[torch.bfloat16],
-             "PANEL_COLS": F32_PANEL_COLS, "PANEL": INT8_PANEL}
+CONSTANTS = {
+    "CACHE_F32": CACHE_DTYPES[torch.float32],
+    "CACHE_BF16": CACHE_DTYPES[torch.bfloat16],
+    "PANEL_COLS": F32_PANEL_COLS,
+    "PANEL": INT8_PANEL,
+}
 
 _SIGNATURES = {  # name: (restype, argtypes), as the C sources declare them
     "rms_norm": (None, [_P, _P, _P, _P, _P, _F, _I, _I, _INT]),
@@ -70,8 +110,7 @@ _SIGNATURES = {  # name: (restype, argtypes), as the C sources declare them
     "int8_rows_uses_amx": (_INT, [_I]),
     "first_max": (None, [_P, _P, _I, _I, _INT]),
     "layout_entries": (_I, []),
-    "layout_entry": (_I, [_I, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_char_p),
-                          ctypes.POINTER(_I)]),
+    "layout_entry": (_I, [_I, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(_I)]),
 }
 
 _lib: ctypes.CDLL | None = None  # the library whose signatures are declared and layout checked
@@ -99,6 +138,7 @@ def _loaded() -> ctypes.CDLL:
 
 # --- the layout check -------------------------------------------------------------------------------
 
+
 def c_layout(lib: ctypes.CDLL) -> dict[str, dict[str, tuple[int, int]]]:
     """What layout.c reports: {struct: {field: (offset, size)}, with "" for the whole struct: (size,
     size)}, and {"constants": {name: (value, 0)}}."""
@@ -121,17 +161,22 @@ def check_layouts(lib: ctypes.CDLL, structs: dict = STRUCTS, constants: dict = C
         ours = {field[0]: (getattr(cls, field[0]).offset, getattr(cls, field[0]).size) for field in cls._fields_}
         for field in [*dict.fromkeys([*c, *ours])]:
             if field and c.get(field) != ours.get(field):
-                raise NativeUnavailable(f"struct {c_name}, field {field}: {_said(c.get(field))} in C, "
-                                        f"{_said(ours.get(field))} in {cls.__name__}: binding.py must match the "
-                                        "C struct")
+                raise NativeUnavailable(
+                    f"struct {c_name}, field {field}: {_said(c.get(field))} in C, "
+                    f"{_said(ours.get(field))} in {cls.__name__}: binding.py must match the "
+                    "C struct"
+                )
         if c.get("", (None,))[0] != ctypes.sizeof(cls):
-            raise NativeUnavailable(f"struct {c_name}: size {c.get('', (None,))[0]} in C, {ctypes.sizeof(cls)} in "
-                                    f"{cls.__name__}: binding.py must match the C struct")
+            raise NativeUnavailable(
+                f"struct {c_name}: size {c.get('', (None,))[0]} in C, {ctypes.sizeof(cls)} in "
+                f"{cls.__name__}: binding.py must match the C struct"
+            )
     reported = layout.get("constants", {})
     for name, value in constants.items():
         if reported.get(name, (None,))[0] != value:
-            raise NativeUnavailable(f"constant {name}: {_said(reported.get(name), 'value')} in C, {value} in "
-                                    "binding.py")
+            raise NativeUnavailable(
+                f"constant {name}: {_said(reported.get(name), 'value')} in C, {value} in binding.py"
+            )
 
 
 def _said(entry: tuple[int, int] | None, what: str = "field") -> str:
@@ -141,6 +186,7 @@ def _said(entry: tuple[int, int] | None, what: str = "field") -> str:
 
 
 # --- argument checks: the fast path is a few comparisons, the messages are built only on failure ------
+
 
 def _check(name: str, t, dtype: torch.dtype) -> None:
     try:
@@ -152,8 +198,7 @@ def _check(name: str, t, dtype: torch.dtype) -> None:
         raise TypeError(f"{name}: expected {dtype}, got {t.dtype}")
     if not t.is_cpu:
         raise TypeError(f"{name}: expected a CPU tensor, got one on {t.device}")
-    raise TypeError(f"{name}: expected a contiguous tensor, got strides {tuple(t.stride())} for shape "
-                    f"{tuple(t.shape)}")
+    raise TypeError(f"{name}: expected a contiguous tensor, got strides {tuple(t.stride())} for shape {tuple(t.shape)}")
 
 
 def _shape(name: str, t: torch.Tensor, shape: tuple) -> None:
@@ -178,8 +223,9 @@ def _optional(name: str, t, dtype: torch.dtype, shape: tuple):
 def _cache_code(name: str, t) -> int:
     code = CACHE_DTYPES.get(getattr(t, "dtype", None))
     if code is None:
-        raise TypeError(f"{name}: expected torch.float32 or torch.bfloat16, got "
-                        f"{getattr(t, 'dtype', type(t).__name__)}")
+        raise TypeError(
+            f"{name}: expected torch.float32 or torch.bfloat16, got {getattr(t, 'dtype', type(t).__name__)}"
+        )
     return code
 
 
@@ -191,8 +237,10 @@ def _caches(k_cache, v_cache, kv_heads: int | None, head_dim: int) -> int:
     _check("v_cache", v_cache, k_cache.dtype)
     _dims("k_cache", k_cache, 4)
     if k_cache.shape[2] != (k_cache.shape[2] if kv_heads is None else kv_heads) or k_cache.shape[3] != head_dim:
-        raise ValueError(f"k_cache: expected [num_blocks, block_size, {kv_heads or 'kv_heads'}, {head_dim}], "
-                         f"got {tuple(k_cache.shape)}")
+        raise ValueError(
+            f"k_cache: expected [num_blocks, block_size, {kv_heads or 'kv_heads'}, {head_dim}], "
+            f"got {tuple(k_cache.shape)}"
+        )
     _shape("v_cache", v_cache, k_cache.shape)
     return code
 
@@ -203,8 +251,16 @@ def _panels_size(n_out: int, n_in: int) -> int:
 
 # --- the kernels ------------------------------------------------------------------------------------
 
-def rms_norm(out: torch.Tensor, residual_out: torch.Tensor | None, x: torch.Tensor, residual: torch.Tensor | None,
-             weight: torch.Tensor, eps: float, threads: int) -> None:
+
+def rms_norm(
+    out: torch.Tensor,
+    residual_out: torch.Tensor | None,
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    threads: int,
+) -> None:
     """fused_norm.c: out = norm(x) * weight over x's last dimension; with residual, residual_out =
     x + residual and out = norm(residual_out) * weight. All float32, x's shape (weight [last dim])."""
     _check("x", x, torch.float32)
@@ -219,13 +275,31 @@ def rms_norm(out: torch.Tensor, residual_out: torch.Tensor | None, x: torch.Tens
         raise ValueError("residual_out: given without residual, or residual without it: both or neither")
     r = _optional("residual", residual, torch.float32, x.shape)
     r_out = _optional("residual_out", residual_out, torch.float32, x.shape)
-    _loaded().rms_norm(out.data_ptr(), r_out, x.data_ptr(), r, weight.data_ptr(), eps,
-                       x.numel() // width if width else 0, width, threads)
+    _loaded().rms_norm(
+        out.data_ptr(),
+        r_out,
+        x.data_ptr(),
+        r,
+        weight.data_ptr(),
+        eps,
+        x.numel() // width if width else 0,
+        width,
+        threads,
+    )
 
 
-def paged_attention(out: torch.Tensor, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    block_tables: torch.Tensor, token_rows: torch.Tensor, token_positions: torch.Tensor,
-                    scale: float, window: int, threads: int) -> int:
+def paged_attention(
+    out: torch.Tensor,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    token_rows: torch.Tensor,
+    token_positions: torch.Tensor,
+    scale: float,
+    window: int,
+    threads: int,
+) -> int:
     """paged_attention.c: q, out float32 [T, H, D]; caches [num_blocks, block_size, Hkv, D] float32 or
     bfloat16; block_tables int64 [rows, max_blocks]; token_rows, token_positions int64 [T]; window <= 0:
     none. Returns 0, or nonzero when the kernel's scratch memory could not be had."""
@@ -245,9 +319,24 @@ def paged_attention(out: torch.Tensor, q: torch.Tensor, k_cache: torch.Tensor, v
     _check("token_positions", token_positions, torch.int64)
     _shape("token_positions", token_positions, (tokens,))
     return _loaded().paged_attention(
-        out.data_ptr(), q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), code, block_tables.data_ptr(),
-        block_tables.shape[1], token_rows.data_ptr(), token_positions.data_ptr(), tokens, heads, kv_heads, head_dim,
-        k_cache.shape[1], scale, window, threads)
+        out.data_ptr(),
+        q.data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        code,
+        block_tables.data_ptr(),
+        block_tables.shape[1],
+        token_rows.data_ptr(),
+        token_positions.data_ptr(),
+        tokens,
+        heads,
+        kv_heads,
+        head_dim,
+        k_cache.shape[1],
+        scale,
+        window,
+        threads,
+    )
 
 
 def f32_panels_size(n_out: int, n_in: int) -> int:
@@ -262,13 +351,15 @@ def f32_panels_pack(panels: torch.Tensor, weight: torch.Tensor, threads: int) ->
     _check("panels", panels, torch.float32)
     n_out, n_in = weight.shape
     if panels.numel() != _panels_size(n_out, n_in):
-        raise ValueError(f"panels: expected {_panels_size(n_out, n_in)} floats for a [{n_out}, {n_in}] weight, "
-                         f"got {panels.numel()}")
+        raise ValueError(
+            f"panels: expected {_panels_size(n_out, n_in)} floats for a [{n_out}, {n_in}] weight, got {panels.numel()}"
+        )
     _loaded().f32_panels_pack(panels.data_ptr(), weight.data_ptr(), n_out, n_in, threads)
 
 
-def f32_panels_linear(out: torch.Tensor, x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None,
-                      threads: int) -> None:
+def f32_panels_linear(
+    out: torch.Tensor, x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None, threads: int
+) -> None:
     """f32_panels.c: out [M, N] = x [M, K] @ weight.T + bias, the weight's panels from f32_panels_pack;
     bias float32 [N] or None. All float32."""
     _check("x", x, torch.float32)
@@ -281,8 +372,9 @@ def f32_panels_linear(out: torch.Tensor, x: torch.Tensor, panels: torch.Tensor, 
         raise ValueError(f"out: expected {rows} rows (x's), got shape {tuple(out.shape)}")
     _check("panels", panels, torch.float32)
     if panels.numel() != _panels_size(n_out, n_in):
-        raise ValueError(f"panels: expected {_panels_size(n_out, n_in)} floats for a [{n_out}, {n_in}] weight, "
-                         f"got {panels.numel()}")
+        raise ValueError(
+            f"panels: expected {_panels_size(n_out, n_in)} floats for a [{n_out}, {n_in}] weight, got {panels.numel()}"
+        )
     b = _optional("bias", bias, torch.float32, (n_out,))
     _loaded().f32_panels_linear(out.data_ptr(), x.data_ptr(), panels.data_ptr(), b, rows, n_in, n_out, threads)
 
@@ -292,15 +384,24 @@ def _int8_panels(packed: torch.Tensor, n_out: int, n_in: int | None) -> int:
     _check("packed", packed, torch.int8)
     _dims("packed", packed, 4)
     if packed.shape[2:] != (INT8_PANEL, 4) or packed.shape[0] != -(-n_out // INT8_PANEL):
-        raise ValueError(f"packed: expected [{-(-n_out // INT8_PANEL)}, in/4, {INT8_PANEL}, 4] for {n_out} outputs, "
-                         f"got {tuple(packed.shape)}")
+        raise ValueError(
+            f"packed: expected [{-(-n_out // INT8_PANEL)}, in/4, {INT8_PANEL}, 4] for {n_out} outputs, "
+            f"got {tuple(packed.shape)}"
+        )
     if n_in is not None and packed.shape[1] != -(-n_in // 4):
         raise ValueError(f"packed: {packed.shape[1] * 4} padded inputs, but x has {n_in}")
     return packed.shape[1] * 4
 
 
-def int8_linear(out: torch.Tensor, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
-                bias: torch.Tensor | None, threads: int, col_sums: torch.Tensor | None = None) -> int:
+def int8_linear(
+    out: torch.Tensor,
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    threads: int,
+    col_sums: torch.Tensor | None = None,
+) -> int:
     """int8_linear.c: out float32 [M, N] from x float32 [M, K], packed int8 panels, scale float32 [N],
     bias float32 [N] or None, col_sums int32 [N rounded up to 16] or None. Returns 0, or nonzero when
     the kernel's scratch memory could not be had."""
@@ -315,8 +416,9 @@ def int8_linear(out: torch.Tensor, x: torch.Tensor, packed: torch.Tensor, scale:
     _shape("out", out, (rows, n_out))
     b = _optional("bias", bias, torch.float32, (n_out,))
     sums = _optional("col_sums", col_sums, torch.int32, (packed.shape[0] * INT8_PANEL,))
-    return _loaded().int8_linear(out.data_ptr(), x.data_ptr(), packed.data_ptr(), scale.data_ptr(), b, rows, n_in,
-                                 n_out, k_padded, threads, sums)
+    return _loaded().int8_linear(
+        out.data_ptr(), x.data_ptr(), packed.data_ptr(), scale.data_ptr(), b, rows, n_in, n_out, k_padded, threads, sums
+    )
 
 
 def int8_rows_matmul(out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor, threads: int) -> int:
@@ -334,8 +436,9 @@ def int8_rows_matmul(out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, sca
     _shape("scale", scale, (n,))
     _check("out", out, torch.float32)
     _shape("out", out, (tokens, n))
-    return _loaded().int8_rows_matmul(out.data_ptr(), x.data_ptr(), rows.data_ptr(), scale.data_ptr(), tokens, width,
-                                      n, threads)
+    return _loaded().int8_rows_matmul(
+        out.data_ptr(), x.data_ptr(), rows.data_ptr(), scale.data_ptr(), tokens, width, n, threads
+    )
 
 
 def int8_rows_uses_amx(width: int) -> bool:
@@ -354,8 +457,10 @@ def first_max(out: torch.Tensor, x: torch.Tensor, threads: int) -> None:
 
 # --- the fused decoder layer ------------------------------------------------------------------------
 
-def decode_weight_int8(panels: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                       col_sums: torch.Tensor | None) -> Weight:
+
+def decode_weight_int8(
+    panels: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, col_sums: torch.Tensor | None
+) -> Weight:
     """A Weight on int8 panels (int8_linear's layout), scale float32 [N], bias float32 [N] or None,
     col_sums int32 [N rounded up to 16] or None."""
     _check("scale", scale, torch.float32)
@@ -374,18 +479,32 @@ def decode_weight_f32(panels: torch.Tensor, bias: torch.Tensor | None, n_out: in
     [n_out] or None."""
     _check("panels", panels, torch.float32)
     if panels.numel() != _panels_size(n_out, n_in):
-        raise ValueError(f"panels: expected {_panels_size(n_out, n_in)} floats for a [{n_out}, {n_in}] weight, "
-                         f"got {panels.numel()}")
+        raise ValueError(
+            f"panels: expected {_panels_size(n_out, n_in)} floats for a [{n_out}, {n_in}] weight, got {panels.numel()}"
+        )
     b = _optional("bias", bias, torch.float32, (n_out,))
     w = Weight(None, None, b, n_out, n_in, panels.data_ptr(), None)
     w._tensors = (panels, bias)
     return w
 
 
-def decode_layer_params(qkv: Weight, o: Weight, gate_up: Weight, down: Weight, input_norm: torch.Tensor,
-                        post_norm: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int,
-                        kv_heads: int, head_dim: int, intermediate: int, window: int, eps: float,
-                        scale: float) -> Layer:
+def decode_layer_params(
+    qkv: Weight,
+    o: Weight,
+    gate_up: Weight,
+    down: Weight,
+    input_norm: torch.Tensor,
+    post_norm: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    intermediate: int,
+    window: int,
+    eps: float,
+    scale: float,
+) -> Layer:
     """A Layer: its four Weights, norm weights float32 [hidden], the layer's paged caches; window <= 0:
     none. The Weights' widths must be the layer's (qkv: hidden -> (heads + 2 kv_heads) * head_dim, ...)."""
     _check("input_norm", input_norm, torch.float32)
@@ -397,24 +516,53 @@ def decode_layer_params(qkv: Weight, o: Weight, gate_up: Weight, down: Weight, i
     if kv_heads <= 0 or heads % kv_heads:
         raise ValueError(f"heads: {heads} is not a multiple of kv_heads {kv_heads}")
     q_width = heads * head_dim
-    for name, w, n_in, n_out in (("qkv", qkv, hidden, q_width + 2 * kv_heads * head_dim), ("o", o, q_width, hidden),
-                                 ("gate_up", gate_up, hidden, 2 * intermediate), ("down", down, intermediate, hidden)):
+    for name, w, n_in, n_out in (
+        ("qkv", qkv, hidden, q_width + 2 * kv_heads * head_dim),
+        ("o", o, q_width, hidden),
+        ("gate_up", gate_up, hidden, 2 * intermediate),
+        ("down", down, intermediate, hidden),
+    ):
         if not isinstance(w, Weight):
             raise TypeError(f"{name}: expected a binding.Weight, got {type(w).__name__}")
         k_padded = n_in if w.f32_panels else -(-n_in // 4) * 4
         if w.n_out != n_out or w.k_padded != k_padded:
-            raise ValueError(f"{name}: expected a [{n_out}, {n_in}] weight, got {w.n_out} outputs of "
-                             f"{w.k_padded} (padded) inputs")
-    layer = Layer(qkv, o, gate_up, down, input_norm.data_ptr(), post_norm.data_ptr(), k_cache.data_ptr(),
-                  v_cache.data_ptr(), hidden, heads, kv_heads, head_dim, intermediate, k_cache.shape[1], window, code,
-                  eps, scale)
+            raise ValueError(
+                f"{name}: expected a [{n_out}, {n_in}] weight, got {w.n_out} outputs of {w.k_padded} (padded) inputs"
+            )
+    layer = Layer(
+        qkv,
+        o,
+        gate_up,
+        down,
+        input_norm.data_ptr(),
+        post_norm.data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        hidden,
+        heads,
+        kv_heads,
+        head_dim,
+        intermediate,
+        k_cache.shape[1],
+        window,
+        code,
+        eps,
+        scale,
+    )
     layer._tensors = (qkv, o, gate_up, down, input_norm, post_norm, k_cache, v_cache)
     layer._work_per_token = _loaded().decode_layer_work(ctypes.byref(layer))  # for decode_layer's check of work
     return layer
 
 
-def decode_step(positions: torch.Tensor, slots: torch.Tensor, block_tables: torch.Tensor, token_rows: torch.Tensor,
-                cos: torch.Tensor, sin: torch.Tensor, threads: int) -> Step:
+def decode_step(
+    positions: torch.Tensor,
+    slots: torch.Tensor,
+    block_tables: torch.Tensor,
+    token_rows: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    threads: int,
+) -> Step:
     """A Step: positions, slots, token_rows int64 [T]; block_tables int64 [rows, max_blocks]; the rotary
     tables cos, sin float32 [max_positions, head_dim]."""
     _check("positions", positions, torch.int64)
@@ -430,8 +578,17 @@ def decode_step(positions: torch.Tensor, slots: torch.Tensor, block_tables: torc
     _dims("cos", cos, 2)
     _check("sin", sin, torch.float32)
     _shape("sin", sin, cos.shape)
-    step = Step(positions.data_ptr(), slots.data_ptr(), block_tables.data_ptr(), token_rows.data_ptr(),
-                cos.data_ptr(), sin.data_ptr(), tokens, block_tables.shape[1], threads)
+    step = Step(
+        positions.data_ptr(),
+        slots.data_ptr(),
+        block_tables.data_ptr(),
+        token_rows.data_ptr(),
+        cos.data_ptr(),
+        sin.data_ptr(),
+        tokens,
+        block_tables.shape[1],
+        threads,
+    )
     step._tensors = (positions, slots, block_tables, token_rows, cos, sin)
     step._rotary_width = cos.shape[1]
     return step
@@ -444,8 +601,9 @@ def decode_layer_work(layer: Layer) -> int:
     return _loaded().decode_layer_work(ctypes.byref(layer))
 
 
-def decode_layer(layer: Layer, step: Step, hidden: torch.Tensor, residual: torch.Tensor, first: bool,
-                 work: torch.Tensor | None) -> int:
+def decode_layer(
+    layer: Layer, step: Step, hidden: torch.Tensor, residual: torch.Tensor, first: bool, work: torch.Tensor | None
+) -> int:
     """decode_layer.c: one decoder layer over the step's tokens. hidden, residual float32 [T, hidden]
     (updated in place); first: the first layer (residual is then set from hidden); work float32 of at
     least T * decode_layer_work(layer), or None to have the kernel allocate it. Returns 0, or nonzero
@@ -455,8 +613,9 @@ def decode_layer(layer: Layer, step: Step, hidden: torch.Tensor, residual: torch
     if type(step) is not Step or not hasattr(step, "_rotary_width"):
         raise TypeError(f"step: expected a binding.Step from decode_step, got {type(step).__name__}")
     if step._rotary_width != layer.head_dim:
-        raise ValueError(f"step: rotary tables of width {step._rotary_width}, but the layer's head_dim is "
-                         f"{layer.head_dim}")
+        raise ValueError(
+            f"step: rotary tables of width {step._rotary_width}, but the layer's head_dim is {layer.head_dim}"
+        )
     shape = (step.tokens, layer.hidden)
     _check("hidden", hidden, torch.float32)
     _shape("hidden", hidden, shape)
@@ -466,11 +625,11 @@ def decode_layer(layer: Layer, step: Step, hidden: torch.Tensor, residual: torch
     if work is not None:
         _check("work", work, torch.float32)
         if work.numel() < step.tokens * layer._work_per_token:
-            raise ValueError(f"work: {work.numel()} floats, the step needs "
-                             f"{step.tokens * layer._work_per_token}")
+            raise ValueError(f"work: {work.numel()} floats, the step needs {step.tokens * layer._work_per_token}")
         w = work.data_ptr()
-    return _loaded().decode_layer(ctypes.byref(layer), ctypes.byref(step), hidden.data_ptr(), residual.data_ptr(),
-                                  int(first), w)
+    return _loaded().decode_layer(
+        ctypes.byref(layer), ctypes.byref(step), hidden.data_ptr(), residual.data_ptr(), int(first), w
+    )
 
 
 # --- the C library's memory calls -------------------------------------------------------------------
@@ -505,8 +664,10 @@ def madvise(tensor: torch.Tensor, offset: int, length: int, advice: int) -> int:
     if not isinstance(tensor, torch.Tensor) or not tensor.is_cpu or not tensor.is_contiguous():
         raise TypeError("tensor: expected a contiguous CPU tensor")
     if offset < 0 or length < 0 or offset + length > tensor.numel() * tensor.element_size():
-        raise ValueError(f"offset, length: bytes {offset}..{offset + length} lie outside the tensor's "
-                         f"{tensor.numel() * tensor.element_size()}")
+        raise ValueError(
+            f"offset, length: bytes {offset}..{offset + length} lie outside the tensor's "
+            f"{tensor.numel() * tensor.element_size()}"
+        )
     return _libc_function("madvise")(tensor.data_ptr() + offset, length, advice)
 
 

@@ -6,6 +6,7 @@ one compile of kernels.c, which includes every other file: ~1.7 s where one comp
 in all). Without a compiler the loader says why, and the caller keeps PyTorch's path (and records which
 one runs). binding.py declares the library's functions and checks its struct layout at load.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -14,7 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -34,7 +35,8 @@ class NativeUnavailable(RuntimeError):
 
 def cache_dir() -> Path:
     root = os.environ.get("MEDVLLM_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "medvllm")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "medvllm"
+    )
     return Path(root) / "native"
 
 
@@ -46,6 +48,7 @@ def _cpu_signature() -> str:
     except OSError:
         pass
     import platform
+
     return platform.processor() or platform.machine()
 
 
@@ -62,15 +65,16 @@ def load(name: str = LIBRARY) -> ctypes.CDLL:
     return _library()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _library() -> ctypes.CDLL:
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         raise NativeUnavailable("no C compiler found (install gcc, or set CC)")
     # every source of the folder goes into the key: kernels.c includes them all
     sources = b"\0".join(path.read_bytes() for path in sorted(HERE.glob("*.c")))
-    key = hashlib.sha256(b"\0".join([sources, " ".join(flags()).encode(), compiler.encode(),
-                                     _cpu_signature().encode()])).hexdigest()[:16]
+    key = hashlib.sha256(
+        b"\0".join([sources, " ".join(flags()).encode(), compiler.encode(), _cpu_signature().encode()])
+    ).hexdigest()[:16]
     target = cache_dir() / f"{LIBRARY}-{key}.so"
     if not target.exists():
         _compile(compiler, HERE / f"{LIBRARY}.c", target)
@@ -86,8 +90,9 @@ def _compile(compiler: str, source: Path, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *flags(), str(source), "-o", tmp, "-lm"],
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [compiler, *flags(), str(source), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120
+        )
         if done.returncode != 0:
             first = (done.stderr.strip().splitlines() or ["(no message)"])[0]
             raise NativeUnavailable(f"{Path(compiler).name} failed on {source.name}: {first}")
