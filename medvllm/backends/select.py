@@ -50,6 +50,7 @@ class Backends:
     embedding: str  # float | int8-rows
     norm: str  # native | torch
     decode_layer: str  # native (one C call per decoder layer) | torch
+    sampler: str  # the greedy pick: native | torch
     reasons: dict[str, str] = field(compare=False)
     kit: LayerKit = field(compare=False, repr=False)
 
@@ -57,7 +58,7 @@ class Backends:
         return {part: getattr(self, part) for part in PARTS}
 
 
-PARTS = ("attention", "linear", "lm_head", "embedding", "norm", "decode_layer")
+PARTS = ("attention", "linear", "lm_head", "embedding", "norm", "decode_layer", "sampler")
 
 
 def select_backends(config, traits: ModelTraits) -> Backends:
@@ -113,8 +114,20 @@ def _cpu(config, traits: ModelTraits) -> Backends:
         fused, why["decode_layer"] = fused_decode_layers(), "one C call per decoder layer"
     else:
         why["decode_layer"] = blocker
+    if native:
+        from medvllm.backends.cpu.argmax import native_first_max
+
+        argmax, why["sampler"] = native_first_max(), "the C kernel's one pass over float32 logits"
+    else:
+        argmax, why["sampler"] = None, f"native kernels unavailable ({missing})"
     kit = LayerKit(
-        linear=linear, lm_head=head, embedding_int8=embedding_int8, norm=norm, attention=attention, fused_layers=fused
+        linear=linear,
+        lm_head=head,
+        embedding_int8=embedding_int8,
+        norm=norm,
+        attention=attention,
+        fused_layers=fused,
+        argmax=argmax,
     )
     return _record(kit, why)
 
@@ -186,7 +199,8 @@ def _cuda(config, traits: ModelTraits) -> Backends:
         head, why["lm_head"] = Float32Logits(), "logits in float32 under mixed precision"
     else:
         head, why["lm_head"] = UNQUANTIZED, "float32 model"
-    why["embedding"], why["norm"], why["decode_layer"] = "no int8 table on CUDA", "PyTorch", "CPU only"
+    why["embedding"], why["norm"] = "no int8 table on CUDA", "PyTorch's on CUDA"
+    why["decode_layer"] = why["sampler"] = "native kernels are CPU only"
     return _record(LayerKit(linear=linear, lm_head=head, attention=attention), why)
 
 
@@ -243,6 +257,7 @@ def _record(kit: LayerKit, why: dict[str, str]) -> Backends:
         embedding="int8-rows" if kit.embedding_int8 else "float",
         norm="torch" if kit.norm is None else "native",
         decode_layer="torch" if kit.fused_layers is None else "native",
+        sampler="torch" if kit.argmax is None else "native",
         reasons=why,
         kit=kit,
     )

@@ -35,10 +35,14 @@ def num_blocks_for(config: Config, model, dtype: torch.dtype, device: torch.devi
 
 
 def allocate_kv_cache(
-    model, config: Config, dtype: torch.dtype, device: torch.device, max_model_len: int
+    model, config: Config, dtype: torch.dtype, device: torch.device, max_model_len: int, tp=None
 ) -> torch.Tensor:
     """[2, layers, blocks, block_size, kv_heads, head_dim]; the model binds each layer's slices."""
     blocks = num_blocks_for(config, model, dtype, device, max_model_len)
+    if tp is not None:
+        # rank 0's scheduler hands out block ids that every rank uses in its own pool, and ranks may
+        # differ in KV heads (uneven splits) or free memory: all hold the smallest pool any rank can
+        blocks = tp.min_over_ranks(blocks)
     needed = -(-max_model_len // config.kvcache_block_size)
     if blocks < needed and (config.max_model_len is not None or blocks < 1):
         raise ConfigError(

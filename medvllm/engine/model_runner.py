@@ -60,17 +60,14 @@ class ModelRunner:
             self.model, None if config.quantization_method is None else self.backends.linear
         )
         self.vocab_size = hf.vocab_size
-        if tp is not None:  # every rank must size its pool to the same number of blocks
-            from medvllm.distributed.kv_blocks import agree_on_kv_blocks
-
-            config = agree_on_kv_blocks(config, self.model, config.kv_torch_dtype, self.device, tp, max_model_len)
-        self.kv_cache = allocate_kv_cache(self.model, config, config.kv_torch_dtype, self.device, max_model_len)
+        self.kv_cache = allocate_kv_cache(self.model, config, config.kv_torch_dtype, self.device, max_model_len, tp)
         self.model.bind_kv_cache(self.kv_cache)
         self.max_model_len = fitted_max_model_len(config, self.kv_cache, max_model_len)
         self.num_blocks = self.kv_cache[0].shape[1]
         generator = torch.Generator(device=self.device)
         generator.manual_seed(config.seed)
-        self.sampler = Sampler(generator)
+        argmax = self.backends.kit.argmax
+        self.sampler = Sampler(generator) if argmax is None else Sampler(generator, argmax)
         # weights and KV cache in place: from here on, keep each step's work buffers for the next step
         self.keeps_freed_memory = self.device.type == "cpu" and keep_freed_memory(
             step_buffer_bytes(hf, config.max_num_batched_tokens)

@@ -21,6 +21,7 @@ class LayerKit:
     # builds, from the model once its KV cache is bound, a callable that runs every decoder layer of a
     # step in one go ((hidden, positions, meta) -> (hidden, residual)) with a `handles(meta)` test
     fused_layers: Callable | None = None
+    argmax: Callable | None = None  # the sampler's greedy pick; None: PyTorch's
 
 
 REFERENCE = LayerKit()

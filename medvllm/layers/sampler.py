@@ -8,12 +8,8 @@ on nothing else in the batch, and a preempted, recomputed request draws the same
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 
 import torch
-
-from medvllm.backends.cpu.native import binding
-from medvllm.backends.cpu.native.build import NativeUnavailable
 
 _SEED_MIX = 0x9E3779B97F4A7C15  # spreads (seed, step) pairs over the generator's seed space
 
@@ -38,30 +34,16 @@ class SamplingBatch:
 
 
 def first_max(x: torch.Tensor) -> torch.Tensor:
-    """Index of each row's largest value, the first on ties: argmax's answer. On CPU float32 rows, the
-    native kernel (native/first_max.c); else max().indices, 2.6x faster than argmax on CPU (64 rows of
-    49,152 logits: 0.77 ms against 2.0)."""
-    kernel = _native_first_max()
-    if kernel is None or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2:
-        return x.max(dim=-1).indices
-    x = x.contiguous()
-    out = torch.empty(x.shape[0], dtype=torch.int64)
-    kernel(out, x, torch.get_num_threads())
-    return out
-
-
-@cache
-def _native_first_max():
-    try:
-        binding.library()
-    except NativeUnavailable:
-        return None
-    return binding.first_max
+    """Index of each row's largest value, the first on ties: argmax's answer (max().indices is the faster
+    of the two on CPU). The CPU backend passes the Sampler a native kernel with the same answer."""
+    return x.max(dim=-1).indices
 
 
 class Sampler:
-    def __init__(self, generator: torch.Generator):
+    def __init__(self, generator: torch.Generator, argmax=first_max):
+        """`argmax`: the greedy pick, rows -> index of the first largest value (chosen once per engine)."""
         self.generator = generator
+        self.argmax = argmax
 
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch):
         """Returns (token ids [B], logprobs [B, V] of the raw distribution or None)."""
@@ -70,12 +52,12 @@ class Sampler:
         if batch.output_tokens is not None:
             logits = apply_penalties(logits, batch)
         if batch.all_greedy:
-            return first_max(logits), logprobs
+            return self.argmax(logits), logprobs
         greedy = batch.temperature == 0
         temp = torch.where(greedy, torch.ones_like(batch.temperature), batch.temperature)
         probs = self._filtered_probs(logits / temp.unsqueeze(1), batch)
         sampled = self._draw(probs, batch.seeds)
-        return torch.where(greedy, first_max(logits), sampled), logprobs
+        return torch.where(greedy, self.argmax(logits), sampled), logprobs
 
     @staticmethod
     def _filtered_probs(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
@@ -95,7 +77,7 @@ class Sampler:
                 gen = torch.Generator(device=probs.device)
                 gen.manual_seed((seed[0] * _SEED_MIX + seed[1]) % (2**63))
                 q[row].exponential_(generator=gen)
-        return first_max(probs / q)
+        return self.argmax(probs / q)
 
 
 def top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:

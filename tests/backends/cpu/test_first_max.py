@@ -1,4 +1,5 @@
-"""The greedy pick (layers/sampler.first_max): argmax's answer from the native kernel and from torch."""
+"""The greedy pick (layers/sampler.first_max, and backends/cpu/argmax.py's native kernel): argmax's answer
+from the native kernel and from torch."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import torch
 
 def test_first_max_is_argmax_with_ties_nan_and_infinities():
     # the native kernel on CPU float32 rows, max().indices elsewhere: argmax's answer either way
-    from medvllm.layers.sampler import first_max
+    from medvllm.backends.cpu.argmax import native_first_max
+
+    first_max = native_first_max()
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(9, 1037, generator=g)  # a width off the 16-lane vectors
