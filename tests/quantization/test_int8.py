@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from medvllm import LLM, SamplingParams
-from medvllm.backends.cpu.int8_linear import QMAX, rows_kernel_uses_amx
+from medvllm.backends.cpu.int8_linear import rows_kernel_uses_amx
 from medvllm.backends.cpu.native.build import NativeUnavailable, load
 from medvllm.config import Config
 from medvllm.deployment.merge import build
 from medvllm.errors import ConfigError
 from medvllm.hardware import detect
+from medvllm.layers.int8_rows import QMAX
 from medvllm.layers.linear import ReplicatedLinear
 from medvllm.quantization import METHODS, quantizable_layers
 from medvllm.quantization.dynamic_int8 import DynamicInt8Method
