@@ -126,7 +126,7 @@ class Config:
 
 
 DEFAULT_BATCHED_TOKENS = {"cpu": 2048, "cuda": 8192}
-MEMORY_EFFICIENT_BATCHED_TOKENS = 1024  # CPU: 64 prompts prefill as fast as in 2,048-token steps, ~35 MB less
+MEMORY_EFFICIENT_BATCHED_TOKENS = 1024  # CPU: prompts prefill as fast as in 2,048-token steps, in less memory
 # The CPU KV pool limit when kv_cache_space_gib is not given, without / with memory_efficient. 0.4 GiB of
 # a bf16 cache holds ~18,600 tokens of the default model: 64 requests of 20-200 + 128 tokens at once.
 DEFAULT_KV_SPACE_GIB = {False: 1.0, True: 0.4}

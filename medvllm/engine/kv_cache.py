@@ -85,9 +85,8 @@ def zeroed(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     """A zero-filled tensor. Zeros matter: masked-out slots still meet the values in P @ V, and
     garbage NaNs there would poison the output. On CPU, an anonymous mapping gets zero pages from the OS
     lazily, so resident memory grows only with the blocks actually written. (Not numpy's calloc, which
-    asks Linux for 2 MB pages: here their first touch cost ~1.4 ms/MB against ~0.2 ms/MB for 4 KB ones,
-    and a fresh engine's first 64-request float32 run went 496-533 -> 545-554 tok/s without them; later
-    runs were no faster with them.)"""
+    asks Linux for 2 MB pages: their first touch costs several times as much per byte as 4 KB pages',
+    which slows a fresh engine's first run; later runs were no faster with them.)"""
     if device.type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
     nbytes = math.prod(shape) * torch.finfo(dtype).bits // 8

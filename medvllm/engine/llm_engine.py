@@ -37,9 +37,9 @@ class LLMEngine:
         self.num_generated_tokens = 0
         if config.tensor_parallel_size == 1:
             # everything built so far lives as long as the engine: out of the collector's way, so its
-            # full passes during generation walk only what steps create (~3% of a 64-request run). Not
-            # with tensor parallelism: frozen, its process group is finalized out of order at exit and
-            # under torchrun the process aborted there about half the time.
+            # full passes during generation walk only what steps create. Not with tensor parallelism:
+            # frozen, its process group is finalized out of order at exit and under torchrun the process
+            # often aborted there.
             gc.freeze()
 
     # ---- requests

@@ -101,10 +101,9 @@ def keep_freed_memory(largest: int) -> bool:
     when they exceed what glibc keeps by itself (32 MiB). Returns whether it had to (False off glibc).
 
     Past that size every allocation is a fresh mmap, so each step page-faults its work buffers in again
-    and zeroes them: with 8,192-token steps (86 MB buffers) the default model's 64-prompt prefill took
-    21 s instead of 15.5 s on 2 cores. With 2,048-token steps (the CPU default; 25 MB buffers) glibc's
-    own threshold already reuses them, and raising it only fragments the heap: 64 requests peaked
-    ~100 MB higher, no faster. Process-wide, like any allocator setting.
+    and zeroes them, which makes a prefill in 8,192-token steps markedly slower. With 2,048-token steps
+    (the CPU default; buffers under that size) glibc's own threshold already reuses them, and raising it
+    only fragments the heap: a higher peak, no faster. Process-wide, like any allocator setting.
     """
     if largest <= GLIBC_DYNAMIC_MMAP_MAX:
         return False

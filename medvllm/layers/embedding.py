@@ -72,7 +72,7 @@ class VocabParallelEmbedding(nn.Module):
             and full.untyped_storage().nbytes() == full.numel() * full.element_size()
         ):
             # the whole table in a tensor of its own, as loaders hand it over: keep it instead of a copy,
-            # which would hold the largest tensor of a small model twice (2 x 113 MB on the default one)
+            # which would hold the largest tensor of a small model twice
             w.data = full
             return
         w.data.copy_(full.narrow(0, *self.rows))
@@ -96,8 +96,12 @@ class ParallelLMHead(ColumnParallelLinear):
         super().__init__(hidden_size, vocab_size, bias=False, tp=tp, method=method)
         self.sizes = split_sizes(vocab_size, self.tp.size)
         if embedding is not None:
-            self.weight = embedding.weight
-            self.shares_weight = True
+            self.share_table(embedding)
+
+    def share_table(self, embedding: VocabParallelEmbedding) -> None:
+        """Read the token embedding's table as this head's weight (tied weights): held once."""
+        self.weight = embedding.weight
+        self.shares_weight = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | None:
         logits = self.method.apply(self, x)

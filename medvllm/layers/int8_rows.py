@@ -13,7 +13,7 @@ _TINY = 1e-12
 def int8_rows(weight: torch.Tensor, rows_at_once: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """float [n, d] -> (int8 [n, d], float32 scale [n]): symmetric, one scale per row, so row i is
     q[i] * scale[i] within half a step. Converted a slice of rows at a time: no float temporary the size
-    of the whole matrix (the default model's 113 MB embedding table made the load's peak that way)."""
+    of the whole matrix (the embedding table, a small model's largest tensor, made the load's peak that way)."""
     scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
     q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
     for start in range(0, weight.shape[0], rows_at_once):

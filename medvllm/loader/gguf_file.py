@@ -1,8 +1,8 @@
 """Read a GGUF file's metadata and tensor table from a memory map.
 
-gguf.GGUFReader builds a numpy view per vocabulary string, which takes ~4.5 s on the default model's
-49k tokens and 49k merges; walking the same bytes with struct takes ~0.1 s. Tensor data is never
-copied here: each tensor is a uint8 view of the map, decoded later by gguf_weights.
+gguf.GGUFReader builds a numpy view per vocabulary string, which is slow on a vocabulary of tens of
+thousands of tokens and merges; walking the same bytes with struct takes a small fraction of that time.
+Tensor data is never copied here: each tensor is a uint8 view of the map, decoded later by gguf_weights.
 """
 
 import mmap
@@ -60,9 +60,9 @@ class GGUFFile:
         """Drop the tensor's pages from this process once the loader has copied it.
 
         A mapped page that was read stays in the process's RSS for as long as the map lives (the
-        source keeps it for a later reload), which on the default model is the whole 93 MB file on
-        top of the weights made from it. The map is read-only, so a page dropped here is simply read
-        from the file again if it is ever touched.
+        source keeps it for a later reload), which comes to the whole file on top of the weights made
+        from it. The map is read-only, so a page dropped here is simply read from the file again if it
+        is ever touched.
         """
         self._drop(info.start, info.start + info.nbytes)
 
@@ -71,7 +71,7 @@ class GGUFFile:
         self._drop(info.start + start * row_bytes, info.start + stop * row_bytes)
 
     def release_metadata(self) -> None:
-        """Drop the pages of the header (the vocabulary: 12 MB on the default model) once it is parsed."""
+        """Drop the pages of the header (mostly the vocabulary) once it is parsed."""
         self._drop(0, self.data_start)
 
     def release_all(self) -> None:

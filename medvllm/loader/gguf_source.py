@@ -43,7 +43,7 @@ def open_gguf(path: str) -> ModelSource:
 
     def decoded(hf, info):
         raw = f.raw(info)
-        # each slice's file pages go as soon as it is decoded (30 MB of them for the default model's table)
+        # each slice's file pages go as soon as it is decoded, so a large table's pages never all stay resident
         tensor = dequantize(raw, info.qtype, lambda start, stop: f.release_rows(info, raw.shape[-1], start, stop))
         f.release(info)
         proj = hf.split(".")[-2]

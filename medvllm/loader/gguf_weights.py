@@ -1,6 +1,6 @@
 """Decode GGUF tensors into float32 torch tensors with Hugging Face layout.
 
-The common types (F32, F16, BF16, Q8_0, Q4_0, Q4_1) are decoded with torch, about 3x faster than
+The common types (F32, F16, BF16, Q8_0, Q4_0, Q4_1) are decoded with torch, much faster than
 gguf's numpy code; each mirrors gguf.quants op for op, so the floats are bit-identical (tests check
 this). Every other type falls back to gguf.quants.dequantize.
 """
@@ -24,8 +24,8 @@ def dequantize(raw: np.ndarray, qtype: Q, done=None) -> torch.Tensor:
 
 @contextmanager
 def _one_thread():
-    # Decoding is memory-bound, so threads barely help; on a busy machine torch's pool made the default
-    # model's decode take 4-8 s instead of 0.7 s (2 cores, measured). The caller's setting is restored.
+    # Decoding is memory-bound, so threads barely help; on a busy machine torch's pool made the decode
+    # several times slower than one thread. The caller's setting is restored.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -50,8 +50,8 @@ def _dequantize(raw: np.ndarray, qtype: Q, done) -> torch.Tensor:
     block, block_bytes = GGML_QUANT_SIZES[qtype]
     flat = raw.reshape(-1, raw.shape[-1])
     out = torch.empty(flat.shape[0], raw.shape[-1] // block_bytes * block, dtype=torch.float32)
-    # a slice of rows at a time: the temporaries stay small beside the float32 result (the default
-    # model's 113 MB embedding table was the load's peak with three of them)
+    # a slice of rows at a time: the temporaries stay small beside the float32 result (with three
+    # full-size ones, the embedding table was the load's peak)
     step = max(1, ROW_BYTES_AT_ONCE // max(1, raw.shape[-1]))
     for start in range(0, flat.shape[0], step):
         rows = torch.from_numpy(flat[start : start + step].copy())  # the map is read-only; torch wants writable memory

@@ -204,7 +204,7 @@ class LlamaForCausalLM(nn.Module):
     def tie_weights(self) -> None:
         """Point a tied head at the embedding's table again (giving a meta model storage unties them)."""
         if self.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+            self.lm_head.share_table(self.model.embed_tokens)
 
     def bind_kv_cache(self, cache: torch.Tensor) -> None:
         self.model.bind_kv_cache(cache)

@@ -20,6 +20,12 @@ from tests.models.test_parity import prompts_of
 from tests.tiny_models import build_tiny
 
 
+# Both sides round keys and values to bfloat16 (steps of 1/256 relative): where the two engines' float32
+# keys differ in their last bit and sit at a rounding midpoint, one element rounds the other way. That
+# bounds the agreement, not float32 rounding: 1e-3 (float32-only comparisons keep 1e-4).
+BF16_KV_TOL = 1e-3
+
+
 def _bf16(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.bfloat16).to(t.dtype)
 
@@ -56,7 +62,7 @@ def test_bf16_cache_matches_transformers_with_bf16_keys_and_values(hf_with_bf16_
     info = llm.runtime_info()
     assert (info["dtype"], info["kv_cache_dtype"]) == ("float32", "bfloat16")
     assert llm.engine.runner.kv_cache.dtype == torch.bfloat16
-    check_against_hf(model, llm, prompts_of([5, 17, 33, 40], seed=11))
+    check_against_hf(model, llm, prompts_of([5, 17, 33, 40], seed=11), tol=BF16_KV_TOL)
 
 
 def test_bf16_cache_takes_half_the_bytes_per_block(hf_with_bf16_kv):
@@ -101,7 +107,7 @@ def test_memory_efficient_stores_a_float32_models_cache_in_bf16_on_cpu(hf_with_b
     folder, model = hf_with_bf16_kv
     llm = LLM(str(folder), kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256, memory_efficient=True)
     assert llm.runtime_info()["kv_cache_dtype"] == "bfloat16"
-    check_against_hf(model, llm, prompts_of([5, 17, 33, 40], seed=11))
+    check_against_hf(model, llm, prompts_of([5, 17, 33, 40], seed=11), tol=BF16_KV_TOL)
 
 
 def test_memory_efficient_cache_dtype_rules():

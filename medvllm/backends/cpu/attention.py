@@ -4,8 +4,8 @@ The SDPA path copies every sequence's blocks into one padded tensor per layer be
 decode step that copy and the masked SDPA call cost more than the attention arithmetic. The kernel in
 native/paged_attention.c walks each sequence's block table instead. Prompt steps take it too while
 every context is short (MAX_PROMPT_CONTEXT); longer ones stay on SDPA, whose blocked kernel is faster
-when many queries share their keys. Measured for one prompt of 128 / 512 / 1024 / 2000 tokens, a whole
-int8 prompt step: 29 / 171 / 550 / 2371 ms on the kernel, 48 / 184 / 485 / 1561 ms with SDPA.
+when many queries share their keys. Whole int8 prompt steps timed both ways put the crossover between
+a short prompt, where the kernel wins, and a long one, where SDPA does.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from medvllm.backends.cpu.native.binding import CACHE_DTYPES
 
 # Prompt steps whose contexts are all this short attend through the kernel too, each prompt token over
 # the paged cache on its own; past it, SDPA's blocked kernel over the gathered context is faster
-# (measurements in the module docstring).
+# (timed on whole prompt steps, as the module docstring says).
 MAX_PROMPT_CONTEXT = 768
 
 

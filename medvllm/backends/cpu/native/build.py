@@ -1,10 +1,10 @@
 """Builds the C kernels in this folder with the system C compiler at first use, and loads them.
 
 The library is compiled for this CPU (-march=native, or MEDVLLM_NATIVE_MARCH) into a cache folder
-keyed by the sources, the flags and the CPU, so only the first start on a machine pays the build (~2 s,
-one compile of kernels.c, which includes every other file: ~1.7 s where one compile per file took ~3.7 s
-in all). Without a compiler the loader says why, and the caller keeps PyTorch's path (and records which
-one runs). binding.py declares the library's functions and checks its struct layout at load.
+keyed by the sources, the flags and the CPU, so only the first start on a machine pays the build (one
+compile of kernels.c, which includes every other file: much quicker than one compile per file).
+Without a compiler the loader says why, and the caller keeps PyTorch's path (and records which one
+runs). binding.py declares the library's functions and checks its struct layout at load.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
  * write, paged attention, output projection, norm, gate/up, SiLU * up, down.
  *
  * One-token decode of the default model spends less time in arithmetic than in getting to it: the same
- * layer through PyTorch and ctypes is ~15 dispatches, allocations and Python calls, 0.35 ms a layer
- * against ~0.15 ms of kernels. Here it is one call. The kernels are the ones the PyTorch path calls
+ * layer through PyTorch and ctypes is ~15 dispatches, allocations and Python calls, which take longer
+ * than its kernels. Here it is one call. The kernels are the ones the PyTorch path calls
  * (this file includes their sources), so each step computes the same arithmetic; only rotary and SiLU
  * are written out here, in float32 as layers/rotary.py and F.silu do.
  *

@@ -7,8 +7,8 @@
 #ifdef HAVE_AMX
 #define AMX_ROWS 16  /* tokens per tile */
 /* From this many tokens on, all of them go through AMX, the last tile padded with zero tokens: padding
- * costs less than a second pass over the weights for the rest (24 tokens: 6.6 -> 5.3 ms for the default
- * model's 120 Linears); below it, VNNI (4 tokens: 3.6 against 3.8 ms, 5: 4.0 against 3.8). */
+ * costs less than a second pass over the weights for the rest; below it, VNNI, which is quicker there
+ * than AMX. */
 #define AMX_MIN_TOKENS 5
 
 /* Tokens [m, m + 16 * row_tiles) x panels [p, p + panel_tiles), 1 or 2 of each, over all of K.
@@ -64,9 +64,9 @@ static void amx_rows(const int8_t *q, int64_t rows, const int8_t *packed, int64_
     {
         amx_configure();
         /* Up to 64 tokens (decode), panels outermost: a thread's share is whole panels, each read from
-         * memory once a call (tokens outermost, both threads read every weight: 64 tokens took twice
-         * 32's time). More tokens (prompts), tokens outermost: a thread's tokens stay in L1 while the
-         * panels stream from L2 (1.3x faster on 2,048 tokens than the other order). */
+         * memory once a call (tokens outermost, both threads read every weight, and the time grows
+         * with the tokens). More tokens (prompts), tokens outermost: a thread's tokens stay in L1 while
+         * the panels stream from L2 (faster on long prompts than the other order). */
         const int64_t blocks = row_pairs * panel_pairs;
         const int by_panel = row_pairs <= 2;
 #pragma omp for schedule(static)

@@ -4,9 +4,9 @@
  * state the logits come from).
  *
  * Each int8 weight is widened to float in registers and met by fused multiply-adds. AVX2 (16 registers
- * of 8 lanes): 6 rows at a time for one token (8 spilled two sums to the stack, ~10% slower), blocks of
+ * of 8 lanes): 6 rows at a time for one token (8 spilled two sums to the stack and ran slower), blocks of
  * 4 tokens x 3 rows for more (each widened vector used 4 times). AVX-512 (32 registers of 16 lanes):
- * 8 rows for one token, 4 tokens x 6 rows for more. Widening into a float buffer instead was 1.6x
+ * 8 rows for one token, 4 tokens x 6 rows for more. Widening into a float buffer instead was
  * slower: it reads 4x the bytes from L2. One output is the same float32 dot product of the row's K
  * products, summed in the vector's lanes and then across them, whatever the blocking: a token's result
  * does not depend on the other tokens of the batch or on the thread count.

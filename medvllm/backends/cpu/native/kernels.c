@@ -1,5 +1,5 @@
 /* Every kernel of this folder in one library: the first start on a machine compiles once instead of
- * once per file (build.py's docstring has the times). decode_layer.c includes the attention, int8
+ * once per file, which is much quicker. decode_layer.c includes the attention, int8
  * linear and norm kernels it calls; layout.c, last, reports the structs' layout to binding.py.
  */
 /* before any system header: syscall() (AMX permission, amx.c) is not ISO C */

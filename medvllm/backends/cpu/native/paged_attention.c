@@ -64,7 +64,7 @@ int paged_attention(float *out, const float *q, const void *k_cache, const void 
     const int wide = D % 16 == 0;
 #endif
     /* A task is one token and a range of its KV heads. All heads at once reads each cache row whole
-     * (rows are [Hkv, D]: a third of a row at a time streams 3-4x slower); with fewer tokens than
+     * (rows are [Hkv, D]: a third of a row at a time streams far slower); with fewer tokens than
      * threads, the heads are split across tasks so every thread has work. */
     const int64_t splits = num_tokens >= 2 * (int64_t)num_threads ? 1 : num_kv_heads;
     const int64_t heads_per_task = num_kv_heads / splits;

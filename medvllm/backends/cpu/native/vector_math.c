@@ -1,9 +1,10 @@
 /* Vector helpers shared by the kernels (abs_max portable, the rest AVX-512).
  *
  * exp16: exp of 16 floats at once, for softmax and SiLU: libm's expf is a call per element, and those
- * calls were a tenth of a decode step's attention. Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts, so r is exact enough), a degree-6
- * polynomial for e^r, then scaled by 2^n. Within 2 ulp of expf over the float range; NaN stays NaN,
- * large inputs saturate to the largest finite value and very negative ones go to zero.
+ * calls were a large share of a decode step's attention. Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2
+ * (ln2 in two parts, so r is exact enough), a degree-6 polynomial for e^r, then scaled by 2^n. Within
+ * 2 ulp of expf over the float range; NaN stays NaN, large inputs saturate to the largest finite value
+ * and very negative ones go to zero.
  *
  * sum16: the lane sums of 16 vectors at once, 45 operations where 16 horizontal sums take ~8 each.
  * Each output is the same tree over its own vector's lanes whatever the other 15 hold, so padding a
