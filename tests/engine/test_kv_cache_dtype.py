@@ -19,7 +19,6 @@ from tests.engine_probe import check_against_hf
 from tests.models.test_parity import prompts_of
 from tests.tiny_models import build_tiny
 
-
 # Both sides round keys and values to bfloat16 (steps of 1/256 relative): where the two engines' float32
 # keys differ in their last bit and sit at a rounding midpoint, one element rounds the other way. That
 # bounds the agreement, not float32 rounding: 1e-3 (float32-only comparisons keep 1e-4).
