@@ -191,7 +191,7 @@ def _cuda(config, traits: ModelTraits) -> Backends:
     if method in ("bnb-8bit", "bnb-nf4"):
         from medvllm.quantization.bnb import Bnb8bitMethod, BnbNf4Method
 
-        linear = {"bnb-8bit": Bnb8bitMethod, "bnb-nf4": BnbNf4Method}[method]()
+        linear = {"bnb-8bit": Bnb8bitMethod, "bnb-nf4": BnbNf4Method}[method](config.resolved_device)
         why["linear"] = f"quantization_method={method!r}"
     else:
         linear, why["linear"] = UNQUANTIZED, "no quantization"

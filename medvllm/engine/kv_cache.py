@@ -24,9 +24,9 @@ def num_blocks_for(config: Config, model, dtype: torch.dtype, device: torch.devi
         return config.num_kvcache_blocks
     per_block = bytes_per_block(model, config.kvcache_block_size, dtype)
     if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        budget = total * config.gpu_memory_utilization - (total - free)
-        return int(budget // per_block)
+        from medvllm.engine.cuda_memory import measured_budget
+
+        return int(measured_budget(model, config, max_model_len, dtype, device) // per_block)
     blocks = int(config.kv_cache_space_gib * GIB // per_block)
     if config.enable_memory_pooling:
         # a pool committed at start holds no more than max_num_seqs requests of max_model_len can fill

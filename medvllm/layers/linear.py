@@ -23,6 +23,7 @@ class LinearMethod:
 
     name = "float"
     frees_weight = False  # whether the packed form replaces the float weight, which is then released
+    packs_from_host = False  # whether the float weight is loaded into host memory and packed onto the device
 
     def pack(self, layer: LinearBase):
         """The layer's weight in this method's form, built from the loaded float weight (None: as is)."""

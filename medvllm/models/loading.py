@@ -34,18 +34,28 @@ def build_model(
     process_while_loading: bool = True,
 ):
     """`source`: a ModelSource (hf_config, iter_weights()). `release`: hands memory freed by a processed
-    layer back to the OS (the CPU heap), called after each such layer."""
+    layer back to the OS (the CPU heap), called after each such layer.
+
+    Where the decoder's method packs from host memory (`LinearMethod.packs_from_host`: bitsandbytes
+    quantizes a weight on its way to the GPU), the model is loaded into host memory and each layer's
+    packed form made on `device` as it fills; the rest of the model follows once loaded. The device then
+    never holds the float model: its peak is the packed model plus the layers that stay float."""
     cls = model_class(source.hf_config)
     with torch.device("meta"):
         model = cls(source.hf_config, max_model_len, tp=tp, kit=kit)
-    model = model.to(dtype).to_empty(device=device)  # cast while empty: the weights never exist twice
+    staged = kit.linear.packs_from_host and device.type != "cpu"
+    load_device = torch.device("cpu") if staged else device
+    model = model.to(dtype).to_empty(device=load_device)  # cast while empty: the weights never exist twice
     model.tie_weights()  # to_empty gives shared parameters storage of their own
     if device.type != "cpu":
         model.model.layers[0].self_attn.rotary.move_to(device)  # one table, shared by all layers
     weights = source.iter_weights()
     if process_while_loading:
-        weights = _processed_as_filled(model, weights, release)
+        # staged, the head and the table are processed on the device, once moved there
+        weights = _processed_as_filled(model, weights, release, tables=not staged)
     load_weights(model, weights)
+    if staged:
+        model.to(device)  # what stays float: norms, embedding, head, biases
     process_remaining(model)
     return model.eval()
 
@@ -65,7 +75,10 @@ def process_remaining(model: nn.Module) -> None:
 
 
 def _processed_as_filled(
-    model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], release: Callable[[], None] | None
+    model: nn.Module,
+    weights: Iterable[tuple[str, torch.Tensor]],
+    release: Callable[[], None] | None,
+    tables: bool = True,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Pass the checkpoint stream through; process each layer once the loader has copied all its parts.
 
@@ -76,7 +89,7 @@ def _processed_as_filled(
     packed = getattr(model, "packed_modules", {})
     seen: dict[str, set] = defaultdict(set)
     # the token table and the head go together: an int8 tied head shares its rows with the table
-    table_parts = {TABLE} if model.tie_word_embeddings else {TABLE, HEAD}
+    table_parts = ({TABLE} if model.tie_word_embeddings else {TABLE, HEAD}) if tables else set()
     with torch.no_grad():
         for name, tensor in weights:
             yield name, tensor

@@ -38,15 +38,17 @@ class BnbLinear:
 class _BnbMethod(LinearMethod):
     config_name = ""
     frees_weight = True
+    packs_from_host = True  # the float weight never needs the GPU: it is quantized on its way there
 
-    def __init__(self):
+    def __init__(self, device: torch.device | str = "cuda"):
         self.bnb = _bnb(self.config_name)
+        self.device = torch.device(device)
 
     def pack(self, layer: LinearBase) -> BnbLinear:
         weight = layer.weight.detach()
         module = self._build(layer.in_features, layer.out_features, weight.dtype)
         module.weight = self._params(weight)
-        return BnbLinear(module.to(weight.device))  # quantizes here
+        return BnbLinear(module.to(self.device))  # quantizes here
 
     def apply(self, layer: LinearBase, x: torch.Tensor) -> torch.Tensor:
         out = layer.packed.module(x)

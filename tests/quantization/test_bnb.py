@@ -46,18 +46,17 @@ def test_bnb_method_refuses_cleanly_when_import_fails(monkeypatch):
 def test_bnb_method_wiring_on_cpu(name, tolerance):
     import warnings
 
-    from medvllm.quantization import quantize_layer
     from medvllm.quantization.bnb import Bnb8bitMethod, BnbNf4Method
 
     torch.manual_seed(0)
-    layer = ReplicatedLinear(128, 96, bias=True)
-    layer.weight.data.normal_(0, 0.05)
-    layer.bias.data.normal_(0, 0.05)
-    weight, bias = layer.weight.detach().clone(), layer.bias.detach().clone()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        method = {"bnb-8bit": Bnb8bitMethod, "bnb-nf4": BnbNf4Method}[name]()
-        quantize_layer(layer, method)
+        method = {"bnb-8bit": Bnb8bitMethod, "bnb-nf4": BnbNf4Method}[name]("cpu")
+        layer = ReplicatedLinear(128, 96, bias=True, method=method)
+        layer.weight.data.normal_(0, 0.05)
+        layer.bias.data.normal_(0, 0.05)
+        weight, bias = layer.weight.detach().clone(), layer.bias.detach().clone()
+        layer.process_weights_after_loading()
         x = torch.randn(5, 128)
         out = layer(x)
     exact = F.linear(x, weight, bias)
