@@ -39,6 +39,8 @@ log = logging.getLogger("medvllm.server")
 class ServerSettings:
     api_key: str | None = None
     max_queue: int = 256  # requests that may wait beyond the running batch before new ones get 503
+    max_body_bytes: int = 4 * 1024 * 1024  # a larger request body gets 413, unread
+    max_request_tokens: int | None = None  # prompt + n x max_tokens over a request's prompts; None: 16 x max_model_len
     log_content: bool = False  # put prompt and completion text in the log (off: they may hold PHI)
     served_model_name: str | None = None  # default: the model file or folder name
     loading_retry_after_s: int = 5

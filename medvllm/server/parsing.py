@@ -13,6 +13,7 @@ from medvllm.chat_template import encode_chat
 from medvllm.errors import RequestError
 from medvllm.sampling_params import SamplingParams
 from medvllm.server.errors import bad_request, unavailable
+from medvllm.server.limits import read_body
 from medvllm.server.protocol import ChatCompletionRequest, SamplingFields, describe
 
 
@@ -33,7 +34,7 @@ def check_ready(state, authorization: str | None) -> None:
 
 async def parse(request, model_cls: type[BaseModel], state) -> SamplingFields:
     check_ready(state, request.headers.get("authorization"))
-    raw = await request.body()
+    raw = await read_body(request, state.settings.max_body_bytes)
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:

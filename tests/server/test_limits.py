@@ -98,10 +98,12 @@ def test_no_key_configured_serves_anyone_and_n_and_prompt_lists_match_offline(sr
     prompts = ["w5 w6 w7", "w9 w8"]
     params = SamplingParams(temperature=0.0, max_tokens=4)
     expected = [o.outputs[0].text for o in offline.generate(prompts, params)]
-    r = client.completions.create(model="tiny", prompt=prompts, max_tokens=4, temperature=0, n=2)
-    got = {c.index: c.text for c in r.choices}
-    assert got == {0: expected[0], 1: expected[0], 2: expected[1], 3: expected[1]}
-    assert r.usage.completion_tokens == 16
+    # two requests: max_num_seqs 1 + max_queue 1 admit two sequences at once
+    r = client.completions.create(model="tiny", prompt=prompts, max_tokens=4, temperature=0)
+    assert {c.index: c.text for c in r.choices} == {0: expected[0], 1: expected[1]}
+    assert r.usage.completion_tokens == 8
+    r = client.completions.create(model="tiny", prompt=prompts[1], max_tokens=4, temperature=0, n=2)
+    assert {c.index: c.text for c in r.choices} == {0: expected[1], 1: expected[1]}
     assert httpx.get(srv.base + "/metrics").status_code == 200
     assert httpx.get(srv.base + "/v1/models").json()["data"][0]["id"] == "tiny"
 
