@@ -29,7 +29,9 @@ from medvllm.server import chat, completions
 from medvllm.server.auth import KeyCheck
 from medvllm.server.errors import APIError
 from medvllm.server.metrics import CONTENT_TYPE, ServerMetrics
+from medvllm.server.openapi import build_schema
 from medvllm.server.parsing import check_ready
+from medvllm.server.protocol import ChatCompletionRequest, CompletionRequest
 from medvllm.server.request_log import log_request
 
 log = logging.getLogger("medvllm.server")
@@ -188,6 +190,9 @@ def create_app(
                 500, f"internal error (request {request_id}): see the server log", type="server_error"
             ).response()
 
+    app.openapi = lambda: build_schema(
+        app, {completions.ENDPOINT: CompletionRequest, chat.ENDPOINT: ChatCompletionRequest}
+    )
     return app
 
 
