@@ -58,6 +58,20 @@ def register(commands, common) -> None:
         "gets 503 with Retry-After (default 256)",
     )
     net.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        metavar="N",
+        help="largest request body in bytes; a larger one gets 413 unread (default 4 MiB)",
+    )
+    net.add_argument(
+        "--max-request-tokens",
+        type=int,
+        metavar="N",
+        help="most tokens one request may ask for: prompt tokens + n x max_tokens over its prompts "
+        "(default 16 x max_model_len)",
+    )
+    net.add_argument(
         "--served-model-name", metavar="NAME", help="the model id clients send (default: the model file or folder name)"
     )
     net.add_argument(
@@ -78,7 +92,7 @@ def register(commands, common) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from medvllm.server.auth import API_KEY_ENV, check_bind
+    from medvllm.server.auth import API_KEY_ENV, check_bind, normalize_key
 
     try:
         import uvicorn
@@ -94,10 +108,16 @@ def run_serve(args: argparse.Namespace) -> int:
     from medvllm.hardware import detect
     from medvllm.loader import open_model
 
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    api_key = normalize_key(args.api_key or os.environ.get(API_KEY_ENV))
     check_bind(args.host, api_key, args.allow_unauthenticated)
     if args.max_queue < 0:
         raise ConfigError(f"--max-queue {args.max_queue} is negative: give 0 or more waiting requests")
+    if args.max_body_bytes < 1:
+        raise ConfigError(f"--max-body-bytes {args.max_body_bytes} is not positive: give the largest body in bytes")
+    if args.max_request_tokens is not None and args.max_request_tokens < 1:
+        raise ConfigError(
+            f"--max-request-tokens {args.max_request_tokens} is not positive: give a token count, or leave it out"
+        )
     resolution = resolve(
         overrides_from(args), args.deployment_profile, os.environ, detect(), model_info_for(args.model)
     )
@@ -117,6 +137,8 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         api_key=api_key,
         max_queue=args.max_queue,
+        max_body_bytes=args.max_body_bytes,
+        max_request_tokens=args.max_request_tokens,
         log_content=args.log_content,
         served_model_name=args.served_model_name,
     )

@@ -104,6 +104,10 @@ class AsyncLLMEngine:
         self._thread: threading.Thread | None = None
         self._stats = engine.stats()  # replaced (never mutated) by the engine thread after each step
         self.error: BaseException | None = None
+        # set (under the lock) when the engine thread ends: a command put before is failed by the thread as
+        # it leaves, one submitted after is failed by _submit, so no request waits on a thread that is gone
+        self._closed = False
+        self._lock = threading.Lock()
 
     # ---- lifecycle
     def start(self) -> AsyncLLMEngine:
@@ -116,13 +120,16 @@ class AsyncLLMEngine:
         if self._thread is None or not self._thread.is_alive():
             return
         stop = _Stop()
-        self._commands.put(stop)
+        with self._lock:
+            if self._closed:
+                return
+            self._commands.put(stop)
         stop.done.wait(timeout)
         self._thread.join(timeout)
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self.error is None
+        return self._thread is not None and self._thread.is_alive() and self.error is None and not self._closed
 
     def stats(self) -> dict:
         """The engine's stats() as of its last step (running, waiting, kv_cache_usage, ...)."""
@@ -167,10 +174,24 @@ class AsyncLLMEngine:
         return RequestStream(self, ids, outputs)
 
     def _submit(self, command) -> None:
-        self._commands.put(command)
+        with self._lock:
+            if not self._closed:
+                self._commands.put(command)
+                return
+        # the engine thread has ended (between the caller's liveness check and now): nobody reads the queue
+        if isinstance(command, _Add):
+            command.deliver(EngineDeadError("the engine is not running: see the server log for why"))
 
     # ---- the engine thread
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._lock:
+                self._closed = True
+            self._fail_pending(EngineDeadError("the engine is not running: see the server log for why"))
+
+    def _loop(self) -> None:
         sinks: dict[str, tuple[int, Callable]] = {}  # request id -> (index in its group, deliver)
         try:
             while True:

@@ -29,7 +29,9 @@ from medvllm.server import chat, completions
 from medvllm.server.auth import KeyCheck
 from medvllm.server.errors import APIError
 from medvllm.server.metrics import CONTENT_TYPE, ServerMetrics
+from medvllm.server.openapi import build_schema
 from medvllm.server.parsing import check_ready
+from medvllm.server.protocol import ChatCompletionRequest, CompletionRequest
 from medvllm.server.request_log import log_request
 
 log = logging.getLogger("medvllm.server")
@@ -39,6 +41,8 @@ log = logging.getLogger("medvllm.server")
 class ServerSettings:
     api_key: str | None = None
     max_queue: int = 256  # requests that may wait beyond the running batch before new ones get 503
+    max_body_bytes: int = 4 * 1024 * 1024  # a larger request body gets 413, unread
+    max_request_tokens: int | None = None  # prompt + n x max_tokens over a request's prompts; None: 16 x max_model_len
     log_content: bool = False  # put prompt and completion text in the log (off: they may hold PHI)
     served_model_name: str | None = None  # default: the model file or folder name
     loading_retry_after_s: int = 5
@@ -186,6 +190,9 @@ def create_app(
                 500, f"internal error (request {request_id}): see the server log", type="server_error"
             ).response()
 
+    app.openapi = lambda: build_schema(
+        app, {completions.ENDPOINT: CompletionRequest, chat.ENDPOINT: ChatCompletionRequest}
+    )
     return app
 
 

@@ -12,10 +12,25 @@ from medvllm.server.errors import unauthorized
 API_KEY_ENV = "MEDVLLM_API_KEY"
 
 
+def normalize_key(api_key: str | None) -> str | None:
+    """The key as it is compared: without surrounding whitespace (as the presented one is), None if unset.
+    A key of only whitespace is refused rather than taken as no key, which would turn auth off."""
+    if not api_key:
+        return None
+    key = api_key.strip()
+    if not key:
+        raise ConfigError(
+            f"the API key {api_key!r} is blank (only whitespace): give a real key with --api-key or "
+            f"{API_KEY_ENV}, or unset it"
+        )
+    return key
+
+
 class KeyCheck:
     def __init__(self, api_key: str | None):
+        key = normalize_key(api_key)
         # compare digests, not the keys: equal lengths, so the time taken says nothing about the key
-        self._digest = None if not api_key else hashlib.sha256(api_key.encode()).digest()
+        self._digest = None if key is None else hashlib.sha256(key.encode()).digest()
 
     @property
     def enabled(self) -> bool:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.responses import Response
 
 from medvllm.server import openai_format as fmt
 from medvllm.server.errors import bad_request
 from medvllm.server.generation import Run
+from medvllm.server.limits import check_request_tokens, check_sequences
 from medvllm.server.parsing import chat_ids, parse, sampling_params
 from medvllm.server.protocol import ChatCompletionRequest
 from medvllm.server.replies import EventStream, whole_reply
@@ -25,7 +28,11 @@ async def create(request, state, request_id: str) -> Response:
     req = await parse(request, ChatCompletionRequest, state)
     logprobs = top_n(req)
     params = sampling_params(req, req.token_limit, logprobs)
-    run = Run(state, ENDPOINT, request_id, [chat_ids(state, req)], req.n)
+    check_sequences(state, 1, req.n)
+    # off the event loop: templating and encoding a long conversation must not hold up other streams
+    ids = await asyncio.to_thread(chat_ids, state, req)
+    check_request_tokens(state, [ids], req.n, req.token_limit)
+    run = Run(state, ENDPOINT, request_id, [ids], req.n)
     await run.start(params, stream=req.stream)
     if req.stream:
         stream = EventStream(run, req, "chat.completion.chunk")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.responses import Response
 
 from medvllm.server import openai_format as fmt
 from medvllm.server.generation import Run
+from medvllm.server.limits import check_request_tokens, check_sequences
 from medvllm.server.parsing import parse, prompt_ids, sampling_params
 from medvllm.server.protocol import CompletionRequest
 from medvllm.server.replies import EventStream, whole_reply
@@ -15,7 +18,10 @@ ENDPOINT = "/v1/completions"
 
 async def create(request, state, request_id: str) -> Response:
     req = await parse(request, CompletionRequest, state)
-    prompts = [prompt_ids(state, p) for p in req.prompts()]
+    check_sequences(state, len(req.prompts()), req.n)
+    # off the event loop: a long prompt must not hold up other requests' streams while it is encoded
+    prompts = await asyncio.to_thread(lambda: [prompt_ids(state, p) for p in req.prompts()])
+    check_request_tokens(state, prompts, req.n, req.max_tokens)
     params = sampling_params(req, req.max_tokens, req.logprobs)
     run = Run(state, ENDPOINT, request_id, prompts, req.n)
     await run.start(params, stream=req.stream)

@@ -43,7 +43,7 @@ class Run:
         """Admits the group (503 when the queue is full) and hands it to the engine (400 if refused)."""
         state = self.state
         capacity = state.engine.max_num_seqs + state.settings.max_queue
-        if state.inflight and state.inflight + self.size > capacity:
+        if state.inflight + self.size > capacity:  # idle or not: limits.check_sequences refused what never fits
             raise unavailable(
                 f"the server is at capacity ({state.inflight} requests in flight, queue limit "
                 f"{state.settings.max_queue}): retry after the Retry-After delay",

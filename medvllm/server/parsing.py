@@ -5,14 +5,14 @@ Every refusal is an APIError in OpenAI's shape: 401 before anything else, 503 wh
 
 from __future__ import annotations
 
-import json
-
 from pydantic import BaseModel, ValidationError
 
 from medvllm.chat_template import encode_chat
 from medvllm.errors import RequestError
 from medvllm.sampling_params import SamplingParams
+from medvllm.server import json_body
 from medvllm.server.errors import bad_request, unavailable
+from medvllm.server.limits import read_body
 from medvllm.server.protocol import ChatCompletionRequest, SamplingFields, describe
 
 
@@ -33,10 +33,10 @@ def check_ready(state, authorization: str | None) -> None:
 
 async def parse(request, model_cls: type[BaseModel], state) -> SamplingFields:
     check_ready(state, request.headers.get("authorization"))
-    raw = await request.body()
+    raw = await read_body(request, state.settings.max_body_bytes)
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+        body = json_body.loads(raw)
+    except json_body.NotJSON as e:
         raise bad_request(f"the request body is not valid JSON ({e}): send one JSON object") from None
     if not isinstance(body, dict):
         raise bad_request(f"the request body is a JSON {type(body).__name__}, not an object: send one JSON object")

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from medvllm.server.limits import MAX_N, MAX_PROMPTS
+
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
@@ -23,7 +25,7 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
 
     model: str
-    n: int = Field(1, ge=1, le=16)
+    n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = None
@@ -63,6 +65,11 @@ class CompletionRequest(SamplingFields):
         if isinstance(v, str) or _is_ids(v):
             return v
         if isinstance(v, list) and v and (all(isinstance(p, str) for p in v) or all(_is_ids(p) for p in v)):
+            if len(v) > MAX_PROMPTS:
+                raise ValueError(
+                    f"a list of {len(v)} prompts is over the limit of {MAX_PROMPTS} per request: "
+                    "split it over several requests"
+                )
             return v
         raise ValueError(
             "must be a string, a list of strings, a list of token ids, or a list of token-id lists (none empty)"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import threading
 import time
 
@@ -29,65 +28,17 @@ from medvllm.hardware import detect  # noqa: E402
 from medvllm.server import ServerSettings, create_app  # noqa: E402
 from medvllm.server.auth import KeyCheck, check_bind, is_loopback  # noqa: E402
 from medvllm.server.errors import APIError  # noqa: E402
-
-ENGINE = dict(max_model_len=512, max_num_batched_tokens=512, num_kvcache_blocks=96, device="cpu")
-CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}w3{% endif %}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.server.tiny_server import ENGINE, ThreadServer, build_tiny_folder, free_port, wait_idle  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A tiny random Llama folder whose tokenizer has a (trivial) chat template."""
-    from tests.tiny_models import build_tiny
-
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    build_tiny("llama", folder)
-    cfg_path = folder / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["chat_template"] = CHAT_TEMPLATE
-    cfg_path.write_text(json.dumps(cfg))
-    return str(folder)
+    return build_tiny_folder(tmp_path_factory.mktemp("tiny_llama"))
 
 
 @pytest.fixture(scope="module")
 def offline(tiny):
     return LLM(tiny, max_num_seqs=8, **ENGINE)
-
-
-class ThreadServer:
-    """A real uvicorn server on a loopback port, in a thread of this process."""
-
-    def __init__(self, settings: ServerSettings, load):
-        self.app = create_app(settings, load)
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(self.base + "/health").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError("the test server did not become ready")
-
-    @property
-    def state(self):
-        return self.app.state.served
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -99,16 +50,6 @@ def srv(tiny):
     )
     yield server
     server.stop()
-
-
-def wait_idle(state, timeout: float = 20.0) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        stats = state.engine.stats()
-        if stats["num_running"] == 0 and stats["num_waiting"] == 0 and stats["kv_cache_usage"] == 0:
-            return stats
-        time.sleep(0.05)
-    raise AssertionError(f"the engine did not go idle: {state.engine.stats()}")
 
 
 # ---- the async engine itself
@@ -157,10 +98,12 @@ def test_no_key_configured_serves_anyone_and_n_and_prompt_lists_match_offline(sr
     prompts = ["w5 w6 w7", "w9 w8"]
     params = SamplingParams(temperature=0.0, max_tokens=4)
     expected = [o.outputs[0].text for o in offline.generate(prompts, params)]
-    r = client.completions.create(model="tiny", prompt=prompts, max_tokens=4, temperature=0, n=2)
-    got = {c.index: c.text for c in r.choices}
-    assert got == {0: expected[0], 1: expected[0], 2: expected[1], 3: expected[1]}
-    assert r.usage.completion_tokens == 16
+    # two requests: max_num_seqs 1 + max_queue 1 admit two sequences at once
+    r = client.completions.create(model="tiny", prompt=prompts, max_tokens=4, temperature=0)
+    assert {c.index: c.text for c in r.choices} == {0: expected[0], 1: expected[1]}
+    assert r.usage.completion_tokens == 8
+    r = client.completions.create(model="tiny", prompt=prompts[1], max_tokens=4, temperature=0, n=2)
+    assert {c.index: c.text for c in r.choices} == {0: expected[1], 1: expected[1]}
     assert httpx.get(srv.base + "/metrics").status_code == 200
     assert httpx.get(srv.base + "/v1/models").json()["data"][0]["id"] == "tiny"
 

@@ -1,5 +1,5 @@
 """`medvllm serve` end to end on the real default model, driven over loopback HTTP by the official openai
-client: answers equal the offline LLM's, 32 concurrent streams, every error case, /metrics through
+client: answers equal the offline LLM's, 32 concurrent streams (each its own answer), every error case, /metrics through
 prometheus_client's parser, a disconnect freeing its KV blocks, no prompt text in the log, SIGTERM.
 
 One server for the module (a subprocess, like production); the oracle `default_llm` loads meanwhile.
@@ -155,9 +155,10 @@ def test_chat_equals_offline_chat_streamed_or_not_with_logprobs(client, model, d
         assert [t.logprob for t in got.top_logprobs] == pytest.approx(best, abs=2e-3)
 
 
-def test_32_concurrent_streams_all_complete_and_beat_serial_throughput(client, model, default_llm):
+def test_32_concurrent_streams_all_complete_with_their_own_answers(client, model, default_llm):
     prompts = [f"Question {i} from {MARKER}: name one symptom of anemia." for i in range(32)]
-    want = [o.outputs[0].text for o in default_llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=4))]
+    offline = default_llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=4))
+    want = [o.outputs[0].text for o in offline]
 
     def stream(prompt: str) -> tuple[str, str | None, int]:
         chunks = list(
@@ -174,16 +175,12 @@ def test_32_concurrent_streams_all_complete_and_beat_serial_throughput(client, m
         finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
         return text, finish, chunks[-1].usage.completion_tokens
 
-    started = time.perf_counter()
-    serial = [stream(p) for p in prompts[:2]]
-    serial_rate = sum(n for _, _, n in serial) / (time.perf_counter() - started)
-    started = time.perf_counter()
+    # throughput is benchmarks/serve_load.py's to measure: a busy machine would fail a rate comparison here
     with ThreadPoolExecutor(32) as pool:
         results = list(pool.map(stream, prompts))
-    concurrent_rate = sum(n for _, _, n in results) / (time.perf_counter() - started)
     assert [text for text, _, _ in results] == want  # every client got its own answer, whole
     assert all(finish is not None for _, finish, _ in results)
-    assert concurrent_rate > serial_rate, (concurrent_rate, serial_rate)
+    assert [n for _, _, n in results] == [len(o.outputs[0].token_ids) for o in offline]
 
 
 def error_of(r: httpx.Response, status: int) -> dict:
