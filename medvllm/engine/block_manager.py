@@ -208,6 +208,15 @@ class BlockManager:
         for i in range(seq.num_computed_tokens // self.block_size, upto // self.block_size):
             self._register(seq, i)
 
+    def forget_uncomputed(self, seq: Sequence) -> None:
+        """Drop from the prefix cache the sequence's blocks past its computed tokens: a step that failed
+        named them for reuse when it was scheduled, and never wrote their KV."""
+        for block_id in seq.block_table[seq.num_computed_tokens // self.block_size :]:
+            block = self.blocks[block_id]
+            if block.hash is not None and self.cached.get(block.hash) == block_id:
+                del self.cached[block.hash]
+            block.forget()
+
     def take_scratch_blocks(self, n: int) -> list[int]:
         """n free blocks outside any sequence and the prefix cache (e.g. for scoring); give them back
         with release_scratch_blocks."""
