@@ -22,3 +22,7 @@ class ModelLoadError(MedVLLMError, RuntimeError):
 
 class RequestError(MedVLLMError, ValueError):
     """A single request is invalid (too long, bad sampling parameters, ...)."""
+
+
+class StepError(MedVLLMError, RuntimeError):
+    """An engine step raised: the requests in it finished with finish_reason 'error' (the cause is chained)."""

@@ -11,7 +11,7 @@ from medvllm.engine.llm_engine import LLMEngine
 from medvllm.outputs import RequestOutput
 from medvllm.sampling_params import SamplingParams
 
-Prompt = str | list[int]
+Prompt = str | list[int] | dict  # text, token ids, or vLLM's {"prompt": ...} / {"prompt_token_ids": ...}
 Messages = list[dict]
 
 
@@ -80,14 +80,27 @@ class LLM:
     def generate(
         self, prompts: Prompt | Seq[Prompt], sampling_params: SamplingParams | Seq[SamplingParams] | None = None
     ) -> list[RequestOutput]:
+        """One final output per prompt, in order. A prompt is text, token ids, or a vLLM prompt dict
+        ({"prompt": text} or {"prompt_token_ids": ids}, with an optional "cache_salt"). Raises RequestError
+        for a bad prompt and StepError when a step running one of them fails; either way none of this
+        call's requests is left in the engine."""
         prompts = _as_list(prompts)
         params = _params_for(prompts, sampling_params)
-        ids = [self.engine.add_request(p, sp) for p, sp in zip(prompts, params)]
+        ids: list[str] = []
         finals: dict[str, RequestOutput] = {}
-        while self.engine.has_unfinished_requests():
-            for out in self.engine.step():
-                if out.finished:
-                    finals[out.request_id] = out
+        try:
+            for p, sp in zip(prompts, params):
+                ids.append(self.engine.add_request(p, sp))
+            while len(finals) < len(ids) and self.engine.has_unfinished_requests():
+                for out in self.engine.step():
+                    if out.error is not None and out.request_id in ids:
+                        raise out.error
+                    if out.finished:
+                        finals[out.request_id] = out
+        finally:
+            for request_id in ids:  # only after an error: the rest of this call's requests stop here
+                if request_id not in finals:
+                    self.engine.abort_request(request_id)
         return [finals[i] for i in ids]
 
     def chat(
@@ -103,6 +116,8 @@ class LLM:
             while True:
                 for out in self.engine.step():
                     if out.request_id == request_id:
+                        if out.error is not None:
+                            raise out.error
                         yield out
                         if out.finished:
                             return
@@ -115,9 +130,11 @@ class LLM:
 
 
 def _as_list(prompts) -> list[Prompt]:
-    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-        return [prompts]
-    return list(prompts)
+    """One prompt (text, token ids, a dict) or a list of them; anything else goes on as one prompt, for
+    add_request to refuse with a RequestError."""
+    if isinstance(prompts, (list, tuple)) and not (prompts and isinstance(prompts[0], int)):
+        return list(prompts)
+    return [prompts]
 
 
 def _params_for(prompts: list, params) -> list[SamplingParams]:

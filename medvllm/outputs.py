@@ -33,7 +33,7 @@ class CompletionOutput:
     index: int
     text: str
     token_ids: list[int]
-    finish_reason: str | None = None  # "stop" | "length" | "abort" | None while running
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error" | None while running
     stop_reason: str | int | None = None  # the stop string or token id that ended it
     logprobs: list[dict[int, float]] | None = None  # per generated token: {token_id: logprob}
     cumulative_logprob: float | None = None
@@ -49,3 +49,4 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: RequestMetrics
+    error: Exception | None = None  # with finish_reason "error": why the step running the request failed

@@ -4,6 +4,13 @@ A full block is named by a hash chained over every token before it, so two reque
 prefix (a system prompt, a discharge-note template) share its blocks, computed once. Freed blocks keep
 their contents and hash until reused, oldest-freed first, so a prefix can outlive its requests.
 
+Reusing a block hands one request KV computed for another, so a hit must mean the same prefix: the hash
+is BLAKE2b keyed with a secret drawn per engine (nobody can craft a collision offline), chained from a
+root that holds whatever besides the tokens changes the KV (`Sequence.kv_key`: a cache salt; adapters
+or images later). And a lookup does not trust the hash alone: each cached block records the block it
+was computed after (`parent`, never reused for other content), so a hit must have the request's tokens
+and follow the very block the request matched before it (or, first, the same root).
+
 A freed block holding nothing reusable (a partial tail, a scratch block) is always taken first: it
 costs no cached prefix. Then, where the pool's memory is committed up front (a CUDA tensor, a pooled
 CPU cache), blocks never used yet come before freed cached ones, so cached prefixes live as long as
@@ -14,23 +21,40 @@ limit. Scratch blocks (scoring) never evict a prefix while an untouched block is
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import secrets
+from array import array
 from collections import OrderedDict
 
 from medvllm.engine.sequence import Sequence
 
 
 class Block:
-    __slots__ = ("block_id", "ref_count", "hash", "token_ids")
+    __slots__ = ("block_id", "ref_count", "hash", "token_ids", "uid", "parent")
 
     def __init__(self, block_id: int):
         self.block_id = block_id
         self.ref_count = 0
-        self.hash: int | None = None
+        self.hash: bytes | None = None
         self.token_ids: tuple[int, ...] = ()
+        self.uid = 0  # names this content while cached; never given to other content (0: not named)
+        self.parent: int | bytes | None = None  # uid of the block before it, or its request's kv_key if first
+
+    def forget(self) -> None:
+        self.hash, self.token_ids, self.uid, self.parent = None, (), 0, None
 
 
-def chain_hash(prev_hash: int | None, token_ids: tuple[int, ...]) -> int:
-    return hash((prev_hash, token_ids))
+def chain_hash(key: bytes, prev: bytes, token_ids: list[int]) -> bytes:
+    """A block's name: keyed BLAKE2b over the previous block's name (fixed length) and this block's tokens."""
+    h = hashlib.blake2b(prev, key=key, digest_size=32)
+    h.update(array("q", token_ids).tobytes())
+    return h.digest()
+
+
+def root_hash(key: bytes, kv_key: bytes) -> bytes:
+    """What a request's first block is chained from: its KV-changing settings, apart from the tokens."""
+    return hashlib.blake2b(b"root:" + kv_key, key=key, digest_size=32).digest()
 
 
 class BlockManager:
@@ -42,7 +66,9 @@ class BlockManager:
         self.free: OrderedDict[int, None] = OrderedDict()  # freed blocks holding a prefix, oldest first
         self.free_blank: OrderedDict[int, None] = OrderedDict()  # freed blocks holding nothing reusable
         self.num_used_ever = 0  # blocks [0, num_used_ever) have been handed out at least once
-        self.cached: dict[int, int] = {}  # chain hash -> block id
+        self.cached: dict[bytes, int] = {}  # chain hash -> block id
+        self.key = secrets.token_bytes(32)  # per engine: block names cannot be predicted or collided offline
+        self._uids = itertools.count(1)
         self.num_cached_tokens_total = 0  # prompt tokens served from the cache, since start
         self.num_queried_tokens_total = 0
 
@@ -59,21 +85,35 @@ class BlockManager:
         """Fraction of blocks held by live requests."""
         return 1.0 - self.num_free_blocks / len(self.blocks)
 
+    def _hashes(self, seq: Sequence, n: int) -> list[bytes]:
+        """The chain hashes of the sequence's first n full blocks, each computed once per sequence."""
+        hashes = seq.block_hashes
+        if len(hashes) < n:
+            prev = hashes[-1] if hashes else root_hash(self.key, seq.kv_key())
+            for i in range(len(hashes), n):
+                prev = chain_hash(self.key, prev, seq.block_tokens(i))
+                hashes.append(prev)
+        return hashes
+
     def _lookup(self, seq: Sequence) -> list[Block]:
         """Blocks already holding this sequence's leading full blocks (never its last token)."""
         if not self.enable_prefix_caching:
             return []
-        hits: list[Block] = []
-        prev: int | None = None
         # the last token is always recomputed: its logits are needed to sample
-        for i in range((len(seq) - 1) // self.block_size):
-            tokens = tuple(seq.block_tokens(i))
-            h = chain_hash(prev, tokens)
-            block_id = self.cached.get(h)
-            if block_id is None or self.blocks[block_id].token_ids != tokens:
+        n = (len(seq) - 1) // self.block_size
+        hashes = self._hashes(seq, n)
+        hits: list[Block] = []
+        parent: int | bytes = seq.kv_key()
+        for i in range(n):
+            block_id = self.cached.get(hashes[i])
+            if block_id is None:
                 break
-            hits.append(self.blocks[block_id])
-            prev = h
+            block = self.blocks[block_id]
+            # proof beyond the hash: the same tokens, computed right after the block matched before
+            if block.parent != parent or block.token_ids != tuple(seq.block_tokens(i)):
+                break
+            hits.append(block)
+            parent = block.uid
         return hits
 
     def num_cached_tokens(self, seq: Sequence) -> int:
@@ -104,7 +144,7 @@ class BlockManager:
         block = self.blocks[block_id]
         if block.hash is not None and self.cached.get(block.hash) == block_id:
             del self.cached[block.hash]
-        block.hash, block.token_ids = None, ()
+        block.forget()
         block.ref_count = 1
         return block
 
@@ -114,7 +154,7 @@ class BlockManager:
         if self.usage > 0:
             return False
         for block_id in self.free:
-            self.blocks[block_id].hash, self.blocks[block_id].token_ids = None, ()
+            self.blocks[block_id].forget()
         self.free_blank.update(self.free)  # the pages stay mapped: taken again before untouched blocks
         self.free.clear()
         self.cached.clear()
@@ -125,14 +165,21 @@ class BlockManager:
         if block.hash is not None and self.cached.get(block.hash) == block.block_id:
             self.free[block.block_id] = None
         else:
-            block.hash, block.token_ids = None, ()
+            block.forget()
             self.free_blank[block.block_id] = None
 
-    def _register(self, block: Block, prev_hash: int | None, tokens: tuple[int, ...]) -> None:
-        if not self.enable_prefix_caching:
+    def _register(self, seq: Sequence, i: int) -> None:
+        """Name the sequence's block i for reuse, once the block before it is named (its KV follows that one)."""
+        block = self.blocks[seq.block_table[i]]
+        if block.hash is not None:
             return
-        block.hash = chain_hash(prev_hash, tokens)
-        block.token_ids = tokens
+        parent = self.blocks[seq.block_table[i - 1]].uid if i else seq.kv_key()
+        if i and not parent:
+            return
+        block.hash = self._hashes(seq, i + 1)[i]
+        block.token_ids = tuple(seq.block_tokens(i))
+        block.uid = next(self._uids)
+        block.parent = parent
         self.cached.setdefault(block.hash, block.block_id)
 
     def allocate(self, seq: Sequence, upto: int | None = None) -> None:
@@ -159,10 +206,16 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         for i in range(seq.num_computed_tokens // self.block_size, upto // self.block_size):
-            block = self.blocks[seq.block_table[i]]
-            prev = self.blocks[seq.block_table[i - 1]].hash if i else None
-            if block.hash is None and (i == 0 or prev is not None):
-                self._register(block, prev, tuple(seq.block_tokens(i)))
+            self._register(seq, i)
+
+    def forget_uncomputed(self, seq: Sequence) -> None:
+        """Drop from the prefix cache the sequence's blocks past its computed tokens: a step that failed
+        named them for reuse when it was scheduled, and never wrote their KV."""
+        for block_id in seq.block_table[seq.num_computed_tokens // self.block_size :]:
+            block = self.blocks[block_id]
+            if block.hash is not None and self.cached.get(block.hash) == block_id:
+                del self.cached[block.hash]
+            block.forget()
 
     def take_scratch_blocks(self, n: int) -> list[int]:
         """n free blocks outside any sequence and the prefix cache (e.g. for scoring); give them back
@@ -193,8 +246,4 @@ class BlockManager:
         if len(seq.block_table) < seq.num_blocks:
             seq.block_table.append(self._take_free_block().block_id)
         if len(seq) % self.block_size == 0 and self.enable_prefix_caching:
-            n = len(seq) // self.block_size
-            prev_id = seq.block_table[n - 2] if n >= 2 else None
-            prev = self.blocks[prev_id].hash if prev_id is not None else None
-            if n == 1 or prev is not None:
-                self._register(self.blocks[seq.block_table[n - 1]], prev, tuple(seq.block_tokens(n - 1)))
+            self._register(seq, len(seq) // self.block_size - 1)

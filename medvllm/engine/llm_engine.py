@@ -10,10 +10,11 @@ from medvllm.config import Config
 from medvllm.engine.executor import make_executor
 from medvllm.engine.memory_pool import release_free_memory
 from medvllm.engine.output_processor import OutputProcessor
+from medvllm.engine.prompts import parse_prompt
 from medvllm.engine.scheduler import Scheduler
 from medvllm.engine.sequence import Sequence
 from medvllm.engine.step_inputs import samples, step_end
-from medvllm.errors import RequestError
+from medvllm.errors import RequestError, StepError
 from medvllm.loader import ModelSource, open_model
 from medvllm.outputs import RequestOutput
 from medvllm.sampling_params import SamplingParams
@@ -45,20 +46,34 @@ class LLMEngine:
     # ---- requests
     def add_request(
         self,
-        prompt: str | list[int],
+        prompt: str | list[int] | dict,
         params: SamplingParams | None = None,
         request_id: str | None = None,
         stream: bool = False,
         arrival_time: float | None = None,
     ) -> str:
-        params = params or SamplingParams()
+        """Queues one request. `prompt`: text, token ids, or vLLM's {"prompt": text} / {"prompt_token_ids":
+        ids} (either with an optional "cache_salt"). A RequestError leaves nothing queued."""
+        params = SamplingParams() if params is None else params
+        if not isinstance(params, SamplingParams):
+            raise RequestError(
+                f"params of type {type(params).__name__} is not a SamplingParams: pass SamplingParams(...)"
+            )
         request_id = request_id if request_id is not None else str(next(self._ids))
         if request_id in self._seqs:
             raise RequestError(f"request_id {request_id!r} is already in use: give each request its own id")
-        text = prompt if isinstance(prompt, str) else None
-        token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        parsed = parse_prompt(prompt, self.tokenizer, self.runner.vocab_size)
+        token_ids = parsed.token_ids
         self._check_length(len(token_ids), params)
-        seq = Sequence(request_id, text, token_ids, params, self.config.kvcache_block_size, arrival_time)
+        seq = Sequence(
+            request_id,
+            parsed.text,
+            token_ids,
+            params,
+            self.config.kvcache_block_size,
+            arrival_time,
+            cache_salt=parsed.cache_salt,
+        )
         seq.stream = stream
         self._seqs[request_id] = seq
         self.scheduler.add(seq)
@@ -91,7 +106,11 @@ class LLMEngine:
 
     # ---- stepping
     def step(self) -> list[RequestOutput]:
-        """Runs one batch; returns an output for every request that got a token this step."""
+        """Runs one batch; returns an output for every request that got a token this step.
+
+        If running the batch raises, its requests finish with finish_reason "error" (the output's
+        `error` says why) and the engine goes on serving the others; an interrupt (KeyboardInterrupt)
+        is raised again once they are cleaned up."""
         seqs, is_prefill = self.scheduler.schedule()
         if not seqs:
             return []
@@ -99,7 +118,13 @@ class LLMEngine:
         for seq in seqs:
             if seq.metrics.first_scheduled_time is None:
                 seq.metrics.first_scheduled_time = now
-        tokens, logprobs = self.executor.run(seqs, is_prefill)
+        try:
+            tokens, logprobs = self.executor.run(seqs, is_prefill)
+        except BaseException as e:
+            failed = self._fail(seqs, e)
+            if not isinstance(e, Exception):
+                raise
+            return failed
         now = time.time()
         results = []
         sampling = [seq for seq in seqs if samples(seq, is_prefill)]
@@ -107,17 +132,40 @@ class LLMEngine:
             seq.num_computed_tokens = step_end(seq, is_prefill)
             seq.prefill_end = None
         for row, (seq, token) in enumerate(zip(sampling, tokens)):
-            finished = self.outputs.append(seq, token, None if logprobs is None else logprobs[row], now)
-            if finished:
-                self.scheduler.finish(seq)
-                self._seqs.pop(seq.request_id, None)
-            results.append(self.outputs.make_output(seq, finished))
+            try:
+                finished = self.outputs.append(seq, token, None if logprobs is None else logprobs[row], now)
+                if finished:
+                    self.scheduler.finish(seq)
+                    self._seqs.pop(seq.request_id, None)
+                results.append(self.outputs.make_output(seq, finished))
+            except Exception as e:  # noqa: BLE001 - this request's output failed (detokenizing, ...): only it ends
+                results.extend(self._fail([seq], e))
         self.num_generated_tokens += len(results)
         if not self._seqs and self.config.memory_efficient:
             # idle: hand the heap's free pages back, so a later batch of another shape does not add its
             # buffers on top of this one's leftovers
             release_free_memory()
         return results
+
+    def _fail(self, seqs: list[Sequence], cause: BaseException) -> list[RequestOutput]:
+        """Ends the requests of a step that raised: their blocks go back to the pool, minus the prefix-cache
+        names of those the step never filled, and each gets a final output carrying a StepError."""
+        bm = self.scheduler.block_manager
+        reason = " ".join(f"{type(cause).__name__}: {cause}".split())  # one line
+        outputs = []
+        for seq in seqs:
+            bm.forget_uncomputed(seq)
+            seq.prefill_end = None
+            seq.finish_reason = "error"
+            self.scheduler.finish(seq)
+            self._seqs.pop(seq.request_id, None)
+            error = StepError(
+                f"request {seq.request_id!r} failed in an engine step ({reason}): its KV blocks were freed "
+                "and the engine serves other requests; retry it"
+            )
+            error.__cause__ = cause
+            outputs.append(self.outputs.error_output(seq, error))
+        return outputs
 
     def score(self, token_ids: list[int]):
         """Teacher-forced logits [T, V] for every position of token_ids, in blocks borrowed from the

@@ -62,6 +62,25 @@ class OutputProcessor:
                 seq.finish_reason, seq.stop_reason = "stop", s
         seq.text = text
 
+    @staticmethod
+    def error_output(seq: Sequence, error: Exception) -> RequestOutput:
+        """The final output of a request whose step failed: what it had so far, finish_reason 'error'.
+        Nothing is detokenized here, in case the tokenizer is what failed."""
+        delta_ids = seq.output_token_ids[seq.tokens_sent :]
+        completion = CompletionOutput(
+            index=0,
+            text=seq.text,
+            token_ids=list(seq.output_token_ids),
+            finish_reason="error",
+            logprobs=seq.logprobs,
+            cumulative_logprob=seq.cumulative_logprob if seq.logprobs is not None else None,
+            delta_text=seq.text[seq.text_sent :],
+            delta_token_ids=delta_ids,
+        )
+        seq.metrics.finished_time = seq.metrics.finished_time or time.time()
+        prompt_ids = seq.token_ids[: seq.num_prompt_tokens]
+        return RequestOutput(seq.request_id, seq.prompt, prompt_ids, [completion], True, seq.metrics, error=error)
+
     def make_output(self, seq: Sequence, finished: bool) -> RequestOutput:
         if finished and not (seq.params.stop_strings or seq.stream):
             self._detokenize(seq)

@@ -24,6 +24,7 @@ class Sequence:
         params: SamplingParams,
         block_size: int,
         arrival_time: float | None = None,
+        cache_salt: str | None = None,
     ):
         self.request_id = request_id
         self.prompt = prompt
@@ -33,6 +34,9 @@ class Sequence:
         self.num_prompt_tokens = len(prompt_token_ids)
         self.status = SequenceStatus.WAITING
         self.block_table: list[int] = []
+        # a request only shares cached prefix blocks with requests of the same salt (vLLM's cache_salt)
+        self.cache_salt = cache_salt
+        self.block_hashes: list[bytes] = []  # chain hashes of the full blocks, filled by the BlockManager
         # tokens whose KV is already in the cache (prefix-cache hits + computed ones)
         self.num_computed_tokens = 0
         # a prefill step computes tokens [num_computed_tokens, prefill_end): a long prompt takes several
@@ -73,6 +77,11 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status == SequenceStatus.FINISHED
+
+    def kv_key(self) -> bytes:
+        """Everything besides the token ids that changes this request's KV: mixed into its block hashes,
+        so only requests that agree on all of it share blocks (adapters or images would join here)."""
+        return b"" if self.cache_salt is None else b"salt:" + self.cache_salt.encode()
 
     def block_tokens(self, i: int) -> list[int]:
         return self.token_ids[i * self.block_size : (i + 1) * self.block_size]

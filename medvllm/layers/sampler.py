@@ -1,6 +1,6 @@
 """Sampler: turns last-position logits into next tokens, for a whole batch at once.
 
-Order (as vLLM): penalties on raw logits -> temperature -> top-k / top-p / min-p -> draw.
+Order (as vLLM's v1 sampler): penalties on raw logits -> temperature -> min-p -> top-k -> top-p -> draw.
 A seeded request draws from a generator seeded by (seed, output position): its tokens then depend
 on nothing else in the batch, and a preempted, recomputed request draws the same tokens again.
 """
@@ -61,13 +61,8 @@ class Sampler:
 
     @staticmethod
     def _filtered_probs(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-        if batch.top_k is not None or batch.top_p is not None:
-            logits = top_k_top_p(logits, batch.top_k, batch.top_p)
-        probs = logits.softmax(dim=-1)
-        if batch.min_p is not None:
-            cutoff = probs.max(dim=-1, keepdim=True).values * batch.min_p.unsqueeze(1)
-            probs = probs.masked_fill(probs < cutoff, 0.0)
-        return probs
+        """The distribution each row draws from: the scaled logits' softmax over the tokens the filters keep."""
+        return filter_logits(logits, batch.top_k, batch.top_p, batch.min_p).softmax(dim=-1)
 
     def _draw(self, probs: torch.Tensor, seeds: list) -> torch.Tensor:
         # argmax(p / q) with q ~ Exp(1) draws from p; seeded rows get their own q
@@ -80,19 +75,34 @@ class Sampler:
         return self.argmax(probs / q)
 
 
-def top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
-    sorted_logits, order = logits.sort(dim=-1, descending=False)
+def filter_logits(
+    logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None, min_p: torch.Tensor | None
+) -> torch.Tensor:
+    """-inf on the tokens the filters drop, in vLLM's order: min-p, then top-k, then top-p on what is left.
+
+    Tokens tied on one logit are kept or dropped together: top-k keeps every token tied with the k-th,
+    and top-p keeps every token tied with the least likely one it needs (a sort breaks ties in any order,
+    so cutting inside a tie would make the kept set depend on it). A row whose filter is off (top_k =
+    vocab size, top_p = 1, min_p = 0) keeps every token of non-zero probability.
+    """
+    if min_p is not None:
+        probs = logits.softmax(dim=-1)
+        cutoff = probs.max(dim=-1, keepdim=True).values * min_p.unsqueeze(1)
+        logits = logits.masked_fill(probs < cutoff, float("-inf"))
+    if top_k is None and top_p is None:
+        return logits
+    sorted_logits = logits.sort(dim=-1).values  # ascending
     vocab = logits.shape[-1]
     if top_k is not None:
-        # keep the top_k largest: everything below the (vocab - k)-th sorted entry goes
-        kth = sorted_logits.gather(1, (vocab - top_k.clamp(1, vocab)).unsqueeze(1))
-        sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
+        threshold = sorted_logits.gather(1, (vocab - top_k.clamp(1, vocab)).unsqueeze(1))
+        sorted_logits = sorted_logits.masked_fill(sorted_logits < threshold, float("-inf"))
     if top_p is not None:
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # drop the least likely tokens while what is left still holds top_p: a prefix of the ascending order
         drop = cum <= (1 - top_p).unsqueeze(1)
         drop[:, -1] = False  # always keep the most likely token
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+        threshold = sorted_logits.gather(1, drop.sum(dim=-1, keepdim=True))
+    return logits.masked_fill(logits < threshold, float("-inf"))
 
 
 def apply_penalties(logits: torch.Tensor, b: SamplingBatch) -> torch.Tensor:
