@@ -75,7 +75,7 @@ class RequestStream:
             raise StopAsyncIteration
         item = await self._outputs.get()
         if isinstance(item, BaseException):
-            self._unfinished.clear()
+            self.abort()  # the rest of the group has no one to read it
             raise item
         index, out = item
         if out.finished:
@@ -209,7 +209,8 @@ class AsyncLLMEngine:
                         sink = sinks.pop(out.request_id, None) if out.finished else sinks.get(out.request_id)
                         if sink is not None:
                             index, deliver = sink
-                            deliver((index, out))
+                            # a step that raised ended this request alone: its caller gets the StepError
+                            deliver((index, out) if out.error is None else out.error)
                 self._stats = self.engine.stats()
         except BaseException as e:  # noqa: BLE001 - reported to every waiting request, then the thread ends
             log.exception("engine thread failed")

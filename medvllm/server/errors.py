@@ -37,3 +37,8 @@ def unauthorized(message: str) -> APIError:
 
 def unavailable(message: str, code: str, retry_after_s: int = 1) -> APIError:
     return APIError(503, message, type="server_error", code=code, headers={"Retry-After": str(retry_after_s)})
+
+
+def step_failed(message: str) -> APIError:
+    """A step running the request raised: this request failed, the engine goes on serving."""
+    return APIError(500, message, type="server_error", code="step_failed")

@@ -10,10 +10,10 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from medvllm.engine.async_engine import EngineDeadError, RequestStream
-from medvllm.errors import RequestError
+from medvllm.errors import RequestError, StepError
 from medvllm.outputs import RequestOutput
 from medvllm.sampling_params import SamplingParams
-from medvllm.server.errors import bad_request, unavailable
+from medvllm.server.errors import bad_request, step_failed, unavailable
 from medvllm.server.request_log import log_content, log_request
 
 
@@ -112,6 +112,9 @@ class Run:
         except EngineDeadError as e:
             outcome = "engine_down"
             raise unavailable(str(e), code="engine_unavailable") from None
+        except StepError as e:
+            outcome = "step_failed"
+            raise step_failed(str(e)) from None
         finally:
             self.close(outcome)
 

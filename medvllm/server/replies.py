@@ -9,9 +9,10 @@ from contextlib import aclosing
 from starlette.responses import JSONResponse, Response
 
 from medvllm.engine.async_engine import EngineDeadError
+from medvllm.errors import StepError
 from medvllm.outputs import CompletionOutput
 from medvllm.server import openai_format as fmt
-from medvllm.server.errors import unavailable
+from medvllm.server.errors import step_failed, unavailable
 from medvllm.server.generation import EventStreamResponse, Run
 from medvllm.server.protocol import SamplingFields
 
@@ -59,5 +60,8 @@ class EventStream:
         except EngineDeadError as e:
             outcome = "engine_down"
             yield fmt.sse(unavailable(str(e), code="engine_unavailable").body())  # as a non-streamed 503
+        except StepError as e:
+            outcome = "step_failed"
+            yield fmt.sse(step_failed(str(e)).body())  # as a non-streamed 500
         finally:
             self.run.close(outcome)

@@ -207,3 +207,34 @@ def test_an_engine_gone_just_before_the_enqueue_fails_the_request_at_once(tiny, 
         assert server.state.inflight == 0
     finally:
         server.stop()
+
+
+# ---- a step that raises fails its requests alone
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_failing_step_is_a_500_for_its_request_and_the_server_goes_on(tiny, stream):
+    server = ThreadServer(ServerSettings(served_model_name="tiny"), tiny_engine(tiny, max_num_seqs=2))
+    try:
+        executor = server.state.engine.engine.executor
+        run = executor.run
+        failures = iter([RuntimeError("injected step failure")])
+
+        def once(seqs, is_prefill):  # the first step raises, later ones run
+            error = next(failures, None)
+            if error is not None:
+                raise error
+            return run(seqs, is_prefill)
+
+        executor.run = once
+        body = {"model": "tiny", "prompt": "w5 w6", "max_tokens": 3, "stream": stream}
+        r = post(server, "/v1/completions", json=body, timeout=httpx.Timeout(60))
+        if stream:  # the headers went out before the step: the error is the stream's last event
+            assert r.status_code == 200 and '"code": "step_failed"' in r.text.replace('":"', '": "')
+        else:
+            assert error_of(r, 500)["code"] == "step_failed"
+        wait_idle(server.state)
+        assert server.state.inflight == 0
+        assert httpx.get(server.base + "/health", timeout=30).status_code == 200
+        ok = post(server, "/v1/completions", json={**body, "stream": False}, timeout=httpx.Timeout(60))
+        assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] in ("length", "stop")
+    finally:
+        server.stop()
