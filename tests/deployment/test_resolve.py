@@ -81,10 +81,10 @@ def test_every_field_has_a_source_and_settings_serialize():
 
 def test_profile_by_path(tmp_path):
     path = tmp_path / "site.json"
-    path.write_text('{"profile": "site", "engine": {"device": "cpu", "max_num_seqs": 3, "beam_width": 2}}')
+    path.write_text('{"profile": "site", "owner": "ward 3", "engine": {"device": "cpu", "max_num_seqs": 3}}')
     r = resolve({}, str(path), {}, GPU)
     assert r.profile_name == "site" and r.profile_path == str(path) and r.sources["max_num_seqs"] == "profile:site"
-    assert any("engine.beam_width" in w for w in r.warnings)
+    assert any("unknown key(s) owner" in w for w in r.warnings)
 
 
 def test_missing_profile_path_is_an_error_even_via_env():
