@@ -64,7 +64,7 @@ def test_explicit_overrides_beat_the_profile():
     r = resolve({"max_num_seqs": 4, "allow_tf32": False}, "onprem_gpu_bf16_flash", {}, GPU)
     assert r.config.max_num_seqs == 4 and r.sources["max_num_seqs"] == "cli"
     assert r.config.allow_tf32 is False and r.sources["allow_tf32"] == "cli"
-    assert r.sources["cudnn_benchmark"] == "profile:onprem_gpu_bf16_flash"
+    assert r.sources["attention_impl"] == "profile:onprem_gpu_bf16_flash"
 
 
 def test_overrides_beat_auto_selection_which_fills_the_rest():
