@@ -35,6 +35,7 @@ SPEC_ENGINES = {  # the engine blocks of the product spec (gpu_4bit as the issue
         "enable_flash_attention": True,
         "attention_impl": "flash",
         "allow_tf32": True,  # the spec's cudnn_benchmark dropped: these models run no convolutions
+        "kvcache_block_size": 256,  # whole flash-attn pages (test_flash_block_size.py)
     },
     "cloud_gpu_tp4_fp16": {
         "tensor_parallel_size": 4,
