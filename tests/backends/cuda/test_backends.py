@@ -100,13 +100,20 @@ def test_flash_attention_matches_sdpa(block_size):
     assert all(same)
 
 
-def test_tf32_and_cudnn_flags_set_and_recorded():
-    on = _llm(device="cuda", allow_tf32=True, cudnn_benchmark=True).runtime_info()
+def test_tf32_and_cudnn_flags_in_force_during_steps_only_and_recorded():
+    before = torch.backends.cuda.matmul.fp32_precision
+    llm = _llm(device="cuda", allow_tf32=True, cudnn_benchmark=True)
+    on = llm.runtime_info()
     assert on["allow_tf32"] is True and on["cudnn_benchmark"] is True
-    assert torch.backends.cuda.matmul.fp32_precision == "tf32" and torch.backends.cudnn.benchmark
+    seen = []
+    llm.engine.runner.model.register_forward_pre_hook(
+        lambda *_: seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.benchmark))
+    )
+    _answers(llm)
+    assert seen and set(seen) == {("tf32", True)}
+    assert torch.backends.cuda.matmul.fp32_precision == before  # another engine is not run in TF32
     off = _llm(device="cuda").runtime_info()
     assert off["allow_tf32"] is False and off["cudnn_benchmark"] is False
-    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
 
 
 def test_memory_pool_on_cuda_allocates_nothing_new_per_decode_step():
