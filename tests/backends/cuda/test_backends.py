@@ -135,6 +135,27 @@ def test_memory_pool_on_cuda_allocates_nothing_new_per_decode_step():
     assert max(peaks) - min(peaks) < 16 << 20
 
 
+def test_memory_pool_against_an_unpooled_control():
+    """The same requests give the same tokens with and without the pool, and the pooled engine holds its
+    whole KV pool from the start. (Without pooling, engine/kv_cache.zeroed also allocates the whole cache
+    with torch.zeros on CUDA, so the flat decode memory above is not the pool's doing.)"""
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    prompts = [[5 + i, 6, 7, 8] for i in range(4)]
+    runs = {}
+    for pooled in (False, True):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        start = torch.cuda.memory_allocated()
+        llm = _llm(device="cuda", enable_memory_pooling=pooled, **({"pool_device": "cuda"} if pooled else {}))
+        kv = llm.engine.runner.kv_cache
+        held_at_start = torch.cuda.memory_allocated() - start >= kv.numel() * kv.element_size()
+        runs[pooled] = ([o.outputs[0].token_ids for o in llm.generate(prompts, params)], held_at_start)
+        assert llm.runtime_info()["memory_pool"] is pooled
+        del llm, kv
+    assert runs[True][0] == runs[False][0]
+    assert runs[True][1]
+
+
 @pytest.mark.parametrize("profile", ["gpu_8bit", "gpu_4bit", "onprem_gpu_bf16_flash", "cloud_gpu_tp4_fp16"])
 def test_shipped_gpu_profiles_run(profile):
     if profile.startswith("gpu_") and importlib.util.find_spec("bitsandbytes") is None:
