@@ -15,6 +15,7 @@ layer translates them (medvllm/deployment/translate.py) before a Config is built
 
 from __future__ import annotations
 
+import math
 import warnings as _warnings
 from dataclasses import KW_ONLY, InitVar, dataclass, fields
 
@@ -186,7 +187,9 @@ def check_fields(c: Config) -> None:
         if getattr(c, name) not in choices:
             raise fail(name, f"{name}={getattr(c, name)!r} is invalid: use one of {', '.join(choices)}")
     space = c.kv_cache_space_gib
-    if space is not None and (isinstance(space, bool) or not isinstance(space, (int, float)) or not space > 0):
+    if space is not None and (
+        isinstance(space, bool) or not isinstance(space, (int, float)) or not 0 < space < math.inf
+    ):
         raise fail(
             "kv_cache_space_gib",
             f"kv_cache_space_gib={space!r} is invalid: it must be a number of GiB > 0, or null for automatic",

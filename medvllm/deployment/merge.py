@@ -93,7 +93,8 @@ def _couple(values: dict, sources: dict, set_by_cli: set, hw: HardwareInfo) -> N
     elif only("attention_impl", "enable_flash_attention") and values["attention_impl"] != "auto":
         _follow(values, sources, "enable_flash_attention", values["attention_impl"] == "flash")
     if only("dtype", "enable_mixed_precision") and values["dtype"] != "auto" and values["enable_mixed_precision"]:
-        wanted = translate.MIXED_PRECISION_DTYPES.get(values["mixed_precision_dtype"])
+        mixed = values["mixed_precision_dtype"]
+        wanted = translate.MIXED_PRECISION_DTYPES.get(mixed) if isinstance(mixed, str) else None  # else Config says
         if wanted is not None and values["dtype"] != wanted:
             _follow(values, sources, "enable_mixed_precision", False)
 
