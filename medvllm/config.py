@@ -4,7 +4,8 @@ Everything downstream reads a Config; nothing downstream reads env vars or profi
 Building one validates it, so a bad Config never reaches the engine: first on its own (types, ranges,
 combinations), then against the HardwareInfo snapshot passed as `hardware=` (`medvllm.hardware.detect()`
 for this machine, a fake one in tests), kept as `config.hardware`. Settings that do nothing on the chosen
-device are accepted and listed in `config.warnings`.
+device (or, like cudnn_benchmark, on any device) are accepted, listed in `config.warnings` and emitted as
+ConfigWarning; a setting left at its default never warns.
 
 One field per concept: `dtype` is what the model runs in, `attention_impl` the attention, and
 `quantization_method` the quantization (its bit width follows from it: QUANT_METHOD_BITS). Profiles and
@@ -14,6 +15,7 @@ layer translates them (medvllm/deployment/translate.py) before a Config is built
 
 from __future__ import annotations
 
+import math
 import warnings as _warnings
 from dataclasses import KW_ONLY, InitVar, dataclass, fields
 
@@ -64,7 +66,7 @@ class Config:
     kvcache_block_size: int = 16
     kv_cache_dtype: str = "auto"  # auto (the model's dtype; bfloat16 for a float32 model under memory_efficient on CPU)
     kv_cache_space_gib: float | None = None  # KV pool limit on CPU; None: 1 GiB, 0.4 GiB under memory_efficient
-    gpu_memory_utilization: float = 0.9  # KV pool limit on CUDA
+    gpu_memory_utilization: float = 0.9  # KV pool limit on CUDA (GPU_MEMORY_UTILIZATION)
     num_kvcache_blocks: int | None = None  # explicit pool size; overrides the two limits above
     enable_prefix_caching: bool = True
     seed: int = 0
@@ -91,12 +93,15 @@ class Config:
                 self.derived["max_num_batched_tokens"] = "memory_efficient"
             if _is_int(self.max_num_seqs):  # every running sequence still gets its decode token
                 self.max_num_batched_tokens = max(self.max_num_batched_tokens, self.max_num_seqs)
+        kv_space_given = self.kv_cache_space_gib is not None  # the only limit a user may leave unset
         if self.kv_cache_space_gib is None:
             self.kv_cache_space_gib = DEFAULT_KV_SPACE_GIB[self.memory_efficient is True]
             if self.memory_efficient is True:
                 self.derived["kv_cache_space_gib"] = "memory_efficient"
         check_fields(self)
-        self.warnings: list[str] = check_hardware(self, hardware)
+        self.warnings: list[str] = check_hardware(self, hardware) + without_effect(
+            self, effective_device(self, hardware), kv_space_given
+        )
         if self.kv_cache_dtype == "auto" and kv_dtype(self, effective_device(self, hardware)) != run_dtype(self):
             self.derived["kv_cache_dtype"] = "memory_efficient"
         for message in self.warnings:
@@ -125,6 +130,7 @@ class Config:
         return getattr(torch, kv_dtype(self, self.resolved_device.type))
 
 
+GPU_MEMORY_UTILIZATION = 0.9  # gpu_memory_utilization's default: another value on CPU is a user's setting
 DEFAULT_BATCHED_TOKENS = {"cpu": 2048, "cuda": 8192}
 MEMORY_EFFICIENT_BATCHED_TOKENS = 1024  # CPU: prompts prefill as fast as in 2,048-token steps, in less memory
 # The CPU KV pool limit when kv_cache_space_gib is not given, without / with memory_efficient. 0.4 GiB of
@@ -181,7 +187,9 @@ def check_fields(c: Config) -> None:
         if getattr(c, name) not in choices:
             raise fail(name, f"{name}={getattr(c, name)!r} is invalid: use one of {', '.join(choices)}")
     space = c.kv_cache_space_gib
-    if space is not None and (isinstance(space, bool) or not isinstance(space, (int, float)) or not space > 0):
+    if space is not None and (
+        isinstance(space, bool) or not isinstance(space, (int, float)) or not 0 < space < math.inf
+    ):
         raise fail(
             "kv_cache_space_gib",
             f"kv_cache_space_gib={space!r} is invalid: it must be a number of GiB > 0, or null for automatic",
@@ -314,10 +322,33 @@ def check_hardware(c: Config, hw: HardwareInfo) -> list[str]:
                 "use attention_impl='sdpa'",
             )
     _check_kv_cache_dtype(c, device)
-    if device != "cuda":
-        for name in ("allow_tf32", "cudnn_benchmark"):
-            if getattr(c, name):
-                warn.append(f"{name}=true does nothing on {device}: it only affects CUDA")
+    return warn
+
+
+def without_effect(c: Config, device: str, kv_space_given: bool) -> list[str]:
+    """One warning per setting the user changed from its default that does nothing on `device`."""
+    warn = []
+    if c.allow_tf32 and device != "cuda":
+        warn.append(f"allow_tf32=true does nothing on {device}: it only affects CUDA")
+    if c.cudnn_benchmark:
+        warn.append(
+            "cudnn_benchmark=true does nothing: cuDNN benchmarks convolutions, and these models have none; drop it"
+        )
+    if device != "cuda" and c.gpu_memory_utilization != GPU_MEMORY_UTILIZATION:
+        warn.append(
+            f"gpu_memory_utilization={c.gpu_memory_utilization!r} does nothing on {device}: it limits the KV cache "
+            "on CUDA; on CPU use kv_cache_space_gib"
+        )
+    if device == "cuda" and kv_space_given and c.num_kvcache_blocks is None:
+        warn.append(
+            f"kv_cache_space_gib={c.kv_cache_space_gib!r} does nothing on cuda: it limits the KV cache on CPU; "
+            "on CUDA use gpu_memory_utilization or num_kvcache_blocks"
+        )
+    if c.pool_device != "auto" and not c.enable_memory_pooling:
+        warn.append(
+            f"pool_device={c.pool_device!r} does nothing with enable_memory_pooling=false: turn pooling on, "
+            "or leave pool_device 'auto'"
+        )
     return warn
 
 

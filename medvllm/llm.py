@@ -50,7 +50,8 @@ class LLM:
             "quantization": runner.quantization,
             "lm_head": backends.lm_head,  # "float32-logits" under mixed precision
             "linear": backends.linear,
-            **runner.backend_flags,  # allow_tf32, cudnn_benchmark as set on CUDA; None on CPU
+            # allow_tf32, cudnn_benchmark as this engine asked: in force during its steps only; None on CPU
+            **runner.backend_flags,
             "max_model_len": self.engine.max_model_len,
             "kv_cache_blocks": runner.num_blocks,
             "kv_cache_dtype": str(runner.kv_cache.dtype).replace("torch.", ""),

@@ -10,6 +10,7 @@ dynamic` over a 4-bit profile also means 8 bits; `--no-flash-attention` over a f
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from dataclasses import MISSING, fields
 
@@ -36,9 +37,13 @@ def defaults() -> dict:
 
 
 def check_keys(overrides: dict) -> None:
-    unknown = sorted(set(overrides) - set(keys()))
+    unknown = sorted((k for k in overrides if k not in keys()), key=str)
     if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}: valid ones are {', '.join(keys())}")
+        close = difflib.get_close_matches(str(unknown[0]), keys(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(map(repr, unknown))}: {hint}valid ones are {', '.join(keys())}"
+        )
 
 
 def merge(profile_engine: dict | None, label: str | None, overrides: dict, hw: HardwareInfo) -> tuple[dict, dict]:
@@ -88,7 +93,8 @@ def _couple(values: dict, sources: dict, set_by_cli: set, hw: HardwareInfo) -> N
     elif only("attention_impl", "enable_flash_attention") and values["attention_impl"] != "auto":
         _follow(values, sources, "enable_flash_attention", values["attention_impl"] == "flash")
     if only("dtype", "enable_mixed_precision") and values["dtype"] != "auto" and values["enable_mixed_precision"]:
-        wanted = translate.MIXED_PRECISION_DTYPES.get(values["mixed_precision_dtype"])
+        mixed = values["mixed_precision_dtype"]
+        wanted = translate.MIXED_PRECISION_DTYPES.get(mixed) if isinstance(mixed, str) else None  # else Config says
         if wanted is not None and values["dtype"] != wanted:
             _follow(values, sources, "enable_mixed_precision", False)
 

@@ -26,10 +26,10 @@ class Profile:
     name: str
     path: str
     origin: str  # shipped | user | path
-    engine: dict  # the Config fields it sets (unknown keys removed)
+    engine: dict  # the settings it sets (every key known to the schema)
     category: str | None = None
     description: str | None = None
-    ignored: list[str] = field(default_factory=list)  # unknown keys, kept for forward compatibility
+    ignored: list[str] = field(default_factory=list)  # unknown top-level keys, kept for forward compatibility
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -105,9 +105,7 @@ def parse(text: str, path: str, origin: str = "path", default_name: str | None =
     problems = schema.check(data)
     if problems:
         raise ProfileError(f"deployment profile {path} is invalid: " + "; ".join(problems))
-    top_unknown = sorted(set(data) - schema.known_keys())
-    engine_unknown = sorted(set(data["engine"]) - schema.known_keys("engine"))
-    ignored = top_unknown + [f"engine.{k}" for k in engine_unknown]
+    ignored = sorted(set(data) - schema.known_keys())
     # a profile found by name is called by that name; one given as a path by its own "profile" key
     name = default_name if origin != "path" and default_name else data.get("profile") or Path(path).stem
     warnings = (
@@ -115,7 +113,7 @@ def parse(text: str, path: str, origin: str = "path", default_name: str | None =
         if ignored
         else []
     )
-    engine = {k: v for k, v in data["engine"].items() if k not in engine_unknown}
+    engine = dict(data["engine"])
     return Profile(
         name=name,
         path=path,

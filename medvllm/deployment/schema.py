@@ -1,12 +1,13 @@
 """The profile JSON Schema (shipped with the package) and a small checker for the subset of JSON Schema it uses.
 
 The schema file is the single source of truth; `jsonschema` is not a runtime dependency, so this checker
-interprets the keywords the schema uses (type, enum, properties, required, minimum, maximum,
-exclusiveMinimum, minLength). The tests check it against `jsonschema` on the same inputs.
+interprets the keywords the schema uses (type, enum, properties, required, additionalProperties false,
+minimum, maximum, exclusiveMinimum, minLength). The tests check it against `jsonschema` on the same inputs.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 from importlib import resources
@@ -63,7 +64,20 @@ def check(value, schema: dict | None = None, path: str = "") -> list[str]:
         for key, sub in schema.get("properties", {}).items():
             if key in value:
                 errors.extend(check(value[key], sub, f"{path}.{key}" if path else key))
-    return errors
+        if schema.get("additionalProperties", True) is False:
+            errors.extend(_unknown(key, sorted(schema.get("properties", {})), path) for key in value)
+    return [e for e in errors if e]
+
+
+def _unknown(key: str, known: list[str], path: str) -> str:
+    """'' for a known key; for another, a message naming it and the closest known key (a typo such as
+    `memory_efficent` dropped silently would run something other than its author wrote)."""
+    if key in known:
+        return ""
+    close = difflib.get_close_matches(key, known, n=1)
+    fix = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(known)}"
+    where = f"{path}.{key}" if key.isidentifier() else f"{_where(path)}[{_show(key)}]"  # one line, always
+    return f"{where} is not a setting: {fix}"
 
 
 def known_keys(section: str | None = None) -> set[str]:

@@ -74,7 +74,7 @@ def _check_types(keys: dict) -> None:
         if not isinstance(keys[name], bool):
             raise fail(name, f"{name}={keys[name]!r} is invalid: it must be true or false")
     mp = keys["mixed_precision_dtype"]
-    if mp not in MIXED_PRECISION_DTYPES:
+    if not isinstance(mp, str) or mp not in MIXED_PRECISION_DTYPES:  # a list or dict cannot be looked up
         raise fail(
             "mixed_precision_dtype",
             f"mixed_precision_dtype={mp!r} is invalid: use one of {', '.join(MIXED_PRECISION_DTYPES)}",

@@ -10,7 +10,7 @@ from medvllm.backends.select import ModelTraits, select_backends
 from medvllm.config import Config
 from medvllm.engine.kv_cache import allocate_kv_cache, fitted_max_model_len
 from medvllm.engine.memory_pool import keep_freed_memory, release_free_memory, step_buffer_bytes
-from medvllm.engine.precision import apply_backend_flags
+from medvllm.engine.precision import backend_scope, engine_flags
 from medvllm.engine.sequence import Sequence
 from medvllm.engine.step_inputs import StepInputs, prepare_step, sampling_batch
 from medvllm.layers.sampler import Sampler
@@ -39,7 +39,7 @@ class ModelRunner:
         self.dtype = config.torch_dtype
         self.block_size = config.kvcache_block_size
         self.broadcast = broadcast
-        self.backend_flags = apply_backend_flags(config, self.device)
+        self.backend_flags = engine_flags(config, self.device)  # in force only during this engine's steps
         hf = source.hf_config
         traits = ModelTraits.of(hf, model_class(hf).arch_options(hf), 1 if tp is None else tp.size)
         self.backends = select_backends(config, traits)
@@ -77,6 +77,10 @@ class ModelRunner:
     def run(self, seqs: list[Sequence], is_prefill: bool):
         """One forward pass + sampling. Returns (token ids [S] list, logprobs [S, V] or None) for the S
         sequences that sample this step, in order (a prompt's inner chunk does not)."""
+        with backend_scope(self.backend_flags):
+            return self._run(seqs, is_prefill)
+
+    def _run(self, seqs: list[Sequence], is_prefill: bool):
         step = self.prepare(seqs, is_prefill)
         hidden = self.model(step.input_ids, step.positions, step.attn)
         if not step.sampling:  # only inner chunks of long prompts
@@ -93,6 +97,10 @@ class ModelRunner:
         Writes its KV into `block_table` (LLMEngine.score takes them from the block manager);
         without one, into the top of the pool, which is only safe on an engine that never ran.
         """
+        with backend_scope(self.backend_flags):
+            return self._score(token_ids, block_table)
+
+    def _score(self, token_ids: list[int], block_table: list[int] | None) -> torch.Tensor:
         seq = Sequence("score", None, token_ids, _SCORE_PARAMS, self.block_size)
         seq.block_table = block_table or list(range(self.num_blocks - seq.num_blocks, self.num_blocks))
         step = self.prepare([seq], True, all_logits=True)

@@ -55,7 +55,9 @@ class RotaryEmbedding(nn.Module):
     """cos/sin for every position, computed once and shared by all layers (see get_rotary).
 
     The tables are plain attributes, not buffers: they stay float32 when the model is cast, and
-    building the model on the meta device leaves them intact.
+    building the model on the meta device leaves them intact. `cos`/`sin` stay on the CPU for good: one
+    object serves every model of this shape in the process (a CPU and a CUDA engine in `quality compare`),
+    and the CPU's C kernels read them by pointer. Another device gets its own copy (`tables`).
     """
 
     def __init__(self, head_dim: int, max_positions: int, params: dict):
@@ -65,11 +67,16 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(positions, inv_freq.to("cpu"))
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos, self.sin = emb.cos(), emb.sin()
+        self._copies = {self.cos.device: (self.cos, self.sin)}  # device -> its (cos, sin)
         self._positions, self._rows = None, None
 
-    def move_to(self, device: torch.device) -> None:
-        self.cos, self.sin = self.cos.to(device), self.sin.to(device)
-        self._positions, self._rows = None, None
+    def tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin on `device`, copied there once; the CPU tables are never moved."""
+        found = self._copies.get(torch.device(device))
+        if found is None:
+            cos, sin = self.cos.to(device), self.sin.to(device)
+            found = self._copies[cos.device] = self._copies[torch.device(device)] = (cos, sin)
+        return found
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """q: [T, Hq, D], k: [T, Hk, D], positions: [T]."""
@@ -83,11 +90,9 @@ class RotaryEmbedding(nn.Module):
     def _tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # every layer of a step passes the same positions tensor: look the rows up once per step
         if positions is not self._positions:
+            cos, sin = self.tables(positions.device)
+            self._rows = (cos.index_select(0, positions).unsqueeze(1), sin.index_select(0, positions).unsqueeze(1))
             self._positions = positions
-            self._rows = (
-                self.cos.index_select(0, positions).unsqueeze(1),
-                self.sin.index_select(0, positions).unsqueeze(1),
-            )
         return self._rows
 
 

@@ -48,7 +48,8 @@ def build_model(
     model = model.to(dtype).to_empty(device=load_device)  # cast while empty: the weights never exist twice
     model.tie_weights()  # to_empty gives shared parameters storage of their own
     if device.type != "cpu":
-        model.model.layers[0].self_attn.rotary.move_to(device)  # one table, shared by all layers
+        # the tables' copy for this device, made now rather than at the first step; the shared CPU tables stay
+        model.model.layers[0].self_attn.rotary.tables(device)
     weights = source.iter_weights()
     if process_while_loading:
         # staged, the head and the table are processed on the device, once moved there

@@ -3,8 +3,9 @@
 What the comparison itself sets on both sides (source "quality" in the report):
 - prefix caching off: `ModelRunner.score` writes its KV at the top of the pool, which could overwrite a
   cached prefix block; it changes no numerics.
-- an explicit, small KV pool (unless given): two engines share the device, and on CUDA each would
-  otherwise claim `gpu_memory_utilization` of the whole GPU.
+- an explicit, small KV pool of KV_TOKENS tokens (unless given): two engines share the device, and on
+  CUDA each would otherwise claim `gpu_memory_utilization` of the whole GPU. Counted in tokens, not
+  blocks: the flash profile's blocks are 16 times the default's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from medvllm.hardware import HardwareInfo
 
 SOURCE = "quality"
 FORCED = {"enable_prefix_caching": False}
-DEFAULTS = {"max_model_len": 1024, "num_kvcache_blocks": 512}  # 8,192 tokens of KV at block size 16
+DEFAULTS = {"max_model_len": 1024}
+KV_TOKENS = 8192
 
 
 def resolve_side(
@@ -28,6 +30,10 @@ def resolve_side(
     added = dict(FORCED, **{k: v for k, v in DEFAULTS.items() if k not in wanted})
     wanted.update(added)
     resolution = resolve(wanted, profile, env, hardware, model_info)
+    if "num_kvcache_blocks" not in wanted:  # the block size is known once the profile is applied
+        added["num_kvcache_blocks"] = -(-KV_TOKENS // resolution.config.kvcache_block_size)
+        wanted["num_kvcache_blocks"] = added["num_kvcache_blocks"]
+        resolution = resolve(wanted, profile, env, hardware, model_info)
     for key in added:
         resolution.sources[key] = SOURCE
         resolution.given.pop(key, None)  # the comparison's, not the user's

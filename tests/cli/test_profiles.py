@@ -42,10 +42,10 @@ def test_show_by_name_and_by_path(capsys, tmp_path):
     code, out, _ = run(capsys, "profiles", "show", "gpu_4bit")
     assert code == 0 and 'quantization_method: "bnb-nf4"' in out and "this machine:" in out
     path = tmp_path / "p.json"
-    path.write_text('{"profile": "p", "engine": {"max_num_seqs": 2, "later": 1}}')
+    path.write_text('{"profile": "p", "later": 1, "engine": {"max_num_seqs": 2}}')
     code, out, _ = run(capsys, "profiles", "show", str(path), "--json")
     data = json.loads(out)
-    assert code == 0 and data["engine"] == {"max_num_seqs": 2} and data["ignored"] == ["engine.later"]
+    assert code == 0 and data["engine"] == {"max_num_seqs": 2} and data["ignored"] == ["later"]
 
 
 def test_show_unknown_is_a_one_line_error(capsys):
@@ -57,17 +57,20 @@ def test_show_unknown_is_a_one_line_error(capsys):
 def test_validate(capsys, tmp_path):
     good, extra, mismatch, bad = (tmp_path / n for n in ("good.json", "extra.json", "mismatch.json", "bad.json"))
     good.write_text('{"engine": {"quantization_method": "bnb-8bit", "quantization_bits": 8}}')
-    extra.write_text('{"engine": {"future_knob": 1}}')
+    extra.write_text('{"future_knob": 1, "engine": {}}')
     mismatch.write_text('{"engine": {"quantization_method": "dynamic", "quantization_bits": 4}}')
     bad.write_text('{"engine": {"tensor_parallel_size": "4"}}')
     code, out, _ = run(capsys, "profiles", "validate", str(good), str(extra))
     assert code == 0 and out.startswith(f"ok   {good}") and "warning" in out.splitlines()[1]
     code, out, _ = run(capsys, "profiles", "validate", "--strict", str(extra))
     assert code == 1 and out.startswith(f"FAIL {extra}") and "future_knob" in out
-    code, out, err = run(capsys, "profiles", "validate", str(good), str(mismatch), str(bad))
+    typo = tmp_path / "typo.json"
+    typo.write_text('{"engine": {"max_num_seq": 4}}')
+    code, out, err = run(capsys, "profiles", "validate", str(good), str(mismatch), str(bad), str(typo))
     lines = out.splitlines()
     assert code == 1 and lines[0].startswith("ok") and "does not match" in lines[1] and "not of type" in lines[2]
-    assert "2 of 3 profile(s) invalid" in err
+    assert lines[3].startswith(f"FAIL {typo}") and "did you mean 'max_num_seqs'" in lines[3]
+    assert "3 of 4 profile(s) invalid" in err
 
 
 def test_validate_every_shipped_file(capsys):

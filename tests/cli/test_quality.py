@@ -143,11 +143,17 @@ def test_a_profile_this_machine_cannot_run_is_refused(capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_edge_cpu_int8_is_refused_until_dynamic_int8_exists(capsys):
-    if detect().engine_implements("dynamic"):
-        pytest.skip("dynamic int8 is implemented: tests/quality/test_compare.py gates edge_cpu_int8 instead")
-    code, _, err = run(capsys, "--deployment-profile", "edge_cpu_int8")
-    assert code == 1 and "quantization_method='dynamic' is not implemented" in err
+def test_edge_cpu_int8_is_refused_by_an_install_without_dynamic_int8(capsys, monkeypatch):
+    import dataclasses
+
+    import medvllm.hardware
+
+    without = dataclasses.replace(detect(), quantization_methods=frozenset())
+    monkeypatch.setattr(medvllm.hardware, "detect", lambda: without)
+    code, out, err = run(capsys, "--deployment-profile", "edge_cpu_int8")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert "deployment profile 'edge_cpu_int8' cannot run on this machine" in err
+    assert "quantization_method='dynamic' is not implemented" in err
 
 
 def test_bad_text_set_and_limit_are_one_line_errors(capsys, tmp_path):

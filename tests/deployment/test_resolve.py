@@ -64,7 +64,7 @@ def test_explicit_overrides_beat_the_profile():
     r = resolve({"max_num_seqs": 4, "allow_tf32": False}, "onprem_gpu_bf16_flash", {}, GPU)
     assert r.config.max_num_seqs == 4 and r.sources["max_num_seqs"] == "cli"
     assert r.config.allow_tf32 is False and r.sources["allow_tf32"] == "cli"
-    assert r.sources["cudnn_benchmark"] == "profile:onprem_gpu_bf16_flash"
+    assert r.sources["attention_impl"] == "profile:onprem_gpu_bf16_flash"
 
 
 def test_overrides_beat_auto_selection_which_fills_the_rest():
@@ -81,10 +81,10 @@ def test_every_field_has_a_source_and_settings_serialize():
 
 def test_profile_by_path(tmp_path):
     path = tmp_path / "site.json"
-    path.write_text('{"profile": "site", "engine": {"device": "cpu", "max_num_seqs": 3, "beam_width": 2}}')
+    path.write_text('{"profile": "site", "owner": "ward 3", "engine": {"device": "cpu", "max_num_seqs": 3}}')
     r = resolve({}, str(path), {}, GPU)
     assert r.profile_name == "site" and r.profile_path == str(path) and r.sources["max_num_seqs"] == "profile:site"
-    assert any("engine.beam_width" in w for w in r.warnings)
+    assert any("unknown key(s) owner" in w for w in r.warnings)
 
 
 def test_missing_profile_path_is_an_error_even_via_env():

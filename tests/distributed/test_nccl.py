@@ -1,11 +1,16 @@
-"""The NCCL path on CUDA: a one-rank NCCL group through the tensor-parallel runner (any CUDA machine), and
-two ranks against one (machines with 2+ GPUs). Skipped without CUDA."""
+"""The NCCL path on CUDA: two processes exchanging known tensors over NCCL, two ranks generating the one-rank
+tokens (machines with 2+ GPUs), and the tensor-parallel runner's one-rank NCCL group scoring like the plain
+runner (any CUDA machine; it exchanges nothing, so the two-rank tests are the ones that prove NCCL works).
+Skipped without CUDA."""
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from medvllm import LLM, SamplingParams
 from medvllm.config import Config
@@ -14,6 +19,36 @@ from tests.tiny_models import build_tiny
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 ENGINE = dict(kvcache_block_size=16, num_kvcache_blocks=64, max_model_len=256, device="cuda")
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+
+
+def _exchange(rank: int, port: int, results) -> None:
+    """One rank: all_reduce and all_gather of tensors whose values say which rank made them."""
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        mine = torch.arange(4.0, device="cuda") + 10 * (rank + 1)  # rank 0: 10..13, rank 1: 20..23
+        summed = mine.clone()
+        dist.all_reduce(summed)
+        gathered = [torch.empty_like(mine) for _ in range(2)]
+        dist.all_gather(gathered, mine)
+        results[rank] = (summed.cpu().tolist(), torch.cat(gathered).cpu().tolist())
+    finally:
+        dist.destroy_process_group()
+
+
+@two_gpus
+def test_two_ranks_exchange_known_tensors_over_nccl():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_exchange, args=(port, results), nprocs=2, join=True)
+        results = dict(results)
+    summed = [30.0, 32.0, 34.0, 36.0]
+    gathered = [10.0, 11.0, 12.0, 13.0, 20.0, 21.0, 22.0, 23.0]
+    assert results == {0: (summed, gathered), 1: (summed, gathered)}
 
 
 def test_one_rank_nccl_group_scores_like_the_plain_runner(tmp_path):
@@ -43,7 +78,7 @@ def test_one_rank_nccl_group_scores_like_the_plain_runner(tmp_path):
     assert not dist.is_initialized()
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+@two_gpus
 def test_two_gpus_generate_the_one_gpu_tokens(tmp_path):
     build_tiny("qwen3", tmp_path)
     prompts = [[5, 6, 7], list(range(3, 40))]

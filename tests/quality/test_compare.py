@@ -86,8 +86,6 @@ def test_bf16_stays_within_the_float_tier(reference, texts):
 
 
 def test_edge_cpu_int8_stays_within_the_8bit_tier(reference, texts):
-    if not detect().engine_implements("dynamic"):
-        pytest.skip("quantization_method='dynamic' is not implemented by this engine (medvllm.quantization)")
     _, ref = reference
     res, int8 = _load({}, profile="edge_cpu_int8")
     assert int8.runtime_info()["quantization"]["method"] == "dynamic-int8" and tier_of(res.config) == "8-bit"

@@ -100,13 +100,20 @@ def test_flash_attention_matches_sdpa(block_size):
     assert all(same)
 
 
-def test_tf32_and_cudnn_flags_set_and_recorded():
-    on = _llm(device="cuda", allow_tf32=True, cudnn_benchmark=True).runtime_info()
+def test_tf32_and_cudnn_flags_in_force_during_steps_only_and_recorded():
+    before = torch.backends.cuda.matmul.fp32_precision
+    llm = _llm(device="cuda", allow_tf32=True, cudnn_benchmark=True)
+    on = llm.runtime_info()
     assert on["allow_tf32"] is True and on["cudnn_benchmark"] is True
-    assert torch.backends.cuda.matmul.fp32_precision == "tf32" and torch.backends.cudnn.benchmark
+    seen = []
+    llm.engine.runner.model.register_forward_pre_hook(
+        lambda *_: seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.benchmark))
+    )
+    _answers(llm)
+    assert seen and set(seen) == {("tf32", True)}
+    assert torch.backends.cuda.matmul.fp32_precision == before  # another engine is not run in TF32
     off = _llm(device="cuda").runtime_info()
     assert off["allow_tf32"] is False and off["cudnn_benchmark"] is False
-    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
 
 
 def test_memory_pool_on_cuda_allocates_nothing_new_per_decode_step():
@@ -126,6 +133,27 @@ def test_memory_pool_on_cuda_allocates_nothing_new_per_decode_step():
         peaks.append(torch.cuda.memory_allocated())
     assert torch.cuda.memory_reserved() == reserved
     assert max(peaks) - min(peaks) < 16 << 20
+
+
+def test_memory_pool_against_an_unpooled_control():
+    """The same requests give the same tokens with and without the pool, and the pooled engine holds its
+    whole KV pool from the start. (Without pooling, engine/kv_cache.zeroed also allocates the whole cache
+    with torch.zeros on CUDA, so the flat decode memory above is not the pool's doing.)"""
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    prompts = [[5 + i, 6, 7, 8] for i in range(4)]
+    runs = {}
+    for pooled in (False, True):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        start = torch.cuda.memory_allocated()
+        llm = _llm(device="cuda", enable_memory_pooling=pooled, **({"pool_device": "cuda"} if pooled else {}))
+        kv = llm.engine.runner.kv_cache
+        held_at_start = torch.cuda.memory_allocated() - start >= kv.numel() * kv.element_size()
+        runs[pooled] = ([o.outputs[0].token_ids for o in llm.generate(prompts, params)], held_at_start)
+        assert llm.runtime_info()["memory_pool"] is pooled
+        del llm, kv
+    assert runs[True][0] == runs[False][0]
+    assert runs[True][1]
 
 
 @pytest.mark.parametrize("profile", ["gpu_8bit", "gpu_4bit", "onprem_gpu_bf16_flash", "cloud_gpu_tp4_fp16"])
