@@ -24,5 +24,10 @@ class RequestError(MedVLLMError, ValueError):
     """A single request is invalid (too long, bad sampling parameters, ...)."""
 
 
+class EngineGoneError(MedVLLMError, RuntimeError):
+    """The engine itself cannot go on (a tensor-parallel rank died, it was shut down): a step that raises
+    this is not retried request by request; the caller must create a new engine."""
+
+
 class StepError(MedVLLMError, RuntimeError):
     """An engine step raised: the requests in it finished with finish_reason 'error' (the cause is chained)."""

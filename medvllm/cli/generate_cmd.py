@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from medvllm.chat_template import has_chat_template
 from medvllm.cli import output
 from medvllm.cli.settings_flags import add_setting_flags, overrides_from
 from medvllm.errors import RequestError
@@ -119,10 +120,12 @@ def describe_choice(resolution) -> str:
 
 def encode(llm, prompt: str, args) -> tuple[list[int], bool]:
     tokenizer = llm.tokenizer
-    if args.chat and getattr(tokenizer, "chat_template", None):
+    if args.chat and has_chat_template(tokenizer):
         messages = [{"role": "system", "content": args.system}] if args.system else []
         messages.append({"role": "user", "content": prompt})
         return llm.encode_chat(messages), True
+    if args.chat:  # asked for a chat turn, but the model has no template to make one
+        output.warn("the model has no chat template: the prompt is sent as raw text (--no-chat says so outright)")
     if args.system:
         output.warn(
             "--system is ignored: " + ("--no-chat is set" if not args.chat else "the model has no chat template")

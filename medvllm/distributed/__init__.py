@@ -6,8 +6,8 @@ the workers itself, or, under `torchrun`, every rank joins the launcher's group 
 Nothing here is imported when tensor_parallel_size is 1.
 """
 
-from medvllm.errors import MedVLLMError
+from medvllm.errors import EngineGoneError
 
 
-class DistributedError(MedVLLMError, RuntimeError):
+class DistributedError(EngineGoneError):
     """A tensor-parallel rank died, could not start, or could not be reached."""

@@ -14,7 +14,7 @@ from medvllm.engine.prompts import parse_prompt
 from medvllm.engine.scheduler import Scheduler
 from medvllm.engine.sequence import Sequence
 from medvllm.engine.step_inputs import samples, step_end
-from medvllm.errors import RequestError, StepError
+from medvllm.errors import EngineGoneError, RequestError, StepError
 from medvllm.loader import ModelSource, open_model
 from medvllm.outputs import RequestOutput
 from medvllm.sampling_params import SamplingParams
@@ -36,6 +36,7 @@ class LLMEngine:
         self._ids = itertools.count()
         self._seqs: dict[str, Sequence] = {}
         self.num_generated_tokens = 0
+        self._gone: BaseException | None = None  # set when a step finds the engine cannot go on
         if config.tensor_parallel_size == 1:
             # everything built so far lives as long as the engine: out of the collector's way, so its
             # full passes during generation walk only what steps create. Not with tensor parallelism:
@@ -54,6 +55,8 @@ class LLMEngine:
     ) -> str:
         """Queues one request. `prompt`: text, token ids, or vLLM's {"prompt": text} / {"prompt_token_ids":
         ids} (either with an optional "cache_salt"). A RequestError leaves nothing queued."""
+        if self._gone is not None:
+            raise self._gone
         params = SamplingParams() if params is None else params
         if not isinstance(params, SamplingParams):
             raise RequestError(
@@ -110,7 +113,9 @@ class LLMEngine:
 
         If running the batch raises, its requests finish with finish_reason "error" (the output's
         `error` says why) and the engine goes on serving the others; an interrupt (KeyboardInterrupt)
-        is raised again once they are cleaned up."""
+        or an EngineGoneError (a tensor-parallel rank died) is raised again once they are cleaned up."""
+        if self._gone is not None:
+            raise self._gone
         seqs, is_prefill = self.scheduler.schedule()
         if not seqs:
             return []
@@ -122,8 +127,10 @@ class LLMEngine:
             tokens, logprobs = self.executor.run(seqs, is_prefill)
         except BaseException as e:
             failed = self._fail(seqs, e)
-            if not isinstance(e, Exception):
-                raise
+            if isinstance(e, EngineGoneError):
+                self._gone = e  # every later call says so too
+            if not isinstance(e, Exception) or isinstance(e, EngineGoneError):
+                raise  # an interrupt, or an engine that cannot go on: its requests are cleaned up first
             return failed
         now = time.time()
         results = []

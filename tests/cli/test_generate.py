@@ -217,3 +217,17 @@ def test_progress_only_on_a_terminal_and_not_quiet(monkeypatch):
         with output.step(types.SimpleNamespace(quiet=quiet), "Loading model"):
             pass
         assert ("Loading model... done" in stream.getvalue()) is shown
+
+
+def test_chat_mode_on_a_model_without_a_chat_template_warns_that_the_text_goes_raw(capsys, tmp_path, monkeypatch):
+    from tests.tiny_models import build_tiny
+
+    monkeypatch.delenv("MEDVLLM_DEPLOYMENT_PROFILE", raising=False)
+    build_tiny("llama", tmp_path)  # its tokenizer has no chat template
+    argv = ["inference", "generate", "--model", str(tmp_path), "--text", "w5 w6", "--max-tokens", "2",
+            "--deployment-profile", "none", "--max-model-len", "128", "--json"]  # fmt: skip
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and json.loads(out)["chat_template"] is False
+    assert "no chat template: the prompt is sent as raw text" in err
+    code, _, err = run(capsys, *argv, "--no-chat")  # asked for raw text: nothing to warn about
+    assert code == 0 and "no chat template" not in err
