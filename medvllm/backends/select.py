@@ -33,12 +33,20 @@ class ModelTraits:
     qk_norm: bool = False
     sliding_window: bool = False
     tp_size: int = 1
+    attn_softcap: bool = False  # soft-capped attention scores (Gemma 2): only PagedAttention's PyTorch path
+    llama_decoder: bool = True  # the decoder layer is Llama's, the one the fused CPU layer implements
 
     @classmethod
     def of(cls, hf_config, arch_options, tp_size: int = 1) -> ModelTraits:
         head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
         return cls(
-            hf_config.hidden_size, head_dim, arch_options.qk_norm, arch_options.sliding_window is not None, tp_size
+            hf_config.hidden_size,
+            head_dim,
+            arch_options.qk_norm,
+            arch_options.sliding_window is not None,
+            tp_size,
+            getattr(arch_options, "attn_softcap", None) is not None,
+            getattr(arch_options, "llama_decoder", True),
         )
 
 
@@ -57,6 +65,8 @@ class Backends:
     def names(self) -> dict[str, str]:
         return {part: getattr(self, part) for part in PARTS}
 
+
+SOFTCAP_REASON = "soft-capped attention scores: only the PyTorch path applies the cap"
 
 PARTS = ("attention", "linear", "lm_head", "embedding", "norm", "decode_layer", "sampler")
 
@@ -92,6 +102,8 @@ def _cpu(config, traits: ModelTraits) -> Backends:
 
     if config.attention_impl == "sdpa":
         attention, why["attention"] = None, "attention_impl='sdpa'"
+    elif traits.attn_softcap:
+        attention, why["attention"] = None, SOFTCAP_REASON
     elif native:
         from medvllm.backends.cpu.attention import CpuPagedBackend
 
@@ -171,6 +183,8 @@ def _fused_blocker(config, traits: ModelTraits, native: bool, f32: bool, linear:
         return "float32 only"
     if traits.tp_size != 1:
         return "tensor parallel"
+    if not traits.llama_decoder:
+        return "the fused decoder layer implements Llama's layer only"
     if traits.qk_norm:
         return "q/k norms"
     if linear.name not in ("dynamic-int8", "float-panels"):
@@ -209,6 +223,14 @@ def _cuda_attention(config, traits: ModelTraits, dtype: torch.dtype, why: dict):
 
     hardware = config.hardware
     low = dtype in LOW_PRECISION
+    if traits.attn_softcap:
+        if config.attention_impl == "flash":
+            raise ConfigError(
+                "attention_impl='flash' cannot run this model: its attention scores are soft-capped (Gemma 2), "
+                "which only the PyTorch path applies; use attention_impl='sdpa' or 'auto'"
+            )
+        why["attention"] = SOFTCAP_REASON
+        return None
     if config.attention_impl == "flash":  # the Config checked the GPU generation
         if not low:
             raise ConfigError(

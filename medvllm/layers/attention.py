@@ -65,7 +65,10 @@ class PagedAttention(nn.Module):
         scale: float,
         sliding_window: int | None = None,
         backend=None,
+        softcap: float | None = None,
     ):
+        """`softcap`: scores become softcap * tanh(scores / softcap) (Gemma 2); only this class's PyTorch
+        path applies it, so the backend choice gives such a model no other backend."""
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = scale
@@ -73,6 +76,7 @@ class PagedAttention(nn.Module):
         self.k_cache: torch.Tensor | None = None  # [num_blocks, block_size, Hkv, D], from bind_cache
         self.v_cache: torch.Tensor | None = None
         self.backend = backend
+        self.softcap = softcap
 
     def bind_cache(self, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
         """This layer's views of the engine's KV pool, given once the pool is allocated."""
@@ -108,7 +112,8 @@ class PagedAttention(nn.Module):
         else:
             padded = torch.cat([q, q.new_zeros(1, *q.shape[1:])])
             queries = padded[meta.pad_index]  # [B, Q, H, D]
-        out = F.scaled_dot_product_attention(
+        attend = F.scaled_dot_product_attention if self.softcap is None else self._capped
+        out = attend(
             queries.transpose(1, 2),
             keys.transpose(1, 2),
             values.transpose(1, 2),
@@ -120,6 +125,18 @@ class PagedAttention(nn.Module):
         if meta.is_decode:
             return out.reshape(batch, self.num_heads * self.head_dim)
         return out.reshape(-1, self.num_heads * self.head_dim)[meta.unpad_index]
+
+    def _capped(self, q, k, v, attn_mask, scale, enable_gqa):
+        """SDPA's arithmetic spelled out, with the cap between the scaled scores and the mask (SDPA has no
+        hook there), as transformers' eager attention does it."""
+        if enable_gqa:
+            groups = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        scores = torch.matmul(q, k.transpose(2, 3)) * scale
+        scores = torch.tanh(scores / self.softcap) * self.softcap
+        scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        return torch.matmul(weights, v)
 
     def _mask(self, meta: AttentionMetadata, num_keys: int) -> torch.Tensor:
         # one mask per distinct window, built by the first layer that needs it and reused by the rest

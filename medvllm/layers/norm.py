@@ -37,3 +37,17 @@ class RMSNorm(nn.Module):
             return self._norm(x)
         x = x + residual
         return self._norm(x), x
+
+
+class GemmaRMSNorm(RMSNorm):
+    """Gemma's RMSNorm: the weight is stored as an offset from 1 and the product (x * (1 + w)) is taken in
+    float32 before the cast back, where Llama casts first. Always the PyTorch path: the kernel multiplies
+    by the weight as stored."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__(size, eps, None)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * (1.0 + self.weight.float())).type_as(x)

@@ -27,7 +27,10 @@ from medvllm.layers.rotary import get_rotary, rope_parameters
 class ArchOptions:
     qkv_bias: bool = False
     qk_norm: bool = False
-    sliding_window: int | None = None
+    sliding_window: int | None = None  # the window of the layers that have one (None: every layer sees all)
+    # what the engine's backend choice reads besides the switches above (backends/select.py)
+    attn_softcap: float | None = None  # tanh soft-capping of the attention scores (Gemma 2)
+    llama_decoder: bool = True  # the decoder layer is Llama's (what the fused CPU decoder layer implements)
 
 
 class Attention(nn.Module):
@@ -152,6 +155,7 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
+    base_model = LlamaModel  # the decoder stack: (cfg, opts, max_positions, kit, tp) -> module with .layers
     # HF checkpoint names folded into our merged projections: hf suffix -> (our suffix, shard index)
     packed_modules = {
         "q_proj": ("qkv_proj", 0),
@@ -172,7 +176,7 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         tp = tp or SINGLE
-        self.model = LlamaModel(cfg, opts or self.arch_options(cfg), max_positions, kit, tp)
+        self.model = self.base_model(cfg, opts or self.arch_options(cfg), max_positions, kit, tp)
         self.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
         # vocab-split; full logits on rank 0
         self.lm_head = ParallelLMHead(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from medvllm.errors import ModelLoadError
+from medvllm.models.gemma2 import Gemma2ForCausalLM
+from medvllm.models.gemma3 import Gemma3ForCausalLM
 from medvllm.models.llama import LlamaForCausalLM
 from medvllm.models.mistral import MistralForCausalLM
 from medvllm.models.qwen2 import Qwen2ForCausalLM
 from medvllm.models.qwen3 import Qwen3ForCausalLM
 
 MODEL_REGISTRY = {
+    "Gemma2ForCausalLM": Gemma2ForCausalLM,
+    "Gemma3ForCausalLM": Gemma3ForCausalLM,
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": MistralForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
