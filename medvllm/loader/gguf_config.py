@@ -12,6 +12,8 @@ GGUF_ARCHITECTURES = {
     "mistral": ("mistral", "MistralForCausalLM"),
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
     "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+    "gemma2": ("gemma2", "Gemma2ForCausalLM"),
+    "gemma3": ("gemma3_text", "Gemma3ForCausalLM"),
 }
 # archs whose Q/K rows llama.cpp permuted at conversion (the others use the NEOX rope layout as is)
 PERMUTED_QK = ("llama", "mistral")
@@ -75,7 +77,34 @@ def build_config(
         fields["mlp_bias"] = "blk.0.ffn_gate.bias" in tensor_names
     if (window := key("attention.sliding_window")) and model_type == "mistral":
         fields["sliding_window"] = window
+    if arch in ("gemma2", "gemma3"):
+        fields |= gemma_fields(arch, key, fields)
     return transformers.AutoConfig.for_model(model_type, **fields)
+
+
+def gemma_fields(arch: str, key, fields: dict) -> dict:
+    """What llama.cpp's Gemma graph takes from the metadata, or fixes, as HF config fields."""
+    out = {}
+    if window := key("attention.sliding_window"):
+        out["sliding_window"] = int(window)
+    # llama.cpp scales the scores by 1/sqrt(head_dim), except for the 27B models (46 layers for Gemma 2,
+    # 62 for Gemma 3), whose query_pre_attn_scalar is hidden_size / heads
+    big = fields["num_hidden_layers"] == (46 if arch == "gemma2" else 62)
+    out["query_pre_attn_scalar"] = fields["hidden_size"] // fields["num_attention_heads"] if big else fields["head_dim"]
+    # a per-layer pattern, where the converter writes one (True: sliding); else the config's default
+    pattern = key("attention.sliding_window_pattern")
+    if isinstance(pattern, (list, tuple)) and len(pattern) == fields["num_hidden_layers"]:
+        out["layer_types"] = ["sliding_attention" if p else "full_attention" for p in pattern]
+    if arch == "gemma2":
+        out["attn_logit_softcapping"] = key("attn_logit_softcapping")
+        out["final_logit_softcapping"] = key("final_logit_softcapping")
+    else:
+        # the file states the global layers' base (and scaling); llama.cpp fixes the local layers' base
+        out["rope_parameters"] = {
+            "full_attention": fields["rope_parameters"],
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        }
+    return out
 
 
 def _rope(key, path: str, head_dim: int, rope_factors) -> dict:

@@ -8,7 +8,7 @@ from gguf import LlamaFileType
 from medvllm.errors import ModelLoadError
 from medvllm.loader.gguf_config import PERMUTED_QK, build_config, gguf_architecture
 from medvllm.loader.gguf_file import GGUFFile
-from medvllm.loader.gguf_names import gguf_name, hf_name
+from medvllm.loader.gguf_names import GEMMA_ARCHS, gguf_name, hf_name
 from medvllm.loader.gguf_tokenizer import build_tokenizer
 from medvllm.loader.gguf_weights import dequantize, unpermute_qk
 from medvllm.loader.names import check_complete
@@ -28,7 +28,7 @@ def open_gguf(path: str) -> ModelSource:
     for name in f.tensors:
         if name == ROPE_FREQS:  # folded into config.rope_parameters above
             continue
-        hf = hf_name(name)
+        hf = hf_name(name, arch)
         if hf is None:
             raise ModelLoadError(
                 f"GGUF tensor {name!r} in {path} has no place in a {config.architectures[0]}; the file "
@@ -37,7 +37,9 @@ def open_gguf(path: str) -> ModelSource:
         if hf == "lm_head.weight" and config.tie_word_embeddings:
             continue
         names[hf] = f.tensors[name]
-    check_complete(config, {hf: info.shape for hf, info in names.items()}, path, stored_as=gguf_name)
+    check_complete(
+        config, {hf: info.shape for hf, info in names.items()}, path, stored_as=lambda hf: gguf_name(hf, arch)
+    )
 
     heads = {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads}
 
@@ -49,6 +51,10 @@ def open_gguf(path: str) -> ModelSource:
         proj = hf.split(".")[-2]
         if arch in PERMUTED_QK and proj in heads:
             tensor = unpermute_qk(tensor, heads[proj])
+        if arch in GEMMA_ARCHS and hf.endswith("norm.weight"):
+            # llama.cpp's converter stores Gemma's norm weights as 1 + w, where the model (and transformers'
+            # GGUF loader, which subtracts 1 back) keeps w: the same float32 subtraction gives the same numbers
+            tensor = tensor.float() - 1.0
         return tensor
 
     def weights():

@@ -7,7 +7,15 @@ before the engine allocates anything, naming the tensor.
 from medvllm.errors import ModelLoadError
 
 # architectures (HF class names) the loader knows how to complete-check
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+SUPPORTED_ARCHITECTURES = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
+)
+GEMMA = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")  # four norms per block
 
 
 def expected_names(config) -> list[str]:
@@ -29,13 +37,15 @@ def expected_names(config) -> list[str]:
         names.append(f"{p}self_attn.o_proj.weight")
         if o_bias:
             names.append(f"{p}self_attn.o_proj.bias")
-        if arch == "Qwen3ForCausalLM":
+        if arch in ("Qwen3ForCausalLM", "Gemma3ForCausalLM"):
             names += [f"{p}self_attn.q_norm.weight", f"{p}self_attn.k_norm.weight"]
         for proj in ("gate_proj", "up_proj", "down_proj"):
             names.append(f"{p}mlp.{proj}.weight")
             if mlp_bias:
                 names.append(f"{p}mlp.{proj}.bias")
         names += [f"{p}input_layernorm.weight", f"{p}post_attention_layernorm.weight"]
+        if arch in GEMMA:
+            names += [f"{p}pre_feedforward_layernorm.weight", f"{p}post_feedforward_layernorm.weight"]
     names.append("model.norm.weight")
     if not config.tie_word_embeddings:
         names.append("lm_head.weight")
