@@ -35,6 +35,7 @@ class ModelTraits:
     tp_size: int = 1
     attn_softcap: bool = False  # soft-capped attention scores (Gemma 2): only PagedAttention's PyTorch path
     llama_decoder: bool = True  # the decoder layer is Llama's, the one the fused CPU layer implements
+    fp16_overflows: bool = False  # the model's activations leave float16's range (Gemma 3)
 
     @classmethod
     def of(cls, hf_config, arch_options, tp_size: int = 1) -> ModelTraits:
@@ -47,6 +48,7 @@ class ModelTraits:
             tp_size,
             getattr(arch_options, "attn_softcap", None) is not None,
             getattr(arch_options, "llama_decoder", True),
+            getattr(arch_options, "fp16_overflows", False),
         )
 
 
@@ -72,6 +74,11 @@ PARTS = ("attention", "linear", "lm_head", "embedding", "norm", "decode_layer", 
 
 
 def select_backends(config, traits: ModelTraits) -> Backends:
+    if traits.fp16_overflows and config.torch_dtype == torch.float16:
+        raise ConfigError(
+            "dtype='float16' cannot run this model (Gemma 3): its activations overflow float16's range and the "
+            "output turns to garbage; use dtype='bfloat16' or 'float32'"
+        )
     if config.resolved_device.type == "cuda":
         return _cuda(config, traits)
     return _cpu(config, traits)

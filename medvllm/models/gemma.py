@@ -58,6 +58,7 @@ def gemma_options(cfg, qk_norm: bool) -> ArchOptions:
         sliding_window=cfg.sliding_window if sliding else None,
         attn_softcap=getattr(cfg, "attn_logit_softcapping", None),
         llama_decoder=False,
+        fp16_overflows=qk_norm,  # Gemma 3 (the one with q/k norms), as transformers and its authors warn
     )
 
 

@@ -67,3 +67,28 @@ def test_chunked_prompts_match_transformers(tiny):
         max_num_batched_tokens=16,
     )
     check(model, llm, prompts_of([45, 30], seed=9))
+
+
+def test_gemma3_in_float16_is_refused_naming_the_dtypes_that_work():
+    """Refused where the model is known (backend selection); on CPU the Config already refuses float16."""
+    from dataclasses import replace
+
+    from transformers import Gemma2Config, Gemma3TextConfig
+
+    from medvllm.backends.select import ModelTraits, select_backends
+    from medvllm.config import Config
+    from medvllm.errors import ConfigError
+    from medvllm.hardware import GPUInfo, detect
+    from medvllm.models.gemma2 import Gemma2ForCausalLM
+    from medvllm.models.gemma3 import Gemma3ForCausalLM
+
+    gpu = replace(detect(), gpus=(GPUInfo("fake", (8, 0), 40 << 30),))
+    fp16 = Config(device="cuda", dtype="float16", attention_impl="sdpa", hardware=gpu)
+    gemma3 = Gemma3TextConfig(**GEMMA_ARCHS["gemma3"][1])
+    with pytest.raises(ConfigError, match="bfloat16.*float32") as err:
+        select_backends(fp16, ModelTraits.of(gemma3, Gemma3ForCausalLM.arch_options(gemma3)))
+    assert "\n" not in str(err.value)
+    bf16 = Config(device="cuda", dtype="bfloat16", attention_impl="sdpa", hardware=gpu)
+    assert select_backends(bf16, ModelTraits.of(gemma3, Gemma3ForCausalLM.arch_options(gemma3))).attention == "sdpa"
+    gemma2 = Gemma2Config(head_dim=16)  # only Gemma 3 is refused
+    assert select_backends(fp16, ModelTraits.of(gemma2, Gemma2ForCausalLM.arch_options(gemma2))).attention == "sdpa"
