@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from medvllm.distributed.parallel import SINGLE, TensorParallel
-from medvllm.distributed.partition import head_shard
 from medvllm.errors import ModelLoadError
 from medvllm.layers.attention import AttentionMetadata, PagedAttention
 from medvllm.layers.embedding import VocabParallelEmbedding
@@ -22,7 +21,7 @@ from medvllm.layers.kit import REFERENCE, LayerKit
 from medvllm.layers.linear import MergedColumnParallelLinear, RowParallelLinear
 from medvllm.layers.norm import GemmaRMSNorm
 from medvllm.layers.rotary import RotaryEmbedding, get_rotary, rope_parameters
-from medvllm.models.llama import ArchOptions, LlamaForCausalLM
+from medvllm.models.llama import ArchOptions, LlamaForCausalLM, attention_projections
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 
@@ -69,25 +68,12 @@ class GemmaAttention(nn.Module):
         self, cfg, opts: ArchOptions, window, rotary: RotaryEmbedding, kit: LayerKit, tp: TensorParallel = SINGLE
     ):
         super().__init__()
-        total_heads = cfg.num_attention_heads
-        total_kv_heads = cfg.num_key_value_heads or total_heads
-        self.head_dim = d = getattr(cfg, "head_dim", None) or cfg.hidden_size // total_heads
-        shard = head_shard(total_heads, total_kv_heads, tp.size, tp.rank)
-        self.num_heads, self.num_kv_heads = shard.num_heads, shard.num_kv_heads
-        self.q_size, self.kv_size = self.num_heads * d, self.num_kv_heads * d
         bias = bool(getattr(cfg, "attention_bias", False))
-        kv_rows = (shard.kv_start * d, self.kv_size)
-        self.qkv_proj = MergedColumnParallelLinear(
-            cfg.hidden_size,
-            [total_heads * d, total_kv_heads * d, total_kv_heads * d],
-            bias=bias,
-            tp=tp,
-            shard_rows=[(shard.q_start * d, self.q_size), kv_rows, kv_rows],
-            method=kit.linear,
-        )
-        self.o_proj = RowParallelLinear(
-            total_heads * d, cfg.hidden_size, bias=bias, tp=tp, cols=(shard.q_start * d, self.q_size), method=kit.linear
-        )
+        p = attention_projections(cfg, bias, bias, kit, tp)
+        d = self.head_dim = p.head_dim
+        self.num_heads, self.num_kv_heads = p.num_heads, p.num_kv_heads
+        self.q_size, self.kv_size = p.num_heads * d, p.num_kv_heads * d
+        self.qkv_proj, self.o_proj = p.qkv_proj, p.o_proj
         self.qk_norm = opts.qk_norm
         if opts.qk_norm:
             self.q_norm = GemmaRMSNorm(d, cfg.rms_norm_eps)

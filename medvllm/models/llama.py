@@ -34,36 +34,46 @@ class ArchOptions:
     fp16_overflows: bool = False  # activations leave float16's range (Gemma 3): refused in float16
 
 
+@dataclass(frozen=True)
+class Projections:
+    """q/k/v and output projections of one attention layer, split over tensor-parallel ranks by heads.
+    Head counts and sizes are this rank's (all of them when tp=1)."""
+
+    head_dim: int
+    num_heads: int
+    num_kv_heads: int
+    qkv_proj: MergedColumnParallelLinear
+    o_proj: RowParallelLinear
+
+
+def attention_projections(cfg, qkv_bias: bool, o_bias: bool, kit: LayerKit, tp: TensorParallel) -> Projections:
+    total_heads = cfg.num_attention_heads
+    total_kv_heads = cfg.num_key_value_heads or total_heads
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // total_heads
+    shard = head_shard(total_heads, total_kv_heads, tp.size, tp.rank)
+    q_rows, kv_rows = (shard.q_start * d, shard.num_heads * d), (shard.kv_start * d, shard.num_kv_heads * d)
+    qkv = MergedColumnParallelLinear(
+        cfg.hidden_size,
+        [total_heads * d, total_kv_heads * d, total_kv_heads * d],
+        bias=qkv_bias,
+        tp=tp,
+        shard_rows=[q_rows, kv_rows, kv_rows],
+        method=kit.linear,
+    )
+    o = RowParallelLinear(total_heads * d, cfg.hidden_size, bias=o_bias, tp=tp, cols=q_rows, method=kit.linear)
+    return Projections(d, shard.num_heads, shard.num_kv_heads, qkv, o)
+
+
 class Attention(nn.Module):
     """num_heads / num_kv_heads / q_size / kv_size are this rank's (all of them when tp=1)."""
 
     def __init__(self, cfg, opts: ArchOptions, max_positions: int, kit: LayerKit, tp: TensorParallel = SINGLE):
         super().__init__()
-        total_heads = cfg.num_attention_heads
-        total_kv_heads = cfg.num_key_value_heads or total_heads
-        self.head_dim = d = getattr(cfg, "head_dim", None) or cfg.hidden_size // total_heads
-        shard = head_shard(total_heads, total_kv_heads, tp.size, tp.rank)
-        self.num_heads, self.num_kv_heads = shard.num_heads, shard.num_kv_heads
-        self.q_size = self.num_heads * d
-        self.kv_size = self.num_kv_heads * d
-        bias = opts.qkv_bias or bool(getattr(cfg, "attention_bias", False))
-        kv_rows = (shard.kv_start * d, self.kv_size)
-        self.qkv_proj = MergedColumnParallelLinear(
-            cfg.hidden_size,
-            [total_heads * d, total_kv_heads * d, total_kv_heads * d],
-            bias=bias,
-            tp=tp,
-            shard_rows=[(shard.q_start * d, self.q_size), kv_rows, kv_rows],
-            method=kit.linear,
-        )
-        self.o_proj = RowParallelLinear(
-            total_heads * d,
-            cfg.hidden_size,
-            bias=bool(getattr(cfg, "attention_bias", False)),
-            tp=tp,
-            cols=(shard.q_start * d, self.q_size),
-            method=kit.linear,
-        )
+        o_bias = bool(getattr(cfg, "attention_bias", False))
+        p = attention_projections(cfg, opts.qkv_bias or o_bias, o_bias, kit, tp)
+        self.head_dim, self.num_heads, self.num_kv_heads = p.head_dim, p.num_heads, p.num_kv_heads
+        self.q_size, self.kv_size = p.num_heads * p.head_dim, p.num_kv_heads * p.head_dim
+        self.qkv_proj, self.o_proj = p.qkv_proj, p.o_proj
         if opts.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, kit.norm)
             self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, kit.norm)
