@@ -30,7 +30,8 @@ ATTENTION_IMPLS = ("auto", "sdpa", "flash")
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: the dtype the model runs in
 # Quantization methods a Config may name, with the bit width each one means (what this install implements:
 # HardwareInfo.quantization_methods).
-QUANT_METHOD_BITS = {"dynamic": 8, "bnb-8bit": 8, "bnb-nf4": 4}
+# gguf: the bits the file stores (None here: the file decides).
+QUANT_METHOD_BITS = {"dynamic": 8, "gguf": None, "bnb-8bit": 8, "bnb-nf4": 4}
 QUANT_METHOD_ALIASES = {"bnb-4bit": "bnb-nf4"}
 QUANT_METHODS = tuple(QUANT_METHOD_BITS) + tuple(QUANT_METHOD_ALIASES)
 CUDA_ONLY_METHODS = ("bnb-8bit", "bnb-nf4")
@@ -214,10 +215,10 @@ def check_fields(c: Config) -> None:
             f"{', '.join(QUANT_METHODS)}, or null for no quantization",
         )
     c.quantization_method = QUANT_METHOD_ALIASES.get(method, method)
-    if c.quantization_method == "dynamic" and run_dtype(c) != "float32":
+    if c.quantization_method in ("dynamic", "gguf") and run_dtype(c) != "float32":
         raise fail(
             ("quantization_method", "dtype"),
-            f"quantization_method='dynamic' computes in float32 around its int8 matmuls, but the model would "
+            f"quantization_method={c.quantization_method!r} computes in float32 around its int8 matmuls, but the model would "
             f"run in {run_dtype(c)}: set dtype to 'auto' or 'float32' (mixed precision off), or drop "
             "quantization",
         )
@@ -277,11 +278,11 @@ def check_hardware(c: Config, hw: HardwareInfo) -> list[str]:
                 f"quantization_method={method!r} needs the bitsandbytes package, "
                 "which is not installed: pip install bitsandbytes, or drop quantization",
             )
-    if method == "dynamic" and device != "cpu":
+    if method in ("dynamic", "gguf") and device != "cpu":
         raise fail(
             ("quantization_method", "device"),
-            "quantization_method='dynamic' (PyTorch dynamic int8) runs on CPU only, but the model runs on "
-            "cuda: set device='cpu', or use 'bnb-8bit' on CUDA",
+            f"quantization_method={method!r} (native CPU kernels) runs on CPU only, but the model runs on "
+            "cuda: set device='cpu', or use 'bnb-8bit' / 'bnb-nf4' on CUDA",
         )
     if method is not None and not hw.engine_implements(method):
         raise fail(

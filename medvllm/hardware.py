@@ -18,7 +18,7 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 OPTIONAL_BACKENDS = ("bitsandbytes", "flash_attn")
 # The quantization methods medvllm.quantization implements (its METHODS; a test keeps the two equal).
 # Listed here so that probing the machine never imports the code that computes.
-ENGINE_QUANTIZATION_METHODS = frozenset({"dynamic", "bnb-8bit", "bnb-nf4"})
+ENGINE_QUANTIZATION_METHODS = frozenset({"dynamic", "gguf", "bnb-8bit", "bnb-nf4"})
 
 
 @dataclass(frozen=True)

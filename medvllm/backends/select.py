@@ -105,7 +105,7 @@ def _cpu(config, traits: ModelTraits) -> Backends:
     if missing is not None:  # same numerics on PyTorch's kernels, only slower: say so once
         log.warning("native CPU kernels unavailable (%s); PyTorch's kernels run in their place", missing)
 
-    linear, head, embedding_int8 = _cpu_linear(config, traits, native, missing, why)
+    linear, head, embedding = _cpu_linear(config, traits, native, missing, why)
 
     if config.attention_impl == "sdpa":
         attention, why["attention"] = None, "attention_impl='sdpa'"
@@ -142,7 +142,7 @@ def _cpu(config, traits: ModelTraits) -> Backends:
     kit = LayerKit(
         linear=linear,
         lm_head=head,
-        embedding_int8=embedding_int8,
+        embedding=embedding,
         norm=norm,
         attention=attention,
         fused_layers=fused,
@@ -152,8 +152,19 @@ def _cpu(config, traits: ModelTraits) -> Backends:
 
 
 def _cpu_linear(config, traits, native: bool, missing: str | None, why: dict):
-    """(decoder method, head method, embedding as int8 rows)."""
+    """(decoder method, head method, the embedding's form)."""
     method = config.quantization_method
+    if method == "gguf":
+        if not native:
+            raise ConfigError(
+                f"quantization_method='gguf' needs the native GGUF kernels, which cannot be built here "
+                f"({missing}): install a C compiler (e.g. apt-get install gcc), or drop quantization"
+            )
+        from medvllm.quantization.gguf import GGUFMethod
+
+        method = GGUFMethod()
+        why["linear"] = why["lm_head"] = why["embedding"] = "quantization_method='gguf': the file's own blocks"
+        return method, method, "gguf"
     if method == "dynamic":
         if not native:
             raise ConfigError(
@@ -164,19 +175,19 @@ def _cpu_linear(config, traits, native: bool, missing: str | None, why: dict):
         from medvllm.quantization.int8_head import Int8RowsHead
 
         why["linear"] = why["lm_head"] = why["embedding"] = "quantization_method='dynamic'"
-        return DynamicInt8Method(), Int8RowsHead(traits.hidden_size), True
+        return DynamicInt8Method(), Int8RowsHead(traits.hidden_size), "int8-rows"
     why["embedding"] = "no quantization"
     if config.torch_dtype != torch.float32:
         why["linear"], why["lm_head"] = "PyTorch's low-precision matmul", "logits in float32 under mixed precision"
-        return UNQUANTIZED, Float32Logits(), False
+        return UNQUANTIZED, Float32Logits(), "float"
     if native:
         from medvllm.backends.cpu.panel_linear import PanelFloatMethod
 
         panels = PanelFloatMethod()
         why["linear"] = why["lm_head"] = "float32 on CPU: weights packed once into the kernel's panels"
-        return panels, panels, False
+        return panels, panels, "float"
     why["linear"] = why["lm_head"] = f"native kernels unavailable ({missing}): F.linear, the same float32 numerics"
-    return UNQUANTIZED, UNQUANTIZED, False
+    return UNQUANTIZED, UNQUANTIZED, "float"
 
 
 def _fused_blocker(config, traits: ModelTraits, native: bool, f32: bool, linear: LinearMethod, attention) -> str | None:
@@ -283,7 +294,7 @@ def _record(kit: LayerKit, why: dict[str, str]) -> Backends:
         attention=attention,
         linear=kit.linear.name,
         lm_head=kit.lm_head.name,
-        embedding="int8-rows" if kit.embedding_int8 else "float",
+        embedding=kit.embedding,
         norm="torch" if kit.norm is None else "native",
         decode_layer="torch" if kit.fused_layers is None else "native",
         sampler="torch" if kit.argmax is None else "native",

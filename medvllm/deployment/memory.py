@@ -25,6 +25,7 @@ class ModelInfo:
     num_kv_heads: int
     head_dim: int
     max_position: int | None = None
+    file_bytes: int | None = None  # a GGUF file's size: what the gguf method holds in memory
 
     @classmethod
     def from_hf_config(cls, cfg: dict, name: str = "model") -> ModelInfo:
@@ -59,7 +60,9 @@ class Fit:
         return f"needs ~{self.needed / GIB:.1f} GiB per device, {verb} {self.budget / GIB:.1f} GiB of {where}"
 
 
-def weight_bytes_per_param(c: Config) -> float:
+def weight_bytes_per_param(c: Config, model: ModelInfo | None = None) -> float:
+    if c.quantization_method == "gguf" and model is not None and model.file_bytes:
+        return model.file_bytes / model.num_params  # the file's own blocks
     bits = quantization_bits(c.quantization_method)
     return DTYPE_BYTES[run_dtype(c)] if bits is None else bits / 8
 
@@ -67,10 +70,10 @@ def weight_bytes_per_param(c: Config) -> float:
 def estimate(c: Config, model: ModelInfo, hw: HardwareInfo) -> Fit:
     device = effective_device(c, hw)
     tp = c.tensor_parallel_size
-    weights = model.num_params * weight_bytes_per_param(c) * OVERHEAD / tp
+    weights = model.num_params * weight_bytes_per_param(c, model) * OVERHEAD / tp
     limit = c.max_model_len or model.max_position or MIN_KV_TOKENS
     tokens = min(limit, MIN_KV_TOKENS)
-    kv_dtype = DTYPE_BYTES["float32" if c.quantization_method == "dynamic" else run_dtype(c)]
+    kv_dtype = DTYPE_BYTES["float32" if c.quantization_method in ("dynamic", "gguf") else run_dtype(c)]
     kv = 2 * model.num_layers * model.num_kv_heads * model.head_dim * tokens * kv_dtype / tp
     needed = int(weights + kv)
     if device == "cuda":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -22,8 +23,9 @@ def model_info_for(model: str | None) -> ModelInfo | None:
 
         path = default_model_path() if model is None else os.path.expanduser(model)
         f = GGUFFile(path)
-        return ModelInfo.from_hf_config(
+        info = ModelInfo.from_hf_config(
             build_config(f.metadata, set(f.tensors), path).to_dict(), name=os.path.basename(path)
         )
+        return dataclasses.replace(info, file_bytes=os.path.getsize(path))
     except Exception:  # noqa: BLE001 - an unreadable model is reported by the loader, not here
         return None

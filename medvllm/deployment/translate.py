@@ -117,6 +117,12 @@ def _method(method, bits: int):
     if method not in QUANT_METHODS:
         return method  # Config names the bad value
     implied = quantization_bits(method)
+    if implied is None:
+        raise fail(
+            ("quantization_bits", "quantization_method"),
+            f"quantization_bits={bits} does not apply to quantization_method={method!r}, which runs the bits "
+            "the GGUF file stores: drop quantization_bits",
+        )
     if bits != implied:
         raise fail(
             ("quantization_bits", "quantization_method"),

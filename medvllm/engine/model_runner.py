@@ -13,6 +13,7 @@ from medvllm.engine.memory_pool import keep_freed_memory, release_free_memory, s
 from medvllm.engine.precision import backend_scope, engine_flags
 from medvllm.engine.sequence import Sequence
 from medvllm.engine.step_inputs import StepInputs, prepare_step, sampling_batch
+from medvllm.errors import ConfigError
 from medvllm.layers.sampler import Sampler
 from medvllm.loader import ModelSource
 from medvllm.models.loading import build_model
@@ -41,6 +42,11 @@ class ModelRunner:
         self.broadcast = broadcast
         self.backend_flags = engine_flags(config, self.device)  # in force only during this engine's steps
         hf = source.hf_config
+        if config.quantization_method == "gguf" and source.format != "gguf":
+            raise ConfigError(
+                f"quantization_method='gguf' runs a GGUF file's own blocks, but {source.path} is a "
+                f"{source.format} model: pass a .gguf file, or use quantization_method='dynamic' or none"
+            )
         traits = ModelTraits.of(hf, model_class(hf).arch_options(hf), 1 if tp is None else tp.size)
         self.backends = select_backends(config, traits)
         # the float weights a packed or quantized layer replaces go back to the OS as each layer loads

@@ -18,22 +18,31 @@ from medvllm.layers.linear import UNQUANTIZED, ColumnParallelLinear, LinearMetho
 
 
 class VocabParallelEmbedding(nn.Module):
-    """`int8`: once loaded, the table is held as int8 rows with one float32 scale each (symmetric), the
-    float rows freed. A looked-up row is then q * scale in float32: a quarter of the memory, each value
-    within half a step of the original."""
+    """`form` says how the table is held once loaded:
+    - "float": the checkpoint's rows in the model's dtype;
+    - "int8-rows": int8 rows with one float32 scale each (symmetric), the float rows freed. A looked-up
+      row is then q * scale in float32: a quarter of the memory, each value within half a step;
+    - "gguf": a GGUF file's own blocks (a BlockTensor), never expanded: a looked-up row is decoded to
+      exactly the floats the float loader makes from the file."""
 
-    def __init__(self, vocab_size: int, hidden_size: int, tp: TensorParallel | None = None, int8: bool = False):
+    FORMS = ("float", "int8-rows", "gguf")
+
+    def __init__(self, vocab_size: int, hidden_size: int, tp: TensorParallel | None = None, form: str = "float"):
         super().__init__()
+        if form not in self.FORMS:
+            raise ValueError(f"embedding form {form!r}: expected one of {self.FORMS}")
         self.tp = tp or SINGLE
         self.vocab_size, self.hidden_size = vocab_size, hidden_size
         self.rows = split(vocab_size, self.tp.size, self.tp.rank)
-        self.weight = nn.Parameter(torch.empty(self.rows[1], hidden_size), requires_grad=False)
-        self.int8 = int8
+        shape = (0,) if form == "gguf" else (self.rows[1], hidden_size)
+        self.weight = nn.Parameter(torch.empty(shape), requires_grad=False)
+        self.form = form
         self.int8_rows: torch.Tensor | None = None
         self.row_scale: torch.Tensor | None = None
+        self.blocks = None  # form "gguf": this rank's rows of the file's table
 
     def process_weights_after_loading(self) -> None:
-        if self.int8 and self.int8_rows is None:
+        if self.form == "int8-rows" and self.int8_rows is None:
             self.use_int8_rows(*int8_rows(self.weight))
 
     def use_int8_rows(self, rows: torch.Tensor, scale: torch.Tensor) -> None:
@@ -43,6 +52,8 @@ class VocabParallelEmbedding(nn.Module):
         self.weight.data = torch.empty(0, dtype=self.weight.dtype, device=self.weight.device)
 
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.blocks is not None:
+            return self.blocks.rows_as_float(ids.reshape(-1)).view(*ids.shape, self.hidden_size)
         if self.int8_rows is None:
             return F.embedding(ids, self.weight)
         flat = ids.reshape(-1)
@@ -63,6 +74,9 @@ class VocabParallelEmbedding(nn.Module):
         return (self.vocab_size, self.hidden_size) if name == "weight" else None
 
     def load_weight(self, name: str, full: torch.Tensor, shard: int | None = None) -> None:
+        if self.form == "gguf":
+            self.blocks = full.narrow(0, *self.rows)
+            return
         w = self.weight
         if (
             tuple(full.shape) == tuple(w.shape)

@@ -15,7 +15,8 @@ from medvllm.layers.norm import NormKernel
 class LayerKit:
     linear: LinearMethod = UNQUANTIZED  # the decoder layers' projections
     lm_head: LinearMethod = UNQUANTIZED
-    embedding_int8: bool = False  # the token table held as int8 rows (shared with an int8 tied head)
+    # how the token table is held: float | int8-rows (shared with an int8 tied head) | gguf (the file's blocks)
+    embedding: str = "float"
     norm: NormKernel | None = None  # None: RMSNorm's PyTorch path
     attention: object | None = None  # a backend called as backend(layer, q, meta); None: SDPA
     # builds, from the model once its KV cache is bound, a callable that runs every decoder layer of a

@@ -24,6 +24,7 @@ class LinearMethod:
     name = "float"
     frees_weight = False  # whether the packed form replaces the float weight, which is then released
     packs_from_host = False  # whether the float weight is loaded into host memory and packed onto the device
+    holds_float_weight = True  # False: the layer never allocates a float weight (it keeps a file's blocks)
 
     def pack(self, layer: LinearBase):
         """The layer's weight in this method's form, built from the loaded float weight (None: as is)."""
@@ -68,12 +69,14 @@ class LinearBase(nn.Module):
     ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        shape = (out_features, in_features) if method.holds_float_weight else (0,)
+        self.weight = nn.Parameter(torch.empty(shape), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
         self.method = method
         self.packed = None  # the method's form of the weight, once loaded
         self.processed = False
         self.shares_weight = False  # a tied LM head: its weight is the embedding's table too
+        self.block_parts: list = []  # (first row, BlockTensor) as a GGUF file's blocks arrive, until packed
         self.tp = tp or SINGLE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,6 +89,7 @@ class LinearBase(nn.Module):
         Parameter object."""
         self.packed = self.method.pack(self)
         self.processed = True
+        self.block_parts = []
         if not self.method.frees_weight:
             return
         empty = torch.empty(0, dtype=self.weight.dtype, device=self.weight.device)
@@ -97,11 +101,28 @@ class LinearBase(nn.Module):
     # --- loading: full checkpoint tensor in, this rank's slice kept -------------------------------------
     def full_shape(self, name: str, shard: int | None = None) -> tuple[int, ...] | None:
         """Shape the checkpoint tensor `name` ("weight"/"bias") must have; None if this layer has none."""
-        param = getattr(self, name, None)
-        return None if param is None else tuple(param.shape)
+        if getattr(self, name, None) is None:
+            return None
+        return (self.out_features, self.in_features) if name == "weight" else (self.out_features,)
 
     def load_weight(self, name: str, full: torch.Tensor, shard: int | None = None) -> None:
-        getattr(self, name).data.copy_(full)
+        self._store(name, full, 0)
+
+    def take_blocks(self, blocks, row: int = 0) -> None:
+        """Keep a GGUF file's blocks (a BlockTensor) for rows row.. of this layer's weight: the method packs
+        them (a tied head is handed the embedding's)."""
+        if self.method.holds_float_weight:
+            raise TypeError(f"linear method {self.method.name!r} takes float weights, not a GGUF file's blocks")
+        self.block_parts.append((row, blocks))
+
+    def _store(self, name: str, part, row: int) -> None:
+        """Put `part` (this layer's slice of a checkpoint tensor) at rows row.. of parameter `name`."""
+        if name == "weight" and not self.method.holds_float_weight:
+            self.take_blocks(part, row)
+            return
+        if not isinstance(part, torch.Tensor):  # a BlockTensor for a float weight: its floats
+            part = part.dequantize()
+        getattr(self, name).data.narrow(0, row, part.shape[0]).copy_(part)
 
     def extra_repr(self) -> str:
         return (
@@ -139,7 +160,7 @@ class ColumnParallelLinear(LinearBase):
         return (self.full_out, self.in_features) if name == "weight" else (self.full_out,)
 
     def load_weight(self, name, full, shard=None):
-        getattr(self, name).data.copy_(full.narrow(0, *self.rows))
+        self._store(name, full.narrow(0, *self.rows), 0)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -182,7 +203,7 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
                 self.load_weight(name, full.narrow(0, offset, n), i)
             return
         start, size = self.row_slices[shard]
-        getattr(self, name).data.narrow(0, self.shard_rows(shard)[0], size).copy_(full.narrow(0, start, size))
+        self._store(name, full.narrow(0, start, size), self.shard_rows(shard)[0])
 
 
 class RowParallelLinear(LinearBase):
@@ -220,6 +241,6 @@ class RowParallelLinear(LinearBase):
 
     def load_weight(self, name, full, shard=None):
         if name == "weight":
-            self.weight.data.copy_(full.narrow(1, *self.cols))
+            self._store(name, full.narrow(1, *self.cols), 0)
         elif self.bias is not None:  # ranks other than 0 drop the bias
-            self.bias.data.copy_(full)
+            self._store(name, full, 0)

@@ -3,9 +3,11 @@
 import os
 from collections import Counter
 
+import torch
 from gguf import LlamaFileType
 
 from medvllm.errors import ModelLoadError
+from medvllm.loader.gguf_blocks import BlockTensor
 from medvllm.loader.gguf_config import PERMUTED_QK, build_config, gguf_architecture
 from medvllm.loader.gguf_file import GGUFFile
 from medvllm.loader.gguf_names import GEMMA_ARCHS, gguf_name, hf_name
@@ -57,11 +59,26 @@ def open_gguf(path: str) -> ModelSource:
             tensor = tensor.float() - 1.0
         return tensor
 
-    def weights():
+    def as_blocks(hf, info):
+        # copied once out of the map (whose pages then go): the engine keeps these bytes as they are
+        rows = torch.from_numpy(f.raw(info).reshape(info.shape[0], -1).copy())
+        blocks = BlockTensor(info.qtype, rows, torch.Size(info.shape))
+        f.release(info)
+        proj = hf.split(".")[-2]
+        if arch in PERMUTED_QK and proj in heads:
+            # the same row order unpermute_qk gives the float rows: whole rows of blocks move
+            order = unpermute_qk(torch.arange(info.shape[0]), heads[proj])
+            blocks = blocks.take_rows(order)
+        return blocks
+
+    def weights(blocks: bool = False):
         for hf, info in names.items():
             # no local keeps the tensor while the loader holds it: once copied, the loader's quantizing
             # step (quantize_while_loading) frees the float copy before it makes the int8 one
-            yield hf, decoded(hf, info)
+            if blocks and len(info.shape) == 2:
+                yield hf, as_blocks(hf, info)
+            else:
+                yield hf, decoded(hf, info)
         f.release_all()
 
     tokenizer = build_tokenizer(f.metadata, path)

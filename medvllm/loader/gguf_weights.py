@@ -64,6 +64,16 @@ def _dequantize(raw: np.ndarray, qtype: Q, done) -> torch.Tensor:
 ROW_BYTES_AT_ONCE = 1 << 20
 
 
+def decode_rows(rows: torch.Tensor, qtype: Q) -> torch.Tensor:
+    """uint8 rows [n, bytes per row] -> float32 [n, inputs], the floats dequantize() makes: a few rows at a
+    time (token embeddings looked up in a table kept as blocks), in the caller's threads."""
+    fast = _FAST.get(qtype)
+    if fast is None:
+        return torch.from_numpy(np.require(gguf_dequantize(rows.numpy(), qtype), np.float32, ["C", "W"]))
+    block, block_bytes = GGML_QUANT_SIZES[qtype]
+    return fast(rows.reshape(-1, block_bytes), block).reshape(rows.shape[0], -1)
+
+
 def _f32(blocks, block):
     return blocks.view(torch.float32)
 

@@ -17,12 +17,17 @@ class ModelSource:
     tokenizer: "transformers.PreTrainedTokenizerBase"  # fast; .chat_template set when the model has one
     description: str  # short human text for logs and output metadata
     # Builds the weight stream; kept as a factory so every iter_weights() call starts afresh.
-    _weights: Callable[[], Iterator[tuple[str, "torch.Tensor"]]] = field(repr=False, compare=False, default=None)
+    _weights: Callable[..., Iterator[tuple[str, "torch.Tensor"]]] = field(repr=False, compare=False, default=None)
 
-    def iter_weights(self) -> Iterator[tuple[str, "torch.Tensor"]]:
+    def iter_weights(self, blocks: bool = False) -> Iterator[tuple[str, "torch.Tensor"]]:
         """Yield (Hugging Face parameter name, CPU tensor) one at a time, so peak memory stays low.
 
         Names are those of transformers' *ForCausalLM state_dict; "lm_head.weight" is absent when the
-        embeddings are tied. Safetensors tensors keep their stored dtype; GGUF tensors are float32.
+        embeddings are tied. Safetensors tensors keep their stored dtype; GGUF tensors are float32, or
+        with `blocks` (GGUF only) every matrix is a BlockTensor: the file's own blocks.
         """
+        if blocks:
+            if self.format != "gguf":
+                raise ValueError(f"{self.path} is a {self.format} model: only a GGUF file holds quantized blocks")
+            return self._weights(blocks=True)
         return self._weights()

@@ -139,7 +139,7 @@ class DecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, cfg, opts: ArchOptions, max_positions: int, kit: LayerKit, tp: TensorParallel = SINGLE):
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp, int8=kit.embedding_int8)
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp, form=kit.embedding)
         self.layers = nn.ModuleList(
             DecoderLayer(cfg, opts, max_positions, kit, tp) for _ in range(cfg.num_hidden_layers)
         )
@@ -207,11 +207,13 @@ class LlamaForCausalLM(nn.Module):
 
     def process_embeddings_after_loading(self) -> None:
         """The token table and the head, once both are in: an int8 tied head hands the embedding its rows,
-        so one int8 table serves both."""
+        so one int8 table serves both; a tied head on a GGUF file's blocks multiplies on the table's."""
         head, embedding = self.lm_head, self.model.embed_tokens
+        if self.tie_word_embeddings and embedding.blocks is not None:
+            head.take_blocks(embedding.blocks)
         head.process_weights_after_loading()
         rows = getattr(head.packed, "rows", None)
-        if self.tie_word_embeddings and embedding.int8 and rows is not None:
+        if self.tie_word_embeddings and embedding.form == "int8-rows" and rows is not None:
             embedding.use_int8_rows(rows, head.packed.scale)
         else:
             embedding.process_weights_after_loading()

@@ -50,7 +50,8 @@ def build_model(
     if device.type != "cpu":
         # the tables' copy for this device, made now rather than at the first step; the shared CPU tables stay
         model.model.layers[0].self_attn.rotary.tables(device)
-    weights = source.iter_weights()
+    # the gguf method keeps the file's blocks: the stream hands them over as they are stored
+    weights = source.iter_weights(blocks=not kit.linear.holds_float_weight)
     if process_while_loading:
         # staged, the head and the table are processed on the device, once moved there
         weights = _processed_as_filled(model, weights, release, tables=not staged)

@@ -50,8 +50,9 @@ RULES = {
 
 
 def tier_of(config) -> str:
-    """'float' without quantization, else '8-bit' or '4-bit' by the quantization's width."""
-    if config.quantization_method is None:
+    """'float' without quantization or under `gguf` (the file's own weights, held to the same file decoded to
+    float32: only the activations' rounding differs), else '8-bit' or '4-bit' by the quantization's width."""
+    if config.quantization_method in (None, "gguf"):
         return "float"
     return "4-bit" if quantization_bits(config.quantization_method) == 4 else "8-bit"
 

@@ -10,7 +10,7 @@ from torch import nn
 from medvllm.layers.linear import LinearBase
 
 # What this engine implements (hardware.detect() reads this; Config refuses anything else).
-METHODS = ("dynamic", "bnb-8bit", "bnb-nf4")
+METHODS = ("dynamic", "gguf", "bnb-8bit", "bnb-nf4")
 KEEP_FLOAT = ("lm_head",)
 
 
@@ -32,10 +32,15 @@ def describe(model: nn.Module, method_name: str | None) -> dict | None:
     kernel = getattr(quantized[0].method, "kernel", "bitsandbytes") if quantized else None
     head_float = model.lm_head.method.name in ("float", "float-panels", "float32-logits")
     embedding = model.model.embed_tokens
-    return {
+    described = {
         "method": method_name,
         "kernel": kernel,
         "layers": len(quantized),
         "float_layers": len(layers) - len(quantized) + int(head_float),
-        "embedding": "int8-rows" if embedding.int8_rows is not None else "float",
+        "embedding": "int8-rows" if embedding.int8_rows is not None else embedding.form,
     }
+    if method_name == "gguf":  # the file's types as they run (float32 segments for types without a kernel)
+        from medvllm.quantization.gguf import describe_types
+
+        described["types"] = describe_types([*layers, model.lm_head])
+    return described
