@@ -26,6 +26,7 @@ class ModelInfo:
     head_dim: int
     max_position: int | None = None
     file_bytes: int | None = None  # a GGUF file's size: what the gguf method holds in memory
+    quant_type: str | None = None  # a GGUF file's quantized matrix type (e.g. Q4_K); None: float weights
 
     @classmethod
     def from_hf_config(cls, cfg: dict, name: str = "model") -> ModelInfo:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections import Counter
 
 from medvllm.deployment.memory import ModelInfo
 
@@ -26,6 +27,15 @@ def model_info_for(model: str | None) -> ModelInfo | None:
         info = ModelInfo.from_hf_config(
             build_config(f.metadata, set(f.tensors), path).to_dict(), name=os.path.basename(path)
         )
-        return dataclasses.replace(info, file_bytes=os.path.getsize(path))
+        return dataclasses.replace(info, file_bytes=os.path.getsize(path), quant_type=_quant_type(f))
     except Exception:  # noqa: BLE001 - an unreadable model is reported by the loader, not here
         return None
+
+
+FLOAT_TYPES = ("F32", "F16", "BF16", "F64")
+
+
+def _quant_type(f) -> str | None:
+    """The most common type among the file's quantized matrices, None when they are all float."""
+    counts = Counter(i.qtype.name for i in f.tensors.values() if len(i.shape) == 2 and i.qtype.name not in FLOAT_TYPES)
+    return counts.most_common(1)[0][0] if counts else None

@@ -22,17 +22,31 @@ SMALL_GPU = 10 * 2**30  # below this much memory a GPU gets the 4-bit profile
 @dataclass(frozen=True)
 class Rule:
     condition: str
-    applies: Callable[[HardwareInfo], bool]
+    applies: Callable[[HardwareInfo, memory.ModelInfo | None], bool]
     candidates: tuple[str, ...]
 
 
+def _quantized_gguf(model: memory.ModelInfo | None) -> bool:
+    return model is not None and model.quant_type is not None
+
+
 RULES = (
-    Rule("no CUDA GPU", lambda hw: not hw.has_cuda, ("edge_cpu_int8", "cpu")),
-    Rule(">= 4 GPUs", lambda hw: hw.num_gpus >= 4, ("cloud_gpu_tp4_fp16",)),
-    Rule("Ampere or newer GPU (SM >= 8)", lambda hw: hw.has_cuda and hw.min_gpu_sm >= 8, ("onprem_gpu_bf16_flash",)),
-    Rule("GPU with < 10 GiB", lambda hw: hw.has_cuda and hw.min_gpu_memory < SMALL_GPU, ("gpu_4bit",)),
-    Rule("CUDA GPU", lambda hw: hw.has_cuda, ("gpu_8bit",)),
-    Rule("CUDA GPU, smallest footprint as a last resort", lambda hw: hw.has_cuda, ("gpu_4bit",)),
+    # the file's own blocks: the answers of the file (docs/QUALITY.md), at its size in memory
+    Rule(
+        "no CUDA GPU, a quantized GGUF model",
+        lambda hw, model: not hw.has_cuda and _quantized_gguf(model),
+        ("cpu_gguf",),
+    ),
+    Rule("no CUDA GPU", lambda hw, model: not hw.has_cuda, ("edge_cpu_int8", "cpu")),
+    Rule(">= 4 GPUs", lambda hw, model: hw.num_gpus >= 4, ("cloud_gpu_tp4_fp16",)),
+    Rule(
+        "Ampere or newer GPU (SM >= 8)",
+        lambda hw, model: hw.has_cuda and hw.min_gpu_sm >= 8,
+        ("onprem_gpu_bf16_flash",),
+    ),
+    Rule("GPU with < 10 GiB", lambda hw, model: hw.has_cuda and hw.min_gpu_memory < SMALL_GPU, ("gpu_4bit",)),
+    Rule("CUDA GPU", lambda hw, model: hw.has_cuda, ("gpu_8bit",)),
+    Rule("CUDA GPU, smallest footprint as a last resort", lambda hw, model: hw.has_cuda, ("gpu_4bit",)),
 )
 
 
@@ -64,11 +78,11 @@ def check(
     return Verdict(fit.fits, [f"{model.name} {fit.describe()}"], fit)
 
 
-def candidates(hw: HardwareInfo) -> list[tuple[str, str]]:
+def candidates(hw: HardwareInfo, model: memory.ModelInfo | None = None) -> list[tuple[str, str]]:
     """(profile name, the rule that proposes it), in rule order, each name once."""
     out: list[tuple[str, str]] = []
     for rule in RULES:
-        if rule.applies(hw):
+        if rule.applies(hw, model):
             out.extend((name, rule.condition) for name in rule.candidates if name not in {n for n, _ in out})
     return out
 
@@ -80,7 +94,7 @@ def select(
     if overrides.get("device") == "cpu":
         hw = hw.cpu_only()  # the user pinned the CPU: choose among CPU profiles
     reasons: list[str] = []
-    for name, condition in candidates(hw):
+    for name, condition in candidates(hw, model):
         try:
             profile = profiles_mod.load(name, env)
         except ProfileError as e:

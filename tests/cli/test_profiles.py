@@ -9,7 +9,7 @@ import pytest
 from medvllm.cli.main import main
 from medvllm.hardware import GPUInfo, HardwareInfo, detect
 
-SHIPPED = {"cpu", "gpu_8bit", "gpu_4bit", "edge_cpu_int8", "onprem_gpu_bf16_flash", "cloud_gpu_tp4_fp16"}
+SHIPPED = {"cpu", "cpu_gguf", "gpu_8bit", "gpu_4bit", "edge_cpu_int8", "onprem_gpu_bf16_flash", "cloud_gpu_tp4_fp16"}
 
 
 def run(capsys, *argv):
@@ -78,7 +78,7 @@ def test_validate_every_shipped_file(capsys):
 
     paths = sorted(str(p) for p in shipped_dir().glob("*.json"))
     code, out, _ = run(capsys, "profiles", "validate", "--strict", *paths)
-    assert code == 0 and out.count("ok   ") == 6
+    assert code == 0 and out.count("ok   ") == len(SHIPPED)
 
 
 def fake(tmp_path, hw: HardwareInfo):
@@ -90,7 +90,7 @@ def fake(tmp_path, hw: HardwareInfo):
 @pytest.mark.parametrize(
     "gpus,expected",
     [
-        ((), "edge_cpu_int8"),
+        ((), "cpu_gguf"),  # the default model is a quantized GGUF file
         ((GPUInfo("A100", (8, 0), 80 << 30),) * 4, "cloud_gpu_tp4_fp16"),
         ((GPUInfo("A10", (8, 6), 24 << 30),), "onprem_gpu_bf16_flash"),
         ((GPUInfo("T4", (7, 5), 8 << 30),), "gpu_4bit"),
@@ -116,7 +116,7 @@ def test_select_explain_marks_every_profile(capsys, tmp_path):
     code, out, _ = run(capsys, "profiles", "select", "--explain", "--hardware", fake(tmp_path, hw))
     assert code == 0 and out.startswith("onprem_gpu_bf16_flash\n")
     assert "SmolLM2-135M" in out and "auto-selection, in order:" in out
-    assert sum(1 for line in out.splitlines() if "runs here" in line or "not here" in line) == 6
+    assert sum(1 for line in out.splitlines() if "runs here" in line or "not here" in line) == len(SHIPPED)
 
 
 def test_select_json_on_this_machine(capsys):

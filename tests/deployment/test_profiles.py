@@ -1,4 +1,4 @@
-"""Profiles: the shipped six, the schema, lookup by name or path, and every invalid input's error."""
+"""Profiles: the shipped seven (the spec's six and cpu_gguf), the schema, lookup by name or path, and every invalid input's error."""
 
 import json
 from pathlib import Path
@@ -27,6 +27,12 @@ SPEC_ENGINES = {  # the engine blocks of the product spec (gpu_4bit as the issue
         "memory_efficient": True,
         "enable_memory_pooling": True,
         "pool_device": "auto",
+    },
+    "cpu_gguf": {  # not in the spec: a quantized GGUF file at its own quantization
+        "device": "cpu",
+        "tensor_parallel_size": 1,
+        "quantization_method": "gguf",
+        "memory_efficient": True,
     },
     "onprem_gpu_bf16_flash": {
         "tensor_parallel_size": 1,
@@ -64,7 +70,7 @@ def write(tmp_path, text, name="p.json") -> str:
     return str(path)
 
 
-def test_the_six_shipped_profiles_match_the_spec():
+def test_the_shipped_profiles_match_the_spec():
     assert sorted(profiles.names({})) == sorted(SPEC_ENGINES)
     for name, engine in SPEC_ENGINES.items():
         p = profiles.load(name, {})
@@ -105,7 +111,7 @@ def test_schema_engine_keys_are_the_config_fields_and_profile_keys_with_their_en
     assert engine["attention_impl"]["enum"] == list(C.ATTENTION_IMPLS)
     assert engine["quantization_method"]["enum"] == list(C.QUANT_METHODS) + [None]
     assert engine["mixed_precision_dtype"]["enum"] == list(translate.MIXED_PRECISION_DTYPES)
-    assert engine["quantization_bits"]["enum"] == sorted(set(C.QUANT_METHOD_BITS.values())) + [None]
+    assert engine["quantization_bits"]["enum"] == sorted(set(C.QUANT_METHOD_BITS.values()) - {None}) + [None]
 
 
 BAD = [
@@ -172,11 +178,11 @@ def test_user_folders_come_first_and_add_names(tmp_path):
     cpu = profiles.load("cpu", env)
     assert (cpu.origin, cpu.engine, cpu.path) == ("user", {"device": "cpu", "max_num_seqs": 4}, str(a / "cpu.json"))
     assert profiles.load("tiny", env).name == "tiny"
-    assert profiles.names(env)[:2] == ["cpu", "tiny"] and len(profiles.names(env)) == 7
+    assert profiles.names(env)[:2] == ["cpu", "tiny"] and len(profiles.names(env)) == 8
 
 
 def test_load_all_reports_a_broken_user_profile_without_hiding_the_rest(tmp_path):
     write(tmp_path, "{oops", "broken.json")
     loaded = profiles.load_all({profiles.PROFILES_DIR_ENV: str(tmp_path)})
     broken = [x for x in loaded if isinstance(x, ProfileError)]
-    assert len(loaded) == 7 and len(broken) == 1 and broken[0].profile_name == "broken"
+    assert len(loaded) == 8 and len(broken) == 1 and broken[0].profile_name == "broken"

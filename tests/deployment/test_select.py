@@ -152,3 +152,15 @@ def test_estimate_scales_with_precision_and_tensor_parallelism():
     tp4 = estimate(build({"tensor_parallel_size": 4}, hw), LLAMA_7B, hw).needed
     assert fp32 > bf16 > nf4 and abs(fp32 / tp4 - 4) < 0.01
     assert 25 * GIB < fp32 < 32 * GIB
+
+
+def test_a_quantized_gguf_model_on_cpu_runs_at_its_own_quantization():
+    cpu = HardwareInfo(cpu_count=8, total_memory=32 << 30, available_memory=30 << 30)
+    q4 = dataclasses.replace(LLAMA_7B, file_bytes=4_100_000_000, quant_type="Q4_K")
+    name, reasons = pick(cpu, q4)
+    assert name == "cpu_gguf" and "a quantized GGUF model" in reasons[0]
+    assert pick(cpu, LLAMA_7B)[0] == "edge_cpu_int8"  # float weights (a folder, an F16 file): int8
+    assert pick(gpus(1, sm=(8, 0), mem=80), q4)[0] == "onprem_gpu_bf16_flash"  # a GPU: its table
+    # the file's size is what the method holds, not 4 bytes a parameter
+    config = build({"quantization_method": "gguf"}, cpu)
+    assert estimate(config, q4, cpu).needed < 1.3 * q4.file_bytes + (2 << 30)

@@ -13,8 +13,8 @@ CHECK = """
 import medvllm, os, sys
 from medvllm.deployment import profiles, schema
 assert medvllm.__file__.startswith(sys.argv[1]), medvllm.__file__
-assert sorted(profiles.names({})) == ["cloud_gpu_tp4_fp16", "cpu", "edge_cpu_int8", "gpu_4bit", "gpu_8bit",
-                                     "onprem_gpu_bf16_flash"]
+assert sorted(profiles.names({})) == ["cloud_gpu_tp4_fp16", "cpu", "cpu_gguf", "edge_cpu_int8", "gpu_4bit",
+                                     "gpu_8bit", "onprem_gpu_bf16_flash"]
 assert profiles.load("gpu_4bit", {}).engine["quantization_method"] == "bnb-nf4"
 assert schema.load_schema()["required"] == ["engine"]
 print("ok")
@@ -50,7 +50,7 @@ def test_wheel_install_finds_profiles_and_schema(tmp_path):
     wheel = next((tmp_path / "dist").glob("medvllm-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "medvllm/deployment/deployment_profile.schema.json" in names
-    assert sum(n.startswith("medvllm/deployment/profiles/") and n.endswith(".json") for n in names) == 6
+    assert sum(n.startswith("medvllm/deployment/profiles/") and n.endswith(".json") for n in names) == 7
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     elsewhere = tmp_path / "elsewhere"
