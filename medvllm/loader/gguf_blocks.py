@@ -43,8 +43,8 @@ class BlockTensor:
         block, block_bytes = GGML_QUANT_SIZES[self.qtype]
         if start % block or length % block:
             raise ModelLoadError(
-                f"a {self.qtype.name} weight of {self.shape[1]} inputs cannot be split at input {start} "
-                f"(+{length}): its blocks hold {block} inputs each; choose a tensor_parallel_size that splits "
+                f"a {self.qtype.name} weight of {self.shape[1]} inputs cannot be split into inputs {start}.."
+                f"{start + length - 1}: its blocks hold {block} inputs each; choose a tensor_parallel_size that splits "
                 f"the inputs on a multiple of {block}, or load without quantization_method='gguf'"
             )
         cols = self.blocks.narrow(1, start // block * block_bytes, length // block * block_bytes)

@@ -39,3 +39,39 @@ def test_dynamic_int8_quantizes_each_shard(tmp_path):
     finally:
         two.engine.shutdown()
     assert 0 < error_two <= 2 * error_one + 1e-3, (error_one, error_two)
+
+
+def _tiny_gguf(tmp_path, intermediate):
+    import transformers
+    from gguf import GGMLQuantizationType as Q
+
+    from tests.loader.test_gguf_tiny import SMALL, write_gguf
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(**{**SMALL, "intermediate_size": intermediate}, tie_word_embeddings=True)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    return str(write_gguf(tmp_path / "tiny.gguf", model, "llama", Q.Q8_0))
+
+
+def test_gguf_blocks_split_across_ranks_on_block_boundaries(tmp_path):
+    """Row-parallel layers split their inputs by whole blocks: TP=2 computes what TP=1 does on the same
+    blocks (the same per-block activation rounding), up to the order of the float sums."""
+    path = _tiny_gguf(tmp_path, 128)  # down_proj's 128 inputs: 64 a rank, two Q8_0 blocks each
+    prompt = list(range(3, 40))
+    one = LLM(path, quantization_method="gguf", **ENGINE)
+    two = LLM(path, quantization_method="gguf", tensor_parallel_size=2, **ENGINE)
+    try:
+        logits_one, logits_two = one.engine.score(prompt), two.engine.score(prompt)
+    finally:
+        two.engine.shutdown()
+    assert torch.allclose(logits_one, logits_two, atol=1e-4, rtol=1e-4)
+
+
+def test_gguf_refuses_a_split_inside_a_block(tmp_path):
+    import pytest
+
+    from medvllm.errors import ModelLoadError
+
+    path = _tiny_gguf(tmp_path, 96)  # 48 inputs a rank: not whole blocks of 32
+    with pytest.raises((ModelLoadError, RuntimeError), match="cannot be split into inputs 0..47"):
+        LLM(path, quantization_method="gguf", tensor_parallel_size=2, **ENGINE)
