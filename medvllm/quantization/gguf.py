@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from medvllm.backends.cpu import gguf_matmul as kernels
+from medvllm.backends.cpu.native import binding
 from medvllm.errors import ConfigError
 from medvllm.layers.linear import LinearBase, LinearMethod
 
@@ -64,7 +65,7 @@ class GGUFMethod(LinearMethod):
     holds_float_weight = False  # the loader hands this method the file's blocks
 
     def __init__(self, parts: int = ACTIVATION_PARTS):
-        kernels.load()  # raises NativeUnavailable with the reason
+        binding.library()  # raises NativeUnavailable with the reason
         self.parts = parts
 
     def pack(self, layer: LinearBase) -> GGUFWeight:
@@ -81,7 +82,7 @@ class GGUFMethod(LinearMethod):
                 last is not None
                 and last.blocks is not None
                 and last.qtype == blocks.qtype
-                and kernels.runs(blocks.qtype)
+                and _runs(blocks.qtype)
             ):
                 # q, k and v of one type: one segment, one kernel call a step
                 merged = torch.cat((last.blocks, blocks.blocks))
@@ -101,14 +102,18 @@ class GGUFMethod(LinearMethod):
                 continue
             if quantized is None:  # once for every segment of the layer
                 quantized = kernels.quantize_activations(rows, self.parts)
-            kernels.matmul_quantized(out, s.row, quantized, s.blocks, s.qtype, self.parts)
+            kernels.matmul_quantized(quantized, *rows.shape, s.blocks, int(s.qtype), self.parts, out, s.row)
         if layer.bias is not None:
             out += layer.bias
         return out.view(*x.shape[:-1], layer.out_features)
 
 
+def _runs(qtype) -> bool:
+    return int(qtype) in kernels.SUPPORTED
+
+
 def _segment(row: int, blocks, n_in: int) -> Segment:
-    if kernels.runs(blocks.qtype):
+    if _runs(blocks.qtype):
         return Segment(row, blocks.shape[0], blocks.qtype, blocks.blocks.contiguous(), None)
     float_rows = blocks.float_view()
     weight = float_rows.float() if float_rows is not None else blocks.dequantize()
