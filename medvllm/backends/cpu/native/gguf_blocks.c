@@ -101,7 +101,7 @@ static inline void gguf_scale_min(const uint8_t *s, int j, int *sc, int *m) {
 /* One row of K weights -> u[K] (one byte each) and, per 32 inputs b, at [b * stride]: ws (the float step),
  * wm (the float weight added per unit of the input's sum: Q4_1/Q5_1's m, the K-quants' -dmin*m; else 0)
  * and, for Q6_K, sa/sb (the int scales of the two 16-input halves; ws is then d). */
-static void gguf_unpack_row(int qtype, const uint8_t *row, int64_t K, uint8_t *u, float *ws, float *wm,
+static void gguf_unpack_row_c(int qtype, const uint8_t *row, int64_t K, uint8_t *u, float *ws, float *wm,
                             int32_t *sa, int32_t *sb, int stride) {
     const int64_t nb = K / 32;
     switch (qtype) {
@@ -185,6 +185,109 @@ static void gguf_unpack_row(int qtype, const uint8_t *row, int64_t K, uint8_t *u
             break;
     }
 }
+
+#ifdef __AVX2__
+/* 16 bytes of nibbles -> 32 bytes: the low nibbles, then the high ones */
+static inline __m256i gguf_nibbles16(const uint8_t *q) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)q), m = _mm_set1_epi8(15);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+}
+
+/* a 32-bit word of bits -> 32 bytes, 16 where bit i of the word is set, else 0 */
+static inline __m256i gguf_bits16(uint32_t bits) {
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits),
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+    const __m256i mask = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask), _mm256_set1_epi8(16));
+}
+
+/* bits of each byte selected by shifting left (n > 0) or right (n < 0), masked */
+static inline __m256i gguf_shift_mask(__m256i v, int n, int mask) {
+    const __m256i t = n > 0 ? _mm256_slli_epi16(v, n) : n < 0 ? _mm256_srli_epi16(v, -n) : v;
+    return _mm256_and_si256(t, _mm256_set1_epi8((char)mask));
+}
+
+/* the same bytes and scales as gguf_unpack_row_c, 32 weights per register */
+static void gguf_unpack_row(int qtype, const uint8_t *row, int64_t K, uint8_t *u, float *ws, float *wm,
+                            int32_t *sa, int32_t *sb, int stride) {
+    const int64_t nb = K / 32;
+    __m256i *o = (__m256i *)u;
+    switch (qtype) {
+        case GGUF_Q4_0:
+        case GGUF_Q4_1: {
+            const int ts = qtype == GGUF_Q4_0 ? 18 : 20, head = ts - 16;
+            for (int64_t b = 0; b < nb; ++b) {
+                const uint8_t *p = row + b * ts;
+                _mm256_storeu_si256(o + b, gguf_nibbles16(p + head));
+                ws[b * stride] = gguf_half(p);
+                wm[b * stride] = qtype == GGUF_Q4_1 ? gguf_half(p + 2) : 0.f;
+            }
+            return;
+        }
+        case GGUF_Q5_0:
+        case GGUF_Q5_1: {
+            const int ts = qtype == GGUF_Q5_0 ? 22 : 24, head = ts - 20;
+            for (int64_t b = 0; b < nb; ++b) {
+                const uint8_t *p = row + b * ts;
+                uint32_t qh;
+                memcpy(&qh, p + head, 4);
+                _mm256_storeu_si256(o + b, _mm256_or_si256(gguf_nibbles16(p + head + 4), gguf_bits16(qh)));
+                ws[b * stride] = gguf_half(p);
+                wm[b * stride] = qtype == GGUF_Q5_1 ? gguf_half(p + 2) : 0.f;
+            }
+            return;
+        }
+        case GGUF_Q8_0:
+            for (int64_t b = 0; b < nb; ++b) {
+                const uint8_t *p = row + b * 34;
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(p + 2));
+                _mm256_storeu_si256(o + b, GGUF_Q8_OFFSET ? _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)) : v);
+                ws[b * stride] = gguf_half(p), wm[b * stride] = 0.f;
+            }
+            return;
+        case GGUF_Q4_K:
+        case GGUF_Q5_K: {
+            const int ts = qtype == GGUF_Q4_K ? 144 : 176;
+            for (int64_t s = 0; s < K / 256; ++s) {
+                const uint8_t *p = row + s * ts, *scales = p + 4;
+                const uint8_t *qs = qtype == GGUF_Q4_K ? p + 16 : p + 48;
+                const __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 16));
+                const float d = gguf_half(p), dmin = gguf_half(p + 2);
+                for (int j = 0; j < 8; ++j) {
+                    int sc, m;
+                    gguf_scale_min(scales, j, &sc, &m);
+                    const int64_t b = 8 * s + j;
+                    ws[b * stride] = d * (float)sc;
+                    wm[b * stride] = -(dmin * (float)m);
+                    __m256i v = gguf_shift_mask(_mm256_loadu_si256((const __m256i *)(qs + 32 * (j / 2))), -4 * (j & 1), 15);
+                    if (qtype == GGUF_Q5_K) v = _mm256_or_si256(v, gguf_shift_mask(qh, 4 - j, 16));
+                    _mm256_storeu_si256(o + b, v);
+                }
+            }
+            return;
+        }
+        case GGUF_Q6_K:
+            for (int64_t s = 0; s < K / 256; ++s) {
+                const uint8_t *p = row + s * 210;
+                const int8_t *sc = (const int8_t *)(p + 192);
+                const float d = gguf_half(p + 208);
+                for (int j = 0; j < 8; ++j) {
+                    const int h = j / 4, k = j % 4;
+                    const __m256i lo = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32 * (k & 1)));
+                    const __m256i hi = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
+                    const int64_t b = 8 * s + j;
+                    _mm256_storeu_si256(o + b, _mm256_or_si256(gguf_shift_mask(lo, -4 * (k >> 1), 15),
+                                                               gguf_shift_mask(hi, 4 - 2 * k, 0x30)));
+                    ws[b * stride] = d, wm[b * stride] = 0.f;
+                    sa[b * stride] = sc[2 * j], sb[b * stride] = sc[2 * j + 1];
+                }
+            }
+            return;
+    }
+}
+#else
+#define gguf_unpack_row gguf_unpack_row_c
+#endif
 
 /* the weight value's integer offset: what comes off with 'offset * the activation block's sum' */
 static inline int gguf_offset(int qtype) {
