@@ -10,6 +10,9 @@
  * Built at first use by medvllm/backends/cpu/native/build.py (gcc -O3 -march=native -fopenmp).
  */
 #include <stdlib.h>
+#ifdef __SSE__
+#include <xmmintrin.h>
+#endif
 
 #include "gguf_dequant.c"
 #include "gguf_dot.c"
@@ -85,6 +88,19 @@ static void gguf_chunk_token(int qt, int parts, const uint8_t *u, int64_t K, con
         res[r] = gguf_dot_c(qt, parts, u + r * K, K, ws + r, wm + r, sa + r, sb + r, NULL, 0, tok);
 }
 
+/* Ask for the next chunk's rows while this one is computed: one-token decode reads each weight byte
+ * once, and the first touch of each line otherwise waits on memory. */
+static inline void gguf_prefetch_chunk(const uint8_t *w, int64_t row_bytes, int64_t n0, int64_t N) {
+#ifdef __SSE__
+    if (n0 >= N) return;
+    const int64_t rows = N - n0 < GGUF_ROWS ? N - n0 : GGUF_ROWS;
+    const uint8_t *p = w + n0 * row_bytes;
+    for (int64_t at = 0; at < rows * row_bytes; at += 64) _mm_prefetch((const char *)(p + at), _MM_HINT_T0);
+#else
+    (void)w, (void)row_bytes, (void)n0, (void)N;
+#endif
+}
+
 static int gguf_matmul(float *out, int64_t ldo, const void *qx, int64_t M, int64_t K, const uint8_t *w, int64_t N,
                        int qtype, int parts, int threads, int reference) {
     const int bs = gguf_block_size(qtype);
@@ -112,6 +128,7 @@ static int gguf_matmul(float *out, int64_t ldo, const void *qx, int64_t M, int64
             for (int64_t c = 0; c < chunks; ++c) {
                 if (!u) continue;
                 const int64_t n0 = c * GGUF_ROWS, rows = N - n0 < GGUF_ROWS ? N - n0 : GGUF_ROWS;
+                gguf_prefetch_chunk(w, row_bytes, n0 + GGUF_ROWS, N);
                 for (int64_t r = 0; r < rows; ++r)
                     gguf_unpack_row(qtype, w + (n0 + r) * row_bytes, K, u + r * K, ws + r, wm + r, sa + r, sb + r,
                                     GGUF_ROWS);
