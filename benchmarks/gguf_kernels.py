@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medvllm.backends.cpu import gguf_matmul as G
 from medvllm.backends.cpu.int8_linear import column_sums, pack_int8
 from medvllm.backends.cpu.native import binding
 
@@ -44,7 +43,9 @@ def random_blocks(qtype: int, n: int, k: int, rng) -> torch.Tensor:
     b = rng.integers(0, 256, (n, k // block, size), dtype=np.uint8)
     at = {12: [0, 2], 13: [0, 2], 14: [208]}.get(qtype, [0, 2] if qtype in (3, 7) else [0])
     for a in at:
-        b[..., a : a + 2] = rng.uniform(-0.02, 0.02, (n, k // block)).astype(np.float16).view(np.uint8).reshape(n, -1, 2)
+        b[..., a : a + 2] = (
+            rng.uniform(-0.02, 0.02, (n, k // block)).astype(np.float16).view(np.uint8).reshape(n, -1, 2)
+        )
     return torch.from_numpy(b.reshape(n, -1))
 
 
@@ -73,7 +74,9 @@ def run_shape(name, n, k, tokens, args, rng, only=None):
     w = torch.randn(n, k) * 0.02
     packed, scale = pack_int8(w)
     sums = column_sums(packed)
-    us = timed(lambda p: binding.int8_linear(out, x, p, scale, None, threads, sums), copies(packed, args.hot), args.rounds)
+    us = timed(
+        lambda p: binding.int8_linear(out, x, p, scale, None, threads, sums), copies(packed, args.hot), args.rounds
+    )
     rows.append(("int8 (dynamic)", us, packed.numel()))
     panels = torch.empty(binding.f32_panels_size(n, k))
     binding.f32_panels_pack(panels, w, threads)
@@ -86,7 +89,11 @@ def run_shape(name, n, k, tokens, args, rng, only=None):
             continue
         blocks = random_blocks(qt, n, k, rng)
         for parts in (1, 2):
-            us = timed(lambda b, qt=qt, p=parts: binding.gguf_linear(out, 0, x, b, qt, p, threads), copies(blocks, args.hot), args.rounds)
+            us = timed(
+                lambda b, qt=qt, p=parts: binding.gguf_linear(out, 0, x, b, qt, p, threads),
+                copies(blocks, args.hot),
+                args.rounds,
+            )
             rows.append((f"{tname} parts={parts}", us, blocks.numel()))
     base = rows[0][1]
     print(f"\n{name}: N={n} K={k}, {tokens} token(s)")
