@@ -24,6 +24,7 @@ KERNEL_TESTS = [
     "backends/cpu/test_decode_layer.py",
     "backends/cpu/test_first_max.py",
     "backends/cpu/test_panel_linear.py",
+    "backends/cpu/test_gguf_kernels.py",
 ]
 # the kernels' own tests; the default-model ones repeat what the engine tests cover and cost a load each
 SELECT = "not default_model and not fbgemm and not stands_aside"

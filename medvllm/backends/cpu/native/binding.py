@@ -109,6 +109,12 @@ _SIGNATURES = {  # name: (restype, argtypes), as the C sources declare them
     "int8_rows_matmul": (_INT, [_P, _P, _P, _P, _I, _I, _I, _INT]),
     "int8_rows_uses_amx": (_INT, [_I]),
     "first_max": (None, [_P, _P, _I, _I, _INT]),
+    "gguf_act_bytes": (_I, [_I, _I, _INT]),
+    "gguf_quantize_act": (None, [_P, _P, _I, _I, _INT, _INT]),
+    "gguf_matmul_q": (_INT, [_P, _I, _P, _I, _I, _P, _I, _INT, _INT, _INT]),
+    "gguf_matmul_reference": (_INT, [_P, _I, _P, _I, _I, _P, _I, _INT, _INT, _INT]),
+    "gguf_linear": (_INT, [_P, _I, _P, _I, _I, _P, _I, _INT, _INT, _INT]),
+    "gguf_dequantize_rows": (None, [_P, _P, _I, _P, _I, _I, _INT, _INT]),
     "layout_entries": (_I, []),
     "layout_entry": (_I, [_I, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(_I)]),
 }
@@ -453,6 +459,138 @@ def first_max(out: torch.Tensor, x: torch.Tensor, threads: int) -> None:
     _check("out", out, torch.int64)
     _shape("out", out, (x.shape[0],))
     _loaded().first_max(out.data_ptr(), x.data_ptr(), x.shape[0], x.shape[1], threads)
+
+
+# --- GGUF blocks (gguf_*.c): matmul on a GGUF file's quantized blocks as they are -------------------
+
+# ggml type id: (inputs per block, bytes per block), as gguf.GGML_QUANT_SIZES; the types gguf_blocks.c takes
+GGUF_BLOCKS = {
+    2: (32, 18),
+    3: (32, 20),
+    6: (32, 22),
+    7: (32, 24),
+    8: (32, 34),
+    12: (256, 144),
+    13: (256, 176),
+    14: (256, 210),
+}
+
+
+def gguf_row_bytes(qtype: int, n_in: int) -> int:
+    """Bytes of one row of n_in weights of a GGUF type; ValueError for a type the kernels do not take or a
+    width off its block."""
+    if qtype not in GGUF_BLOCKS:
+        raise ValueError(
+            f"qtype: GGML type {qtype} is not one the GGUF kernels take (use one of {sorted(GGUF_BLOCKS)})"
+        )
+    block, size = GGUF_BLOCKS[qtype]
+    if n_in <= 0 or n_in % block:
+        raise ValueError(f"K: {n_in} inputs is not a multiple of GGML type {qtype}'s {block}-input block")
+    return n_in // block * size
+
+
+def _gguf_parts(parts: int) -> None:
+    if parts not in (1, 2):
+        raise ValueError(f"parts: expected 1 or 2 int8 parts per activation, got {parts}")
+
+
+def _gguf_weight(blocks: torch.Tensor, qtype: int, n_in: int) -> None:
+    _check("blocks", blocks, torch.uint8)
+    _dims("blocks", blocks, 2)
+    row_bytes = gguf_row_bytes(qtype, n_in)
+    if blocks.shape[1] != row_bytes:
+        raise ValueError(
+            f"blocks: rows of {blocks.shape[1]} bytes, but {n_in} inputs of GGML type {qtype} take {row_bytes}"
+        )
+
+
+def gguf_act_bytes(rows: int, n_in: int, parts: int) -> int:
+    """gguf_act.c: bytes of the quantized activations of rows x n_in inputs."""
+    _gguf_parts(parts)
+    return _loaded().gguf_act_bytes(rows, n_in, parts)
+
+
+def gguf_quantize_act(qx: torch.Tensor, x: torch.Tensor, parts: int, threads: int) -> None:
+    """gguf_act.c: x float32 [M, K] (K a multiple of 32) -> qx, uint8 of gguf_act_bytes(M, K, parts)."""
+    _check("x", x, torch.float32)
+    _dims("x", x, 2)
+    rows, n_in = x.shape
+    if n_in % 32:
+        raise ValueError(f"x: {n_in} inputs is not a multiple of 32 (the activation block)")
+    _check("qx", qx, torch.uint8)
+    if qx.numel() != gguf_act_bytes(rows, n_in, parts):
+        raise ValueError(
+            f"qx: {qx.numel()} bytes, {rows} x {n_in} activations take {gguf_act_bytes(rows, n_in, parts)}"
+        )
+    _loaded().gguf_quantize_act(qx.data_ptr(), x.data_ptr(), rows, n_in, parts, threads)
+
+
+def _gguf_out(out: torch.Tensor, rows: int, col: int, n_out: int) -> int:
+    """Check out float32 [rows, ldo] with room for columns col .. col + n_out; returns its first element's address."""
+    _check("out", out, torch.float32)
+    _dims("out", out, 2)
+    if out.shape[0] != rows or col < 0 or col + n_out > out.shape[1]:
+        raise ValueError(f"out: shape {tuple(out.shape)} has no room for {rows} rows x columns {col}..{col + n_out}")
+    return out.data_ptr() + 4 * col
+
+
+def gguf_matmul_q(
+    out: torch.Tensor,
+    col: int,
+    qx: torch.Tensor,
+    rows: int,
+    n_in: int,
+    blocks: torch.Tensor,
+    qtype: int,
+    parts: int,
+    threads: int,
+    reference: bool = False,
+) -> int:
+    """gguf_matmul.c: out[:, col:col + N] = x @ W.T, x given as qx (gguf_quantize_act of rows x n_in, same
+    parts) and W as blocks uint8 [N, row bytes] of GGML type qtype. reference: the portable path, one pair
+    at a time (the tests hold the SIMD paths to it). Returns 0, or nonzero when memory ran out."""
+    _gguf_weight(blocks, qtype, n_in)
+    _check("qx", qx, torch.uint8)
+    if qx.numel() != gguf_act_bytes(rows, n_in, parts):
+        raise ValueError(
+            f"qx: {qx.numel()} bytes, {rows} x {n_in} activations take {gguf_act_bytes(rows, n_in, parts)}"
+        )
+    o = _gguf_out(out, rows, col, blocks.shape[0])
+    fn = _loaded().gguf_matmul_reference if reference else _loaded().gguf_matmul_q
+    return fn(o, out.shape[1], qx.data_ptr(), rows, n_in, blocks.data_ptr(), blocks.shape[0], qtype, parts, threads)
+
+
+def gguf_linear(
+    out: torch.Tensor, col: int, x: torch.Tensor, blocks: torch.Tensor, qtype: int, parts: int, threads: int
+) -> int:
+    """gguf_matmul.c: quantize x float32 [M, K] and out[:, col:col + N] = x @ W.T in one call; W as in
+    gguf_matmul_q. Returns 0, or nonzero when memory ran out."""
+    _check("x", x, torch.float32)
+    _dims("x", x, 2)
+    rows, n_in = x.shape
+    _gguf_parts(parts)
+    _gguf_weight(blocks, qtype, n_in)
+    o = _gguf_out(out, rows, col, blocks.shape[0])
+    return _loaded().gguf_linear(
+        o, out.shape[1], x.data_ptr(), rows, n_in, blocks.data_ptr(), blocks.shape[0], qtype, parts, threads
+    )
+
+
+def gguf_dequantize_rows(
+    out: torch.Tensor, blocks: torch.Tensor, qtype: int, n_in: int, rows: torch.Tensor, threads: int
+) -> None:
+    """gguf_dequant.c: out float32 [len(rows), n_in] = rows of the weight (blocks uint8 [N, row bytes]),
+    bit-identical to gguf.quants.dequantize; rows int64, each in [0, N)."""
+    _gguf_weight(blocks, qtype, n_in)
+    _check("rows", rows, torch.int64)
+    _dims("rows", rows, 1)
+    _check("out", out, torch.float32)
+    _shape("out", out, (rows.shape[0], n_in))
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= blocks.shape[0]):
+        raise ValueError(f"rows: ids must lie in [0, {blocks.shape[0]}), got {int(rows.min())}..{int(rows.max())}")
+    _loaded().gguf_dequantize_rows(
+        out.data_ptr(), blocks.data_ptr(), blocks.shape[1], rows.data_ptr(), rows.shape[0], n_in, qtype, threads
+    )
 
 
 # --- the fused decoder layer ------------------------------------------------------------------------

@@ -7,4 +7,5 @@
 #include "decode_layer.c"
 #include "int8_rows_matmul.c"
 #include "first_max.c"
+#include "gguf_matmul.c"
 #include "layout.c"

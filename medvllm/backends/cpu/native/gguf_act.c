@@ -1,0 +1,156 @@
+/* Activations for the GGUF kernels: each token's inputs quantized per block of 32, as int8 with a float
+ * step d = amax / 127 (round half to even), the exact int sums of each 16 of them (the weights' offsets
+ * come off with these), and the float32 sum of the real inputs (the types with a min multiply it: more
+ * faithful than the sum of the quantized ones). With parts = 2 a second int8 holds the residual
+ * x - q1 * d in steps of d / 254 (|q2| <= 127): ~15 bits in all, from the same weight loads.
+ *
+ * Layout of the buffer (gguf_act_bytes): tokens in whole groups of 16 first, interleaved so that one
+ * 64-byte load holds 4 inputs of each of the 16 tokens (the tokens-in-lanes kernels), then the tokens after
+ * the last whole group, one record per 32 inputs each (the rows-in-lanes kernels). A group's record per
+ * 32 inputs: q1 [8 x (16 tokens x 4)], q2 likewise, then 16 tokens' dx1, dx2, sx (float), bs1a, bs1b,
+ * bs2a, bs2b (int32 sums of each part's two 16-input halves).
+ */
+#ifndef GGUF_ACT_C
+#define GGUF_ACT_C
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define GGUF_GROUP 16 /* tokens per interleaved group */
+#define GREC_Q2 512
+#define GREC_DX1 1024
+#define GREC_DX2 (GREC_DX1 + 64)
+#define GREC_SX (GREC_DX1 + 128)
+#define GREC_BS1A (GREC_DX1 + 192)
+#define GREC_BS1B (GREC_DX1 + 256)
+#define GREC_BS2A (GREC_DX1 + 320)
+#define GREC_BS2B (GREC_DX1 + 384)
+#define GREC_BYTES (GREC_DX1 + 448)
+
+/* one token's 32 inputs (tokens after the last whole group) */
+typedef struct {
+    int8_t q1[32], q2[32];
+    float dx1, dx2, sx;
+    int32_t bs1[2], bs2[2];
+    int32_t pad;  /* 96 bytes: records stay 32-byte aligned */
+} GgufTok;
+
+int64_t gguf_act_bytes(int64_t M, int64_t K, int parts) {
+    (void)parts;  /* one layout for both: the second part's room is left unused with parts = 1 */
+    return (M / GGUF_GROUP) * (K / 32) * GREC_BYTES + (M % GGUF_GROUP) * (K / 32) * (int64_t)sizeof(GgufTok);
+}
+
+/* plain comparisons, not fminf/fmaxf: those are library calls here (NaN rules), 5x the quantization time */
+static inline int8_t gguf_round8(float v) {
+    v = v < -127.f ? -127.f : v > 127.f ? 127.f : v;
+    return (int8_t)lrintf(v);  /* current rounding mode: half to even */
+}
+
+#ifdef __AVX2__
+#include <immintrin.h>
+
+/* four vectors of 8 int32 (each within -127..127) -> 32 int8 in order */
+static inline __m256i gguf_pack8(__m256i a, __m256i b, __m256i c, __m256i d) {
+    const __m256i v = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+    return _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+static inline int32_t gguf_hsum8(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
+}
+
+/* the same float operations as the scalar gguf_quant_block below, 8 inputs per register */
+static void gguf_quant_block(const float *x, int parts, GgufTok *t) {
+    __m256 v[4], a = _mm256_setzero_ps();
+    const __m256 sign = _mm256_set1_ps(-0.f), lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
+    for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(x + 8 * i), a = _mm256_max_ps(a, _mm256_andnot_ps(sign, v[i]));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    const __m256 l8 = _mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3]));
+    const __m128 l4 = _mm_add_ps(_mm256_castps256_ps128(l8), _mm256_extractf128_ps(l8, 1));
+    const __m128 l2 = _mm_add_ps(l4, _mm_movehl_ps(l4, l4));  /* [0 + 2, 1 + 3] */
+    t->sx = _mm_cvtss_f32(_mm_add_ss(l2, _mm_movehdup_ps(l2)));
+    const float d = amax >= 1e-30f ? amax / 127.f : 0.f, id = d > 0.f ? 1.f / d : 0.f;
+    const float d2 = d / 254.f, id2 = d2 > 0.f ? 1.f / d2 : 0.f;
+    __m256i q[4], r[4];
+    for (int i = 0; i < 4; ++i) {
+        const __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[i], _mm256_set1_ps(id)), lo), hi);
+        q[i] = _mm256_cvtps_epi32(y);  /* current rounding mode: half to even, as lrintf */
+        const __m256 res = _mm256_sub_ps(v[i], _mm256_mul_ps(_mm256_cvtepi32_ps(q[i]), _mm256_set1_ps(d)));
+        r[i] = parts == 2 ? _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(res, _mm256_set1_ps(id2)), lo), hi))
+                          : _mm256_setzero_si256();
+    }
+    _mm256_storeu_si256((__m256i *)t->q1, gguf_pack8(q[0], q[1], q[2], q[3]));
+    _mm256_storeu_si256((__m256i *)t->q2, gguf_pack8(r[0], r[1], r[2], r[3]));
+    t->bs1[0] = gguf_hsum8(_mm256_add_epi32(q[0], q[1])), t->bs1[1] = gguf_hsum8(_mm256_add_epi32(q[2], q[3]));
+    t->bs2[0] = gguf_hsum8(_mm256_add_epi32(r[0], r[1])), t->bs2[1] = gguf_hsum8(_mm256_add_epi32(r[2], r[3]));
+    t->dx1 = d, t->dx2 = parts == 2 ? d2 : 0.f;
+    t->pad = 0;
+}
+#else
+/* 32 inputs -> one record. The float sum has a fixed order (8 lanes, then halves) on every build. */
+static void gguf_quant_block(const float *x, int parts, GgufTok *t) {
+    float amax = 0.f;
+    for (int l = 0; l < 32; ++l) {
+        const float a = fabsf(x[l]);
+        amax = a > amax ? a : amax;
+    }
+    float lane[8];
+    for (int l = 0; l < 8; ++l) lane[l] = (x[l] + x[l + 8]) + (x[l + 16] + x[l + 24]);
+    for (int l = 0; l < 4; ++l) lane[l] = lane[l] + lane[l + 4];
+    t->sx = (lane[0] + lane[2]) + (lane[1] + lane[3]);
+    /* below ~1e-30 the inverse steps would overflow: such a block counts as zeros (its sum stays) */
+    const float d = amax >= 1e-30f ? amax / 127.f : 0.f, id = d > 0.f ? 1.f / d : 0.f;
+    const float d2 = d / 254.f, id2 = d2 > 0.f ? 1.f / d2 : 0.f;
+    int32_t s1[2] = {0, 0}, s2[2] = {0, 0};
+    for (int l = 0; l < 32; ++l) {
+        const int8_t q = gguf_round8(x[l] * id);
+        t->q1[l] = q, s1[l >> 4] += q;
+        if (parts == 2) {
+            const int8_t r = gguf_round8((x[l] - (float)q * d) * id2);
+            t->q2[l] = r, s2[l >> 4] += r;
+        } else {
+            t->q2[l] = 0;
+        }
+    }
+    t->dx1 = d, t->dx2 = parts == 2 ? d2 : 0.f;
+    t->bs1[0] = s1[0], t->bs1[1] = s1[1], t->bs2[0] = s2[0], t->bs2[1] = s2[1];
+    t->pad = 0;
+}
+#endif
+
+static inline void gguf_put32(uint8_t *p, float v) { memcpy(p, &v, 4); }
+
+void gguf_quantize_act(void *qx, const float *x, int64_t M, int64_t K, int parts, int threads) {
+    const int64_t nb = K / 32, grouped = M / GGUF_GROUP * GGUF_GROUP;
+    uint8_t *base = qx;
+    GgufTok *tail = (GgufTok *)(base + grouped / GGUF_GROUP * nb * GREC_BYTES);
+#pragma omp parallel for num_threads(threads) schedule(static) if (M * K > 65536)
+    for (int64_t m = 0; m < M; ++m) {
+        for (int64_t b = 0; b < nb; ++b) {
+            if (m >= grouped) {
+                gguf_quant_block(x + m * K + 32 * b, parts, tail + (m - grouped) * nb + b);
+                continue;
+            }
+            GgufTok t;
+            gguf_quant_block(x + m * K + 32 * b, parts, &t);
+            uint8_t *rec = base + ((m / GGUF_GROUP) * nb + b) * GREC_BYTES;
+            const int i = (int)(m % GGUF_GROUP);
+            for (int j = 0; j < 8; ++j) {
+                memcpy(rec + 64 * j + 4 * i, t.q1 + 4 * j, 4);
+                memcpy(rec + GREC_Q2 + 64 * j + 4 * i, t.q2 + 4 * j, 4);
+            }
+            gguf_put32(rec + GREC_DX1 + 4 * i, t.dx1);
+            gguf_put32(rec + GREC_DX2 + 4 * i, t.dx2);
+            gguf_put32(rec + GREC_SX + 4 * i, t.sx);
+            memcpy(rec + GREC_BS1A + 4 * i, &t.bs1[0], 4);
+            memcpy(rec + GREC_BS1B + 4 * i, &t.bs1[1], 4);
+            memcpy(rec + GREC_BS2A + 4 * i, &t.bs2[0], 4);
+            memcpy(rec + GREC_BS2B + 4 * i, &t.bs2[1], 4);
+        }
+    }
+}
+#endif /* GGUF_ACT_C */
