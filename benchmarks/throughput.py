@@ -99,12 +99,13 @@ def hf_single(model, prompt, max_tokens, pad_id):
     return (max_tokens - 1) / (end - streamer.first), streamer.first - t0
 
 
-def load_hf(dtype):
+def load_hf(dtype, path=None):
+    """transformers' own GGUF loader on `path` (default: the embedded model)."""
     from transformers import AutoModelForCausalLM
 
     from medvllm.loader import default_model_path
 
-    path = default_model_path()
+    path = path or default_model_path()
     return AutoModelForCausalLM.from_pretrained(
         os.path.dirname(path), gguf_file=os.path.basename(path), dtype=dtype
     ).eval()

@@ -1,7 +1,7 @@
 """A fresh process to its first generated token: prints FIRST_TOKEN then exits (start-up time).
 
-python benchmarks/peers/first_token.py medvllm --profile auto
-python benchmarks/peers/first_token.py transformers --dtype float32
+python benchmarks/peers/first_token.py medvllm --profile auto [--method dynamic] [--model FILE.gguf]
+python benchmarks/peers/first_token.py transformers --dtype float32 [--model FILE.gguf]
 """
 
 import argparse
@@ -11,6 +11,8 @@ import sys
 ap = argparse.ArgumentParser()
 ap.add_argument("system", choices=["medvllm", "transformers"])
 ap.add_argument("--profile", default="auto")
+ap.add_argument("--method", help="quantization_method over the profile's")
+ap.add_argument("--model", help="a GGUF file (default: the embedded model)")
 ap.add_argument("--dtype", default="float32")
 ap.add_argument("--threads", type=int, default=2)
 args = ap.parse_args()
@@ -24,9 +26,9 @@ import torch_systems  # noqa: E402
 if args.system == "medvllm":
     from medvllm import SamplingParams
 
-    llm, _ = torch_systems.build_medvllm(args.profile, prefix_caching=False)
+    llm, _ = torch_systems.build_medvllm(args.profile, prefix_caching=False, model=args.model, method=args.method)
     llm.generate("Sepsis is", SamplingParams(temperature=0, max_tokens=1))
 else:
-    model = torch_systems.load_hf(torch_systems.DTYPES[args.dtype])
+    model = torch_systems.load_hf(torch_systems.DTYPES[args.dtype], args.model)
     model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=1, do_sample=False, pad_token_id=0)
 print("FIRST_TOKEN", flush=True)

@@ -1,4 +1,4 @@
-"""The default model as a Hugging Face folder in bf16, written from our own loader.
+"""A GGUF model (default: the embedded one) as a Hugging Face folder in bf16, written from our own loader.
 
 transformers refuses save_pretrained on a model loaded from GGUF, and vLLM reads a folder best, so the
 dequantized GGUF weights are saved as config.json + model.safetensors + tokenizer files. Idempotent.
@@ -18,8 +18,13 @@ from common import cache_dir
 DONE = "model.safetensors"
 
 
-def default_folder() -> str:
-    return os.path.join(cache_dir(), "smollm2-hf-bf16")
+def default_folder(model: str | None = None) -> str:
+    """The cache folder of a GGUF file's export (the default model keeps its historical name)."""
+    from medvllm.loader import default_model_path
+
+    if model is None or os.path.abspath(model) == os.path.abspath(default_model_path()):
+        return os.path.join(cache_dir(), "smollm2-hf-bf16")
+    return os.path.join(cache_dir(), os.path.splitext(os.path.basename(model))[0] + "-hf-bf16")
 
 
 def export(folder: str | None = None, model: str | None = None) -> str:
@@ -28,7 +33,7 @@ def export(folder: str | None = None, model: str | None = None) -> str:
 
     from medvllm.loader import open_model
 
-    folder = folder or default_folder()
+    folder = folder or default_folder(model)
     if os.path.isfile(os.path.join(folder, DONE)):
         return folder
     os.makedirs(folder, exist_ok=True)

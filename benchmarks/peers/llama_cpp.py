@@ -11,11 +11,13 @@ import glob
 import json
 import os
 import subprocess
+import tempfile
 import time
 
 from common import cache_dir, sizes
 
 FLASH_ATTENTION = ("on", "off")
+STARTUP_CTX = 512  # the start-up run's context: its KV cache stays small beside the weights
 
 
 def bin_dir() -> str | None:
@@ -129,24 +131,21 @@ def measure(model: str, spec: dict, prompt_len: int) -> dict:
 
 def startup_s(model: str, threads: int) -> float:
     """A fresh process from launch to one generated token (batched-bench also warms up once first)."""
-    t0 = time.perf_counter()
-    _run(
-        [
-            os.path.join(bin_dir(), "llama-batched-bench"),
-            "-m",
-            model,
-            "-t",
-            str(threads),
-            "-c",
-            "512",
-            "-npp",
-            "8",
-            "-ntg",
-            "1",
-            "-npl",
-            "1",
-            "--output-format",
-            "jsonl",
-        ]
-    )
-    return time.perf_counter() - t0
+    return startup(model, threads)[0]
+
+
+def startup(model: str, threads: int, ctx: int = STARTUP_CTX) -> tuple[float, int]:
+    """(seconds from launch to exit after one generated token, peak RSS bytes of that process)."""
+    cmd = [os.path.join(bin_dir(), "llama-batched-bench"), "-m", model, "-t", str(threads), "-c", str(ctx)]
+    cmd += ["-npp", "8", "-ntg", "1", "-npl", "1", "--output-format", "jsonl"]
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: its load log could fill a pipe while we wait
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage: its peak RSS, nobody else's
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            log.seek(0)
+            tail = log.read().decode(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"llama-batched-bench exited {proc.returncode}: {' | '.join(tail)}")
+    return seconds, usage.ru_maxrss * 1024  # Linux reports KiB

@@ -1,8 +1,8 @@
 """Measures one system in this fresh process and writes its figures as JSON (peak RSS included).
 
 compare_cpu.py starts one of these per system, so each system's memory is its own:
-    python benchmarks/peers/run_system.py SYSTEM WORK.json OUT.json [--profile P] [--dtype D] ...
-SYSTEM: medvllm | transformers | llama.cpp | vllm
+    python benchmarks/peers/run_system.py SYSTEM WORK.json OUT.json [--profile P] [--method M] [--dtype D] ...
+SYSTEM: medvllm | transformers | llama.cpp | vllm. The model file is the workload's (spec "model").
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ def run(system: str, work: dict, args) -> dict:
 
         torch.set_num_threads(spec["threads"])
         if system == "medvllm":
-            return torch_systems.medvllm(spec, work, args.profile)
+            return torch_systems.medvllm(spec, work, args.profile, args.method)
         return torch_systems.transformers(spec, work, args.dtype)
     if system == "llama.cpp":
         import llama_cpp
 
         from medvllm.loader import default_model_path
 
-        model = default_model_path()
+        model = spec.get("model") or default_model_path()
         biggest = work["batched"][str(max(int(n) for n in work["batched"]))]
         prompt_len = round(statistics.mean(len(p) for p in biggest))
         runs = [llama_cpp.measure(model, spec, prompt_len) for _ in range(spec["repeats"])]
@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("work")
     ap.add_argument("out")
     ap.add_argument("--profile", default="auto")
+    ap.add_argument("--method", help="Med-vLLM: quantization_method over the profile's")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--kv-gib", type=int, default=1)
     ap.add_argument("--mode", default="inproc", choices=["inproc", "mp"])

@@ -20,9 +20,11 @@ def columns(counts: list[int]) -> list[tuple[str, callable, int]]:
     return cols
 
 
-def render(results: dict[str, dict], counts: list[int], ours: str = "Med-vLLM") -> str:
-    """`results`: system name -> summarized result (status "ok" or the reason it has no figures)."""
+def render(results: dict[str, dict], counts: list[int], ours: str | list[str] = "Med-vLLM") -> str:
+    """`results`: system name -> summarized result (status "ok" or the reason it has no figures).
+    `ours`: the Med-vLLM row(s); each gets a ratio row against every peer that has figures."""
     cols = columns(counts)
+    ours = [ours] if isinstance(ours, str) else ours
     lines = ["| system | " + " | ".join(h for h, _, _ in cols) + " | what ran |", "|---" * (len(cols) + 2) + "|"]
     for name, r in results.items():
         if r.get("status") != "ok":
@@ -30,13 +32,15 @@ def render(results: dict[str, dict], counts: list[int], ours: str = "Med-vLLM") 
             continue
         cells = [_number(get(r), decimals) for _, get, decimals in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {r.get('label', '')} |")
-    mine = results.get(ours)
-    if mine and mine.get("status") == "ok":
+    for mine_name in ours:
+        mine = results.get(mine_name)
+        if not mine or mine.get("status") != "ok":
+            continue
         for name, r in results.items():
-            if name == ours or r.get("status") != "ok":
+            if name in ours or r.get("status") != "ok":
                 continue
             cells = [_ratio(get(mine), get(r)) for _, get, _ in cols]
-            lines.append(f"| {ours} / {name} | " + " | ".join(cells) + " | ratio ours / peer |")
+            lines.append(f"| {mine_name} / {name} | " + " | ".join(cells) + " | ratio ours / peer |")
     return "\n".join(lines)
 
 

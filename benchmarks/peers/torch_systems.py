@@ -15,13 +15,19 @@ from throughput import hf_batched, hf_single, load_hf, ours_batched, ours_single
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def build_medvllm(profile: str, prefix_caching: bool):
-    """LLM under `profile` ("auto": what this machine auto-selects; "none": Config defaults) -> (llm, label)."""
+def build_medvllm(profile: str, prefix_caching: bool, model: str | None = None, method: str | None = None):
+    """LLM under `profile` ("auto": what this machine auto-selects; "none": Config defaults) on `model`
+    (None: the default one), with `method` as quantization_method over the profile's ("none": no
+    quantization) -> (llm, label)."""
     from medvllm import LLM
     from medvllm.deployment import resolve
     from medvllm.hardware import detect
 
     overrides = {"enable_prefix_caching": prefix_caching}
+    if model is not None:
+        overrides["model"] = model
+    if method is not None:
+        overrides["quantization_method"] = None if method == "none" else method
     resolution = resolve(overrides, None if profile == "auto" else profile, os.environ, detect())
     llm = LLM(config=resolution.config)
     info = llm.runtime_info()
@@ -33,8 +39,8 @@ def build_medvllm(profile: str, prefix_caching: bool):
     return llm, label
 
 
-def medvllm(spec: dict, work: dict, profile: str) -> dict:
-    llm, label = build_medvllm(profile, spec["prefix_caching"])
+def medvllm(spec: dict, work: dict, profile: str, method: str | None = None) -> dict:
+    llm, label = build_medvllm(profile, spec["prefix_caching"], spec.get("model"), method)
     ours_single(llm, work["single"], 8)  # warm-up
     runs = []
     for _ in range(spec["repeats"]):
@@ -54,9 +60,9 @@ def medvllm(spec: dict, work: dict, profile: str) -> dict:
 def transformers(spec: dict, work: dict, dtype: str) -> dict:
     from medvllm.loader import open_model
 
-    tokenizer = open_model(None).tokenizer
+    tokenizer = open_model(spec.get("model")).tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    model = load_hf(DTYPES[dtype])
+    model = load_hf(DTYPES[dtype], spec.get("model"))
     hf_single(model, work["single"], 8, pad)  # warm-up
     size = spec["hf_batch_size"]
     runs = []

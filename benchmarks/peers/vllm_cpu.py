@@ -47,7 +47,7 @@ def measure(work: dict, kv_gib: int, mode: str) -> dict:
     from hf_export import export
 
     spec = work["spec"]
-    folder = export()
+    folder = export(model=spec.get("model"))
     with tempfile.TemporaryDirectory() as tmp:
         work_path, out_path = os.path.join(tmp, "work.json"), os.path.join(tmp, "out.json")
         with open(work_path, "w") as f:
