@@ -58,7 +58,7 @@ class LLM:
             "kv_block_size": self.config.kvcache_block_size,
             "tensor_parallel_size": self.config.tensor_parallel_size,
             "memory_pool": self.config.enable_memory_pooling,  # KV cache committed at start (engine/memory_pool.py)
-            "decode_layer": backends.decode_layer,  # "native": one C call per layer (decode, short prompts)
+            "decode_layer": runner.decode_layer,  # "native": one C call per layer (decode, short prompts)
             "backend_reasons": dict(backends.reasons),  # why each part runs what it runs
             "keeps_freed_memory": runner.keeps_freed_memory,  # CPU: glibc reuses work buffers (same file)
         }

@@ -205,7 +205,7 @@ def _fused_blocker(config, traits: ModelTraits, native: bool, f32: bool, linear:
         return "the fused decoder layer implements Llama's layer only"
     if traits.qk_norm:
         return "q/k norms"
-    if linear.name not in ("dynamic-int8", "float-panels"):
+    if linear.name not in ("dynamic-int8", "float-panels", "gguf"):
         return f"linear method {linear.name}"
     if config.kv_torch_dtype not in CACHE_DTYPES or attention is None:
         return "the attention backend or KV cache dtype"

@@ -68,6 +68,9 @@ class ModelRunner:
         self.vocab_size = hf.vocab_size
         self.kv_cache = allocate_kv_cache(self.model, config, config.kv_torch_dtype, self.device, max_model_len, tp)
         self.model.bind_kv_cache(self.kv_cache)
+        # what the decoder layers run: the fused layer is not built where a layer holds what it cannot run
+        fused = getattr(self.model.model, "fused_layers", None) is not None
+        self.decode_layer = "native" if fused else "torch"
         self.max_model_len = fitted_max_model_len(config, self.kv_cache, max_model_len)
         self.num_blocks = self.kv_cache[0].shape[1]
         generator = torch.Generator(device=self.device)

@@ -80,12 +80,7 @@ class GGUFMethod(LinearMethod):
         segments: list[Segment] = []
         for row, blocks in parts:
             last = segments[-1] if segments else None
-            if (
-                last is not None
-                and last.blocks is not None
-                and last.qtype == blocks.qtype
-                and _runs(blocks.qtype)
-            ):
+            if last is not None and last.blocks is not None and last.qtype == blocks.qtype and _runs(blocks.qtype):
                 # q, k and v of one type: one segment, one kernel call a step
                 merged = torch.cat((last.blocks, blocks.blocks))
                 segments[-1] = Segment(last.row, last.rows + blocks.shape[0], last.qtype, merged, None)

@@ -11,17 +11,31 @@ own). Which models and settings it covers is decided with the other backends
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from medvllm.backends.cpu.attention import MAX_PROMPT_CONTEXT
 from medvllm.backends.cpu.native import binding
 
+log = logging.getLogger(__name__)
+
 MAX_HEAD_DIM = 512  # decode_layer.c's rotary scratch
 
 
+class NotFusable(ValueError):
+    """A layer holds what the fused layer cannot run (the message says what)."""
+
+
 def _weight(layer) -> binding.Weight:
-    """A Linear's packed form as the C struct: int8 panels (dynamic int8) or float32 panels."""
+    """A Linear's packed form as the C struct: int8 panels (dynamic int8), a GGUF file's blocks, or float32
+    panels."""
     packed = layer.packed
+    if hasattr(packed, "segments"):  # gguf
+        if any(s.blocks is None for s in packed.segments) or len(packed.segments) > binding.GGUF_SEGMENTS:
+            raise NotFusable(f"a projection holds GGUF types {packed.types} the fused layer does not run")
+        segments = [(s.blocks, int(s.qtype)) for s in packed.segments]
+        return binding.decode_weight_gguf(segments, layer.method.parts, layer.bias, layer.in_features)
     if hasattr(packed, "panels"):
         return binding.decode_weight_int8(packed.panels, packed.scale, layer.bias, packed.col_sums)
     return binding.decode_weight_f32(packed, layer.bias, layer.out_features, layer.in_features)
@@ -90,7 +104,16 @@ class FusedDecode:
 
 
 def fused_decode_layers():
-    """A builder for LayerKit.fused_layers: decoder stack -> FusedDecode. Raises NativeUnavailable with
-    the reason."""
+    """A builder for LayerKit.fused_layers: decoder stack -> FusedDecode, or None when a layer holds what
+    the fused layer does not run (PyTorch's layer path then calls the same kernels one by one). Raises
+    NativeUnavailable with the reason."""
     binding.library()
-    return lambda decoder: FusedDecode(decoder, binding.decode_layer, binding.decode_layer_work)
+
+    def build(decoder):
+        try:
+            return FusedDecode(decoder, binding.decode_layer, binding.decode_layer_work)
+        except NotFusable as e:
+            log.warning("fused decoder layer off: %s; the layers run one kernel call at a time", e)
+            return None
+
+    return build

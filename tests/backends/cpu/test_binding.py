@@ -73,7 +73,8 @@ class _StepPacked(ctypes.Structure):  # no tail padding: every field right, only
         (
             "Layer",
             _LayerWithWideScale,
-            "struct Layer, field scale: offset 324 size 4 in C, offset 324 size 8 in _Layer",
+            f"struct Layer, field scale: offset {binding.Layer.scale.offset} size 4 in C, "
+            f"offset {binding.Layer.scale.offset} size 8 in _Layer",
         ),
         ("Step", _StepPacked, "struct Step: size 72 in C, 68 in _StepPacked"),
     ],

@@ -32,6 +32,7 @@ _P, _I, _INT, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 CACHE_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # CACHE_F32 / CACHE_BF16 in paged_attention.c
 F32_PANEL_COLS = 48  # PANEL_COLS in f32_panels.c
 INT8_PANEL = 16  # PANEL in int8_linear.c
+GGUF_SEGMENTS = 3  # GGUF_SEGMENTS in decode_layer.c: runs of rows of one GGUF type in a merged projection
 
 
 class Weight(ctypes.Structure):
@@ -45,6 +46,11 @@ class Weight(ctypes.Structure):
         ("k_padded", _I),
         ("f32_panels", _P),
         ("col_sums", _P),
+        ("gguf_blocks", _P * GGUF_SEGMENTS),
+        ("gguf_type", _I * GGUF_SEGMENTS),
+        ("gguf_rows", _I * GGUF_SEGMENTS),
+        ("gguf_segments", _I),
+        ("gguf_parts", _I),
     ]
 
 
@@ -95,6 +101,7 @@ CONSTANTS = {
     "CACHE_BF16": CACHE_DTYPES[torch.bfloat16],
     "PANEL_COLS": F32_PANEL_COLS,
     "PANEL": INT8_PANEL,
+    "GGUF_SEGMENTS": GGUF_SEGMENTS,
 }
 
 _SIGNATURES = {  # name: (restype, argtypes), as the C sources declare them
@@ -626,6 +633,31 @@ def decode_weight_f32(panels: torch.Tensor, bias: torch.Tensor | None, n_out: in
     return w
 
 
+def decode_weight_gguf(
+    segments: list[tuple[torch.Tensor, int]], parts: int, bias: torch.Tensor | None, n_in: int
+) -> Weight:
+    """A Weight on GGUF blocks: segments of (uint8 blocks [rows, row bytes], ggml type id) whose rows follow
+    each other in the output (at most GGUF_SEGMENTS), activations in `parts` int8 parts; bias float32 or None."""
+    if not 0 < len(segments) <= GGUF_SEGMENTS:
+        raise ValueError(f"segments: expected 1 to {GGUF_SEGMENTS}, got {len(segments)}")
+    if parts not in (1, 2):
+        raise ValueError(f"parts: expected 1 or 2, got {parts}")
+    for blocks, qtype in segments:
+        _check("blocks", blocks, torch.uint8)
+        _dims("blocks", blocks, 2)
+        _shape("blocks", blocks, (blocks.shape[0], gguf_row_bytes(qtype, n_in)))
+    n_out = sum(blocks.shape[0] for blocks, _ in segments)
+    b = _optional("bias", bias, torch.float32, (n_out,))
+    pad = GGUF_SEGMENTS - len(segments)
+    w = Weight(None, None, b, n_out, n_in, None, None)
+    w.gguf_blocks = (_P * GGUF_SEGMENTS)(*[blocks.data_ptr() for blocks, _ in segments], *[None] * pad)
+    w.gguf_type = (_I * GGUF_SEGMENTS)(*[int(qtype) for _, qtype in segments], *[0] * pad)
+    w.gguf_rows = (_I * GGUF_SEGMENTS)(*[blocks.shape[0] for blocks, _ in segments], *[0] * pad)
+    w.gguf_segments, w.gguf_parts = len(segments), parts
+    w._tensors = (*[blocks for blocks, _ in segments], bias)
+    return w
+
+
 def decode_layer_params(
     qkv: Weight,
     o: Weight,
@@ -662,7 +694,7 @@ def decode_layer_params(
     ):
         if not isinstance(w, Weight):
             raise TypeError(f"{name}: expected a binding.Weight, got {type(w).__name__}")
-        k_padded = n_in if w.f32_panels else -(-n_in // 4) * 4
+        k_padded = n_in if w.f32_panels or w.gguf_segments else -(-n_in // 4) * 4
         if w.n_out != n_out or w.k_padded != k_padded:
             raise ValueError(
                 f"{name}: expected a [{n_out}, {n_in}] weight, got {w.n_out} outputs of {w.k_padded} (padded) inputs"

@@ -12,11 +12,15 @@
  */
 #include "f32_panels.c"
 #include "fused_norm.c"
+#include "gguf_matmul.c"
 #include "int8_linear.c"
 #include "paged_attention.c"
 
-/* One Linear: int8 (packed panels, per-output-channel scales, padded inputs) or, with f32_panels set,
- * float32 in f32_panels.c's layout; bias or NULL; outputs. */
+#define GGUF_SEGMENTS 3 /* a merged projection's runs of rows of one GGUF type each: q, k, v at most */
+
+/* One Linear: int8 (packed panels, per-output-channel scales, padded inputs), or with f32_panels set
+ * float32 in f32_panels.c's layout, or with gguf_segments > 0 a GGUF file's blocks (gguf_matmul.c);
+ * bias or NULL; outputs. */
 typedef struct {
     const int8_t *panels;
     const float *scale;
@@ -24,6 +28,9 @@ typedef struct {
     int64_t n_out, k_padded;
     const float *f32_panels;
     const int32_t *col_sums;  /* int8: each column's weight sum, or NULL */
+    const uint8_t *gguf_blocks[GGUF_SEGMENTS];  /* gguf: each segment's rows of blocks, in output order */
+    int64_t gguf_type[GGUF_SEGMENTS], gguf_rows[GGUF_SEGMENTS];
+    int64_t gguf_segments, gguf_parts;  /* gguf: how many segments; activation parts (1 or 2) */
 } Weight;
 
 /* What a layer holds; built once per layer (backends/cpu/decode_layer.py). */
@@ -51,7 +58,24 @@ static inline uint16_t to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+/* The segments side by side in each output row, the activations quantized once for all of them. */
+static int gguf_segments_linear(float *out, const float *x, const Weight *w, int64_t T, int64_t K, int threads) {
+    void *qx = malloc((size_t)gguf_act_bytes(T, K, (int)w->gguf_parts));
+    if (!qx) return 1;
+    gguf_quantize_act(qx, x, T, K, (int)w->gguf_parts, threads);
+    int failed = 0;
+    for (int64_t s = 0, row = 0; s < w->gguf_segments && !failed; row += w->gguf_rows[s], ++s)
+        failed = gguf_matmul_q(out + row, w->n_out, qx, T, K, w->gguf_blocks[s], w->gguf_rows[s],
+                               (int)w->gguf_type[s], (int)w->gguf_parts, threads) != 0;
+    free(qx);
+    if (!failed && w->bias)
+        for (int64_t t = 0; t < T; ++t)
+            for (int64_t n = 0; n < w->n_out; ++n) out[t * w->n_out + n] += w->bias[n];
+    return failed;
+}
+
 static int linear(float *out, const float *x, const Weight *w, int64_t T, int64_t K, int threads) {
+    if (w->gguf_segments > 0) return gguf_segments_linear(out, x, w, T, K, threads);
     if (w->f32_panels) {
         f32_panels_linear(out, x, w->f32_panels, w->bias, T, K, w->n_out, threads);
         return 0;

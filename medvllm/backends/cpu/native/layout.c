@@ -19,7 +19,8 @@ typedef struct {
 
 static const LayoutEntry LAYOUT[] = {
     SIZE(Weight), FIELD(Weight, panels), FIELD(Weight, scale), FIELD(Weight, bias), FIELD(Weight, n_out),
-    FIELD(Weight, k_padded), FIELD(Weight, f32_panels), FIELD(Weight, col_sums),
+    FIELD(Weight, k_padded), FIELD(Weight, f32_panels), FIELD(Weight, col_sums), FIELD(Weight, gguf_blocks),
+    FIELD(Weight, gguf_type), FIELD(Weight, gguf_rows), FIELD(Weight, gguf_segments), FIELD(Weight, gguf_parts),
 
     SIZE(Layer), FIELD(Layer, qkv), FIELD(Layer, o), FIELD(Layer, gate_up), FIELD(Layer, down),
     FIELD(Layer, input_norm), FIELD(Layer, post_norm), FIELD(Layer, k_cache), FIELD(Layer, v_cache),
@@ -30,7 +31,7 @@ static const LayoutEntry LAYOUT[] = {
     SIZE(Step), FIELD(Step, positions), FIELD(Step, slots), FIELD(Step, block_tables), FIELD(Step, token_rows),
     FIELD(Step, cos), FIELD(Step, sin), FIELD(Step, tokens), FIELD(Step, max_blocks), FIELD(Step, threads),
 
-    CONSTANT(CACHE_F32), CONSTANT(CACHE_BF16), CONSTANT(PANEL_COLS), CONSTANT(PANEL),
+    CONSTANT(CACHE_F32), CONSTANT(CACHE_BF16), CONSTANT(PANEL_COLS), CONSTANT(PANEL), CONSTANT(GGUF_SEGMENTS),
 };
 
 #undef SIZE
