@@ -156,10 +156,13 @@ def _resolve(model, profile, kwargs) -> Config:
 
     from medvllm.config import ConfigWarning
     from medvllm.deployment import resolve
+    from medvllm.deployment.model_info import model_info_for
     from medvllm.hardware import detect
 
     overrides = dict(kwargs, **({"model": model} if model is not None else {}))
-    config = resolve(overrides, "none" if profile is None else profile, os.environ, detect()).config
+    # the model's sizes and format take part in auto-selection, as the CLI's do
+    info = model_info_for(model) if profile == "auto" else None
+    config = resolve(overrides, "none" if profile is None else profile, os.environ, detect(), info).config
     for message in config.warnings:  # as a Config built directly would warn
         warnings.warn(message, ConfigWarning, stacklevel=3)
     return config

@@ -21,6 +21,7 @@ def build_medvllm(profile: str, prefix_caching: bool, model: str | None = None, 
     quantization) -> (llm, label)."""
     from medvllm import LLM
     from medvllm.deployment import resolve
+    from medvllm.deployment.model_info import model_info_for
     from medvllm.hardware import detect
 
     overrides = {"enable_prefix_caching": prefix_caching}
@@ -28,7 +29,7 @@ def build_medvllm(profile: str, prefix_caching: bool, model: str | None = None, 
         overrides["model"] = model
     if method is not None:
         overrides["quantization_method"] = None if method == "none" else method
-    resolution = resolve(overrides, None if profile == "auto" else profile, os.environ, detect())
+    resolution = resolve(overrides, None if profile == "auto" else profile, os.environ, detect(), model_info_for(model))
     llm = LLM(config=resolution.config)
     info = llm.runtime_info()
     name = resolution.profile_name or "no profile"
