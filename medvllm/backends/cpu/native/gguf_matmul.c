@@ -15,7 +15,7 @@
 #endif
 
 #include "gguf_dequant.c"
-#include "gguf_dot.c"
+#include "gguf_rows.c"
 
 #define GGUF_TOKEN_BLOCK 128 /* tokens whose activations stay in L2 (~0.5 MB at K = 1536) */
 
@@ -113,11 +113,17 @@ static int gguf_matmul(float *out, int64_t ldo, const void *qx, int64_t M, int64
     const uint8_t *act = qx;
     const GgufTok *tail = (const GgufTok *)(act + groups * nb * GREC_BYTES);
     const size_t scratch = (size_t)(GGUF_ROWS * K) + (size_t)nb * GGUF_ROWS * 16;
+#ifdef GGUF_FUSED_ROWS
+    const int fused = !reference;  /* tail tokens read the blocks themselves: no scratch without groups */
+#else
+    const int fused = 0;
+#endif
+    const int unpack = groups > 0 || !fused;
     int failed = 0;
 #pragma omp parallel num_threads(threads) if (chunks > 1)
     {
-        uint8_t *u = aligned_alloc(64, (scratch + 63) / 64 * 64);
-        if (!u) {
+        uint8_t *u = unpack ? aligned_alloc(64, (scratch + 63) / 64 * 64) : NULL;
+        if (unpack && !u) {
 #pragma omp atomic write
             failed = 1;
         }
@@ -126,31 +132,39 @@ static int gguf_matmul(float *out, int64_t ldo, const void *qx, int64_t M, int64
         for (int64_t pass = 0; pass < passes; ++pass) {
 #pragma omp for schedule(static)
             for (int64_t c = 0; c < chunks; ++c) {
-                if (!u) continue;
+                if (unpack && !u) continue;
                 const int64_t n0 = c * GGUF_ROWS, rows = N - n0 < GGUF_ROWS ? N - n0 : GGUF_ROWS;
                 gguf_prefetch_chunk(w, row_bytes, n0 + GGUF_ROWS, N);
-                for (int64_t r = 0; r < rows; ++r)
-                    gguf_unpack_row(qtype, w + (n0 + r) * row_bytes, K, u + r * K, ws + r, wm + r, sa + r, sb + r,
-                                    GGUF_ROWS);
-                if (rows < GGUF_ROWS) {  /* rows past N: zero weights, computed and never stored */
-                    memset(u + rows * K, 0, (size_t)((GGUF_ROWS - rows) * K));
-                    for (int64_t b = 0; b < nb; ++b)
-                        for (int64_t r = rows; r < GGUF_ROWS; ++r) {
-                            const int64_t at = b * GGUF_ROWS + r;
-                            ws[at] = wm[at] = 0.f, sa[at] = sb[at] = 0;
-                        }
-                }
-                const int64_t g1 = (pass + 1) * per_block < groups ? (pass + 1) * per_block : groups;
-                for (int64_t g = pass * per_block; g < g1; ++g) {
-                    float res[GGUF_ROWS][GGUF_GROUP];
-                    gguf_chunk_groups(qtype, parts, u, K, ws, wm, sa, sb, act + g * nb * GREC_BYTES, res, reference);
-                    for (int i = 0; i < GGUF_GROUP; ++i)
-                        for (int64_t r = 0; r < rows; ++r) out[(g * GGUF_GROUP + i) * ldo + n0 + r] = res[r][i];
+                if (unpack) {
+                    for (int64_t r = 0; r < rows; ++r)
+                        gguf_unpack_row(qtype, w + (n0 + r) * row_bytes, K, u + r * K, ws + r, wm + r, sa + r, sb + r,
+                                        GGUF_ROWS);
+                    if (rows < GGUF_ROWS) {  /* rows past N: zero weights, computed and never stored */
+                        memset(u + rows * K, 0, (size_t)((GGUF_ROWS - rows) * K));
+                        for (int64_t b = 0; b < nb; ++b)
+                            for (int64_t r = rows; r < GGUF_ROWS; ++r) {
+                                const int64_t at = b * GGUF_ROWS + r;
+                                ws[at] = wm[at] = 0.f, sa[at] = sb[at] = 0;
+                            }
+                    }
+                    const int64_t g1 = (pass + 1) * per_block < groups ? (pass + 1) * per_block : groups;
+                    for (int64_t g = pass * per_block; g < g1; ++g) {
+                        float res[GGUF_ROWS][GGUF_GROUP];
+                        gguf_chunk_groups(qtype, parts, u, K, ws, wm, sa, sb, act + g * nb * GREC_BYTES, res, reference);
+                        for (int i = 0; i < GGUF_GROUP; ++i)
+                            for (int64_t r = 0; r < rows; ++r) out[(g * GGUF_GROUP + i) * ldo + n0 + r] = res[r][i];
+                    }
                 }
                 if (pass + 1 < passes) continue;
                 for (int64_t m = grouped; m < M; ++m) {
                     float res[GGUF_ROWS];
-                    gguf_chunk_token(qtype, parts, u, K, ws, wm, sa, sb, tail + (m - grouped) * nb, res, reference);
+#ifdef GGUF_FUSED_ROWS
+                    if (fused)
+                        gguf_chunk_token_fused(qtype, parts, w + n0 * row_bytes, row_bytes, rows, K,
+                                               tail + (m - grouped) * nb, res);
+                    else
+#endif
+                        gguf_chunk_token(qtype, parts, u, K, ws, wm, sa, sb, tail + (m - grouped) * nb, res, reference);
                     for (int64_t r = 0; r < rows; ++r) out[m * ldo + n0 + r] = res[r];
                 }
             }
