@@ -134,7 +134,7 @@ static int gguf_matmul(float *out, int64_t ldo, const void *qx, int64_t M, int64
             for (int64_t c = 0; c < chunks; ++c) {
                 if (unpack && !u) continue;
                 const int64_t n0 = c * GGUF_ROWS, rows = N - n0 < GGUF_ROWS ? N - n0 : GGUF_ROWS;
-                gguf_prefetch_chunk(w, row_bytes, n0 + GGUF_ROWS, N);
+                if (unpack) gguf_prefetch_chunk(w, row_bytes, n0 + GGUF_ROWS, N);
                 if (unpack) {
                     for (int64_t r = 0; r < rows; ++r)
                         gguf_unpack_row(qtype, w + (n0 + r) * row_bytes, K, u + r * K, ws + r, wm + r, sa + r, sb + r,
@@ -161,7 +161,9 @@ static int gguf_matmul(float *out, int64_t ldo, const void *qx, int64_t M, int64
 #ifdef GGUF_FUSED_ROWS
                     if (fused)
                         gguf_chunk_token_fused(qtype, parts, w + n0 * row_bytes, row_bytes, rows, K,
-                                               tail + (m - grouped) * nb, res);
+                                               tail + (m - grouped) * nb, res,
+                                               !unpack && m == grouped && rows == GGUF_ROWS && n0 + 2 * GGUF_ROWS <= N
+                                                   ? w + (n0 + GGUF_ROWS) * row_bytes : NULL);
                     else
 #endif
                         gguf_chunk_token(qtype, parts, u, K, ws, wm, sa, sb, tail + (m - grouped) * nb, res, reference);

@@ -36,32 +36,63 @@ typedef struct {
     __m256i ka, kb;
 } GgufScales8;
 
+/* block b's scales for the types with one block per 32 inputs */
 GGUF_INLINE GgufScales8 gguf_scales8(const int qt, const uint8_t *const *p, int64_t b) {
     GgufScales8 s;
-    s.wm = _mm256_setzero_ps(), s.ka = s.kb = _mm256_setzero_si256();
     const int ts = gguf_type_size(qt);
-    if (qt == GGUF_Q4_K || qt == GGUF_Q5_K) {
-        const int64_t at = b / 8 * ts;
-        const int j = (int)(b % 8);
-        int sc[8], m[8];
-        for (int r = 0; r < 8; ++r) gguf_scale_min(p[r] + at + 4, j, sc + r, m + r);
-        const __m256i vs = _mm256_setr_epi32(sc[0], sc[1], sc[2], sc[3], sc[4], sc[5], sc[6], sc[7]);
-        const __m256i vm = _mm256_setr_epi32(m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]);
-        s.ws = _mm256_mul_ps(gguf_halves8(p, at), _mm256_cvtepi32_ps(vs));
-        s.wm = _mm256_xor_ps(_mm256_mul_ps(gguf_halves8(p, at + 2), _mm256_cvtepi32_ps(vm)), _mm256_set1_ps(-0.f));
-    } else if (qt == GGUF_Q6_K) {
-        const int64_t at = b / 8 * 210;
-        const int j = (int)(b % 8);
-        int32_t a[8], c[8];
-        for (int r = 0; r < 8; ++r) a[r] = (int8_t)p[r][at + 192 + 2 * j], c[r] = (int8_t)p[r][at + 193 + 2 * j];
-        s.ws = gguf_halves8(p, at + 208);
-        s.ka = _mm256_setr_epi32(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]);
-        s.kb = _mm256_setr_epi32(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]);
-    } else {
-        s.ws = gguf_halves8(p, b * ts);
-        if (gguf_has_min(qt)) s.wm = gguf_halves8(p, b * ts + 2);
-    }
+    s.ka = s.kb = _mm256_setzero_si256();
+    s.ws = gguf_halves8(p, b * ts);
+    s.wm = gguf_has_min(qt) ? gguf_halves8(p, b * ts + 2) : _mm256_setzero_ps();
     return s;
+}
+
+/* 4 bytes at p[r] + at for 8 rows -> one int32 per row */
+GGUF_INLINE __m256i gguf_words8(const uint8_t *const *p, int64_t at) {
+    int32_t v[8];
+    for (int r = 0; r < 8; ++r) memcpy(v + r, p[r] + at, 4);
+    return _mm256_loadu_si256((const __m256i *)v);
+}
+
+/* byte i (0-3) of each lane: unsigned (mask 255) or, with sign, as int8 */
+GGUF_INLINE __m256i gguf_byte8(__m256i v, int i, int sign) {
+    return sign ? _mm256_srai_epi32(_mm256_slli_epi32(v, 24 - 8 * i), 24)
+                : _mm256_and_si256(_mm256_srli_epi32(v, 8 * i), _mm256_set1_epi32(255));
+}
+
+/* super-block s's scales for its 8 blocks, 8 rows each, once per 256 inputs: the 6-bit scales and mins
+ * (gguf_scale_min) or Q6_K's int8 scales, decoded with the rows in lanes */
+GGUF_INLINE void gguf_kscales8(const int qt, const uint8_t *const *p, int64_t s, GgufScales8 *out) {
+    const int64_t at = s * gguf_type_size(qt);
+    if (qt == GGUF_Q6_K) {
+        const __m256 d = gguf_halves8(p, at + 208);
+        for (int q = 0; q < 4; ++q) {
+            const __m256i v = gguf_words8(p, at + 192 + 4 * q);  /* scales 4q .. 4q + 3: blocks 2q, 2q + 1 */
+            for (int h = 0; h < 2; ++h) {
+                GgufScales8 *o = out + 2 * q + h;
+                o->ws = d, o->wm = _mm256_setzero_ps();
+                o->ka = gguf_byte8(v, 2 * h, 1), o->kb = gguf_byte8(v, 2 * h + 1, 1);
+            }
+        }
+        return;
+    }
+    const __m256 d = gguf_halves8(p, at), dmin = gguf_halves8(p, at + 2);
+    const __m256i q0 = gguf_words8(p, at + 4), q1 = gguf_words8(p, at + 8), q2 = gguf_words8(p, at + 12);
+    const __m256i m63 = _mm256_set1_epi32(63), m15 = _mm256_set1_epi32(15), m3 = _mm256_set1_epi32(3);
+    for (int j = 0; j < 8; ++j) {
+        __m256i sc, m;
+        if (j < 4) {
+            sc = _mm256_and_si256(gguf_byte8(q0, j, 0), m63), m = _mm256_and_si256(gguf_byte8(q1, j, 0), m63);
+        } else {  /* low 4 bits from byte j + 4, high 2 from the top of bytes j - 4 and j */
+            const __m256i lo = gguf_byte8(q2, j - 4, 0);
+            sc = _mm256_or_si256(_mm256_and_si256(lo, m15),
+                                 _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(gguf_byte8(q0, j - 4, 0), 6), m3), 4));
+            m = _mm256_or_si256(_mm256_srli_epi32(lo, 4),
+                                _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(gguf_byte8(q1, j - 4, 0), 6), m3), 4));
+        }
+        out[j].ws = _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc));
+        out[j].wm = _mm256_xor_ps(_mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m)), _mm256_set1_ps(-0.f));
+        out[j].ka = out[j].kb = _mm256_setzero_si256();
+    }
 }
 
 /* block b of a row: its 32 unsigned weights as gguf_unpack_row stores them */
@@ -120,6 +151,16 @@ GGUF_INLINE __m256 gguf_steps8(const int qt, const int parts, __m256i i1, __m256
 }
 #endif
 
+#if defined(GGUF_VNNI) || defined(GGUF_AVX2)
+/* Ask for the next chunk's bytes a block's worth (8 blocks of 8 rows) per block of this one: the fill
+ * spreads over the chunk's compute, where asking for the whole chunk at once overflowed the miss queue. */
+GGUF_INLINE void gguf_prefetch_next(const int qt, const uint8_t *pf, int64_t b) {
+    if (!pf) return;
+    const int bytes = 8 * gguf_type_size(qt) * 32 / gguf_block_size(qt);
+    for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char *)(pf + b * bytes + o), _MM_HINT_T0);
+}
+#endif
+
 #if defined(GGUF_VNNI)
 /* block b of a row, its 32 weights in both 256-bit halves */
 GGUF_INLINE __m512i gguf_wblock2(const int qt, const uint8_t *row, int64_t b) {
@@ -142,6 +183,11 @@ GGUF_INLINE __m512i gguf_wblock2(const int qt, const uint8_t *row, int64_t b) {
         const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(row + b * 34 + 2)));
         return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
     }
+    if (qt == GGUF_Q4_K) {
+        const int j = (int)(b % 8);
+        const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(row + b / 8 * 144 + 16 + 32 * (j / 2))));
+        return _mm512_and_si512(_mm512_srli_epi16(q, 4 * (j & 1)), _mm512_set1_epi8(15));
+    }
     const __m256i w = gguf_wblock(qt, row, b);
     return _mm512_inserti64x4(_mm512_castsi256_si512(w), w, 1);
 }
@@ -161,19 +207,28 @@ GGUF_INLINE __m512i gguf_fold16(const __m512i *v) {
 }
 
 /* rows p[0..7] x one token's records -> res[8] */
-GGUF_INLINE void gguf_rows8_fused(const int qt, const int parts, const uint8_t *const *p, int64_t K,
-                                  const GgufTok *tok, float *res) {
+GGUF_INLINE void gguf_rows8_fused(const int qt, const int parts, const uint8_t *const *p, const uint8_t *pf,
+                                  int64_t K, const GgufTok *tok, float *res) {
+    const int kq = gguf_block_size(qt) == 256;
     __m256 acc = _mm256_setzero_ps();
+    GgufScales8 ks[8];
     for (int64_t b = 0; b < K / 32; ++b) {
         const GgufTok *t = tok + b;
         const __m512i x = _mm512_loadu_si512(t->q1);  /* q1 then q2 */
-        const GgufScales8 s = gguf_scales8(qt, p, b);
+        gguf_prefetch_next(qt, pf, b);
+        if (kq && b % 8 == 0) gguf_kscales8(qt, p, b / 8, ks);
+        const GgufScales8 s = kq ? ks[b % 8] : gguf_scales8(qt, p, b);
+        int32_t kab[8];  /* Q6_K: each row's two half scales as int16 pairs */
+        if (qt == GGUF_Q6_K)
+            _mm256_storeu_si256((__m256i *)kab, _mm256_or_si256(_mm256_and_si256(s.ka, _mm256_set1_epi32(0xffff)),
+                                                                _mm256_slli_epi32(s.kb, 16)));
+        const long long lo = 0x0100010001000100LL, hi = 0x0302030203020302LL;  /* sa's bytes, sb's */
         __m512i v[8];
         for (int r = 0; r < 8; ++r) {
             const __m512i w = gguf_wblock2(qt, p[r], b);
-            if (qt == GGUF_Q6_K) {  /* the halves' scales come in with the pair sums */
-                const int8_t *sc = (const int8_t *)(p[r] + b / 8 * 210 + 192 + 2 * (b % 8));
-                const __m512i k = _mm512_mask_blend_epi32(0xf0f0, _mm512_set1_epi16(sc[0]), _mm512_set1_epi16(sc[1]));
+            if (qt == GGUF_Q6_K) {  /* the halves' scales come in with the pair sums: sa x 8, sb x 8, twice */
+                const __m512i k = _mm512_shuffle_epi8(_mm512_set1_epi32(kab[r]),
+                                                      _mm512_setr_epi64(lo, lo, hi, hi, lo, lo, hi, hi));
                 v[r] = _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), k);
             } else {
                 v[r] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
@@ -185,22 +240,25 @@ GGUF_INLINE void gguf_rows8_fused(const int qt, const int parts, const uint8_t *
     _mm256_storeu_ps(res, acc);
 }
 #elif defined(GGUF_AVX2)
-GGUF_INLINE void gguf_rows8_fused(const int qt, const int parts, const uint8_t *const *p, int64_t K,
-                                  const GgufTok *tok, float *res) {
+GGUF_INLINE void gguf_rows8_fused(const int qt, const int parts, const uint8_t *const *p, const uint8_t *pf,
+                                  int64_t K, const GgufTok *tok, float *res) {
+    const int kq = gguf_block_size(qt) == 256;
     __m256 acc = _mm256_setzero_ps();
+    GgufScales8 ks[8];
     for (int64_t b = 0; b < K / 32; ++b) {
         const GgufTok *t = tok + b;
         const __m256i x1 = _mm256_loadu_si256((const __m256i *)t->q1);
         const __m256i x2 = _mm256_loadu_si256((const __m256i *)t->q2);
-        const GgufScales8 s = gguf_scales8(qt, p, b);
+        gguf_prefetch_next(qt, pf, b);
+        if (kq && b % 8 == 0) gguf_kscales8(qt, p, b / 8, ks);
+        const GgufScales8 s = kq ? ks[b % 8] : gguf_scales8(qt, p, b);
+        int32_t ka8[8], kb8[8];
+        if (qt == GGUF_Q6_K)
+            _mm256_storeu_si256((__m256i *)ka8, s.ka), _mm256_storeu_si256((__m256i *)kb8, s.kb);
         __m256i v1[8], v2[8];
         for (int r = 0; r < 8; ++r) {
             const __m256i w = gguf_wblock(qt, p[r], b);
-            int32_t ka = 0, kb = 0;
-            if (qt == GGUF_Q6_K) {
-                const int8_t *sc = (const int8_t *)(p[r] + b / 8 * 210 + 192 + 2 * (b % 8));
-                ka = sc[0], kb = sc[1];
-            }
+            const int32_t ka = qt == GGUF_Q6_K ? ka8[r] : 0, kb = qt == GGUF_Q6_K ? kb8[r] : 0;
             v1[r] = gguf_dot32(qt, w, x1, ka, kb);
             if (parts == 2) v2[r] = gguf_dot32(qt, w, x2, ka, kb);
         }
@@ -213,14 +271,14 @@ GGUF_INLINE void gguf_rows8_fused(const int qt, const int parts, const uint8_t *
 #if defined(GGUF_VNNI) || defined(GGUF_AVX2)
 #define GGUF_FUSED_ROWS 1
 /* the chunk's rows (row r at w + r * row_bytes; rows past `rows` repeat row 0, computed, never stored) x
- * one token -> res */
+ * one token -> res; pf: the next chunk's bytes to prefetch (NULL: none) */
 static void gguf_chunk_token_fused(int qt, int parts, const uint8_t *w, int64_t row_bytes, int64_t rows, int64_t K,
-                                   const GgufTok *tok, float *res) {
+                                   const GgufTok *tok, float *res, const uint8_t *pf) {
     const uint8_t *p[8];
     for (int r = 0; r < 8; ++r) p[r] = w + (r < rows ? r : 0) * row_bytes;
 #define GGUF_BOTH(Q)                                                                     \
-    if (parts == 2) gguf_rows8_fused(Q, 2, p, K, tok, res);                              \
-    else gguf_rows8_fused(Q, 1, p, K, tok, res);                                         \
+    if (parts == 2) gguf_rows8_fused(Q, 2, p, pf, K, tok, res);                              \
+    else gguf_rows8_fused(Q, 1, p, pf, K, tok, res);                                         \
     return
     switch (qt) {
         case GGUF_Q4_0: GGUF_BOTH(GGUF_Q4_0);
