@@ -3,8 +3,8 @@
  * time into bytes and scales (gguf_blocks.c) that stay in L1 while every token passes over them.
  *
  * Threads take chunks of eight output rows; tokens go in blocks of GGUF_TOKEN_BLOCK whose activations
- * stay in L2 while every chunk of rows passes. Whole groups of 16 tokens run with tokens in lanes, the
- * rest with rows in lanes (gguf_dot.c); both compute the same float steps, so a token's result does not
+ * stay in L2 while every chunk of rows passes. Whole groups of 16 tokens run with tokens in lanes on the
+ * unpacked rows (gguf_dot.c), the rest with rows in lanes on the blocks themselves (gguf_rows.c); both compute the same float steps, so a token's result does not
  * depend on the other tokens, on the thread count or on the instruction set.
  *
  * Built at first use by medvllm/backends/cpu/native/build.py (gcc -O3 -march=native -fopenmp).
@@ -57,33 +57,10 @@ static void gguf_chunk_groups(int qt, int parts, const uint8_t *u, int64_t K, co
             res[r][i] = gguf_dot_c(qt, parts, u + r * K, K, ws + r, wm + r, sa + r, sb + r, grp, i, NULL);
 }
 
-/* the chunk's rows x one token after the last whole group -> res */
+/* the chunk's unpacked rows x one token after the last whole group -> res, on the portable path (the
+ * SIMD builds read the blocks directly: gguf_rows.c) */
 static void gguf_chunk_token(int qt, int parts, const uint8_t *u, int64_t K, const float *ws, const float *wm,
-                             const int32_t *sa, const int32_t *sb, const GgufTok *tok, float *res, int reference) {
-    (void)reference;
-#if defined(GGUF_VNNI) || defined(GGUF_AVX2)
-    if (!reference) {
-#define GGUF_BOTH(Q)                                          \
-    if (parts == 2) {                                         \
-        gguf_rows8(Q, 2, u, K, ws, wm, sa, sb, tok, res);     \
-    } else {                                                  \
-        gguf_rows8(Q, 1, u, K, ws, wm, sa, sb, tok, res);     \
-    }                                                         \
-    break
-    switch (qt) {
-        case GGUF_Q4_0: GGUF_BOTH(GGUF_Q4_0);
-        case GGUF_Q4_1: GGUF_BOTH(GGUF_Q4_1);
-        case GGUF_Q5_0: GGUF_BOTH(GGUF_Q5_0);
-        case GGUF_Q5_1: GGUF_BOTH(GGUF_Q5_1);
-        case GGUF_Q8_0: GGUF_BOTH(GGUF_Q8_0);
-        case GGUF_Q4_K: GGUF_BOTH(GGUF_Q4_K);
-        case GGUF_Q5_K: GGUF_BOTH(GGUF_Q5_K);
-        case GGUF_Q6_K: GGUF_BOTH(GGUF_Q6_K);
-    }
-    return;
-    }
-#undef GGUF_BOTH
-#endif
+                             const int32_t *sa, const int32_t *sb, const GgufTok *tok, float *res) {
     for (int r = 0; r < GGUF_ROWS; ++r)
         res[r] = gguf_dot_c(qt, parts, u + r * K, K, ws + r, wm + r, sa + r, sb + r, NULL, 0, tok);
 }
@@ -166,7 +143,7 @@ static int gguf_matmul(float *out, int64_t ldo, const void *qx, int64_t M, int64
                                                    ? w + (n0 + GGUF_ROWS) * row_bytes : NULL);
                     else
 #endif
-                        gguf_chunk_token(qtype, parts, u, K, ws, wm, sa, sb, tail + (m - grouped) * nb, res, reference);
+                        gguf_chunk_token(qtype, parts, u, K, ws, wm, sa, sb, tail + (m - grouped) * nb, res);
                     for (int64_t r = 0; r < rows; ++r) out[m * ldo + n0 + r] = res[r];
                 }
             }
