@@ -1,7 +1,8 @@
 """The GGUF block kernels (backends/cpu/gguf_matmul.py) against the dynamic int8 and float32 panel kernels,
 at the default model's Linear shapes.
 
-    python benchmarks/gguf_kernels.py [--rounds 200] [--hot] [--tokens 1 64] [--threads N]
+    python benchmarks/gguf_kernels.py [--rounds 200] [--hot] [--tokens 1 64] [--threads N] [--parts 2]
+                                      [--types Q4_0 Q4_K] [--no-float]
 
 µs per call (median), for one token (decode, memory-bound) and 64 (a batched decode step); each GGUF type
 with activations in one int8 part and in two, next to binding.int8_linear (int8 per channel, dynamic
@@ -78,17 +79,18 @@ def run_shape(name, n, k, tokens, args, rng, only=None):
         lambda p: binding.int8_linear(out, x, p, scale, None, threads, sums), copies(packed, args.hot), args.rounds
     )
     rows.append(("int8 (dynamic)", us, packed.numel()))
-    panels = torch.empty(binding.f32_panels_size(n, k))
-    binding.f32_panels_pack(panels, w, threads)
-    us = timed(lambda p: binding.f32_panels_linear(out, x, p, None, threads), copies(panels, args.hot), args.rounds)
-    rows.append(("float32 panels", us, panels.numel() * 4))
+    if args.float:
+        panels = torch.empty(binding.f32_panels_size(n, k))
+        binding.f32_panels_pack(panels, w, threads)
+        us = timed(lambda p: binding.f32_panels_linear(out, x, p, None, threads), copies(panels, args.hot), args.rounds)
+        rows.append(("float32 panels", us, panels.numel() * 4))
     for tname, qt in TYPES.items():
-        if only and tname not in only:
+        if (only and tname not in only) or (args.types and tname not in args.types):
             continue
         if k % binding.GGUF_BLOCKS[qt][0]:
             continue
         blocks = random_blocks(qt, n, k, rng)
-        for parts in (1, 2):
+        for parts in args.parts:
             us = timed(
                 lambda b, qt=qt, p=parts: binding.gguf_linear(out, 0, x, b, qt, p, threads),
                 copies(blocks, args.hot),
@@ -107,6 +109,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--tokens", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--parts", type=int, nargs="+", default=[1, 2], choices=[1, 2])
+    ap.add_argument("--types", nargs="+", choices=list(TYPES), help="GGUF types to run (default: all)")
+    ap.add_argument("--no-float", dest="float", action="store_false", help="skip the float32 panels")
     ap.add_argument("--hot", action="store_true", help="one copy of each weight: read from cache")
     args = ap.parse_args()
     binding.library()

@@ -12,7 +12,8 @@
  * - tokens in lanes (groups of 16 tokens): one 64-byte load holds 4 inputs of 16 tokens, one broadcast
  *   4 weight bytes; the block sums come out per lane, ready, and each weight byte meets 16 tokens.
  * - rows in lanes (the tokens after the last whole group, and one-token decode): 32 inputs of a row per
- *   register, eight rows' sums folded into one register by horizontal adds.
+ *   register, eight rows' sums folded into one register by horizontal adds; gguf_rows.c, on the file's
+ *   blocks directly.
  */
 #include "gguf_act.c"
 #include "gguf_blocks.c"
@@ -173,43 +174,6 @@ GGUF_INLINE __m256i gguf_fold8(const __m256i *v) {
     const __m256i h45 = _mm256_hadd_epi32(v[4], v[5]), h67 = _mm256_hadd_epi32(v[6], v[7]);
     const __m256i lo = _mm256_hadd_epi32(h01, h23), hi = _mm256_hadd_epi32(h45, h67);
     return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
-}
-
-/* GGUF_ROWS rows (u at stride K; ws.. at [b * GGUF_ROWS + r]) x one token's records -> res[8] */
-GGUF_INLINE void gguf_rows8(const int qt, const int parts, const uint8_t *u, int64_t K, const float *ws,
-                            const float *wm, const int32_t *sa, const int32_t *sb, const GgufTok *tok, float *res) {
-    const int off = gguf_offset(qt), q6 = qt == GGUF_Q6_K;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < K / 32; ++b) {
-        const GgufTok *t = tok + b;
-        const __m256i x1 = _mm256_loadu_si256((const __m256i *)t->q1);
-        const __m256i x2 = _mm256_loadu_si256((const __m256i *)t->q2);
-        __m256i v1[GGUF_ROWS], v2[GGUF_ROWS];
-        for (int r = 0; r < GGUF_ROWS; ++r) {
-            const __m256i w = _mm256_loadu_si256((const __m256i *)(u + r * K + 32 * b));
-            const int32_t ka = q6 ? sa[b * GGUF_ROWS + r] : 0, kb = q6 ? sb[b * GGUF_ROWS + r] : 0;
-            v1[r] = gguf_dot32(qt, w, x1, ka, kb);
-            if (parts == 2) v2[r] = gguf_dot32(qt, w, x2, ka, kb);
-        }
-        __m256i i1 = gguf_fold8(v1), i2 = parts == 2 ? gguf_fold8(v2) : i1;
-        if (q6) {
-            const __m256i ka = _mm256_loadu_si256((const __m256i *)(sa + b * GGUF_ROWS));
-            const __m256i kb = _mm256_loadu_si256((const __m256i *)(sb + b * GGUF_ROWS));
-            i1 = _mm256_sub_epi32(i1, _mm256_slli_epi32(_mm256_add_epi32(_mm256_mullo_epi32(ka, _mm256_set1_epi32(t->bs1[0])),
-                                                                         _mm256_mullo_epi32(kb, _mm256_set1_epi32(t->bs1[1]))), 5));
-            if (parts == 2)
-                i2 = _mm256_sub_epi32(i2, _mm256_slli_epi32(_mm256_add_epi32(_mm256_mullo_epi32(ka, _mm256_set1_epi32(t->bs2[0])),
-                                                                             _mm256_mullo_epi32(kb, _mm256_set1_epi32(t->bs2[1]))), 5));
-        } else if (off) {
-            i1 = _mm256_sub_epi32(i1, _mm256_set1_epi32(off * (t->bs1[0] + t->bs1[1])));
-            i2 = _mm256_sub_epi32(i2, _mm256_set1_epi32(off * (t->bs2[0] + t->bs2[1])));
-        }
-        const __m256 step = _mm256_loadu_ps(ws + b * GGUF_ROWS);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_mul_ps(step, _mm256_set1_ps(t->dx1)), acc);
-        if (parts == 2) acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i2), _mm256_mul_ps(step, _mm256_set1_ps(t->dx2)), acc);
-        if (gguf_has_min(qt)) acc = _mm256_fmadd_ps(_mm256_loadu_ps(wm + b * GGUF_ROWS), _mm256_set1_ps(t->sx), acc);
-    }
-    _mm256_storeu_ps(res, acc);
 }
 #endif
 

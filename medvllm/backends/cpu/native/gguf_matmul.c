@@ -3,8 +3,8 @@
  * time into bytes and scales (gguf_blocks.c) that stay in L1 while every token passes over them.
  *
  * Threads take chunks of eight output rows; tokens go in blocks of GGUF_TOKEN_BLOCK whose activations
- * stay in L2 while every chunk of rows passes. Whole groups of 16 tokens run with tokens in lanes, the
- * rest with rows in lanes (gguf_dot.c); both compute the same float steps, so a token's result does not
+ * stay in L2 while every chunk of rows passes. Whole groups of 16 tokens run with tokens in lanes on the
+ * unpacked rows (gguf_dot.c), the rest with rows in lanes on the blocks themselves (gguf_rows.c); both compute the same float steps, so a token's result does not
  * depend on the other tokens, on the thread count or on the instruction set.
  *
  * Built at first use by medvllm/backends/cpu/native/build.py (gcc -O3 -march=native -fopenmp).
@@ -15,7 +15,7 @@
 #endif
 
 #include "gguf_dequant.c"
-#include "gguf_dot.c"
+#include "gguf_rows.c"
 
 #define GGUF_TOKEN_BLOCK 128 /* tokens whose activations stay in L2 (~0.5 MB at K = 1536) */
 
@@ -57,33 +57,10 @@ static void gguf_chunk_groups(int qt, int parts, const uint8_t *u, int64_t K, co
             res[r][i] = gguf_dot_c(qt, parts, u + r * K, K, ws + r, wm + r, sa + r, sb + r, grp, i, NULL);
 }
 
-/* the chunk's rows x one token after the last whole group -> res */
+/* the chunk's unpacked rows x one token after the last whole group -> res, on the portable path (the
+ * SIMD builds read the blocks directly: gguf_rows.c) */
 static void gguf_chunk_token(int qt, int parts, const uint8_t *u, int64_t K, const float *ws, const float *wm,
-                             const int32_t *sa, const int32_t *sb, const GgufTok *tok, float *res, int reference) {
-    (void)reference;
-#if defined(GGUF_VNNI) || defined(GGUF_AVX2)
-    if (!reference) {
-#define GGUF_BOTH(Q)                                          \
-    if (parts == 2) {                                         \
-        gguf_rows8(Q, 2, u, K, ws, wm, sa, sb, tok, res);     \
-    } else {                                                  \
-        gguf_rows8(Q, 1, u, K, ws, wm, sa, sb, tok, res);     \
-    }                                                         \
-    break
-    switch (qt) {
-        case GGUF_Q4_0: GGUF_BOTH(GGUF_Q4_0);
-        case GGUF_Q4_1: GGUF_BOTH(GGUF_Q4_1);
-        case GGUF_Q5_0: GGUF_BOTH(GGUF_Q5_0);
-        case GGUF_Q5_1: GGUF_BOTH(GGUF_Q5_1);
-        case GGUF_Q8_0: GGUF_BOTH(GGUF_Q8_0);
-        case GGUF_Q4_K: GGUF_BOTH(GGUF_Q4_K);
-        case GGUF_Q5_K: GGUF_BOTH(GGUF_Q5_K);
-        case GGUF_Q6_K: GGUF_BOTH(GGUF_Q6_K);
-    }
-    return;
-    }
-#undef GGUF_BOTH
-#endif
+                             const int32_t *sa, const int32_t *sb, const GgufTok *tok, float *res) {
     for (int r = 0; r < GGUF_ROWS; ++r)
         res[r] = gguf_dot_c(qt, parts, u + r * K, K, ws + r, wm + r, sa + r, sb + r, NULL, 0, tok);
 }
@@ -113,11 +90,17 @@ static int gguf_matmul(float *out, int64_t ldo, const void *qx, int64_t M, int64
     const uint8_t *act = qx;
     const GgufTok *tail = (const GgufTok *)(act + groups * nb * GREC_BYTES);
     const size_t scratch = (size_t)(GGUF_ROWS * K) + (size_t)nb * GGUF_ROWS * 16;
+#ifdef GGUF_FUSED_ROWS
+    const int fused = !reference;  /* tail tokens read the blocks themselves: no scratch without groups */
+#else
+    const int fused = 0;
+#endif
+    const int unpack = groups > 0 || !fused;
     int failed = 0;
 #pragma omp parallel num_threads(threads) if (chunks > 1)
     {
-        uint8_t *u = aligned_alloc(64, (scratch + 63) / 64 * 64);
-        if (!u) {
+        uint8_t *u = unpack ? aligned_alloc(64, (scratch + 63) / 64 * 64) : NULL;
+        if (unpack && !u) {
 #pragma omp atomic write
             failed = 1;
         }
@@ -126,31 +109,41 @@ static int gguf_matmul(float *out, int64_t ldo, const void *qx, int64_t M, int64
         for (int64_t pass = 0; pass < passes; ++pass) {
 #pragma omp for schedule(static)
             for (int64_t c = 0; c < chunks; ++c) {
-                if (!u) continue;
+                if (unpack && !u) continue;
                 const int64_t n0 = c * GGUF_ROWS, rows = N - n0 < GGUF_ROWS ? N - n0 : GGUF_ROWS;
-                gguf_prefetch_chunk(w, row_bytes, n0 + GGUF_ROWS, N);
-                for (int64_t r = 0; r < rows; ++r)
-                    gguf_unpack_row(qtype, w + (n0 + r) * row_bytes, K, u + r * K, ws + r, wm + r, sa + r, sb + r,
-                                    GGUF_ROWS);
-                if (rows < GGUF_ROWS) {  /* rows past N: zero weights, computed and never stored */
-                    memset(u + rows * K, 0, (size_t)((GGUF_ROWS - rows) * K));
-                    for (int64_t b = 0; b < nb; ++b)
-                        for (int64_t r = rows; r < GGUF_ROWS; ++r) {
-                            const int64_t at = b * GGUF_ROWS + r;
-                            ws[at] = wm[at] = 0.f, sa[at] = sb[at] = 0;
-                        }
-                }
-                const int64_t g1 = (pass + 1) * per_block < groups ? (pass + 1) * per_block : groups;
-                for (int64_t g = pass * per_block; g < g1; ++g) {
-                    float res[GGUF_ROWS][GGUF_GROUP];
-                    gguf_chunk_groups(qtype, parts, u, K, ws, wm, sa, sb, act + g * nb * GREC_BYTES, res, reference);
-                    for (int i = 0; i < GGUF_GROUP; ++i)
-                        for (int64_t r = 0; r < rows; ++r) out[(g * GGUF_GROUP + i) * ldo + n0 + r] = res[r][i];
+                if (unpack) gguf_prefetch_chunk(w, row_bytes, n0 + GGUF_ROWS, N);
+                if (unpack) {
+                    for (int64_t r = 0; r < rows; ++r)
+                        gguf_unpack_row(qtype, w + (n0 + r) * row_bytes, K, u + r * K, ws + r, wm + r, sa + r, sb + r,
+                                        GGUF_ROWS);
+                    if (rows < GGUF_ROWS) {  /* rows past N: zero weights, computed and never stored */
+                        memset(u + rows * K, 0, (size_t)((GGUF_ROWS - rows) * K));
+                        for (int64_t b = 0; b < nb; ++b)
+                            for (int64_t r = rows; r < GGUF_ROWS; ++r) {
+                                const int64_t at = b * GGUF_ROWS + r;
+                                ws[at] = wm[at] = 0.f, sa[at] = sb[at] = 0;
+                            }
+                    }
+                    const int64_t g1 = (pass + 1) * per_block < groups ? (pass + 1) * per_block : groups;
+                    for (int64_t g = pass * per_block; g < g1; ++g) {
+                        float res[GGUF_ROWS][GGUF_GROUP];
+                        gguf_chunk_groups(qtype, parts, u, K, ws, wm, sa, sb, act + g * nb * GREC_BYTES, res, reference);
+                        for (int i = 0; i < GGUF_GROUP; ++i)
+                            for (int64_t r = 0; r < rows; ++r) out[(g * GGUF_GROUP + i) * ldo + n0 + r] = res[r][i];
+                    }
                 }
                 if (pass + 1 < passes) continue;
                 for (int64_t m = grouped; m < M; ++m) {
                     float res[GGUF_ROWS];
-                    gguf_chunk_token(qtype, parts, u, K, ws, wm, sa, sb, tail + (m - grouped) * nb, res, reference);
+#ifdef GGUF_FUSED_ROWS
+                    if (fused)
+                        gguf_chunk_token_fused(qtype, parts, w + n0 * row_bytes, row_bytes, rows, K,
+                                               tail + (m - grouped) * nb, res,
+                                               !unpack && m == grouped && rows == GGUF_ROWS && n0 + 2 * GGUF_ROWS <= N
+                                                   ? w + (n0 + GGUF_ROWS) * row_bytes : NULL);
+                    else
+#endif
+                        gguf_chunk_token(qtype, parts, u, K, ws, wm, sa, sb, tail + (m - grouped) * nb, res);
                     for (int64_t r = 0; r < rows; ++r) out[m * ldo + n0 + r] = res[r];
                 }
             }
