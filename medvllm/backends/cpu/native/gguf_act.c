@@ -4,11 +4,15 @@
  * faithful than the sum of the quantized ones). With parts = 2 a second int8 holds the residual
  * x - q1 * d in steps of d / 254 (|q2| <= 127): ~15 bits in all, from the same weight loads.
  *
+ * The kernels multiply the two parts as one integer, 254 * q1 + q2 (|.| <= 32385), in steps of dx = d / 254:
+ * their int32 sums fold into one before the float step. dx (d with one part) is what a record stores,
+ * with the exact sums of that integer over each 16-input half, bsa and bsb (the weights' offsets come off
+ * with them).
+ *
  * Layout of the buffer (gguf_act_bytes): tokens in whole groups of 16 first, interleaved so that one
  * 64-byte load holds 4 inputs of each of the 16 tokens (the tokens-in-lanes kernels), then the tokens after
  * the last whole group, one record per 32 inputs each (the rows-in-lanes kernels). A group's record per
- * 32 inputs: q1 [8 x (16 tokens x 4)], q2 likewise, then 16 tokens' dx1, dx2, sx (float), bs1a, bs1b,
- * bs2a, bs2b (int32 sums of each part's two 16-input halves).
+ * 32 inputs: q1 [8 x (16 tokens x 4)], q2 likewise, then 16 tokens' dx, sx (float), bsa, bsb (int32).
  */
 #ifndef GGUF_ACT_C
 #define GGUF_ACT_C
@@ -18,21 +22,18 @@
 
 #define GGUF_GROUP 16 /* tokens per interleaved group */
 #define GREC_Q2 512
-#define GREC_DX1 1024
-#define GREC_DX2 (GREC_DX1 + 64)
-#define GREC_SX (GREC_DX1 + 128)
-#define GREC_BS1A (GREC_DX1 + 192)
-#define GREC_BS1B (GREC_DX1 + 256)
-#define GREC_BS2A (GREC_DX1 + 320)
-#define GREC_BS2B (GREC_DX1 + 384)
-#define GREC_BYTES (GREC_DX1 + 448)
+#define GREC_DX 1024
+#define GREC_SX (GREC_DX + 64)
+#define GREC_BSA (GREC_DX + 128)
+#define GREC_BSB (GREC_DX + 192)
+#define GREC_BYTES (GREC_DX + 256)
 
 /* one token's 32 inputs (tokens after the last whole group) */
 typedef struct {
     int8_t q1[32], q2[32];
-    float dx1, dx2, sx;
-    int32_t bs1[2], bs2[2];
-    int32_t pad;  /* 96 bytes: records stay 32-byte aligned */
+    float dx, sx;
+    int32_t bs[2];  /* the halves' sums of 254 * q1 + q2 (q1 with one part) */
+    int32_t pad[4];  /* 96 bytes: records stay 32-byte aligned */
 } GgufTok;
 
 int64_t gguf_act_bytes(int64_t M, int64_t K, int parts) {
@@ -85,10 +86,11 @@ static void gguf_quant_block(const float *x, int parts, GgufTok *t) {
     }
     _mm256_storeu_si256((__m256i *)t->q1, gguf_pack8(q[0], q[1], q[2], q[3]));
     _mm256_storeu_si256((__m256i *)t->q2, gguf_pack8(r[0], r[1], r[2], r[3]));
-    t->bs1[0] = gguf_hsum8(_mm256_add_epi32(q[0], q[1])), t->bs1[1] = gguf_hsum8(_mm256_add_epi32(q[2], q[3]));
-    t->bs2[0] = gguf_hsum8(_mm256_add_epi32(r[0], r[1])), t->bs2[1] = gguf_hsum8(_mm256_add_epi32(r[2], r[3]));
-    t->dx1 = d, t->dx2 = parts == 2 ? d2 : 0.f;
-    t->pad = 0;
+    const int k = parts == 2 ? 254 : 1;
+    t->bs[0] = k * gguf_hsum8(_mm256_add_epi32(q[0], q[1])) + gguf_hsum8(_mm256_add_epi32(r[0], r[1]));
+    t->bs[1] = k * gguf_hsum8(_mm256_add_epi32(q[2], q[3])) + gguf_hsum8(_mm256_add_epi32(r[2], r[3]));
+    t->dx = parts == 2 ? d2 : d;
+    memset(t->pad, 0, sizeof t->pad);
 }
 #else
 /* 32 inputs -> one record. The float sum has a fixed order (8 lanes, then halves) on every build. */
@@ -116,9 +118,10 @@ static void gguf_quant_block(const float *x, int parts, GgufTok *t) {
             t->q2[l] = 0;
         }
     }
-    t->dx1 = d, t->dx2 = parts == 2 ? d2 : 0.f;
-    t->bs1[0] = s1[0], t->bs1[1] = s1[1], t->bs2[0] = s2[0], t->bs2[1] = s2[1];
-    t->pad = 0;
+    const int k = parts == 2 ? 254 : 1;
+    t->dx = parts == 2 ? d2 : d;
+    t->bs[0] = k * s1[0] + s2[0], t->bs[1] = k * s1[1] + s2[1];
+    memset(t->pad, 0, sizeof t->pad);
 }
 #endif
 
@@ -143,13 +146,10 @@ void gguf_quantize_act(void *qx, const float *x, int64_t M, int64_t K, int parts
                 memcpy(rec + 64 * j + 4 * i, t.q1 + 4 * j, 4);
                 memcpy(rec + GREC_Q2 + 64 * j + 4 * i, t.q2 + 4 * j, 4);
             }
-            gguf_put32(rec + GREC_DX1 + 4 * i, t.dx1);
-            gguf_put32(rec + GREC_DX2 + 4 * i, t.dx2);
+            gguf_put32(rec + GREC_DX + 4 * i, t.dx);
             gguf_put32(rec + GREC_SX + 4 * i, t.sx);
-            memcpy(rec + GREC_BS1A + 4 * i, &t.bs1[0], 4);
-            memcpy(rec + GREC_BS1B + 4 * i, &t.bs1[1], 4);
-            memcpy(rec + GREC_BS2A + 4 * i, &t.bs2[0], 4);
-            memcpy(rec + GREC_BS2B + 4 * i, &t.bs2[1], 4);
+            memcpy(rec + GREC_BSA + 4 * i, &t.bs[0], 4);
+            memcpy(rec + GREC_BSB + 4 * i, &t.bs[1], 4);
         }
     }
 }

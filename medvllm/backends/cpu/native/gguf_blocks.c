@@ -99,10 +99,11 @@ static inline void gguf_scale_min(const uint8_t *s, int j, int *sc, int *m) {
 }
 
 /* One row of K weights -> u[K] (one byte each) and, per 32 inputs b, at [b * stride]: ws (the float step),
- * wm (the float weight added per unit of the input's sum: Q4_1/Q5_1's m, the K-quants' -dmin*m; else 0)
- * and, for Q6_K, sa/sb (the int scales of the two 16-input halves; ws is then d). */
+ * wm (the float weight added per unit of the input's sum: Q4_1/Q5_1's m, the K-quants' -dmin*m; else 0).
+ * Q6_K has a step per 16-input half: ws = d * (the first's int scale), wm = d * (the second's), exact in
+ * float (11 bits by 8). */
 static void gguf_unpack_row_c(int qtype, const uint8_t *row, int64_t K, uint8_t *u, float *ws, float *wm,
-                            int32_t *sa, int32_t *sb, int stride) {
+                              int stride) {
     const int64_t nb = K / 32;
     switch (qtype) {
         case GGUF_Q4_0:
@@ -178,8 +179,7 @@ static void gguf_unpack_row_c(int qtype, const uint8_t *row, int64_t K, uint8_t 
                     for (int l = 0; l < 32; ++l)
                         o[l] = (uint8_t)(((lo[l] >> lshift) & 15) | ((hi[l] >> hshift) & 3) << 4);
                     const int64_t b = 8 * s + j;
-                    ws[b * stride] = d, wm[b * stride] = 0.f;
-                    sa[b * stride] = sc[2 * j], sb[b * stride] = sc[2 * j + 1];
+                    ws[b * stride] = d * (float)sc[2 * j], wm[b * stride] = d * (float)sc[2 * j + 1];
                 }
             }
             break;
@@ -209,7 +209,7 @@ static inline __m256i gguf_shift_mask(__m256i v, int n, int mask) {
 
 /* the same bytes and scales as gguf_unpack_row_c, 32 weights per register */
 static void gguf_unpack_row(int qtype, const uint8_t *row, int64_t K, uint8_t *u, float *ws, float *wm,
-                            int32_t *sa, int32_t *sb, int stride) {
+                            int stride) {
     const int64_t nb = K / 32;
     __m256i *o = (__m256i *)u;
     switch (qtype) {
@@ -278,8 +278,7 @@ static void gguf_unpack_row(int qtype, const uint8_t *row, int64_t K, uint8_t *u
                     const int64_t b = 8 * s + j;
                     _mm256_storeu_si256(o + b, _mm256_or_si256(gguf_shift_mask(lo, -4 * (k >> 1), 15),
                                                                gguf_shift_mask(hi, 4 - 2 * k, 0x30)));
-                    ws[b * stride] = d, wm[b * stride] = 0.f;
-                    sa[b * stride] = sc[2 * j], sb[b * stride] = sc[2 * j + 1];
+                    ws[b * stride] = d * (float)sc[2 * j], wm[b * stride] = d * (float)sc[2 * j + 1];
                 }
             }
             return;

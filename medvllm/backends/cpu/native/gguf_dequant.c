@@ -16,13 +16,12 @@ __attribute__((optimize("fp-contract=off"))) void gguf_dequantize_rows(
     const int64_t nb = K / 32;
 #pragma omp parallel num_threads(threads) if (n_rows * K > 65536)
     {
-        uint8_t *u = malloc((size_t)K + (size_t)nb * 16);
+        uint8_t *u = malloc((size_t)K + (size_t)nb * 8);
         float *ws = (float *)(u + K), *wm = ws + nb;
-        int32_t *sa = (int32_t *)(wm + nb), *sb = sa + nb;
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < n_rows; ++i) {
             if (!u) continue;
-            gguf_unpack_row(qtype, w + rows[i] * row_bytes, K, u, ws, wm, sa, sb, 1);
+            gguf_unpack_row(qtype, w + rows[i] * row_bytes, K, u, ws, wm, 1);
             float *o = out + i * K;
             for (int64_t b = 0; b < nb; ++b) {
                 const uint8_t *q = u + 32 * b;
@@ -39,8 +38,8 @@ __attribute__((optimize("fp-contract=off"))) void gguf_dequantize_rows(
                     case GGUF_Q8_0:
                         for (int l = 0; l < 32; ++l) ob[l] = (float)(int8_t)(q[l] ^ (GGUF_Q8_OFFSET ? 0x80 : 0)) * d;
                         break;
-                    case GGUF_Q6_K: {
-                        const float da = d * (float)sa[b], db = d * (float)sb[b];
+                    case GGUF_Q6_K: {  /* the halves' steps d * sc (gguf_blocks.c) */
+                        const float da = d, db = m;
                         for (int l = 0; l < 16; ++l) ob[l] = da * (float)(q[l] - 32);
                         for (int l = 16; l < 32; ++l) ob[l] = db * (float)(q[l] - 32);
                         break;

@@ -21,14 +21,13 @@
 
 /* the chunk's GGUF_ROWS rows x one group of 16 tokens -> res (portable path with reference set) */
 static void gguf_chunk_groups(int qt, int parts, const uint8_t *u, int64_t K, const float *ws, const float *wm,
-                              const int32_t *sa, const int32_t *sb, const uint8_t *grp, float res[][GGUF_GROUP],
-                              int reference) {
+                              const uint8_t *grp, float res[][GGUF_GROUP], int reference) {
     (void)reference;  /* the portable build has one path */
 #define GGUF_GROUP_CASE(Q, P)                                                                   \
-    for (int r = 0; r < GGUF_ROWS; r += 4) gguf_tokens4(Q, P, u + r * K, K, ws + r, wm + r, sa + r, sb + r, grp, res + r)
+    for (int r = 0; r < GGUF_ROWS; r += 4) gguf_tokens4(Q, P, u + r * K, K, ws + r, wm + r, grp, res + r)
 #define GGUF_GROUP_CASE2(Q, P)                                                                                  \
     for (int r = 0; r < GGUF_ROWS; r += 2)                                                                      \
-        for (int h = 0; h < 2; ++h) gguf_tokens2(Q, P, h, u + r * K, K, ws + r, wm + r, sa + r, sb + r, grp, res + r)
+        for (int h = 0; h < 2; ++h) gguf_tokens2(Q, P, h, u + r * K, K, ws + r, wm + r, grp, res + r)
 #if defined(GGUF_VNNI)
 #define GGUF_RUN GGUF_GROUP_CASE
 #elif defined(GGUF_AVX2)
@@ -54,15 +53,15 @@ static void gguf_chunk_groups(int qt, int parts, const uint8_t *u, int64_t K, co
 #endif
     for (int r = 0; r < GGUF_ROWS; ++r)
         for (int i = 0; i < GGUF_GROUP; ++i)
-            res[r][i] = gguf_dot_c(qt, parts, u + r * K, K, ws + r, wm + r, sa + r, sb + r, grp, i, NULL);
+            res[r][i] = gguf_dot_c(qt, parts, u + r * K, K, ws + r, wm + r, grp, i, NULL);
 }
 
 /* the chunk's unpacked rows x one token after the last whole group -> res, on the portable path (the
  * SIMD builds read the blocks directly: gguf_rows.c) */
 static void gguf_chunk_token(int qt, int parts, const uint8_t *u, int64_t K, const float *ws, const float *wm,
-                             const int32_t *sa, const int32_t *sb, const GgufTok *tok, float *res) {
+                             const GgufTok *tok, float *res) {
     for (int r = 0; r < GGUF_ROWS; ++r)
-        res[r] = gguf_dot_c(qt, parts, u + r * K, K, ws + r, wm + r, sa + r, sb + r, NULL, 0, tok);
+        res[r] = gguf_dot_c(qt, parts, u + r * K, K, ws + r, wm + r, NULL, 0, tok);
 }
 
 /* Ask for the next chunk's rows while this one is computed: one-token decode reads each weight byte
@@ -89,7 +88,7 @@ static int gguf_matmul(float *out, int64_t ldo, const void *qx, int64_t M, int64
     const int64_t passes = groups ? (groups + per_block - 1) / per_block : 1;
     const uint8_t *act = qx;
     const GgufTok *tail = (const GgufTok *)(act + groups * nb * GREC_BYTES);
-    const size_t scratch = (size_t)(GGUF_ROWS * K) + (size_t)nb * GGUF_ROWS * 16;
+    const size_t scratch = (size_t)(GGUF_ROWS * K) + (size_t)nb * GGUF_ROWS * 8;
 #ifdef GGUF_FUSED_ROWS
     const int fused = !reference;  /* tail tokens read the blocks themselves: no scratch without groups */
 #else
@@ -105,7 +104,6 @@ static int gguf_matmul(float *out, int64_t ldo, const void *qx, int64_t M, int64
             failed = 1;
         }
         float *ws = u ? (float *)(u + GGUF_ROWS * K) : NULL, *wm = ws + nb * GGUF_ROWS;
-        int32_t *sa = (int32_t *)(wm + nb * GGUF_ROWS), *sb = sa + nb * GGUF_ROWS;
         for (int64_t pass = 0; pass < passes; ++pass) {
 #pragma omp for schedule(static)
             for (int64_t c = 0; c < chunks; ++c) {
@@ -114,20 +112,19 @@ static int gguf_matmul(float *out, int64_t ldo, const void *qx, int64_t M, int64
                 if (unpack) gguf_prefetch_chunk(w, row_bytes, n0 + GGUF_ROWS, N);
                 if (unpack) {
                     for (int64_t r = 0; r < rows; ++r)
-                        gguf_unpack_row(qtype, w + (n0 + r) * row_bytes, K, u + r * K, ws + r, wm + r, sa + r, sb + r,
-                                        GGUF_ROWS);
+                        gguf_unpack_row(qtype, w + (n0 + r) * row_bytes, K, u + r * K, ws + r, wm + r, GGUF_ROWS);
                     if (rows < GGUF_ROWS) {  /* rows past N: zero weights, computed and never stored */
                         memset(u + rows * K, 0, (size_t)((GGUF_ROWS - rows) * K));
                         for (int64_t b = 0; b < nb; ++b)
                             for (int64_t r = rows; r < GGUF_ROWS; ++r) {
                                 const int64_t at = b * GGUF_ROWS + r;
-                                ws[at] = wm[at] = 0.f, sa[at] = sb[at] = 0;
+                                ws[at] = wm[at] = 0.f;
                             }
                     }
                     const int64_t g1 = (pass + 1) * per_block < groups ? (pass + 1) * per_block : groups;
                     for (int64_t g = pass * per_block; g < g1; ++g) {
                         float res[GGUF_ROWS][GGUF_GROUP];
-                        gguf_chunk_groups(qtype, parts, u, K, ws, wm, sa, sb, act + g * nb * GREC_BYTES, res, reference);
+                        gguf_chunk_groups(qtype, parts, u, K, ws, wm, act + g * nb * GREC_BYTES, res, reference);
                         for (int i = 0; i < GGUF_GROUP; ++i)
                             for (int64_t r = 0; r < rows; ++r) out[(g * GGUF_GROUP + i) * ldo + n0 + r] = res[r][i];
                     }
@@ -143,7 +140,7 @@ static int gguf_matmul(float *out, int64_t ldo, const void *qx, int64_t M, int64
                                                    ? w + (n0 + GGUF_ROWS) * row_bytes : NULL);
                     else
 #endif
-                        gguf_chunk_token(qtype, parts, u, K, ws, wm, sa, sb, tail + (m - grouped) * nb, res);
+                        gguf_chunk_token(qtype, parts, u, K, ws, wm, tail + (m - grouped) * nb, res);
                     for (int64_t r = 0; r < rows; ++r) out[m * ldo + n0 + r] = res[r];
                 }
             }

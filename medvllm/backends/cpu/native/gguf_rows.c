@@ -30,17 +30,15 @@ GGUF_INLINE __m256 gguf_halves8(const uint8_t *const *p, int64_t at) {
     return _mm256_cvtph_ps(h);
 }
 
-/* block b's scales for 8 rows: ws, wm and (Q6_K) the int scales of its halves, as gguf_unpack_row_c */
+/* block b's scales for 8 rows: ws, wm as gguf_unpack_row_c makes them (Q6_K: the halves' steps) */
 typedef struct {
     __m256 ws, wm;
-    __m256i ka, kb;
 } GgufScales8;
 
 /* block b's scales for the types with one block per 32 inputs */
 GGUF_INLINE GgufScales8 gguf_scales8(const int qt, const uint8_t *const *p, int64_t b) {
     GgufScales8 s;
     const int ts = gguf_type_size(qt);
-    s.ka = s.kb = _mm256_setzero_si256();
     s.ws = gguf_halves8(p, b * ts);
     s.wm = gguf_has_min(qt) ? gguf_halves8(p, b * ts + 2) : _mm256_setzero_ps();
     return s;
@@ -60,7 +58,7 @@ GGUF_INLINE __m256i gguf_byte8(__m256i v, int i, int sign) {
 }
 
 /* super-block s's scales for its 8 blocks, 8 rows each, once per 256 inputs: the 6-bit scales and mins
- * (gguf_scale_min) or Q6_K's int8 scales, decoded with the rows in lanes */
+ * (gguf_scale_min) or Q6_K's int8 scales times d, decoded with the rows in lanes */
 GGUF_INLINE void gguf_kscales8(const int qt, const uint8_t *const *p, int64_t s, GgufScales8 *out) {
     const int64_t at = s * gguf_type_size(qt);
     if (qt == GGUF_Q6_K) {
@@ -69,8 +67,8 @@ GGUF_INLINE void gguf_kscales8(const int qt, const uint8_t *const *p, int64_t s,
             const __m256i v = gguf_words8(p, at + 192 + 4 * q);  /* scales 4q .. 4q + 3: blocks 2q, 2q + 1 */
             for (int h = 0; h < 2; ++h) {
                 GgufScales8 *o = out + 2 * q + h;
-                o->ws = d, o->wm = _mm256_setzero_ps();
-                o->ka = gguf_byte8(v, 2 * h, 1), o->kb = gguf_byte8(v, 2 * h + 1, 1);
+                o->ws = _mm256_mul_ps(d, _mm256_cvtepi32_ps(gguf_byte8(v, 2 * h, 1)));
+                o->wm = _mm256_mul_ps(d, _mm256_cvtepi32_ps(gguf_byte8(v, 2 * h + 1, 1)));
             }
         }
         return;
@@ -91,7 +89,6 @@ GGUF_INLINE void gguf_kscales8(const int qt, const uint8_t *const *p, int64_t s,
         }
         out[j].ws = _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc));
         out[j].wm = _mm256_xor_ps(_mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m)), _mm256_set1_ps(-0.f));
-        out[j].ka = out[j].kb = _mm256_setzero_si256();
     }
 }
 
@@ -130,22 +127,24 @@ GGUF_INLINE __m256i gguf_wblock(const int qt, const uint8_t *row, int64_t b) {
     }
 }
 
-/* the float steps for 8 rows of block b, from their exact int sums i1, i2 (rows in lanes) */
-GGUF_INLINE __m256 gguf_steps8(const int qt, const int parts, __m256i i1, __m256i i2, const GgufScales8 *s,
-                               const GgufTok *t, __m256 acc) {
+/* the float steps for 8 rows of block b, from the exact int sums of each part's 16-input halves (rows in
+ * lanes; the types with one step per block may pass each part's total as its first half, zeros as the
+ * second) */
+GGUF_INLINE __m256 gguf_steps8(const int qt, const int parts, __m256i i1a, __m256i i1b, __m256i i2a, __m256i i2b,
+                               const GgufScales8 *s, const GgufTok *t, __m256 acc) {
     const int off = gguf_offset(qt);
+    const __m256i k = _mm256_set1_epi32(254);
+    __m256i ia = parts == 2 ? _mm256_add_epi32(_mm256_mullo_epi32(i1a, k), i2a) : i1a;
+    const __m256 dx = _mm256_set1_ps(t->dx);
     if (qt == GGUF_Q6_K) {
-        i1 = _mm256_sub_epi32(i1, _mm256_slli_epi32(_mm256_add_epi32(_mm256_mullo_epi32(s->ka, _mm256_set1_epi32(t->bs1[0])),
-                                                                     _mm256_mullo_epi32(s->kb, _mm256_set1_epi32(t->bs1[1]))), 5));
-        if (parts == 2)
-            i2 = _mm256_sub_epi32(i2, _mm256_slli_epi32(_mm256_add_epi32(_mm256_mullo_epi32(s->ka, _mm256_set1_epi32(t->bs2[0])),
-                                                                         _mm256_mullo_epi32(s->kb, _mm256_set1_epi32(t->bs2[1]))), 5));
-    } else if (off) {
-        i1 = _mm256_sub_epi32(i1, _mm256_set1_epi32(off * (t->bs1[0] + t->bs1[1])));
-        i2 = _mm256_sub_epi32(i2, _mm256_set1_epi32(off * (t->bs2[0] + t->bs2[1])));
+        __m256i ib = parts == 2 ? _mm256_add_epi32(_mm256_mullo_epi32(i1b, k), i2b) : i1b;
+        ia = _mm256_sub_epi32(ia, _mm256_set1_epi32(32 * t->bs[0]));
+        ib = _mm256_sub_epi32(ib, _mm256_set1_epi32(32 * t->bs[1]));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), _mm256_mul_ps(s->ws, dx), acc);
+        return _mm256_fmadd_ps(_mm256_cvtepi32_ps(ib), _mm256_mul_ps(s->wm, dx), acc);
     }
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_mul_ps(s->ws, _mm256_set1_ps(t->dx1)), acc);
-    if (parts == 2) acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i2), _mm256_mul_ps(s->ws, _mm256_set1_ps(t->dx2)), acc);
+    if (off) ia = _mm256_sub_epi32(ia, _mm256_set1_epi32(off * (t->bs[0] + t->bs[1])));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), _mm256_mul_ps(s->ws, dx), acc);
     if (gguf_has_min(qt)) acc = _mm256_fmadd_ps(s->wm, _mm256_set1_ps(t->sx), acc);
     return acc;
 }
@@ -192,8 +191,9 @@ GGUF_INLINE __m512i gguf_wblock2(const int qt, const uint8_t *row, int64_t b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(w), w, 1);
 }
 
-/* 8 rows' 16 partial sums (part 1 in lanes 0-7, part 2 in 8-15) -> [part 1 of rows 0-7, part 2 of rows 0-7] */
-GGUF_INLINE __m512i gguf_fold16(const __m512i *v) {
+/* 8 rows' 16 partial sums (part 1 in lanes 0-7, part 2 in 8-15) -> the totals of the 16-input halves:
+ * a = [part 1 of rows 0-7, part 2 of rows 0-7] over inputs 0-15, b the same over 16-31 */
+GGUF_INLINE void gguf_fold16h(const __m512i *v, __m512i *a, __m512i *b) {
     __m512i t[4];
     for (int i = 0; i < 4; ++i)  /* per 128-bit lane: [a0 + a2, b0 + b2, a1 + a3, b1 + b3] */
         t[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
@@ -201,9 +201,9 @@ GGUF_INLINE __m512i gguf_fold16(const __m512i *v) {
     const __m512i lo = _mm512_add_epi32(_mm512_unpacklo_epi64(t[0], t[1]), _mm512_unpackhi_epi64(t[0], t[1]));
     const __m512i hi = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2], t[3]), _mm512_unpackhi_epi64(t[2], t[3]));
     /* 128-bit lanes of lo / hi: part 1 (inputs' lanes 0-3), part 1 (4-7), part 2 (0-3), part 2 (4-7) */
-    const __m512i s = _mm512_add_epi32(_mm512_shuffle_i32x4(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)),
-                                       _mm512_shuffle_i32x4(lo, hi, _MM_SHUFFLE(3, 1, 3, 1)));
-    return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15), s);
+    const __m512i order = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
+    *a = _mm512_permutexvar_epi32(order, _mm512_shuffle_i32x4(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)));
+    *b = _mm512_permutexvar_epi32(order, _mm512_shuffle_i32x4(lo, hi, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 /* rows p[0..7] x one token's records -> res[8] */
@@ -218,24 +218,17 @@ GGUF_INLINE void gguf_rows8_fused(const int qt, const int parts, const uint8_t *
         gguf_prefetch_next(qt, pf, b);
         if (kq && b % 8 == 0) gguf_kscales8(qt, p, b / 8, ks);
         const GgufScales8 s = kq ? ks[b % 8] : gguf_scales8(qt, p, b);
-        int32_t kab[8];  /* Q6_K: each row's two half scales as int16 pairs */
-        if (qt == GGUF_Q6_K)
-            _mm256_storeu_si256((__m256i *)kab, _mm256_or_si256(_mm256_and_si256(s.ka, _mm256_set1_epi32(0xffff)),
-                                                                _mm256_slli_epi32(s.kb, 16)));
-        const long long lo = 0x0100010001000100LL, hi = 0x0302030203020302LL;  /* sa's bytes, sb's */
-        __m512i v[8];
-        for (int r = 0; r < 8; ++r) {
-            const __m512i w = gguf_wblock2(qt, p[r], b);
-            if (qt == GGUF_Q6_K) {  /* the halves' scales come in with the pair sums: sa x 8, sb x 8, twice */
-                const __m512i k = _mm512_shuffle_epi8(_mm512_set1_epi32(kab[r]),
-                                                      _mm512_setr_epi64(lo, lo, hi, hi, lo, lo, hi, hi));
-                v[r] = _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), k);
-            } else {
-                v[r] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
-            }
+        __m512i v[8], ha, hb;
+        for (int r = 0; r < 8; ++r) v[r] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), gguf_wblock2(qt, p[r], b), x);
+        gguf_fold16h(v, &ha, &hb);
+        const __m256i z = _mm256_setzero_si256();
+        if (qt == GGUF_Q6_K) {
+            acc = gguf_steps8(qt, parts, _mm512_castsi512_si256(ha), _mm512_castsi512_si256(hb),
+                              _mm512_extracti64x4_epi64(ha, 1), _mm512_extracti64x4_epi64(hb, 1), &s, t, acc);
+        } else {
+            const __m512i i = _mm512_add_epi32(ha, hb);
+            acc = gguf_steps8(qt, parts, _mm512_castsi512_si256(i), z, _mm512_extracti64x4_epi64(i, 1), z, &s, t, acc);
         }
-        const __m512i i = gguf_fold16(v);
-        acc = gguf_steps8(qt, parts, _mm512_castsi512_si256(i), _mm512_extracti64x4_epi64(i, 1), &s, t, acc);
     }
     _mm256_storeu_ps(res, acc);
 }
@@ -252,17 +245,21 @@ GGUF_INLINE void gguf_rows8_fused(const int qt, const int parts, const uint8_t *
         gguf_prefetch_next(qt, pf, b);
         if (kq && b % 8 == 0) gguf_kscales8(qt, p, b / 8, ks);
         const GgufScales8 s = kq ? ks[b % 8] : gguf_scales8(qt, p, b);
-        int32_t ka8[8], kb8[8];
-        if (qt == GGUF_Q6_K)
-            _mm256_storeu_si256((__m256i *)ka8, s.ka), _mm256_storeu_si256((__m256i *)kb8, s.kb);
         __m256i v1[8], v2[8];
         for (int r = 0; r < 8; ++r) {
             const __m256i w = gguf_wblock(qt, p[r], b);
-            const int32_t ka = qt == GGUF_Q6_K ? ka8[r] : 0, kb = qt == GGUF_Q6_K ? kb8[r] : 0;
-            v1[r] = gguf_dot32(qt, w, x1, ka, kb);
-            if (parts == 2) v2[r] = gguf_dot32(qt, w, x2, ka, kb);
+            v1[r] = gguf_dot32(qt, w, x1);
+            if (parts == 2) v2[r] = gguf_dot32(qt, w, x2);
         }
-        acc = gguf_steps8(qt, parts, gguf_fold8(v1), parts == 2 ? gguf_fold8(v2) : _mm256_setzero_si256(), &s, t, acc);
+        const __m256i z = _mm256_setzero_si256();
+        if (qt == GGUF_Q6_K) {
+            __m256i i1a, i1b, i2a = z, i2b = z;
+            gguf_fold8h(v1, &i1a, &i1b);
+            if (parts == 2) gguf_fold8h(v2, &i2a, &i2b);
+            acc = gguf_steps8(qt, parts, i1a, i1b, i2a, i2b, &s, t, acc);
+        } else {
+            acc = gguf_steps8(qt, parts, gguf_fold8(v1), z, parts == 2 ? gguf_fold8(v2) : z, z, &s, t, acc);
+        }
     }
     _mm256_storeu_ps(res, acc);
 }
