@@ -34,6 +34,8 @@
 
 enum { GGUF_Q4_0 = 2, GGUF_Q4_1 = 3, GGUF_Q5_0 = 6, GGUF_Q5_1 = 7, GGUF_Q8_0 = 8,
        GGUF_Q4_K = 12, GGUF_Q5_K = 13, GGUF_Q6_K = 14 };
+/* One case per type, for the dispatch switches that compile a kernel per constant type: X(type) each. */
+#define GGUF_EACH_TYPE(X) X(GGUF_Q4_0) X(GGUF_Q4_1) X(GGUF_Q5_0) X(GGUF_Q5_1) X(GGUF_Q8_0) X(GGUF_Q4_K) X(GGUF_Q5_K) X(GGUF_Q6_K)
 
 #ifdef GGUF_VNNI
 #define GGUF_Q8_OFFSET 128 /* Q8_0 unpacked as q + 128: vpdpbusd's unsigned side */

@@ -37,16 +37,9 @@ static void gguf_chunk_groups(int qt, int parts, const uint8_t *u, int64_t K, co
     if (!reference) {
     /* constant types and parts: each case compiles to its own unrolled kernel */
 #define GGUF_BOTH(Q) if (parts == 2) { GGUF_RUN(Q, 2); } else { GGUF_RUN(Q, 1); } break
-    switch (qt) {
-        case GGUF_Q4_0: GGUF_BOTH(GGUF_Q4_0);
-        case GGUF_Q4_1: GGUF_BOTH(GGUF_Q4_1);
-        case GGUF_Q5_0: GGUF_BOTH(GGUF_Q5_0);
-        case GGUF_Q5_1: GGUF_BOTH(GGUF_Q5_1);
-        case GGUF_Q8_0: GGUF_BOTH(GGUF_Q8_0);
-        case GGUF_Q4_K: GGUF_BOTH(GGUF_Q4_K);
-        case GGUF_Q5_K: GGUF_BOTH(GGUF_Q5_K);
-        case GGUF_Q6_K: GGUF_BOTH(GGUF_Q6_K);
-    }
+#define GGUF_CASE(Q) case Q: GGUF_BOTH(Q);
+    switch (qt) { GGUF_EACH_TYPE(GGUF_CASE) }
+#undef GGUF_CASE
     return;
     }
 #undef GGUF_BOTH

@@ -277,16 +277,9 @@ static void gguf_chunk_token_fused(int qt, int parts, const uint8_t *w, int64_t 
     if (parts == 2) gguf_rows8_fused(Q, 2, p, pf, K, tok, res);                              \
     else gguf_rows8_fused(Q, 1, p, pf, K, tok, res);                                         \
     return
-    switch (qt) {
-        case GGUF_Q4_0: GGUF_BOTH(GGUF_Q4_0);
-        case GGUF_Q4_1: GGUF_BOTH(GGUF_Q4_1);
-        case GGUF_Q5_0: GGUF_BOTH(GGUF_Q5_0);
-        case GGUF_Q5_1: GGUF_BOTH(GGUF_Q5_1);
-        case GGUF_Q8_0: GGUF_BOTH(GGUF_Q8_0);
-        case GGUF_Q4_K: GGUF_BOTH(GGUF_Q4_K);
-        case GGUF_Q5_K: GGUF_BOTH(GGUF_Q5_K);
-        case GGUF_Q6_K: GGUF_BOTH(GGUF_Q6_K);
-    }
+#define GGUF_CASE(Q) case Q: GGUF_BOTH(Q);
+    switch (qt) { GGUF_EACH_TYPE(GGUF_CASE) }
+#undef GGUF_CASE
 #undef GGUF_BOTH
 }
 #endif
