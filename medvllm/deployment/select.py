@@ -33,7 +33,7 @@ def _quantized_gguf(model: memory.ModelInfo | None) -> bool:
 RULES = (
     # the file's own blocks: the answers of the file (docs/QUALITY.md), at its size in memory
     Rule(
-        "no CUDA GPU, a quantized GGUF model",
+        "no CUDA GPU, a quantized GGUF model: its own blocks keep the file's answers at the file's size",
         lambda hw, model: not hw.has_cuda and _quantized_gguf(model),
         ("cpu_gguf",),
     ),
