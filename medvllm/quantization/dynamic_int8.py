@@ -17,11 +17,16 @@ from medvllm.errors import ConfigError
 from medvllm.layers.linear import LinearBase, LinearMethod
 
 
+GROUP = 128  # inputs per scale group (a multiple of 64, the AMX tile depth)
+
+
 @dataclass(frozen=True)
 class Int8Panels:
     panels: torch.Tensor  # int8 [out/16, in/4, 16, 4]
-    scale: torch.Tensor  # float32 [out]
-    col_sums: torch.Tensor  # int32 [out rounded up to 16]
+    scale: torch.Tensor  # float32 [out/16, groups, 16]
+    col_sums: torch.Tensor  # int32 [out/16, groups, 16]
+    group: int  # inputs per group
+    n_out: int
 
     @property
     def nbytes(self) -> int:
@@ -43,10 +48,9 @@ class DynamicInt8Method(LinearMethod):
                 f"quantization_method='dynamic' needs float32 weights on the CPU, got "
                 f"{weight.dtype} on {weight.device}: use dtype='float32' and device='cpu'"
             )
-        panels, scale = native.pack_int8(weight)
-        return Int8Panels(panels, scale, native.column_sums(panels))
+        return Int8Panels(*native.pack_int8(weight, GROUP), GROUP, weight.shape[0])
 
     def apply(self, layer: LinearBase, x: torch.Tensor) -> torch.Tensor:
         p = layer.packed
         bias = None if layer.bias is None else layer.bias.detach()
-        return native.int8_linear(self.native, x, p.panels, p.scale, bias, p.col_sums)
+        return native.int8_linear(self.native, x, p.panels, p.scale, p.col_sums, p.group, p.n_out, bias)

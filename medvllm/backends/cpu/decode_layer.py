@@ -23,7 +23,9 @@ def _weight(layer) -> binding.Weight:
     """A Linear's packed form as the C struct: int8 panels (dynamic int8) or float32 panels."""
     packed = layer.packed
     if hasattr(packed, "panels"):
-        return binding.decode_weight_int8(packed.panels, packed.scale, layer.bias, packed.col_sums)
+        return binding.decode_weight_int8(
+            packed.panels, packed.scale, packed.col_sums, packed.group, packed.n_out, layer.bias
+        )
     return binding.decode_weight_f32(packed, layer.bias, layer.out_features, layer.in_features)
 
 

@@ -73,7 +73,7 @@ class _StepPacked(ctypes.Structure):  # no tail padding: every field right, only
         (
             "Layer",
             _LayerWithWideScale,
-            "struct Layer, field scale: offset 324 size 4 in C, offset 324 size 8 in _Layer",
+            "struct Layer, field scale: offset 356 size 4 in C, offset 356 size 8 in _Layer",
         ),
         ("Step", _StepPacked, "struct Step: size 72 in C, 68 in _StepPacked"),
     ],
@@ -193,10 +193,11 @@ def _int8(**change):
         out=_f(2, 20),
         x=_f(2, 10),
         packed=_f(2, 3, 16, 4, dtype=torch.int8),
-        scale=_f(20),
+        scale=_f(2, 2, 16),  # 12 padded inputs in groups of 8: two groups
+        col_sums=_f(2, 2, 16, dtype=torch.int32),
         bias=None,
+        group=8,
         threads=1,
-        col_sums=_f(32, dtype=torch.int32),
     )
 
 
@@ -300,8 +301,10 @@ BAD = [  # (call, error, the argument the message must name)
     (lambda: binding.f32_panels_pack(_f(10), _f(50), 1), ValueError, "weight: expected 2 dimensions"),
     (_int8(packed=_f(2, 2, 16, 4, dtype=torch.int8)), ValueError, "packed: 8 padded inputs, but x has 10"),
     (_int8(packed=_f(1, 3, 16, 4, dtype=torch.int8)), ValueError, r"packed: expected \[2, in/4, 16, 4\]"),
-    (_int8(col_sums=_f(32)), TypeError, "col_sums: expected torch.int32"),
-    (_int8(scale=_f(20, dtype=torch.bfloat16)), TypeError, "scale: expected torch.float32"),
+    (_int8(col_sums=_f(2, 2, 16)), TypeError, "col_sums: expected torch.int32"),
+    (_int8(scale=_f(2, 2, 16, dtype=torch.bfloat16)), TypeError, "scale: expected torch.float32"),
+    (_int8(scale=_f(2, 1, 16)), ValueError, r"scale: expected shape \(2, 2, 16\)"),
+    (_int8(group=6), ValueError, "group: 6 inputs per scale; use a positive multiple of 4"),
     (_rows(rows=_f(5, 11, dtype=torch.int8)), ValueError, "rows: expected 10 columns"),
     (_rows(out=_f(2, 6)), ValueError, "out: expected shape"),
     (_step(slots=_i(4)), ValueError, "slots: expected shape"),
@@ -312,7 +315,9 @@ BAD = [  # (call, error, the argument the message must name)
     (_layer(intermediate=40), ValueError, r"gate_up: expected a \[80, 32\] weight"),
     (_layer(k_cache=_f(5, 16, 2, 8, dtype=torch.float16)), TypeError, "k_cache: expected torch.float32 or"),
     (
-        lambda: binding.decode_weight_int8(_f(2, 3, 16, 4, dtype=torch.int8), _f(20), _f(21), None),
+        lambda: binding.decode_weight_int8(
+            _f(2, 3, 16, 4, dtype=torch.int8), _f(2, 1, 16), _f(2, 1, 16, dtype=torch.int32), 64, 20, _f(21)
+        ),
         ValueError,
         "bias: expected shape",
     ),
