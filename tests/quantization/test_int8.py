@@ -21,7 +21,7 @@ from medvllm.config import Config
 from medvllm.deployment.merge import build
 from medvllm.errors import ConfigError
 from medvllm.hardware import detect
-from medvllm.layers.int8_rows import QMAX
+from medvllm.layers.int8_rows import QMAX, ROW_GROUP
 from medvllm.layers.linear import ReplicatedLinear
 from medvllm.quantization import METHODS, quantizable_layers
 from medvllm.quantization.dynamic_int8 import GROUP, DynamicInt8Method
@@ -107,7 +107,8 @@ def test_int8_rows_do_not_depend_on_the_batch(kernel):
 def _native_int8_in_torch(x, weight, bias, group):
     """The native kernel's arithmetic written out in torch: symmetric int8 per token and group of inputs
     and per channel and group, exact integer dot products per group (float64 holds them exactly), then
-    the kernel's float32 sum over the groups in order: (sum * token step) * weight step, added up."""
+    the kernel's float32 sum over the groups in order: total = fma(sum, token step * weight step, total),
+    the fused multiply-add in float64 (the product is exact there) rounded once to float32."""
     from medvllm.layers.int8_rows import int8_groups
 
     q, w_scale = int8_groups(weight, group)
@@ -116,8 +117,9 @@ def _native_int8_in_torch(x, weight, bias, group):
         part = slice(start, start + group)
         amax = x[:, part].abs().amax(dim=1)
         inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
-        sums = (torch.round(x[:, part] * inv[:, None]).double() @ q[:, part].double().T).float()
-        total = total + sums * (amax / 127.0)[:, None] * w_scale[None, :, g]
+        sums = torch.round(x[:, part] * inv[:, None]).double() @ q[:, part].double().T
+        steps = (amax / 127.0)[:, None] * w_scale[None, :, g]  # float32, rounded as the kernel rounds it
+        total = (sums * steps.double() + total.double()).float()
     return total + bias
 
 
@@ -180,23 +182,26 @@ def test_int8_keeps_leading_dims_and_zero_rows(kernel):
 
 
 @pytest.mark.skipif(not _native_builds("int8_rows_matmul"), reason="no C compiler")
-def test_int8_rows_head_is_weight_only_math_and_batch_invariant():
-    from medvllm.backends.cpu.int8_linear import int8_rows, int8_rows_linear, native_rows_kernel
+@pytest.mark.parametrize("width,group", [(100, 32), (100, 100), (576, 32), (96, 16)])
+def test_int8_rows_head_is_weight_only_math_and_batch_invariant(width, group):
+    from medvllm.backends.cpu.int8_linear import int8_rows_linear, native_rows_kernel
+    from medvllm.layers.int8_rows import int8_groups
 
     torch.manual_seed(0)
-    weight = torch.randn(203, 100) * 0.1  # rows and width off every blocking (3, 8, 96 rows; 8 lanes)
+    weight = torch.randn(203, width) * 0.1  # rows and width off every blocking (3, 8, 96 rows; 8 lanes)
     weight[5] *= 30
-    q, scale = int8_rows(weight)
-    x = torch.randn(11, 100)
+    weight[7, 3] = 40  # one large weight: its group's step only
+    q, scale = int8_groups(weight, group)
+    x = torch.randn(11, width)
     x[2] *= 50  # activations stay float: an outlier token changes nobody else's rounding
-    out = int8_rows_linear(native_rows_kernel(), x, q, scale)
-    rows_f64 = q.double() * scale.double()[:, None]
+    out = int8_rows_linear(native_rows_kernel(), x, q, scale, group)
+    rows_f64 = q.double() * scale.double().repeat_interleave(group, dim=1)[:, :width]
     exact, magnitude = x.double() @ rows_f64.T, x.double().abs() @ rows_f64.abs().T
     # float32 sums: the rounding is bounded by a few ulps of the sum of the terms' magnitudes
     assert out.shape == (11, 203) and ((out.double() - exact).abs() / magnitude).max() < 1e-6
     for rows in (slice(0, 1), slice(2, 3), slice(4, 9), slice(9, 11)):  # 1-row, 4-token and tail paths
-        assert torch.equal(int8_rows_linear(native_rows_kernel(), x[rows], q, scale), out[rows])
-    assert int8_rows_linear(native_rows_kernel(), x.view(1, 11, 100), q, scale).shape == (1, 11, 203)
+        assert torch.equal(int8_rows_linear(native_rows_kernel(), x[rows], q, scale, group), out[rows])
+    assert int8_rows_linear(native_rows_kernel(), x.view(1, 11, width), q, scale, group).shape == (1, 11, 203)
 
 
 def _two_part_head_in_torch(x, q, scale):
@@ -213,23 +218,24 @@ def _two_part_head_in_torch(x, q, scale):
     return (sum_a * s1 + sum_b * s2) * scale
 
 
-@pytest.mark.skipif(not _rows_kernel_builds() or not rows_kernel_uses_amx(128), reason="no AMX here")
+@pytest.mark.skipif(not _rows_kernel_builds() or not rows_kernel_uses_amx(128, 128), reason="no AMX here")
 def test_int8_rows_on_amx_is_the_two_part_integer_math_and_batch_invariant():
-    from medvllm.backends.cpu.int8_linear import int8_rows, int8_rows_linear, native_rows_kernel
+    from medvllm.backends.cpu.int8_linear import int8_rows_linear, native_rows_kernel
+    from medvllm.layers.int8_rows import int8_groups
 
     torch.manual_seed(1)
     weight = torch.randn(203, 128) * 0.1  # a last partial tile of rows
-    q, scale = int8_rows(weight)
+    q, scale = int8_groups(weight, 128)  # one scale per row: what the AMX kernel takes
     x = torch.randn(37, 128)  # two token tiles and a partial one
     x[2] *= 50
     x[5] = 0
-    out = int8_rows_linear(native_rows_kernel(), x, q, scale)
-    assert torch.equal(out, _two_part_head_in_torch(x, q, scale))
+    out = int8_rows_linear(native_rows_kernel(), x, q, scale, 128)
+    assert torch.equal(out, _two_part_head_in_torch(x, q, scale[:, 0]))
     for rows in (slice(0, 1), slice(2, 3), slice(4, 20), slice(30, 37)):
-        assert torch.equal(int8_rows_linear(native_rows_kernel(), x[rows], q, scale), out[rows])
+        assert torch.equal(int8_rows_linear(native_rows_kernel(), x[rows], q, scale, 128), out[rows])
     # the two parts carry ~16 bits: within max|x| / 64516 per input of the float32-input result
-    exact = x.double() @ (q.double() * scale.double()[:, None]).T
-    bound = x.abs().amax(dim=1, keepdim=True).double() / 64516 * (q.double() * scale.double()[:, None]).abs().sum(1)
+    exact = x.double() @ (q.double() * scale.double()).T
+    bound = x.abs().amax(dim=1, keepdim=True).double() / 64516 * (q.double() * scale.double()).abs().sum(1)
     assert ((out.double() - exact).abs() <= bound * 1.01 + 1e-6).all()
 
 
@@ -285,7 +291,7 @@ def test_int8_default_model_quantizes_every_linear_and_shares_one_int8_table_for
     head, embedding = model.lm_head, model.model.embed_tokens
     assert info["lm_head"] == head.method.name and info["quantization"]["embedding"] == "int8-rows"
     # the tied head and the embedding read the same int8 rows; no float table left
-    expected = "int8-rows-2x8" if rows_kernel_uses_amx(head.packed.rows.shape[1]) else "int8-rows"
+    expected = "int8-rows-2x8" if rows_kernel_uses_amx(head.packed.rows.shape[1], ROW_GROUP) else "int8-rows"
     assert head.method.name == expected and head.packed.rows is embedding.int8_rows
     assert head.weight.numel() == 0 and embedding.weight.numel() == 0
     assert info["quantization"]["float_layers"] == 0

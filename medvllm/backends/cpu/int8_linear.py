@@ -3,8 +3,9 @@
 - int8_linear.c (dynamic int8): the weight is held once, as int8 in the kernel's panel layout, with one
   float32 scale and one int32 column sum per output channel and group of inputs: 1 byte per weight plus
   8 per group of a row (~6% more at 128 inputs a group).
-- int8_rows_matmul.c (weight-only): plain int8 rows with a scale each, float activations; the LM head
-  uses it, sharing its rows with the token embedding (int8_rows_amx.c where the CPU has AMX).
+- int8_rows_matmul.c (weight-only): plain int8 rows with a scale per row and group of inputs, float
+  activations; the LM head uses it, sharing its rows with the token embedding (int8_rows_amx.c where the
+  CPU has AMX and the rows have one scale each).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from medvllm.backends.cpu.native import binding
-from medvllm.layers.int8_rows import int8_groups, int8_rows
+from medvllm.layers.int8_rows import int8_groups, int8_rows  # noqa: F401 (int8_rows: the head's form)
 
 PANEL = 16  # output columns per packed panel (PANEL in int8_linear.c)
 
@@ -29,11 +30,12 @@ def native_rows_kernel():
     return binding.int8_rows_matmul
 
 
-def rows_kernel_uses_amx(width: int) -> bool:
-    """Whether the weight-only kernel runs on AMX tiles for rows of this width (int8_rows_amx.c:
-    activations as two int8 parts, ~16 bits) rather than with float32 activations."""
+def rows_kernel_uses_amx(width: int, group: int) -> bool:
+    """Whether the weight-only kernel runs on AMX tiles for rows of this width and scale group
+    (int8_rows_amx.c, one scale per row: activations as two int8 parts, ~16 bits) rather than with
+    float32 activations."""
     binding.library()
-    return binding.int8_rows_uses_amx(width)
+    return binding.int8_rows_uses_amx(width, group)
 
 
 def pack_int8(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,11 +82,12 @@ def int8_linear(
     return out.view(*x.shape[:-1], n_out)
 
 
-def int8_rows_linear(kernel, x: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x [..., in] float32 -> [..., out] float32 against int8 rows [out, in] (weight-only: x stays float)."""
+def int8_rows_linear(kernel, x: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor, group: int) -> torch.Tensor:
+    """x [..., in] float32 -> [..., out] float32 against int8 rows [out, in] with scales [out, groups] of
+    `group` inputs (weight-only: x stays float)."""
     flat = x.reshape(-1, x.shape[-1]).contiguous()
     out = torch.empty(flat.shape[0], rows.shape[0], dtype=torch.float32)
-    status = kernel(out, flat, rows, scale, torch.get_num_threads())
+    status = kernel(out, flat, rows, scale, group, torch.get_num_threads())
     if status != 0:
         raise MemoryError("the native int8 head could not allocate its scratch memory")
     return out.view(*x.shape[:-1], rows.shape[0])

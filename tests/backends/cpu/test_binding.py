@@ -208,7 +208,8 @@ def _rows(**change):
         out=_f(2, 5),
         x=_f(2, 10),
         rows=_f(5, 10, dtype=torch.int8),
-        scale=_f(5),
+        scale=_f(5, 1),
+        group=10,
         threads=1,
     )
 
@@ -307,6 +308,8 @@ BAD = [  # (call, error, the argument the message must name)
     (_int8(group=6), ValueError, "group: 6 inputs per scale; use a positive multiple of 4"),
     (_rows(rows=_f(5, 11, dtype=torch.int8)), ValueError, "rows: expected 10 columns"),
     (_rows(out=_f(2, 6)), ValueError, "out: expected shape"),
+    (_rows(scale=_f(5)), ValueError, r"scale: expected shape \(5, 1\)"),
+    (_rows(group=8), ValueError, "group: 8 inputs per scale; use a positive multiple of 16"),
     (_step(slots=_i(4)), ValueError, "slots: expected shape"),
     (_step(sin=_f(64, 16)), ValueError, "sin: expected shape"),
     (_step(positions=_f(3)), TypeError, "positions: expected torch.int64"),

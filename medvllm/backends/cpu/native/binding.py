@@ -107,8 +107,8 @@ _SIGNATURES = {  # name: (restype, argtypes), as the C sources declare them
     "f32_panels_pack": (None, [_P, _P, _I, _I, _INT]),
     "f32_panels_linear": (None, [_P, _P, _P, _P, _I, _I, _I, _INT]),
     "int8_linear": (_INT, [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _INT]),
-    "int8_rows_matmul": (_INT, [_P, _P, _P, _P, _I, _I, _I, _INT]),
-    "int8_rows_uses_amx": (_INT, [_I]),
+    "int8_rows_matmul": (_INT, [_P, _P, _P, _P, _I, _I, _I, _I, _INT]),
+    "int8_rows_uses_amx": (_INT, [_I, _I]),
     "first_max": (None, [_P, _P, _I, _I, _INT]),
     "layout_entries": (_I, []),
     "layout_entry": (_I, [_I, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(_I)]),
@@ -444,9 +444,12 @@ def int8_linear(
     )
 
 
-def int8_rows_matmul(out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor, threads: int) -> int:
-    """int8_rows_matmul.c: out float32 [M, N] from x float32 [M, K], rows int8 [N, K], scale float32 [N].
-    Returns 0, or nonzero when memory ran out."""
+def int8_rows_matmul(
+    out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor, group: int, threads: int
+) -> int:
+    """int8_rows_matmul.c: out float32 [M, N] from x float32 [M, K], rows int8 [N, K], scale float32
+    [N, ceil(K / group)] (group a multiple of 16, or >= K: one scale per row). Returns 0, or nonzero when
+    memory ran out."""
     _check("x", x, torch.float32)
     _dims("x", x, 2)
     _check("rows", rows, torch.int8)
@@ -455,18 +458,20 @@ def int8_rows_matmul(out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, sca
     n = rows.shape[0]
     if rows.shape[1] != width:
         raise ValueError(f"rows: expected {width} columns (x's), got shape {tuple(rows.shape)}")
+    if group <= 0 or (group < width and group % 16):
+        raise ValueError(f"group: {group} inputs per scale; use a positive multiple of 16 (or the row width)")
     _check("scale", scale, torch.float32)
-    _shape("scale", scale, (n,))
+    _shape("scale", scale, (n, -(-width // group)))
     _check("out", out, torch.float32)
     _shape("out", out, (tokens, n))
     return _loaded().int8_rows_matmul(
-        out.data_ptr(), x.data_ptr(), rows.data_ptr(), scale.data_ptr(), tokens, width, n, threads
+        out.data_ptr(), x.data_ptr(), rows.data_ptr(), scale.data_ptr(), tokens, width, n, group, threads
     )
 
 
-def int8_rows_uses_amx(width: int) -> bool:
-    """int8_rows_matmul.c: whether rows of this width take the AMX path."""
-    return bool(_loaded().int8_rows_uses_amx(width))
+def int8_rows_uses_amx(width: int, group: int) -> bool:
+    """int8_rows_matmul.c: whether rows of this width and scale group take the AMX path."""
+    return bool(_loaded().int8_rows_uses_amx(width, group))
 
 
 def first_max(out: torch.Tensor, x: torch.Tensor, threads: int) -> None:

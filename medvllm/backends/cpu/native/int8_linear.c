@@ -9,11 +9,13 @@
  * per AVX2 register. Beside it, per panel and per group of G inputs (G a multiple of 4; the last group
  * may be shorter), 16 float32 weight scales and 16 int32 column sums: [panels, groups, 16] each.
  *
- * Each group's dot product is an exact int32 sum; a token's output is then, in float32, groups in order,
- * every product rounded on its own (no fused multiply-add, -std=c11 keeps C from contracting):
- *     y = ((0 + (float)s_0 * xs_0 * ws_0) + (float)s_1 * xs_1 * ws_1 + ...) + b
+ * Each group's dot product is an exact int32 sum (and exact in float32: |sum| < 2^24); a token's output
+ * is then, in float32, groups in order, with one rounded product of the steps and one fused
+ * multiply-add per group (correctly rounded wherever it runs):
+ *     t_0 = 0,  t_g+1 = fma((float)s_g, xs_g * ws_g, t_g),  y = t_groups + b
  * the same operations on every path, so the result does not depend on the instruction set, the
- * kernel's blocking, the thread count, or the other tokens of the batch.
+ * kernel's blocking, the thread count, or the other tokens of the batch. (-std=c11 keeps C from
+ * contracting anything else.)
  *
  * Products: AVX2 multiplies u8 by s8 and sums pairs into int16. With |x| as the unsigned side and the
  * weight carrying x's sign (vpsignb), a pair sums to at most 2 * 127 * 127 = 32258: no saturation, so
@@ -90,14 +92,16 @@ static inline int32_t load4(const void *p) {
     return v;
 }
 
-/* One group's share of `count` tokens' outputs (16 columns): total += (float)acc * step * w_scale, two
- * roundings and a sum, as the VNNI path does in registers. steps: the first token's step of this group,
- * the next token's `stride` floats on. */
+/* One group's share of `count` tokens' outputs (16 columns): total = fmaf((float)acc, step * w_scale,
+ * total), as the VNNI path does in registers: the product of the steps rounded, then one fused
+ * multiply-add, correctly rounded on every path (an instruction where the target has FMA, else libm's
+ * fmaf). steps: the first token's step of this group, the next token's `stride` floats on. */
 static inline __attribute__((always_inline)) void fold_group(
         const int count, const int32_t (*acc)[PANEL], const float *steps, int64_t stride, const float *ws,
         float (*total)[PANEL]) {
     for (int r = 0; r < count; ++r)
-        for (int c = 0; c < PANEL; ++c) total[r][c] += (float)acc[r][c] * steps[r * stride] * ws[c];
+        for (int c = 0; c < PANEL; ++c)
+            total[r][c] = fmaf((float)acc[r][c], steps[r * stride] * ws[c], total[r][c]);
 }
 
 /* Float sums of `count` tokens x one panel -> their outputs for columns n0.. (+ bias). */
@@ -117,12 +121,14 @@ static inline __attribute__((always_inline)) void panel_rows(
         const float *bias, float *const *out, int64_t n0, int64_t N) {
 #if defined(HAVE_VNNI512)
     (void)q;
+    /* up to 2 tokens, even and odd groups of 4 into separate sums: two chains of vpdpbusd in flight per
+     * token, not one (3 or 4 tokens have enough chains without) */
+    const int split = count <= 2;
     __m512 total[4];
     for (int r = 0; r < count; ++r) total[r] = _mm512_setzero_ps();
     for (int64_t gi = 0, s = 0; s < K4; ++gi, s += G4) {
         const int64_t e = s + G4 < K4 ? s + G4 : K4;
-        /* even and odd groups of 4 into separate sums: two chains of vpdpbusd in flight, not one; the even
-         * chain starts at -128 * the group's column sums, which x + 128 adds back (exact int32 sums) */
+        /* the sums start at -128 * the group's column sums, which x + 128 adds back: exact int32 sums */
         const __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(),
                                                _mm512_slli_epi32(_mm512_loadu_si512(col_sums + PANEL * gi), 7));
         __m512i even[4], odd[4];
@@ -137,7 +143,10 @@ static inline __attribute__((always_inline)) void panel_rows(
             const __m512i w1 = _mm512_loadu_si512((const void *)(panel + 64 * g + 64));
             for (int r = 0; r < count; ++r) {
                 even[r] = _mm512_dpbusd_epi32(even[r], _mm512_set1_epi32(load4(mag[r] + 4 * g)), w0);
-                odd[r] = _mm512_dpbusd_epi32(odd[r], _mm512_set1_epi32(load4(mag[r] + 4 * g + 4)), w1);
+                if (split)
+                    odd[r] = _mm512_dpbusd_epi32(odd[r], _mm512_set1_epi32(load4(mag[r] + 4 * g + 4)), w1);
+                else
+                    even[r] = _mm512_dpbusd_epi32(even[r], _mm512_set1_epi32(load4(mag[r] + 4 * g + 4)), w1);
             }
         }
         if (g < e) {
@@ -148,9 +157,9 @@ static inline __attribute__((always_inline)) void panel_rows(
         /* fold_group's operations, 16 columns at a time */
         const __m512 ws = _mm512_loadu_ps(w_scale + PANEL * gi);
         for (int r = 0; r < count; ++r) {
-            const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(even[r], odd[r])),
-                                           _mm512_set1_ps(steps[r * ng + gi]));
-            total[r] = _mm512_add_ps(total[r], _mm512_mul_ps(v, ws));
+            const __m512i sum = split ? _mm512_add_epi32(even[r], odd[r]) : even[r];
+            total[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(_mm512_set1_ps(steps[r * ng + gi]), ws),
+                                       total[r]);
         }
     }
     const int64_t width = N - n0 < PANEL ? N - n0 : PANEL;
