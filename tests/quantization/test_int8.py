@@ -307,7 +307,7 @@ def test_int8_default_model_quantizes_every_linear_and_shares_one_int8_table_for
         + layer.packed.col_sums.untyped_storage().nbytes()
         for layer in layers.values()
     )
-    assert held <= 0.28 * float_bytes  # 1 byte a weight, 8 bytes per output and group of 128 inputs
+    assert held <= 0.31 * float_bytes  # 1 byte a weight, 6 per output and group of 32 inputs, padding
 
 
 @pytest.mark.slow

@@ -194,7 +194,7 @@ def _int8(**change):
         x=_f(2, 10),
         packed=_f(2, 3, 16, 4, dtype=torch.int8),
         scale=_f(2, 2, 16),  # 12 padded inputs in groups of 8: two groups
-        col_sums=_f(2, 2, 16, dtype=torch.int32),
+        col_sums=_f(2, 2, 16, dtype=torch.int16),
         bias=None,
         group=8,
         threads=1,
@@ -302,10 +302,10 @@ BAD = [  # (call, error, the argument the message must name)
     (lambda: binding.f32_panels_pack(_f(10), _f(50), 1), ValueError, "weight: expected 2 dimensions"),
     (_int8(packed=_f(2, 2, 16, 4, dtype=torch.int8)), ValueError, "packed: 8 padded inputs, but x has 10"),
     (_int8(packed=_f(1, 3, 16, 4, dtype=torch.int8)), ValueError, r"packed: expected \[2, in/4, 16, 4\]"),
-    (_int8(col_sums=_f(2, 2, 16)), TypeError, "col_sums: expected torch.int32"),
+    (_int8(col_sums=_f(2, 2, 16)), TypeError, "col_sums: expected torch.int16"),
     (_int8(scale=_f(2, 2, 16, dtype=torch.bfloat16)), TypeError, "scale: expected torch.float32"),
     (_int8(scale=_f(2, 1, 16)), ValueError, r"scale: expected shape \(2, 2, 16\)"),
-    (_int8(group=6), ValueError, "group: 6 inputs per scale; use a positive multiple of 4"),
+    (_int8(group=6), ValueError, "group: 6 inputs per scale; use a multiple of 4 from 4 to 256"),
     (_rows(rows=_f(5, 11, dtype=torch.int8)), ValueError, "rows: expected 10 columns"),
     (_rows(out=_f(2, 6)), ValueError, "out: expected shape"),
     (_rows(scale=_f(5)), ValueError, r"scale: expected shape \(5, 1\)"),
@@ -319,7 +319,7 @@ BAD = [  # (call, error, the argument the message must name)
     (_layer(k_cache=_f(5, 16, 2, 8, dtype=torch.float16)), TypeError, "k_cache: expected torch.float32 or"),
     (
         lambda: binding.decode_weight_int8(
-            _f(2, 3, 16, 4, dtype=torch.int8), _f(2, 1, 16), _f(2, 1, 16, dtype=torch.int32), 64, 20, _f(21)
+            _f(2, 3, 16, 4, dtype=torch.int8), _f(2, 1, 16), _f(2, 1, 16, dtype=torch.int16), 64, 20, _f(21)
         ),
         ValueError,
         "bias: expected shape",

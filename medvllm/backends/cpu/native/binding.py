@@ -396,12 +396,12 @@ def _int8_panels(packed: torch.Tensor, n_out: int, n_in: int | None) -> int:
 
 def _int8_groups(packed: torch.Tensor, scale: torch.Tensor, col_sums: torch.Tensor, group: int) -> None:
     """Check the per-group scales and column sums beside int8 panels: [panels, groups, 16] each."""
-    if group <= 0 or group % 4:
-        raise ValueError(f"group: {group} inputs per scale; use a positive multiple of 4")
+    if not 0 < group <= 256 or group % 4:  # 256: the column sums are int16
+        raise ValueError(f"group: {group} inputs per scale; use a multiple of 4 from 4 to 256")
     shape = (packed.shape[0], -(-packed.shape[1] * 4 // group), INT8_PANEL)
     _check("scale", scale, torch.float32)
     _shape("scale", scale, shape)
-    _check("col_sums", col_sums, torch.int32)
+    _check("col_sums", col_sums, torch.int16)
     _shape("col_sums", col_sums, shape)
 
 
@@ -416,7 +416,7 @@ def int8_linear(
     threads: int,
 ) -> int:
     """int8_linear.c: out float32 [M, N] from x float32 [M, K], packed int8 panels, in groups of `group`
-    inputs: scale float32 and col_sums int32 [panels, groups, 16]; bias float32 [N] or None. Returns 0, or
+    inputs: scale float32 and col_sums int16 [panels, groups, 16]; bias float32 [N] or None. Returns 0, or
     nonzero when the kernel's scratch memory could not be had."""
     _check("x", x, torch.float32)
     _dims("x", x, 2)
@@ -495,7 +495,7 @@ def decode_weight_int8(
     bias: torch.Tensor | None,
 ) -> Weight:
     """A Weight on int8 panels (int8_linear's layout) of n_out columns, in groups of `group` inputs: scale
-    float32 and col_sums int32 [panels, groups, 16]; bias float32 [n_out] or None."""
+    float32 and col_sums int16 [panels, groups, 16]; bias float32 [n_out] or None."""
     k_padded = _int8_panels(panels, n_out, None)
     _int8_groups(panels, scale, col_sums, group)
     b = _optional("bias", bias, torch.float32, (n_out,))

@@ -23,7 +23,7 @@ typedef struct {
     const float *bias;
     int64_t n_out, k_padded;
     const float *f32_panels;
-    const int32_t *col_sums;  /* int8: each column's weight sum per group, [panels, groups, 16] */
+    const int16_t *col_sums;  /* int8: each column's weight sum per group, [panels, groups, 16] */
     int64_t group;            /* int8: inputs per scale group */
 } Weight;
 

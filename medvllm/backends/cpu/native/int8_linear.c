@@ -6,8 +6,9 @@
  *
  * Packed weight: panels of 16 output columns; in a panel, for each group of 4 inputs, 64 bytes holding
  * column c's 4 values at [4c, 4c + 4). One 32-bit broadcast of a token's 4 inputs then meets 8 columns
- * per AVX2 register. Beside it, per panel and per group of G inputs (G a multiple of 4; the last group
- * may be shorter), 16 float32 weight scales and 16 int32 column sums: [panels, groups, 16] each.
+ * per AVX2 register. Beside it, per panel and per group of G inputs (G a multiple of 4 up to 256; the
+ * last group may be shorter), 16 float32 weight scales and 16 int16 column sums (|sum| <= 127 G):
+ * [panels, groups, 16] each.
  *
  * Each group's dot product is an exact int32 sum (and exact in float32: |sum| < 2^24); a token's output
  * is then, in float32, groups in order, with one rounded product of the steps and one fused
@@ -117,7 +118,7 @@ static inline __attribute__((always_inline)) void store_panel(
  * group size in groups of 4 inputs. */
 static inline __attribute__((always_inline)) void panel_rows(
         const int count, const int8_t *const *q, const uint8_t *const *mag, const float *steps, int64_t ng,
-        const int8_t *panel, int64_t K4, int64_t G4, const float *w_scale, const int32_t *col_sums,
+        const int8_t *panel, int64_t K4, int64_t G4, const float *w_scale, const int16_t *col_sums,
         const float *bias, float *const *out, int64_t n0, int64_t N) {
 #if defined(HAVE_VNNI512)
     (void)q;
@@ -129,8 +130,9 @@ static inline __attribute__((always_inline)) void panel_rows(
     for (int64_t gi = 0, s = 0; s < K4; ++gi, s += G4) {
         const int64_t e = s + G4 < K4 ? s + G4 : K4;
         /* the sums start at -128 * the group's column sums, which x + 128 adds back: exact int32 sums */
-        const __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                               _mm512_slli_epi32(_mm512_loadu_si512(col_sums + PANEL * gi), 7));
+        const __m512i start = _mm512_sub_epi32(
+            _mm512_setzero_si512(),
+            _mm512_slli_epi32(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(col_sums + PANEL * gi))), 7));
         __m512i even[4], odd[4];
         for (int r = 0; r < count; ++r) even[r] = start, odd[r] = _mm512_setzero_si512();
         int64_t g = s;
@@ -211,10 +213,10 @@ static inline __attribute__((always_inline)) void panel_rows(
 #include "int8_linear_amx.c"
 
 /* x [M, K] float32, packed weight of N columns and Kp = K rounded up to 4, in groups of G inputs (a
- * multiple of 4); w_scale float32 and col_sums int32 (each column's weight sum over the group, the VNNI
- * path's correction): [panels, groups, 16]; bias [N] or NULL; out [M, N] float32. Returns 0, or 1 when
+ * multiple of 4 up to 256); w_scale float32 and col_sums int16 (each column's weight sum over the group,
+ * the VNNI path's correction): [panels, groups, 16]; bias [N] or NULL; out [M, N] float32. Returns 0, or 1 when
  * scratch memory cannot be had. */
-int int8_linear(float *out, const float *x, const int8_t *packed, const float *w_scale, const int32_t *col_sums,
+int int8_linear(float *out, const float *x, const int8_t *packed, const float *w_scale, const int16_t *col_sums,
                 const float *bias, int64_t M, int64_t K, int64_t N, int64_t Kp, int64_t G, int threads) {
     const int64_t ng = (Kp + G - 1) / G;
     /* rows held: M, or M rounded up to whole tiles when AMX takes every token */
@@ -249,7 +251,7 @@ int int8_linear(float *out, const float *x, const int8_t *packed, const float *w
         for (int64_t p = 0; p < panels; ++p) {
             const int8_t *panel = packed + p * PANEL * Kp;
             const float *ws = w_scale + p * ng * PANEL;
-            const int32_t *cs = col_sums + p * ng * PANEL;
+            const int16_t *cs = col_sums + p * ng * PANEL;
             const int64_t end = first + (b + 1) * ROW_BLOCK < M ? first + (b + 1) * ROW_BLOCK : M;
             for (int64_t m = first + b * ROW_BLOCK; m < end; m += 4) {
                 const int8_t *qs[4];
