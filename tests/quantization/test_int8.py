@@ -2,8 +2,10 @@
 model's output quality against our float32 engine (itself checked against transformers elsewhere).
 
 Quality thresholds (teacher-forced over two clinical passages, 218 tokens): mean KL(fp32 || int8)
-<= 0.15 nats and top-1 agreement >= 0.80. Measured here (native kernel): KL 0.054, p99 0.52, top-1 0.90. For
-comparison torch.ao's quantize_dynamic (per-tensor weights, LM head included) measured KL 1.47, top-1 0.42.
+<= 0.015 nats and top-1 agreement >= 0.93. Measured here (native kernel, scales per 32 inputs): KL 0.0057,
+p99 0.041, top-1 0.963; with one scale per weight row and per token it was KL 0.054, p99 0.52, top-1 0.90.
+For comparison torch.ao's quantize_dynamic (per-tensor weights, LM head included) measured KL 1.47, top-1
+0.42.
 """
 
 from __future__ import annotations
@@ -318,7 +320,7 @@ def test_int8_no_warnings_reach_the_user(int8_llm):
 @pytest.mark.slow
 def test_int8_default_model_close_to_float32(default_llm, int8_llm):
     q = teacher_forced(default_llm, int8_llm, default_llm.tokenizer)
-    assert q["kl_mean"] <= 0.15 and q["top1"] >= 0.80, q
+    assert q["kl_mean"] <= 0.015 and q["top1"] >= 0.93, q
 
 
 @pytest.mark.slow
