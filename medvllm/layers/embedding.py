@@ -13,15 +13,16 @@ from torch import nn
 
 from medvllm.distributed.parallel import SINGLE, TensorParallel
 from medvllm.distributed.partition import split, split_sizes
-from medvllm.layers.int8_rows import int8_rows
+from medvllm.layers.int8_rows import dequantize, int8_rows
 from medvllm.layers.linear import UNQUANTIZED, ColumnParallelLinear, LinearMethod
 
 
 class VocabParallelEmbedding(nn.Module):
     """`form` says how the table is held once loaded:
     - "float": the checkpoint's rows in the model's dtype;
-    - "int8-rows": int8 rows with one float32 scale each (symmetric), the float rows freed. A looked-up
-      row is then q * scale in float32: a quarter of the memory, each value within half a step;
+    - "int8-rows": int8 rows with one float32 scale per row and group of inputs (symmetric,
+      layers/int8_rows.py), the float rows freed. A looked-up row is then q * scale in float32: about a
+      quarter of the memory, each value within half its group's step of the original;
     - "gguf": a GGUF file's own blocks (a BlockTensor), never expanded: a looked-up row is decoded to
       exactly the floats the float loader makes from the file."""
 
@@ -57,7 +58,7 @@ class VocabParallelEmbedding(nn.Module):
         if self.int8_rows is None:
             return F.embedding(ids, self.weight)
         flat = ids.reshape(-1)
-        rows = self.int8_rows.index_select(0, flat).float().mul_(self.row_scale.index_select(0, flat)[:, None])
+        rows = dequantize(self.int8_rows.index_select(0, flat), self.row_scale.index_select(0, flat))
         return rows.view(*ids.shape, self.hidden_size)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,10 @@
 model's output quality against our float32 engine (itself checked against transformers elsewhere).
 
 Quality thresholds (teacher-forced over two clinical passages, 218 tokens): mean KL(fp32 || int8)
-<= 0.15 nats and top-1 agreement >= 0.80. Measured here (native kernel): KL 0.054, p99 0.52, top-1 0.90. For
-comparison torch.ao's quantize_dynamic (per-tensor weights, LM head included) measured KL 1.47, top-1 0.42.
+<= 0.015 nats and top-1 agreement >= 0.93. Measured here (native kernel, scales per 32 inputs): KL 0.0057,
+p99 0.041, top-1 0.963; with one scale per weight row and per token it was KL 0.054, p99 0.52, top-1 0.90.
+For comparison torch.ao's quantize_dynamic (per-tensor weights, LM head included) measured KL 1.47, top-1
+0.42.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from medvllm.config import Config
 from medvllm.deployment.merge import build
 from medvllm.errors import ConfigError
 from medvllm.hardware import detect
-from medvllm.layers.int8_rows import QMAX
+from medvllm.layers.int8_rows import QMAX, ROW_GROUP
 from medvllm.layers.linear import ReplicatedLinear
 from medvllm.quantization import METHODS, quantizable_layers
-from medvllm.quantization.dynamic_int8 import DynamicInt8Method
+from medvllm.quantization.dynamic_int8 import GROUP, DynamicInt8Method
 from tests.quant_quality import max_ngram_repeats, teacher_forced
 
 
@@ -59,15 +61,20 @@ def _quantized(**kwargs):
     return layer
 
 
-def _reference(weight: torch.Tensor, bias, x: torch.Tensor, weight_qmax: int) -> torch.Tensor:
-    """Per-output-channel symmetric weights (|q| <= weight_qmax), per-token activations, in float64."""
-    w = weight.double()
-    w_scale = w.abs().amax(1, keepdim=True) / weight_qmax
-    w_q = torch.round(w / w_scale) * w_scale
-    x = x.double()
-    x_scale = x.abs().amax(-1, keepdim=True) / 127
-    x_q = torch.round(x / x_scale) * x_scale
-    return F.linear(x_q, w_q, None if bias is None else bias.double())
+def _grouped(t: torch.Tensor, group: int) -> torch.Tensor:
+    """Symmetric int8 per row and group of `group` values along the last dim (the last group shorter),
+    dequantized, in float64."""
+    t = t.double()
+    parts = []
+    for part in t.split(group, dim=-1):
+        step = part.abs().amax(-1, keepdim=True) / QMAX
+        parts.append(torch.round(part / step.clamp(min=1e-30)) * step)
+    return torch.cat(parts, dim=-1)
+
+
+def _reference(weight: torch.Tensor, bias, x: torch.Tensor, group: int) -> torch.Tensor:
+    """Weights per output channel and group of inputs, activations per token and group, in float64."""
+    return F.linear(_grouped(x, group), _grouped(weight, group), None if bias is None else bias.double())
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -79,7 +86,7 @@ def test_int8_linear_matches_quantized_math_and_frees_the_float_weight(kernel):
     layer = _quantized(n_in=98, n_out=83)
     method = layer.method
     out = layer(x)
-    exact, ref = F.linear(x, weight, bias).double(), _reference(weight, bias, x, QMAX)
+    exact, ref = F.linear(x, weight, bias).double(), _reference(weight, bias, x, GROUP)
     assert layer.weight.numel() == 0 and layer.method.name == "dynamic-int8" and method.kernel == kernel
     # native: exact int32 sums, so float rounding only; fbgemm's u8 activation grid (255 steps over
     # [-1, 1]) is the int8 grid up to rounding details
@@ -99,46 +106,71 @@ def test_int8_rows_do_not_depend_on_the_batch(kernel):
     assert torch.equal(layer(x[62:67]), batched[62:67])
 
 
-def _native_int8_in_torch(x, weight, bias):
-    """The native kernel's arithmetic written out in torch: per-token and per-channel symmetric int8,
-    exact integer dot products (float64 holds them exactly), then the kernel's float32 epilogue."""
-    from medvllm.layers.int8_rows import int8_rows
+def _native_int8_in_torch(x, weight, bias, group):
+    """The native kernel's arithmetic written out in torch: symmetric int8 per token and group of inputs
+    and per channel and group, exact integer dot products per group (float64 holds them exactly), then
+    the kernel's float32 sum over the groups in order: total = fma(sum, token step * weight step, total),
+    the fused multiply-add in float64 (the product is exact there) rounded once to float32."""
+    from medvllm.layers.int8_rows import int8_groups
 
-    q, w_scale = int8_rows(weight)
-    amax = x.abs().amax(dim=1)
-    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
-    sums = torch.round(x * inv[:, None]).double() @ q.double().T
-    return sums.float() * (amax / 127.0)[:, None] * w_scale[None, :] + bias
+    q, w_scale = int8_groups(weight, group)
+    total = torch.zeros(x.shape[0], weight.shape[0])
+    for g, start in enumerate(range(0, x.shape[1], group)):
+        part = slice(start, start + group)
+        amax = x[:, part].abs().amax(dim=1)
+        inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+        sums = torch.round(x[:, part] * inv[:, None]).double() @ q[:, part].double().T
+        steps = (amax / 127.0)[:, None] * w_scale[None, :, g]  # float32, rounded as the kernel rounds it
+        total = (sums * steps.double() + total.double()).float()
+    return total + bias
 
 
 @pytest.mark.skipif(not _native_builds(), reason="no C compiler")
 @pytest.mark.parametrize(
-    "rows,n_in,n_out",
+    "rows,n_in,n_out,group",
     [
-        (1, 128, 40),
-        (4, 128, 40),
-        (5, 64, 16),
-        (15, 128, 40),
-        (16, 128, 48),
-        (17, 128, 33),
-        (70, 192, 200),
-        (48, 576, 80),
-        (33, 96, 50),
+        (1, 128, 40, 64),
+        (4, 128, 40, 128),
+        (5, 64, 16, 64),
+        (15, 128, 40, 64),
+        (16, 128, 48, 128),
+        (17, 128, 33, 64),
+        (70, 192, 200, 128),  # a last group of 64 inputs
+        (48, 576, 80, 128),  # the default model's width: 4 groups of 128 and one of 64
+        (33, 96, 50, 64),  # a last group of 32: AMX stands aside
+        (9, 98, 21, 8),  # a last group of 2 inputs padded to 4, odd groups of 4 in each group
+        (3, 40, 17, 4),
     ],
 )
-def test_native_int8_linear_is_the_exact_integer_math_on_every_path(rows, n_in, n_out):
-    # whichever path this CPU takes (AMX for every token from 5 on when the input width is a multiple of
-    # 64, the last tile padded; AVX-512 VNNI or AVX2 otherwise), the int32 sums are exact: equal to the bit
-    from medvllm.backends.cpu.int8_linear import column_sums, int8_linear, native_int8_kernel, pack_int8
+def test_native_int8_linear_is_the_exact_integer_math_on_every_path(rows, n_in, n_out, group):
+    # whichever path this CPU takes (AMX for every token from 5 on when the input width and the group are
+    # multiples of 64, the last tile padded; AVX-512 VNNI or AVX2 otherwise), the int32 sums of each group
+    # are exact and the float steps after them the same: equal to the bit
+    from medvllm.backends.cpu.int8_linear import int8_linear, native_int8_kernel, pack_int8
 
     torch.manual_seed(rows)
     weight, x, bias = torch.randn(n_out, n_in), torch.randn(rows, n_in), torch.randn(n_out)
     x[0] *= 30
-    packed, scale = pack_int8(weight)
-    expected = _native_int8_in_torch(x, weight, bias)
-    # the column sums packed beside the weight, or summed by the kernel at the call: the same bits
-    assert torch.equal(int8_linear(native_int8_kernel(), x, packed, scale, bias, column_sums(packed)), expected)
-    assert torch.equal(int8_linear(native_int8_kernel(), x, packed, scale, bias), expected)
+    x[-1, n_in // 2] = 40  # one outlier input: its group's step only
+    panels, scale, sums = pack_int8(weight, group)
+    out = int8_linear(native_int8_kernel(), x, panels, scale, sums, group, n_out, bias)
+    assert torch.equal(out, _native_int8_in_torch(x, weight, bias, group))
+
+
+@pytest.mark.skipif(not _native_builds(), reason="no C compiler")
+def test_an_outlier_input_costs_precision_to_its_own_group_only():
+    # activation outliers (a few inputs far larger than the rest) are what made per-token scales lossy
+    from medvllm.backends.cpu.int8_linear import int8_linear, native_int8_kernel, pack_int8
+
+    torch.manual_seed(0)
+    weight, x = torch.randn(64, 512) * 0.05, torch.randn(8, 512)
+    x[:, 7] = 200
+    weight[:, :128] = 0  # the outlier's group adds nothing: what is left is the other groups' rounding
+    panels, scale, sums = pack_int8(weight, 128)
+    out = int8_linear(native_int8_kernel(), x, panels, scale, sums, 128, 64, None).double()
+    exact = x.double() @ weight.double().T
+    per_token = _grouped(x, 512) @ _grouped(weight, 512).T  # one step per token and per channel
+    assert (out - exact).norm() < (per_token - exact).norm() / 10
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -152,23 +184,27 @@ def test_int8_keeps_leading_dims_and_zero_rows(kernel):
 
 
 @pytest.mark.skipif(not _native_builds("int8_rows_matmul"), reason="no C compiler")
-def test_int8_rows_head_is_weight_only_math_and_batch_invariant():
-    from medvllm.backends.cpu.int8_linear import int8_rows, int8_rows_linear, native_rows_kernel
+@pytest.mark.parametrize("width,group", [(100, 32), (100, 100), (576, 32), (96, 16)])
+def test_int8_rows_head_is_weight_only_math_and_batch_invariant(width, group):
+    from medvllm.backends.cpu.int8_linear import int8_rows_linear, native_rows_kernel
+    from medvllm.layers.int8_rows import int8_groups
 
     torch.manual_seed(0)
-    weight = torch.randn(203, 100) * 0.1  # rows and width off every blocking (3, 8, 96 rows; 8 lanes)
+    weight = torch.randn(203, width) * 0.1  # rows and width off every blocking (3, 8, 96 rows; 8 lanes)
     weight[5] *= 30
-    q, scale = int8_rows(weight)
-    x = torch.randn(11, 100)
+    weight[7, 3] = 40  # one large weight: its group's step only
+    q, scale = int8_groups(weight, group)
+    x = torch.randn(11, width)
     x[2] *= 50  # activations stay float: an outlier token changes nobody else's rounding
-    out = int8_rows_linear(native_rows_kernel(), x, q, scale)
-    rows_f64 = q.double() * scale.double()[:, None]
+    out = int8_rows_linear(native_rows_kernel(), x, q, scale, group)
+    rows_f64 = q.double() * scale.double().repeat_interleave(group, dim=1)[:, :width]
     exact, magnitude = x.double() @ rows_f64.T, x.double().abs() @ rows_f64.abs().T
-    # float32 sums: the rounding is bounded by a few ulps of the sum of the terms' magnitudes
-    assert out.shape == (11, 203) and ((out.double() - exact).abs() / magnitude).max() < 1e-6
+    # float32 sums of `width` terms: within width units of float32 rounding of the terms' magnitudes (the
+    # textbook bound of a sum in any order; the portable path adds one by one)
+    assert out.shape == (11, 203) and ((out.double() - exact).abs() / magnitude).max() < width * 2**-24
     for rows in (slice(0, 1), slice(2, 3), slice(4, 9), slice(9, 11)):  # 1-row, 4-token and tail paths
-        assert torch.equal(int8_rows_linear(native_rows_kernel(), x[rows], q, scale), out[rows])
-    assert int8_rows_linear(native_rows_kernel(), x.view(1, 11, 100), q, scale).shape == (1, 11, 203)
+        assert torch.equal(int8_rows_linear(native_rows_kernel(), x[rows], q, scale, group), out[rows])
+    assert int8_rows_linear(native_rows_kernel(), x.view(1, 11, width), q, scale, group).shape == (1, 11, 203)
 
 
 def _two_part_head_in_torch(x, q, scale):
@@ -185,23 +221,24 @@ def _two_part_head_in_torch(x, q, scale):
     return (sum_a * s1 + sum_b * s2) * scale
 
 
-@pytest.mark.skipif(not _rows_kernel_builds() or not rows_kernel_uses_amx(128), reason="no AMX here")
+@pytest.mark.skipif(not _rows_kernel_builds() or not rows_kernel_uses_amx(128, 128), reason="no AMX here")
 def test_int8_rows_on_amx_is_the_two_part_integer_math_and_batch_invariant():
-    from medvllm.backends.cpu.int8_linear import int8_rows, int8_rows_linear, native_rows_kernel
+    from medvllm.backends.cpu.int8_linear import int8_rows_linear, native_rows_kernel
+    from medvllm.layers.int8_rows import int8_groups
 
     torch.manual_seed(1)
     weight = torch.randn(203, 128) * 0.1  # a last partial tile of rows
-    q, scale = int8_rows(weight)
+    q, scale = int8_groups(weight, 128)  # one scale per row: what the AMX kernel takes
     x = torch.randn(37, 128)  # two token tiles and a partial one
     x[2] *= 50
     x[5] = 0
-    out = int8_rows_linear(native_rows_kernel(), x, q, scale)
-    assert torch.equal(out, _two_part_head_in_torch(x, q, scale))
+    out = int8_rows_linear(native_rows_kernel(), x, q, scale, 128)
+    assert torch.equal(out, _two_part_head_in_torch(x, q, scale[:, 0]))
     for rows in (slice(0, 1), slice(2, 3), slice(4, 20), slice(30, 37)):
-        assert torch.equal(int8_rows_linear(native_rows_kernel(), x[rows], q, scale), out[rows])
+        assert torch.equal(int8_rows_linear(native_rows_kernel(), x[rows], q, scale, 128), out[rows])
     # the two parts carry ~16 bits: within max|x| / 64516 per input of the float32-input result
-    exact = x.double() @ (q.double() * scale.double()[:, None]).T
-    bound = x.abs().amax(dim=1, keepdim=True).double() / 64516 * (q.double() * scale.double()[:, None]).abs().sum(1)
+    exact = x.double() @ (q.double() * scale.double()).T
+    bound = x.abs().amax(dim=1, keepdim=True).double() / 64516 * (q.double() * scale.double()).abs().sum(1)
     assert ((out.double() - exact).abs() <= bound * 1.01 + 1e-6).all()
 
 
@@ -219,7 +256,7 @@ def test_without_the_native_kernel_dynamic_is_refused_with_the_fix(monkeypatch):
 
 
 def test_engine_implements_the_profile_methods():
-    assert set(METHODS) == {"dynamic", "bnb-8bit", "bnb-nf4"}
+    assert set(METHODS) == {"dynamic", "gguf", "bnb-8bit", "bnb-nf4"}
 
 
 def test_dynamic_refuses_mixed_precision_and_cuda():
@@ -257,7 +294,7 @@ def test_int8_default_model_quantizes_every_linear_and_shares_one_int8_table_for
     head, embedding = model.lm_head, model.model.embed_tokens
     assert info["lm_head"] == head.method.name and info["quantization"]["embedding"] == "int8-rows"
     # the tied head and the embedding read the same int8 rows; no float table left
-    expected = "int8-rows-2x8" if rows_kernel_uses_amx(head.packed.rows.shape[1]) else "int8-rows"
+    expected = "int8-rows-2x8" if rows_kernel_uses_amx(head.packed.rows.shape[1], ROW_GROUP) else "int8-rows"
     assert head.method.name == expected and head.packed.rows is embedding.int8_rows
     assert head.weight.numel() == 0 and embedding.weight.numel() == 0
     assert info["quantization"]["float_layers"] == 0
@@ -267,10 +304,12 @@ def test_int8_default_model_quantizes_every_linear_and_shares_one_int8_table_for
     assert sum(layer.packed.nbytes for layer in layers.values()) <= 0.3 * float_bytes
     assert info["quantization"]["kernel"] == "native"  # what the tensors really hold, padding included
     held = sum(
-        layer.packed.panels.untyped_storage().nbytes() + layer.packed.scale.untyped_storage().nbytes()
+        layer.packed.panels.untyped_storage().nbytes()
+        + layer.packed.scale.untyped_storage().nbytes()
+        + layer.packed.col_sums.untyped_storage().nbytes()
         for layer in layers.values()
     )
-    assert held <= 0.26 * float_bytes
+    assert held <= 0.31 * float_bytes  # 1 byte a weight, 6 per output and group of 32 inputs, padding
 
 
 @pytest.mark.slow
@@ -281,7 +320,7 @@ def test_int8_no_warnings_reach_the_user(int8_llm):
 @pytest.mark.slow
 def test_int8_default_model_close_to_float32(default_llm, int8_llm):
     q = teacher_forced(default_llm, int8_llm, default_llm.tokenizer)
-    assert q["kl_mean"] <= 0.15 and q["top1"] >= 0.80, q
+    assert q["kl_mean"] <= 0.015 and q["top1"] >= 0.93, q
 
 
 @pytest.mark.slow
@@ -300,7 +339,7 @@ def test_int8_embedding_rows_are_the_float_rows_within_half_a_step():
     from medvllm.layers.embedding import VocabParallelEmbedding
 
     torch.manual_seed(0)
-    emb = VocabParallelEmbedding(50, 24, int8=True)
+    emb = VocabParallelEmbedding(50, 24, form="int8-rows")
     emb.weight.data.normal_(0, 0.1)
     emb.weight.data[7] *= 40  # a row with a wide range keeps its own scale
     table = emb.weight.detach().clone()

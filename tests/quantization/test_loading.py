@@ -47,8 +47,8 @@ class WatchedSource:
         self.hf_config = source.hf_config
         self.model = None
 
-    def iter_weights(self):
-        for item in self.source.iter_weights():
+    def iter_weights(self, blocks: bool = False):
+        for item in self.source.iter_weights(blocks):
             yield item
             if self.model is not None:
                 self.quantized_when.append(

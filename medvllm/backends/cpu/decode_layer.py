@@ -37,7 +37,9 @@ def _weight(layer) -> binding.Weight:
         segments = [(s.blocks, int(s.qtype)) for s in packed.segments]
         return binding.decode_weight_gguf(segments, layer.method.parts, layer.bias, layer.in_features)
     if hasattr(packed, "panels"):
-        return binding.decode_weight_int8(packed.panels, packed.scale, layer.bias, packed.col_sums)
+        return binding.decode_weight_int8(
+            packed.panels, packed.scale, packed.col_sums, packed.group, packed.n_out, layer.bias
+        )
     return binding.decode_weight_f32(packed, layer.bias, layer.out_features, layer.in_features)
 
 

@@ -194,10 +194,11 @@ def _int8(**change):
         out=_f(2, 20),
         x=_f(2, 10),
         packed=_f(2, 3, 16, 4, dtype=torch.int8),
-        scale=_f(20),
+        scale=_f(2, 2, 16),  # 12 padded inputs in groups of 8: two groups
+        col_sums=_f(2, 2, 16, dtype=torch.int16),
         bias=None,
+        group=8,
         threads=1,
-        col_sums=_f(32, dtype=torch.int32),
     )
 
 
@@ -208,7 +209,8 @@ def _rows(**change):
         out=_f(2, 5),
         x=_f(2, 10),
         rows=_f(5, 10, dtype=torch.int8),
-        scale=_f(5),
+        scale=_f(5, 1),
+        group=10,
         threads=1,
     )
 
@@ -301,10 +303,14 @@ BAD = [  # (call, error, the argument the message must name)
     (lambda: binding.f32_panels_pack(_f(10), _f(50), 1), ValueError, "weight: expected 2 dimensions"),
     (_int8(packed=_f(2, 2, 16, 4, dtype=torch.int8)), ValueError, "packed: 8 padded inputs, but x has 10"),
     (_int8(packed=_f(1, 3, 16, 4, dtype=torch.int8)), ValueError, r"packed: expected \[2, in/4, 16, 4\]"),
-    (_int8(col_sums=_f(32)), TypeError, "col_sums: expected torch.int32"),
-    (_int8(scale=_f(20, dtype=torch.bfloat16)), TypeError, "scale: expected torch.float32"),
+    (_int8(col_sums=_f(2, 2, 16)), TypeError, "col_sums: expected torch.int16"),
+    (_int8(scale=_f(2, 2, 16, dtype=torch.bfloat16)), TypeError, "scale: expected torch.float32"),
+    (_int8(scale=_f(2, 1, 16)), ValueError, r"scale: expected shape \(2, 2, 16\)"),
+    (_int8(group=6), ValueError, "group: 6 inputs per scale; use a multiple of 4 from 4 to 256"),
     (_rows(rows=_f(5, 11, dtype=torch.int8)), ValueError, "rows: expected 10 columns"),
     (_rows(out=_f(2, 6)), ValueError, "out: expected shape"),
+    (_rows(scale=_f(5)), ValueError, r"scale: expected shape \(5, 1\)"),
+    (_rows(group=8), ValueError, "group: 8 inputs per scale; use a positive multiple of 16"),
     (_step(slots=_i(4)), ValueError, "slots: expected shape"),
     (_step(sin=_f(64, 16)), ValueError, "sin: expected shape"),
     (_step(positions=_f(3)), TypeError, "positions: expected torch.int64"),
@@ -313,7 +319,9 @@ BAD = [  # (call, error, the argument the message must name)
     (_layer(intermediate=40), ValueError, r"gate_up: expected a \[80, 32\] weight"),
     (_layer(k_cache=_f(5, 16, 2, 8, dtype=torch.float16)), TypeError, "k_cache: expected torch.float32 or"),
     (
-        lambda: binding.decode_weight_int8(_f(2, 3, 16, 4, dtype=torch.int8), _f(20), _f(21), None),
+        lambda: binding.decode_weight_int8(
+            _f(2, 3, 16, 4, dtype=torch.int8), _f(2, 1, 16), _f(2, 1, 16, dtype=torch.int16), 64, 20, _f(21)
+        ),
         ValueError,
         "bias: expected shape",
     ),

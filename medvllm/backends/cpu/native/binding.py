@@ -46,6 +46,7 @@ class Weight(ctypes.Structure):
         ("k_padded", _I),
         ("f32_panels", _P),
         ("col_sums", _P),
+        ("group", _I),
         ("gguf_blocks", _P * GGUF_SEGMENTS),
         ("gguf_type", _I * GGUF_SEGMENTS),
         ("gguf_rows", _I * GGUF_SEGMENTS),
@@ -112,9 +113,9 @@ _SIGNATURES = {  # name: (restype, argtypes), as the C sources declare them
     "f32_panels_size": (_I, [_I, _I]),
     "f32_panels_pack": (None, [_P, _P, _I, _I, _INT]),
     "f32_panels_linear": (None, [_P, _P, _P, _P, _I, _I, _I, _INT]),
-    "int8_linear": (_INT, [_P, _P, _P, _P, _P, _I, _I, _I, _I, _INT, _P]),
-    "int8_rows_matmul": (_INT, [_P, _P, _P, _P, _I, _I, _I, _INT]),
-    "int8_rows_uses_amx": (_INT, [_I]),
+    "int8_linear": (_INT, [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _INT]),
+    "int8_rows_matmul": (_INT, [_P, _P, _P, _P, _I, _I, _I, _I, _INT]),
+    "int8_rows_uses_amx": (_INT, [_I, _I]),
     "first_max": (None, [_P, _P, _I, _I, _INT]),
     "gguf_act_bytes": (_I, [_I, _I, _INT]),
     "gguf_quantize_act": (None, [_P, _P, _I, _I, _INT, _INT]),
@@ -406,37 +407,62 @@ def _int8_panels(packed: torch.Tensor, n_out: int, n_in: int | None) -> int:
     return packed.shape[1] * 4
 
 
+def _int8_groups(packed: torch.Tensor, scale: torch.Tensor, col_sums: torch.Tensor, group: int) -> None:
+    """Check the per-group scales and column sums beside int8 panels: [panels, groups, 16] each."""
+    if not 0 < group <= 256 or group % 4:  # 256: the column sums are int16
+        raise ValueError(f"group: {group} inputs per scale; use a multiple of 4 from 4 to 256")
+    shape = (packed.shape[0], -(-packed.shape[1] * 4 // group), INT8_PANEL)
+    _check("scale", scale, torch.float32)
+    _shape("scale", scale, shape)
+    _check("col_sums", col_sums, torch.int16)
+    _shape("col_sums", col_sums, shape)
+
+
 def int8_linear(
     out: torch.Tensor,
     x: torch.Tensor,
     packed: torch.Tensor,
     scale: torch.Tensor,
+    col_sums: torch.Tensor,
     bias: torch.Tensor | None,
+    group: int,
     threads: int,
-    col_sums: torch.Tensor | None = None,
 ) -> int:
-    """int8_linear.c: out float32 [M, N] from x float32 [M, K], packed int8 panels, scale float32 [N],
-    bias float32 [N] or None, col_sums int32 [N rounded up to 16] or None. Returns 0, or nonzero when
-    the kernel's scratch memory could not be had."""
+    """int8_linear.c: out float32 [M, N] from x float32 [M, K], packed int8 panels, in groups of `group`
+    inputs: scale float32 and col_sums int16 [panels, groups, 16]; bias float32 [N] or None. Returns 0, or
+    nonzero when the kernel's scratch memory could not be had."""
     _check("x", x, torch.float32)
     _dims("x", x, 2)
-    _check("scale", scale, torch.float32)
-    _dims("scale", scale, 1)
-    rows, n_in = x.shape
-    n_out = scale.shape[0]
-    k_padded = _int8_panels(packed, n_out, n_in)
     _check("out", out, torch.float32)
+    _dims("out", out, 2)
+    rows, n_in = x.shape
+    n_out = out.shape[1]
+    k_padded = _int8_panels(packed, n_out, n_in)
+    _int8_groups(packed, scale, col_sums, group)
     _shape("out", out, (rows, n_out))
     b = _optional("bias", bias, torch.float32, (n_out,))
-    sums = _optional("col_sums", col_sums, torch.int32, (packed.shape[0] * INT8_PANEL,))
     return _loaded().int8_linear(
-        out.data_ptr(), x.data_ptr(), packed.data_ptr(), scale.data_ptr(), b, rows, n_in, n_out, k_padded, threads, sums
+        out.data_ptr(),
+        x.data_ptr(),
+        packed.data_ptr(),
+        scale.data_ptr(),
+        col_sums.data_ptr(),
+        b,
+        rows,
+        n_in,
+        n_out,
+        k_padded,
+        group,
+        threads,
     )
 
 
-def int8_rows_matmul(out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor, threads: int) -> int:
-    """int8_rows_matmul.c: out float32 [M, N] from x float32 [M, K], rows int8 [N, K], scale float32 [N].
-    Returns 0, or nonzero when memory ran out."""
+def int8_rows_matmul(
+    out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor, group: int, threads: int
+) -> int:
+    """int8_rows_matmul.c: out float32 [M, N] from x float32 [M, K], rows int8 [N, K], scale float32
+    [N, ceil(K / group)] (group a multiple of 16, or >= K: one scale per row). Returns 0, or nonzero when
+    memory ran out."""
     _check("x", x, torch.float32)
     _dims("x", x, 2)
     _check("rows", rows, torch.int8)
@@ -445,18 +471,20 @@ def int8_rows_matmul(out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, sca
     n = rows.shape[0]
     if rows.shape[1] != width:
         raise ValueError(f"rows: expected {width} columns (x's), got shape {tuple(rows.shape)}")
+    if group <= 0 or (group < width and group % 16):
+        raise ValueError(f"group: {group} inputs per scale; use a positive multiple of 16 (or the row width)")
     _check("scale", scale, torch.float32)
-    _shape("scale", scale, (n,))
+    _shape("scale", scale, (n, -(-width // group)))
     _check("out", out, torch.float32)
     _shape("out", out, (tokens, n))
     return _loaded().int8_rows_matmul(
-        out.data_ptr(), x.data_ptr(), rows.data_ptr(), scale.data_ptr(), tokens, width, n, threads
+        out.data_ptr(), x.data_ptr(), rows.data_ptr(), scale.data_ptr(), tokens, width, n, group, threads
     )
 
 
-def int8_rows_uses_amx(width: int) -> bool:
-    """int8_rows_matmul.c: whether rows of this width take the AMX path."""
-    return bool(_loaded().int8_rows_uses_amx(width))
+def int8_rows_uses_amx(width: int, group: int) -> bool:
+    """int8_rows_matmul.c: whether rows of this width and scale group take the AMX path."""
+    return bool(_loaded().int8_rows_uses_amx(width, group))
 
 
 def first_max(out: torch.Tensor, x: torch.Tensor, threads: int) -> None:
@@ -604,17 +632,19 @@ def gguf_dequantize_rows(
 
 
 def decode_weight_int8(
-    panels: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, col_sums: torch.Tensor | None
+    panels: torch.Tensor,
+    scale: torch.Tensor,
+    col_sums: torch.Tensor,
+    group: int,
+    n_out: int,
+    bias: torch.Tensor | None,
 ) -> Weight:
-    """A Weight on int8 panels (int8_linear's layout), scale float32 [N], bias float32 [N] or None,
-    col_sums int32 [N rounded up to 16] or None."""
-    _check("scale", scale, torch.float32)
-    _dims("scale", scale, 1)
-    n_out = scale.shape[0]
+    """A Weight on int8 panels (int8_linear's layout) of n_out columns, in groups of `group` inputs: scale
+    float32 and col_sums int16 [panels, groups, 16]; bias float32 [n_out] or None."""
     k_padded = _int8_panels(panels, n_out, None)
+    _int8_groups(panels, scale, col_sums, group)
     b = _optional("bias", bias, torch.float32, (n_out,))
-    sums = _optional("col_sums", col_sums, torch.int32, (panels.shape[0] * INT8_PANEL,))
-    w = Weight(panels.data_ptr(), scale.data_ptr(), b, n_out, k_padded, None, sums)
+    w = Weight(panels.data_ptr(), scale.data_ptr(), b, n_out, k_padded, None, col_sums.data_ptr(), group)
     w._tensors = (panels, scale, bias, col_sums)
     return w
 
@@ -628,7 +658,7 @@ def decode_weight_f32(panels: torch.Tensor, bias: torch.Tensor | None, n_out: in
             f"panels: expected {_panels_size(n_out, n_in)} floats for a [{n_out}, {n_in}] weight, got {panels.numel()}"
         )
     b = _optional("bias", bias, torch.float32, (n_out,))
-    w = Weight(None, None, b, n_out, n_in, panels.data_ptr(), None)
+    w = Weight(None, None, b, n_out, n_in, panels.data_ptr(), None, 0)
     w._tensors = (panels, bias)
     return w
 

@@ -18,16 +18,17 @@
 
 #define GGUF_SEGMENTS 3 /* a merged projection's runs of rows of one GGUF type each: q, k, v at most */
 
-/* One Linear: int8 (packed panels, per-output-channel scales, padded inputs), or with f32_panels set
- * float32 in f32_panels.c's layout, or with gguf_segments > 0 a GGUF file's blocks (gguf_matmul.c);
- * bias or NULL; outputs. */
+/* One Linear: int8 (packed panels, scales per output channel and group of `group` inputs, padded
+ * inputs), or with f32_panels set float32 in f32_panels.c's layout, or with gguf_segments > 0 a GGUF
+ * file's blocks (gguf_matmul.c); bias or NULL; outputs. */
 typedef struct {
     const int8_t *panels;
-    const float *scale;
+    const float *scale;  /* int8: [panels, groups, 16] */
     const float *bias;
     int64_t n_out, k_padded;
     const float *f32_panels;
-    const int32_t *col_sums;  /* int8: each column's weight sum, or NULL */
+    const int16_t *col_sums;  /* int8: each column's weight sum per group, [panels, groups, 16] */
+    int64_t group;            /* int8: inputs per scale group */
     const uint8_t *gguf_blocks[GGUF_SEGMENTS];  /* gguf: each segment's rows of blocks, in output order */
     int64_t gguf_type[GGUF_SEGMENTS], gguf_rows[GGUF_SEGMENTS];
     int64_t gguf_segments, gguf_parts;  /* gguf: how many segments; activation parts (1 or 2) */
@@ -80,7 +81,8 @@ static int linear(float *out, const float *x, const Weight *w, int64_t T, int64_
         f32_panels_linear(out, x, w->f32_panels, w->bias, T, K, w->n_out, threads);
         return 0;
     }
-    return int8_linear(out, x, w->panels, w->scale, w->bias, T, K, w->n_out, w->k_padded, threads, w->col_sums);
+    return int8_linear(out, x, w->panels, w->scale, w->col_sums, w->bias, T, K, w->n_out, w->k_padded, w->group,
+                       threads);
 }
 
 /* x * cos + rotate_half(x) * sin on every head of a row, at the row's position: two products and a sum,

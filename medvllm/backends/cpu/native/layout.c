@@ -19,8 +19,9 @@ typedef struct {
 
 static const LayoutEntry LAYOUT[] = {
     SIZE(Weight), FIELD(Weight, panels), FIELD(Weight, scale), FIELD(Weight, bias), FIELD(Weight, n_out),
-    FIELD(Weight, k_padded), FIELD(Weight, f32_panels), FIELD(Weight, col_sums), FIELD(Weight, gguf_blocks),
-    FIELD(Weight, gguf_type), FIELD(Weight, gguf_rows), FIELD(Weight, gguf_segments), FIELD(Weight, gguf_parts),
+    FIELD(Weight, k_padded), FIELD(Weight, f32_panels), FIELD(Weight, col_sums), FIELD(Weight, group),
+    FIELD(Weight, gguf_blocks), FIELD(Weight, gguf_type), FIELD(Weight, gguf_rows), FIELD(Weight, gguf_segments),
+    FIELD(Weight, gguf_parts),
 
     SIZE(Layer), FIELD(Layer, qkv), FIELD(Layer, o), FIELD(Layer, gate_up), FIELD(Layer, down),
     FIELD(Layer, input_norm), FIELD(Layer, post_norm), FIELD(Layer, k_cache), FIELD(Layer, v_cache),
