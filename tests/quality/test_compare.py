@@ -93,7 +93,8 @@ def test_edge_cpu_int8_stays_within_the_8bit_tier(reference, texts):
     # with a change of summation order in the reference (one near-tie flips a whole continuation)
     m = compare(ref, int8, texts).metrics
     assert crossed(m, TIERS["8-bit"]) == {}, m
-    assert m["mean_kl"] > TIERS["float"].max_mean_kl  # int8 really ran, and the float tier would refuse it
+    # int8 really ran: far above what the profile's bfloat16 KV cache alone moves (mean KL 0.00005)
+    assert m["mean_kl"] > 0.001
 
 
 class PerTensorInt8(LinearMethod):
