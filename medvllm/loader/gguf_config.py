@@ -1,10 +1,10 @@
-"""Build a transformers config from GGUF metadata (llama.cpp key names -> HF config fields)."""
+"""Build a model config from GGUF metadata (llama.cpp key names -> HF config fields)."""
 
 import numpy as np
-import transformers
 
 from medvllm.errors import ModelLoadError
 from medvllm.loader.gguf_rope import llama3_rope
+from medvllm.loader.model_config import ModelConfig, model_config
 
 # GGUF general.architecture -> (HF model_type, HF *ForCausalLM class)
 GGUF_ARCHITECTURES = {
@@ -31,7 +31,7 @@ def gguf_architecture(metadata: dict, path: str) -> str:
 
 def build_config(
     metadata: dict, tensor_names: set[str], path: str, rope_factors: np.ndarray | None = None
-) -> "transformers.PretrainedConfig":
+) -> ModelConfig:
     """`rope_factors`: the rope_freqs.weight tensor, when the file has one (Llama 3 rope scaling)."""
     arch = gguf_architecture(metadata, path)
     model_type, cls_name = GGUF_ARCHITECTURES[arch]
@@ -79,7 +79,7 @@ def build_config(
         fields["sliding_window"] = window
     if arch in ("gemma2", "gemma3"):
         fields |= gemma_fields(arch, key, fields)
-    return transformers.AutoConfig.for_model(model_type, **fields)
+    return model_config(model_type, fields)
 
 
 def gemma_fields(arch: str, key, fields: dict) -> dict:

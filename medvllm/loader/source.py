@@ -8,12 +8,14 @@ if TYPE_CHECKING:
     import torch
     import transformers
 
+    from medvllm.loader.model_config import ModelConfig
+
 
 @dataclass
 class ModelSource:
     path: str  # the file or folder loaded
     format: str  # "gguf" | "safetensors"
-    hf_config: "transformers.PretrainedConfig"  # .architectures names the *ForCausalLM class
+    hf_config: "transformers.PretrainedConfig | ModelConfig"  # .architectures: the *ForCausalLM class
     tokenizer: "transformers.PreTrainedTokenizerBase"  # fast; .chat_template set when the model has one
     description: str  # short human text for logs and output metadata
     # Builds the weight stream; kept as a factory so every iter_weights() call starts afresh.
