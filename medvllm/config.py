@@ -50,6 +50,7 @@ class Config:
     # numerics
     dtype: str = "auto"  # auto (float32) | float32 | bfloat16 | float16: what the model runs in
     quantization_method: str | None = None  # None | dynamic | bnb-8bit | bnb-nf4 (alias bnb-4bit)
+    force_float16: bool = False  # run float16 even on a model known to overflow it (Gemma 3): quality compare shows it
     # attention and backend flags
     attention_impl: str = "auto"  # auto | sdpa | flash
     allow_tf32: bool = False
@@ -147,7 +148,14 @@ def fail(field_names: str | tuple[str, ...], message: str) -> ConfigError:
 
 
 # --- checks on the Config alone ------------------------------------------------------------------------
-_BOOLS = ("allow_tf32", "cudnn_benchmark", "memory_efficient", "enable_memory_pooling", "enable_prefix_caching")
+_BOOLS = (
+    "allow_tf32",
+    "cudnn_benchmark",
+    "memory_efficient",
+    "enable_memory_pooling",
+    "enable_prefix_caching",
+    "force_float16",
+)
 _POSITIVE_INTS = ("tensor_parallel_size", "max_num_seqs", "kvcache_block_size")
 _OPTIONAL_POSITIVE_INTS = ("max_model_len", "num_kvcache_blocks", "max_num_batched_tokens")
 _ENUMS = {
@@ -344,6 +352,11 @@ def without_effect(c: Config, device: str, kv_space_given: bool) -> list[str]:
         warn.append(
             f"kv_cache_space_gib={c.kv_cache_space_gib!r} does nothing on cuda: it limits the KV cache on CPU; "
             "on CUDA use gpu_memory_utilization or num_kvcache_blocks"
+        )
+    if c.force_float16 and c.dtype != "float16":
+        warn.append(
+            f"force_float16=true does nothing with dtype={c.dtype!r}: it only lets dtype='float16' run a model that "
+            "overflows it (Gemma 3); drop it"
         )
     if c.pool_device != "auto" and not c.enable_memory_pooling:
         warn.append(

@@ -11,10 +11,12 @@ record says so.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
+from medvllm.config import ConfigWarning
 from medvllm.errors import ConfigError
 from medvllm.layers.kit import LayerKit
 from medvllm.layers.linear import UNQUANTIZED, Float32Logits, LinearMethod
@@ -75,9 +77,17 @@ PARTS = ("attention", "linear", "lm_head", "embedding", "norm", "decode_layer", 
 
 def select_backends(config, traits: ModelTraits) -> Backends:
     if traits.fp16_overflows and config.torch_dtype == torch.float16:
-        raise ConfigError(
-            "dtype='float16' cannot run this model (Gemma 3): its activations overflow float16's range and the "
-            "output turns to garbage; use dtype='bfloat16' or 'float32'"
+        if not config.force_float16:
+            raise ConfigError(
+                "dtype='float16' cannot run this model (Gemma 3): its activations overflow float16's range and the "
+                "output turns to garbage; use dtype='bfloat16' or 'float32' (or force_float16=true to run it "
+                "anyway, then measure it with `quality compare`)"
+            )
+        warnings.warn(
+            "force_float16: running a model whose activations overflow float16 (Gemma 3) in float16 as asked; "
+            "its answers may be garbage: measure them with `quality compare`",
+            ConfigWarning,
+            stacklevel=2,
         )
     if config.resolved_device.type == "cuda":
         return _cuda(config, traits)

@@ -20,6 +20,7 @@ BOOL_FLAGS = {
     "enable_memory_pooling": "memory-pooling",
     "memory_efficient": "memory-efficient",
     "enable_prefix_caching": "prefix-caching",
+    "force_float16": "force-float16",
 }
 CHOICES = {
     "device": C.DEVICES,

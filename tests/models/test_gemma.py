@@ -76,7 +76,7 @@ def test_gemma3_in_float16_is_refused_naming_the_dtypes_that_work():
     from transformers import Gemma2Config, Gemma3TextConfig
 
     from medvllm.backends.select import ModelTraits, select_backends
-    from medvllm.config import Config
+    from medvllm.config import Config, ConfigWarning
     from medvllm.errors import ConfigError
     from medvllm.hardware import GPUInfo, detect
     from medvllm.models.gemma2 import Gemma2ForCausalLM
@@ -90,5 +90,10 @@ def test_gemma3_in_float16_is_refused_naming_the_dtypes_that_work():
     assert "\n" not in str(err.value)
     bf16 = Config(device="cuda", dtype="bfloat16", attention_impl="sdpa", hardware=gpu)
     assert select_backends(bf16, ModelTraits.of(gemma3, Gemma3ForCausalLM.arch_options(gemma3))).attention == "sdpa"
+    forced = Config(device="cuda", dtype="float16", attention_impl="sdpa", force_float16=True, hardware=gpu)
+    with pytest.warns(ConfigWarning, match="quality compare"):
+        assert select_backends(forced, ModelTraits.of(gemma3, Gemma3ForCausalLM.arch_options(gemma3))).attention
+    with pytest.warns(ConfigWarning, match="force_float16=true does nothing with dtype='bfloat16'"):
+        Config(device="cuda", dtype="bfloat16", force_float16=True, hardware=gpu)
     gemma2 = Gemma2Config(head_dim=16)  # only Gemma 3 is refused
     assert select_backends(fp16, ModelTraits.of(gemma2, Gemma2ForCausalLM.arch_options(gemma2))).attention == "sdpa"
