@@ -90,6 +90,10 @@ class CompletionRequest(SamplingFields):
         return extra
 
 
+# OpenAI's content part types that carry media, not text
+MEDIA_PARTS = ("image_url", "input_image", "image", "input_audio", "audio", "file", "video_url")
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     role: Literal["system", "developer", "user", "assistant"]
@@ -106,6 +110,11 @@ class ChatMessage(BaseModel):
             for p in v
         ):
             return v
+        if isinstance(v, list) and any(isinstance(p, dict) and p.get("type") in MEDIA_PARTS for p in v):
+            raise ValueError(
+                "holds an image or audio part, which this server cannot read yet (it serves a multimodal "
+                "model's language model only): send the message as text"
+            )
         raise ValueError(
             'must be a string or a list of {"type": "text", "text": ...} parts (this server takes text only)'
         )

@@ -238,3 +238,13 @@ def test_a_failing_step_is_a_500_for_its_request_and_the_server_goes_on(tiny, st
         assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] in ("length", "stop")
     finally:
         server.stop()
+
+
+def test_an_image_part_in_a_chat_message_is_a_400_saying_to_send_text(srv):
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    content = [{"type": "text", "text": "What does this X-ray show?"}, image]
+    body = {"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": 1}
+    e = error_of(post(srv, "/v1/chat/completions", json=body), 400)
+    assert "image" in e["message"] and "as text" in e["message"] and "\n" not in e["message"]
+    text_only = {"model": "tiny", "messages": [{"role": "user", "content": content[:1]}], "max_tokens": 1}
+    assert post(srv, "/v1/chat/completions", json=text_only).status_code == 200
