@@ -8,6 +8,7 @@ import transformers
 from safetensors import safe_open
 
 from medvllm.errors import ModelLoadError
+from medvllm.loader.multimodal import language_model
 from medvllm.loader.names import SUPPORTED_ARCHITECTURES, check_complete, expected_names
 from medvllm.loader.source import ModelSource
 
@@ -20,11 +21,12 @@ def open_folder(folder: str) -> ModelSource:
             f"folder {folder} has no config.json, so it is not a Hugging Face model folder; pass a folder "
             f"saved with save_pretrained (config.json, *.safetensors, tokenizer files) or a .gguf file"
         )
-    config = _config(folder)
+    config, rename = language_model(_config(folder))
     shards = _shards(folder)  # file -> {tensor name: shape}
     tokenizer = _tokenizer(folder)
+    ours = {file: {n: rename(n) for n in names if rename(n)} for file, names in shards.items()}  # stored -> ours
 
-    present = {name: shape for names in shards.values() for name, shape in names.items()}
+    present = {ours[file][n]: shape for file, names in shards.items() for n, shape in names.items() if n in ours[file]}
     arch = config.architectures[0]
     if arch in SUPPORTED_ARCHITECTURES:
         check_complete(config, present, folder)
@@ -35,11 +37,11 @@ def open_folder(folder: str) -> ModelSource:
             wanted.discard("lm_head.weight")
 
     def weights():
-        for file, names in shards.items():
+        for file, names in ours.items():
             with safe_open(file, framework="pt", device="cpu") as f:
-                for name in names:
+                for stored, name in names.items():
                     if name in wanted:
-                        yield name, f.get_tensor(name)
+                        yield name, f.get_tensor(stored)
 
     dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "").removeprefix("torch.")
     n_files = len(shards)
@@ -103,11 +105,24 @@ def _tokenizer(folder: str):
             f"cannot load a tokenizer from {folder} ({_brief(e)}); save one next to the model with "
             f"tokenizer.save_pretrained(folder)"
         ) from None
+    if not tokenizer.chat_template:  # a multimodal model's processor keeps it in a file of its own
+        tokenizer.chat_template = _processor_chat_template(folder)
     if not tokenizer.is_fast:
         raise ModelLoadError(
             f"the tokenizer in {folder} is a slow (Python) tokenizer; save a fast one (tokenizer.json) there"
         )
     return tokenizer
+
+
+def _processor_chat_template(folder: str) -> str | None:
+    path = os.path.join(folder, "chat_template.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)["chat_template"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"cannot read the chat template in {path} ({_brief(e)}); fix or remove it") from None
 
 
 def _brief(error: Exception) -> str:
