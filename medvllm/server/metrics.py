@@ -42,6 +42,27 @@ ENGINE_METRICS = (
     ),
 )
 
+# The same numbers under the names the Gateway API Inference Extension's model-server protocol reads by
+# default (vLLM's), so its endpoint picker and other routers balance on us unchanged (docs/SERVER.md)
+ROUTER_METRICS = (
+    (GaugeMetricFamily, "vllm:num_requests_waiting", "Requests waiting (queue length)", "num_waiting"),
+    (GaugeMetricFamily, "vllm:num_requests_running", "Requests in the running batch", "num_running"),
+    (GaugeMetricFamily, "vllm:kv_cache_usage_perc", "KV-cache usage as a fraction (1 = full)", "kv_cache_usage"),
+    (GaugeMetricFamily, "vllm:gpu_cache_usage_perc", "KV-cache usage as a fraction (older name)", "kv_cache_usage"),
+    (CounterMetricFamily, "vllm:prefix_cache_queries", "Prompt tokens looked up", "prefix_cache_query_tokens"),
+    (
+        CounterMetricFamily,
+        "vllm:prefix_cache_hits",
+        "Prompt tokens found in the prefix cache",
+        "prefix_cache_hit_tokens",
+    ),
+)
+
+
+def prefix_hit_rate(stats: dict) -> float:
+    queried = stats["prefix_cache_query_tokens"]
+    return stats["prefix_cache_hit_tokens"] / queried if queried else 0.0
+
 
 class EngineCollector:
     """Reads the engine snapshot when Prometheus scrapes; nothing when the engine is not loaded yet."""
@@ -53,8 +74,13 @@ class EngineCollector:
         s = self._stats()
         if s is None:
             return
-        for family, name, doc, key in ENGINE_METRICS:
+        for family, name, doc, key in ENGINE_METRICS + ROUTER_METRICS:
             yield family(name, doc, s[key])
+        yield GaugeMetricFamily(
+            "medvllm_prefix_cache_hit_rate",
+            "Share of looked-up prompt tokens found in the prefix cache",
+            prefix_hit_rate(s),
+        )
 
 
 class ServerMetrics:

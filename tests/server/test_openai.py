@@ -242,6 +242,18 @@ def test_metrics_parse_and_move(served, client, model):
     assert moved("medvllm_request_latency_seconds_count") == 1
     assert after[("medvllm_requests_running", ())] == 0 and after[("medvllm_requests_waiting", ())] == 0
     assert 0 <= after[("medvllm_kv_cache_usage_ratio", ())] <= 1
+    # the router-ready names (the Inference Extension's model-server protocol) carry the same numbers
+    for ours, router in (
+        ("medvllm_requests_waiting", "vllm:num_requests_waiting"),
+        ("medvllm_requests_running", "vllm:num_requests_running"),
+        ("medvllm_kv_cache_usage_ratio", "vllm:kv_cache_usage_perc"),
+        ("medvllm_prefix_cache_query_tokens_total", "vllm:prefix_cache_queries_total"),
+        ("medvllm_prefix_cache_hit_tokens_total", "vllm:prefix_cache_hits_total"),
+    ):
+        assert after[(router, ())] == after[(ours, ())], router
+    assert moved("vllm:prefix_cache_queries_total") >= r.usage.prompt_tokens - 1
+    hits, queries = after[("vllm:prefix_cache_hits_total", ())], after[("vllm:prefix_cache_queries_total", ())]
+    assert after[("medvllm_prefix_cache_hit_rate", ())] == pytest.approx(hits / queries)
 
 
 def test_disconnect_mid_stream_aborts_and_frees_kv(served, client, model):
