@@ -45,6 +45,12 @@ def register(commands, common) -> None:
         "--api-key", metavar="KEY", help="clients must send 'Authorization: Bearer KEY' (default: $MEDVLLM_API_KEY)"
     )
     net.add_argument(
+        "--api-keys-file",
+        metavar="PATH",
+        help="named API keys with limits, stored as SHA-256 digests (JSON; `medvllm keys new` makes entries); "
+        "re-read on SIGHUP and when it changes (default: $MEDVLLM_API_KEYS_FILE)",
+    )
+    net.add_argument(
         "--allow-unauthenticated",
         action="store_true",
         help="serve a non-loopback --host without an API key (a proxy in front authenticates)",
@@ -86,13 +92,26 @@ def register(commands, common) -> None:
         action="store_true",
         help="log prompt and completion text (off by default: they may hold patient data)",
     )
+    net.add_argument(
+        "--audit-log",
+        metavar="PATH",
+        help="append one JSON record per request to PATH: key name, client, model and settings digests, "
+        "tokens, timings, SHA-256 of prompt and output (no text); re-opened on SIGHUP for log rotation",
+    )
+    net.add_argument(
+        "--audit-content",
+        action="store_true",
+        help="also put prompt and output text in the audit records (off by default: they may hold patient data)",
+    )
     net.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     add_setting_flags(p)
     p.set_defaults(run=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from medvllm.server.audit import settings_digest
     from medvllm.server.auth import API_KEY_ENV, check_bind, normalize_key
+    from medvllm.server.keys import KEYS_FILE_ENV, KeyTable
 
     try:
         import uvicorn
@@ -109,7 +128,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from medvllm.loader import open_model
 
     api_key = normalize_key(args.api_key or os.environ.get(API_KEY_ENV))
-    check_bind(args.host, api_key, args.allow_unauthenticated)
+    keys_file = args.api_keys_file or os.environ.get(KEYS_FILE_ENV) or None
+    keys = KeyTable(api_key, keys_file)  # a bad keys file fails now, before anything loads
+    check_bind(args.host, api_key or keys_file, args.allow_unauthenticated)
+    if args.audit_content and not args.audit_log:
+        raise ConfigError("--audit-content does nothing without --audit-log PATH: add it, or drop --audit-content")
     if args.max_queue < 0:
         raise ConfigError(f"--max-queue {args.max_queue} is negative: give 0 or more waiting requests")
     if args.max_body_bytes < 1:
@@ -141,6 +164,11 @@ def run_serve(args: argparse.Namespace) -> int:
         max_request_tokens=args.max_request_tokens,
         log_content=args.log_content,
         served_model_name=args.served_model_name,
+        api_keys_file=keys_file,
+        audit_log=args.audit_log,
+        audit_content=args.audit_content,
+        deployment_profile=resolution.profile_name,
+        settings_sha256=settings_digest(config.to_dict()),
     )
     app = create_app(settings, load=lambda: LLMEngine(config, source), on_failure=on_failure)
     server = uvicorn.Server(
@@ -156,11 +184,12 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     output.info(
         args,
-        f"serving on http://{args.host}:{args.port} (auth {'on' if api_key else 'OFF'}); "
+        f"serving on http://{args.host}:{args.port} (auth {'on: ' + ', '.join(keys.names()) if keys.enabled else 'OFF'}); "
         "the model loads now and /health turns 200 when it is ready",
     )
     # uvicorn re-raises SIGTERM after its graceful shutdown; this handler makes that a clean exit 0
     signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGHUP, lambda *_: reload(app.state.served))
     server.run()
     if failures:
         error = failures[0]
@@ -168,6 +197,13 @@ def run_serve(args: argparse.Namespace) -> int:
             raise error
         raise ModelLoadError(f"loading the model failed: {type(error).__name__}: {error}")
     return 0
+
+
+def reload(state) -> None:
+    """SIGHUP: new keys (the old ones stay if the file does not parse), and a fresh audit file handle."""
+    state.keys.reload()
+    if state.audit is not None:
+        state.audit.reopen()
 
 
 def configure_logging(args) -> None:

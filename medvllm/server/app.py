@@ -26,12 +26,14 @@ from medvllm.engine.async_engine import AsyncLLMEngine
 from medvllm.engine.llm_engine import LLMEngine
 from medvllm.sampling_params import SamplingParams
 from medvllm.server import chat, completions
-from medvllm.server.auth import KeyCheck
+from medvllm.server.audit import AuditLog, files_digest, refused_record
 from medvllm.server.errors import APIError
+from medvllm.server.keys import KeyTable
 from medvllm.server.metrics import CONTENT_TYPE, ServerMetrics
 from medvllm.server.openapi import build_schema
 from medvllm.server.parsing import check_ready
 from medvllm.server.protocol import ChatCompletionRequest, CompletionRequest
+from medvllm.server.rate_limits import RateLimits
 from medvllm.server.request_log import log_request
 
 log = logging.getLogger("medvllm.server")
@@ -39,7 +41,12 @@ log = logging.getLogger("medvllm.server")
 
 @dataclass
 class ServerSettings:
-    api_key: str | None = None
+    api_key: str | None = None  # one key, named "default"
+    api_keys_file: str | None = None  # named keys with limits (server/keys.py), beside or instead of api_key
+    audit_log: str | None = None  # a JSON-lines file, one record per request (server/audit.py)
+    audit_content: bool = False  # put prompt and output text in the audit records (off: digests only)
+    deployment_profile: str | None = None  # recorded in audit records
+    settings_sha256: str | None = None  # of the resolved engine settings, recorded in audit records
     max_queue: int = 256  # requests that may wait beyond the running batch before new ones get 503
     max_body_bytes: int = 4 * 1024 * 1024  # a larger request body gets 413, unread
     max_request_tokens: int | None = None  # prompt + n x max_tokens over a request's prompts; None: 16 x max_model_len
@@ -58,7 +65,10 @@ class ServerState:
         on_failure: Callable[[BaseException], None] | None = None,
     ):
         self.settings = settings
-        self.keys = KeyCheck(settings.api_key)
+        self.keys = KeyTable(settings.api_key, settings.api_keys_file)
+        self.limits = RateLimits()
+        self.audit = AuditLog(settings.audit_log, settings.audit_content) if settings.audit_log else None
+        self.model_sha256: str | None = None
         self.metrics = ServerMetrics(lambda: self.engine.stats() if self.engine is not None else None)
         self.status = "loading"  # loading | ready | failed | stopping
         self.engine: AsyncLLMEngine | None = None
@@ -75,6 +85,8 @@ class ServerState:
                 release(engine)
                 return
             warm_up(engine)
+            if self.audit is not None:  # records name the exact model files: read them once, before serving
+                self.model_sha256 = files_digest(engine.source.path)
             self.tokenizer = engine.tokenizer
             self.vocab_size = engine.source.hf_config.vocab_size
             self.model_name = self.settings.served_model_name or served_name(engine.source.path)
@@ -140,6 +152,8 @@ def create_app(
             await asyncio.to_thread(state.engine.stop)
             # the engine thread has ended; now release what the engine holds (tensor-parallel workers)
             await asyncio.to_thread(release, state.engine.engine)
+        if state.audit is not None:
+            state.audit.close()
         log.info("stopped")
 
     app = FastAPI(title="Med-vLLM", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -158,7 +172,7 @@ def create_app(
     @app.get("/metrics")
     async def metrics(request: Request):
         try:
-            state.keys.check(request.headers.get("authorization"))
+            state.keys.identify(request.headers.get("authorization"))
         except APIError as e:
             return e.response()
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
@@ -182,6 +196,8 @@ def create_app(
         except APIError as e:
             state.metrics.count(endpoint, e.status)
             log_request(request_id, endpoint, e.status, error=e.code or e.type)
+            if state.audit is not None and not getattr(request.state, "audited", False):
+                state.audit.write(refused_record(state, request, request_id, endpoint, e.status, e.code or e.type))
             return e.response()
         except Exception:  # a bug of ours: logged with its traceback, answered in OpenAI's shape
             log.exception("request_id=%s failed", request_id)

@@ -1,13 +1,10 @@
-"""API-key auth: a Bearer key compared in constant time, and the rule for binding without one."""
+"""The API key given on the command line or in the environment, and the rule for binding without one."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 
 from medvllm.errors import ConfigError
-from medvllm.server.errors import unauthorized
 
 API_KEY_ENV = "MEDVLLM_API_KEY"
 
@@ -24,28 +21,6 @@ def normalize_key(api_key: str | None) -> str | None:
             f"{API_KEY_ENV}, or unset it"
         )
     return key
-
-
-class KeyCheck:
-    def __init__(self, api_key: str | None):
-        key = normalize_key(api_key)
-        # compare digests, not the keys: equal lengths, so the time taken says nothing about the key
-        self._digest = None if key is None else hashlib.sha256(key.encode()).digest()
-
-    @property
-    def enabled(self) -> bool:
-        return self._digest is not None
-
-    def check(self, authorization: str | None) -> None:
-        """Raises a 401 APIError unless `authorization` is 'Bearer <the key>' (or no key is set)."""
-        if self._digest is None:
-            return
-        scheme, _, given = (authorization or "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            raise unauthorized("no API key given: send it as the header 'Authorization: Bearer KEY'")
-        digest = hashlib.sha256(given.strip().encode()).digest()
-        if not hmac.compare_digest(digest, self._digest):
-            raise unauthorized("incorrect API key: check the key the server was started with")
 
 
 def is_loopback(host: str) -> bool:

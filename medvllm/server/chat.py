@@ -32,7 +32,7 @@ async def create(request, state, request_id: str) -> Response:
     # off the event loop: templating and encoding a long conversation must not hold up other streams
     ids = await asyncio.to_thread(chat_ids, state, req)
     check_request_tokens(state, [ids], req.n, req.token_limit)
-    run = Run(state, ENDPOINT, request_id, [ids], req.n)
+    run = Run(state, ENDPOINT, request_id, [ids], req.n, request)
     await run.start(params, stream=req.stream)
     if req.stream:
         stream = EventStream(run, req, "chat.completion.chunk")

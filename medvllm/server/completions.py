@@ -23,7 +23,7 @@ async def create(request, state, request_id: str) -> Response:
     prompts = await asyncio.to_thread(lambda: [prompt_ids(state, p) for p in req.prompts()])
     check_request_tokens(state, prompts, req.n, req.max_tokens)
     params = sampling_params(req, req.max_tokens, req.logprobs)
-    run = Run(state, ENDPOINT, request_id, prompts, req.n)
+    run = Run(state, ENDPOINT, request_id, prompts, req.n, request)
     await run.start(params, stream=req.stream)
     if req.stream:
         stream = EventStream(run, req, "text_completion")

@@ -13,7 +13,9 @@ from medvllm.engine.async_engine import EngineDeadError, RequestStream
 from medvllm.errors import RequestError, StepError
 from medvllm.outputs import RequestOutput
 from medvllm.sampling_params import SamplingParams
+from medvllm.server.audit import audit_record
 from medvllm.server.errors import bad_request, step_failed, unavailable
+from medvllm.server.keys import ANONYMOUS
 from medvllm.server.request_log import log_content, log_request
 
 
@@ -24,8 +26,15 @@ class ClientGone(Exception):
 class Run:
     """A group of engine requests (prompts x n) answering one API call."""
 
-    def __init__(self, state, endpoint: str, request_id: str, prompts: list[list[int]], n: int):
+    def __init__(
+        self, state, endpoint: str, request_id: str, prompts: list[list[int]], n: int, request: Request | None = None
+    ):
         self.state, self.endpoint, self.request_id = state, endpoint, request_id
+        # who asked (parse() put the key's identity on the request) and from where, for limits and the audit
+        self.identity = getattr(getattr(request, "state", None), "identity", None) or ANONYMOUS
+        self.client = request.client.host if request is not None and request.client else None
+        self._request_state = getattr(request, "state", None)  # marked once this run's audit record is written
+        self._charge = None
         self.prompts, self.n = prompts, n
         self.size = len(prompts) * n
         self.prompt_tokens = sum(len(p) for p in prompts)
@@ -49,6 +58,7 @@ class Run:
                 f"{state.settings.max_queue}): retry after the Retry-After delay",
                 code="queue_full",
             )
+        self._charge = state.limits.admit(self.identity, self.prompt_tokens + self._most_new_tokens(params))
         state.inflight += self.size
         self._admitted = True
         requests = [(ids, params[j]) for ids in self.prompts for j in range(self.n)]
@@ -57,10 +67,10 @@ class Run:
                 requests, stream=stream, request_id=self.request_id, arrival_time=self.arrival
             )
         except RequestError as e:
-            self.close("refused")
+            self.close("refused", 400)
             raise bad_request(str(e), code="invalid_request") from None
         except EngineDeadError as e:
-            self.close("engine_down")
+            self.close("engine_down", 503)
             raise unavailable(str(e), code="engine_unavailable") from None
         except BaseException:  # cancelled (the server is stopping): free the slots, log the line
             self.close("cancelled")
@@ -127,7 +137,12 @@ class Run:
             self.stream.abort()
         if self._admitted:
             self.state.inflight -= self.size
+            self.state.limits.settle(self.identity, self._charge, self.prompt_tokens + sum(self._seen))
         done = [f for f in self.finals if f is not None]
+        if self.state.audit is not None:
+            self.state.audit.write(audit_record(self, status, outcome, done))
+            if self._request_state is not None:
+                self._request_state.audited = True
         log_request(
             self.request_id,
             self.endpoint,
@@ -146,6 +161,15 @@ class Run:
                 [self.state.tokenizer.decode(p) for p in self.prompts],
                 [f.outputs[0].text for f in done],
             )
+
+    def _most_new_tokens(self, params: list[SamplingParams]) -> int:
+        """What the group may generate: each sequence's max_tokens, or what its context leaves."""
+        room = self.state.max_model_len
+        return sum(
+            params[j].max_tokens if params[j].max_tokens is not None else max(0, room - len(ids))
+            for ids in self.prompts
+            for j in range(self.n)
+        )
 
     def usage_counts(self) -> tuple[int, int, int]:
         """(prompt tokens, completion tokens, prompt tokens from the prefix cache), as OpenAI counts them."""

@@ -12,12 +12,14 @@ from medvllm.errors import RequestError
 from medvllm.sampling_params import SamplingParams
 from medvllm.server import json_body
 from medvllm.server.errors import bad_request, unavailable
+from medvllm.server.keys import Identity
 from medvllm.server.limits import read_body
 from medvllm.server.protocol import ChatCompletionRequest, SamplingFields, describe
 
 
-def check_ready(state, authorization: str | None) -> None:
-    state.keys.check(authorization)
+def check_ready(state, authorization: str | None) -> Identity:
+    """Who is asking (401 for a bad key), once the engine can take requests (503 until then)."""
+    identity = state.keys.identify(authorization)
     if state.status == "loading":
         raise unavailable(
             "the model is still loading: retry after the Retry-After delay (GET /health says when it is ready)",
@@ -29,10 +31,11 @@ def check_ready(state, authorization: str | None) -> None:
             state.status, "the engine stopped"
         )
         raise unavailable(f"{why}: see the server log", code="engine_unavailable")
+    return identity
 
 
 async def parse(request, model_cls: type[BaseModel], state) -> SamplingFields:
-    check_ready(state, request.headers.get("authorization"))
+    request.state.identity = check_ready(state, request.headers.get("authorization"))
     raw = await read_body(request, state.settings.max_body_bytes)
     try:
         body = json_body.loads(raw)

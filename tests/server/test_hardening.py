@@ -19,8 +19,8 @@ from medvllm.engine.llm_engine import LLMEngine  # noqa: E402
 from medvllm.errors import ConfigError  # noqa: E402
 from medvllm.hardware import detect  # noqa: E402
 from medvllm.server import ServerSettings  # noqa: E402
-from medvllm.server.auth import KeyCheck  # noqa: E402
 from medvllm.server.errors import APIError  # noqa: E402
+from medvllm.server.keys import KeyTable  # noqa: E402
 from tests.server.tiny_server import ENGINE, ThreadServer, build_tiny_folder, free_port, wait_idle  # noqa: E402
 
 BODY_LIMIT = 4096
@@ -152,13 +152,13 @@ def test_tokenizing_and_chat_templating_run_off_the_event_loop(srv, monkeypatch)
 
 # ---- the API key
 def test_the_configured_key_is_normalized_like_the_presented_one(monkeypatch, capsys):
-    keys = KeyCheck("  s3cret\n")
-    keys.check("Bearer s3cret")
-    keys.check("Bearer  s3cret ")
+    keys = KeyTable("  s3cret\n")
+    keys.identify("Bearer s3cret")
+    keys.identify("Bearer  s3cret ")
     with pytest.raises(APIError):
-        keys.check("Bearer s3cret2")
+        keys.identify("Bearer s3cret2")
     with pytest.raises(ConfigError, match="blank"):
-        KeyCheck(" \t")
+        KeyTable(" \t")
     from medvllm.cli.main import main
 
     monkeypatch.delenv("MEDVLLM_API_KEY", raising=False)

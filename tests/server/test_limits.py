@@ -26,8 +26,9 @@ from medvllm.engine.async_engine import AsyncLLMEngine, EngineDeadError  # noqa:
 from medvllm.engine.llm_engine import LLMEngine  # noqa: E402
 from medvllm.hardware import detect  # noqa: E402
 from medvllm.server import ServerSettings, create_app  # noqa: E402
-from medvllm.server.auth import KeyCheck, check_bind, is_loopback  # noqa: E402
+from medvllm.server.auth import check_bind, is_loopback  # noqa: E402
 from medvllm.server.errors import APIError  # noqa: E402
+from medvllm.server.keys import KeyTable  # noqa: E402
 from tests.server.tiny_server import ENGINE, ThreadServer, build_tiny_folder, free_port, wait_idle  # noqa: E402
 
 
@@ -281,10 +282,10 @@ def test_refuses_a_public_bind_without_a_key(monkeypatch, capsys):
 
 
 def test_key_check():
-    keys = KeyCheck("s3cret")
-    keys.check("Bearer s3cret")
+    keys = KeyTable("s3cret")
+    keys.identify("Bearer s3cret")
     for header in (None, "", "Bearer", "Bearer s3cre", "Bearer s3cret2", "Basic s3cret", "s3cret"):
         with pytest.raises(APIError) as e:
-            keys.check(header)
+            keys.identify(header)
         assert e.value.status == 401 and e.value.code == "invalid_api_key"
-    KeyCheck(None).check(None)
+    KeyTable(None).identify(None)
