@@ -8,6 +8,7 @@ kubectl is installed, so this reading cannot drift from what `kubectl apply -k` 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import jsonpatch
@@ -41,7 +42,7 @@ def render(folder: Path) -> list[dict]:
         objects[i] = jsonpatch.apply_patch(objects[i], ops)
     for image in spec.get("images", []):
         for container in containers(objects):
-            if container["image"] == image["name"]:
+            if re.sub(r":[^/:]+$", "", container["image"]) == image["name"]:  # by name, whatever the tag
                 container["image"] = f"{image.get('newName', image['name'])}:{image['newTag']}"
     return objects
 
