@@ -93,6 +93,12 @@ def register(commands, common) -> None:
         help="log prompt and completion text (off by default: they may hold patient data)",
     )
     net.add_argument(
+        "--open-metrics",
+        action="store_true",
+        help="serve /metrics without an API key (it holds counts and timings, no text), for a Prometheus "
+        "scraper or a router such as the Inference Extension's endpoint picker, which send none",
+    )
+    net.add_argument(
         "--audit-log",
         metavar="PATH",
         help="append one JSON record per request to PATH: key name, client, model and settings digests, "
@@ -166,6 +172,7 @@ def run_serve(args: argparse.Namespace) -> int:
         served_model_name=args.served_model_name,
         api_keys_file=keys_file,
         audit_log=args.audit_log,
+        open_metrics=args.open_metrics,
         audit_content=args.audit_content,
         deployment_profile=resolution.profile_name,
         settings_sha256=settings_digest(config.to_dict()),

@@ -45,6 +45,7 @@ class ServerSettings:
     api_keys_file: str | None = None  # named keys with limits (server/keys.py), beside or instead of api_key
     audit_log: str | None = None  # a JSON-lines file, one record per request (server/audit.py)
     audit_content: bool = False  # put prompt and output text in the audit records (off: digests only)
+    open_metrics: bool = False  # /metrics without a key: counts and timings only, for scrapers and routers
     deployment_profile: str | None = None  # recorded in audit records
     settings_sha256: str | None = None  # of the resolved engine settings, recorded in audit records
     max_queue: int = 256  # requests that may wait beyond the running batch before new ones get 503
@@ -172,7 +173,8 @@ def create_app(
     @app.get("/metrics")
     async def metrics(request: Request):
         try:
-            state.keys.identify(request.headers.get("authorization"))
+            if not settings.open_metrics:
+                state.keys.identify(request.headers.get("authorization"))
         except APIError as e:
             return e.response()
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)

@@ -96,3 +96,14 @@ def test_refused_requests_are_audited_too(srv):
         client(srv, "k-batch").completions.create(model="tiny", prompt=PROMPT, max_tokens=2)
     statuses = [(x["key"], x["status"]) for x in records(srv)[before:]]
     assert ("ed-triage", 400) in statuses and ("batch", 429) in statuses
+
+
+def test_open_metrics_lets_a_router_scrape_without_a_key_while_the_api_still_needs_one(srv):
+    assert httpx.get(srv.base + "/metrics").status_code == 401
+    srv.state.settings.open_metrics = True
+    try:
+        r = httpx.get(srv.base + "/metrics")
+        assert r.status_code == 200 and "vllm:num_requests_waiting" in r.text
+        assert httpx.post(srv.base + "/v1/completions", json={"model": "tiny", "prompt": "w5"}).status_code == 401
+    finally:
+        srv.state.settings.open_metrics = False
