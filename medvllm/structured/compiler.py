@@ -40,9 +40,16 @@ class Grammars:
             if self._ll_tokenizer is None:
                 import llguidance.hf
 
-                self._ll_tokenizer = llguidance.hf.from_tokenizer(
-                    self._hf_tokenizer, n_vocab=self.vocab_size, eos_token=self.eos_token_ids or None
-                )
+                try:
+                    self._ll_tokenizer = llguidance.hf.from_tokenizer(
+                        self._hf_tokenizer, n_vocab=self.vocab_size, eos_token=self.eos_token_ids or None
+                    )
+                except ValueError as e:  # a slow tokenizer, or one whose decoder llguidance does not know
+                    raise RequestError(
+                        f"structured outputs cannot run on this model: llguidance cannot read its tokenizer "
+                        f"({_one_line(e)}); serve the request without a constraint, or use a model with a "
+                        "byte-level fast tokenizer"
+                    ) from None
             return self._ll_tokenizer
 
     def compile(self, spec: StructuredOutputsParams):
