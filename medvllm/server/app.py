@@ -76,6 +76,7 @@ class ServerState:
                 return
             warm_up(engine)
             self.tokenizer = engine.tokenizer
+            self.grammars = getattr(engine, "grammars", None)  # structured outputs' compiler and cache
             self.vocab_size = engine.source.hf_config.vocab_size
             self.model_name = self.settings.served_model_name or served_name(engine.source.path)
             self.max_model_len = engine.max_model_len
