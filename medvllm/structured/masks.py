@@ -11,14 +11,10 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import torch
 
 from medvllm.structured.state import GrammarState
-
-if TYPE_CHECKING:
-    from medvllm.engine.sequence import Sequence
 
 
 class MaskBuilder:
@@ -32,9 +28,9 @@ class MaskBuilder:
         self.total_s = 0.0  # time spent building masks (on the mask thread), for the benchmark
         self.num_steps = 0
 
-    def start(self, rows: list[tuple[int, GrammarState, Sequence]]) -> Future | None:
-        """Starts the masks of `rows` (row in the sampling batch, its state, its sequence: only read, and
-        nothing appends to it while the step runs);
+    def start(self, rows: list[tuple[int, GrammarState, object]]) -> Future | None:
+        """Starts the masks of `rows` (row in the sampling batch, its state, its engine Sequence: only its
+        token_ids and num_prompt_tokens are read, and nothing appends to them while the step runs);
         the future gives (row indices [R] long, bit masks [R, words] int32). None when no row has a grammar."""
         if not rows:
             return None
