@@ -25,6 +25,14 @@ def settings(seeds: list[int]) -> list[tuple[float, int | None]]:
     return [(0.0, None)] + [(0.8, s) for s in seeds]
 
 
+def report(name: str, n: int, failures: list[str]) -> tuple[str, int, list[str]]:
+    """Prints one setting's line (and its failures) as soon as it is done."""
+    print(f"{name:<45} {n - len(failures)}/{n} valid", flush=True)
+    for f in failures:
+        print(f"    {f}", flush=True)
+    return name, n, failures
+
+
 def run_python(llm, items, seeds) -> list[tuple[str, int, list[str]]]:
     from medvllm import SamplingParams
     from medvllm.structured import StructuredOutputsParams
@@ -46,7 +54,7 @@ def run_python(llm, items, seeds) -> list[tuple[str, int, list[str]]]:
             for item, out in zip(items, outs)
             if (why := check(item, out.outputs[0].text, out.outputs[0].finish_reason))
         ]
-        rows.append((f"python  T={temperature} seed={seed}", len(items), failures))
+        rows.append(report(f"python  T={temperature} seed={seed}", len(items), failures))
     return rows
 
 
@@ -75,7 +83,7 @@ def run_server(engine, items, seeds) -> list[tuple[str, int, list[str]]]:
             for temperature, seed in settings(seeds):
                 whys = list(pool.map(ask, items, *zip(*[(temperature, seed, mode)] * len(items))))
                 failures = [f"{it.id}: {why}" for it, why in zip(items, whys) if why]
-                rows.append((f"server  {mode} T={temperature} seed={seed}", len(items), failures))
+                rows.append(report(f"server  {mode} T={temperature} seed={seed}", len(items), failures))
     return rows
 
 
@@ -121,12 +129,8 @@ def main() -> int:
     rows = run_python(LLM(max_model_len=2048), items, args.seeds)
     if not args.skip_server:
         rows += run_server(LLM(max_model_len=2048).engine, items, args.server_seeds)
-    total = bad = 0
-    for name, n, failures in rows:
-        total, bad = total + n, bad + len(failures)
-        print(f"{name:<45} {n - len(failures)}/{n} valid")
-        for f in failures:
-            print(f"    {f}")
+    total = sum(n for _, n, _ in rows)
+    bad = sum(len(failures) for _, _, failures in rows)
     print(json.dumps({"outputs": total, "valid": total - bad, "seconds": round(time.perf_counter() - started, 1)}))
     return 0 if bad == 0 else 1
 
