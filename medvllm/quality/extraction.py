@@ -2,7 +2,8 @@
 structured outputs must satisfy. Each note is asked for one task, in turn: medications, allergies,
 vitals, triage, or a nested summary of all four.
 
-Every schema is bounded (maxLength, maxItems, enums, numeric ranges), so a constrained generation
+Every schema is bounded (maxLength, maxItems, enums, numeric ranges, multipleOf on non-integers: at
+temperature 0.8 an unbounded "number" once ran on in digits to max_tokens), so a constrained generation
 always ends well inside EXTRACTION_MAX_TOKENS: a run that hits the limit counts as a failure.
 """
 
@@ -20,7 +21,8 @@ MEDICATION = {
     "type": "object",
     "properties": {
         "name": _NAME,
-        "dose": {"type": "number", "exclusiveMinimum": 0, "maximum": 10000},
+        # multipleOf bounds the digits after the point: a sampled number could otherwise run on
+        "dose": {"type": "number", "exclusiveMinimum": 0, "maximum": 10000, "multipleOf": 0.01},
         "unit": {"enum": ["mg", "mcg", "g", "mL", "units", "mg/kg"]},
         "route": {"enum": ["oral", "intravenous", "intramuscular", "subcutaneous", "nebulized", "topical"]},
         "frequency": {
@@ -54,7 +56,7 @@ VITALS = {
         "blood_pressure": {"type": "string", "pattern": "^[0-9]{2,3}/[0-9]{2,3}$"},
         "respiratory_rate": {"type": "integer", "minimum": 4, "maximum": 60},
         "spo2_percent": {"type": "integer", "minimum": 50, "maximum": 100},
-        "temperature_c": {"type": "number", "minimum": 30, "maximum": 45},
+        "temperature_c": {"type": "number", "minimum": 30, "maximum": 45, "multipleOf": 0.1},
     },
     "required": ["heart_rate"],
     "additionalProperties": False,
