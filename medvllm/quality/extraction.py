@@ -2,8 +2,8 @@
 structured outputs must satisfy. Each note is asked for one task, in turn: medications, allergies,
 vitals, triage, or a nested summary of all four.
 
-Every schema is bounded (maxLength, maxItems, enums, numeric ranges, multipleOf on non-integers: at
-temperature 0.8 an unbounded "number" once ran on in digits to max_tokens), so a constrained generation
+Every schema is bounded (maxLength, maxItems, enums, integer ranges, patterns for decimals), so a
+constrained generation
 always ends well inside EXTRACTION_MAX_TOKENS: a run that hits the limit counts as a failure.
 """
 
@@ -17,12 +17,15 @@ EXTRACTION_MAX_TOKENS = 768
 
 _NAME = {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9 /-]*$", "minLength": 2, "maxLength": 40}
 _TEXT = {"type": "string", "minLength": 1, "maxLength": 60}
+# Decimals are strings with a pattern. A JSON "number" has no bound on its digits (at temperature 0.8
+# one ran on to max_tokens), and bounding them with multipleOf: 0.1 fails jsonschema's own check, which
+# divides in binary floating point (36.8 / 0.1 = 367.99999999999994: "not a multiple").
+_DECIMAL = {"type": "string", "pattern": "^[0-9]{1,5}([.][0-9]{1,2})?$"}
 MEDICATION = {
     "type": "object",
     "properties": {
         "name": _NAME,
-        # multipleOf bounds the digits after the point: a sampled number could otherwise run on
-        "dose": {"type": "number", "exclusiveMinimum": 0, "maximum": 10000, "multipleOf": 0.01},
+        "dose": _DECIMAL,
         "unit": {"enum": ["mg", "mcg", "g", "mL", "units", "mg/kg"]},
         "route": {"enum": ["oral", "intravenous", "intramuscular", "subcutaneous", "nebulized", "topical"]},
         "frequency": {
@@ -56,7 +59,7 @@ VITALS = {
         "blood_pressure": {"type": "string", "pattern": "^[0-9]{2,3}/[0-9]{2,3}$"},
         "respiratory_rate": {"type": "integer", "minimum": 4, "maximum": 60},
         "spo2_percent": {"type": "integer", "minimum": 50, "maximum": 100},
-        "temperature_c": {"type": "number", "minimum": 30, "maximum": 45, "multipleOf": 0.1},
+        "temperature_c": {"type": "string", "pattern": "^(3[0-9]|4[0-5])([.][0-9])?$"},
     },
     "required": ["heart_rate"],
     "additionalProperties": False,
