@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 from medvllm.errors import RequestError
+from medvllm.structured.params import StructuredOutputsParams
 
 # below this a positive temperature overflows logits / temperature to inf (vLLM raises it the same way)
 MIN_TEMPERATURE = 0.01
@@ -39,6 +40,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # top-N logprobs per generated token
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None  # the constraint the output must satisfy
     stop_strings: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -72,6 +74,16 @@ class SamplingParams:
         ids = self.stop_token_ids
         if ids is not None and (not isinstance(ids, (list, tuple)) or not all(_is_int(t) for t in ids)):
             raise self._bad("stop_token_ids", "it must be a list of integer token ids")
+        if isinstance(self.structured_outputs, dict):  # as JSON gives it: {"json": {...}}
+            try:
+                self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
+            except TypeError:
+                raise self._bad(
+                    "structured_outputs", "its keys must be among json, json_object, regex, choice, grammar"
+                ) from None
+        so = self.structured_outputs
+        if so is not None and not isinstance(so, StructuredOutputsParams):
+            raise self._bad("structured_outputs", "it must be a StructuredOutputsParams (json=, regex=, choice=, ...)")
         if self.stop is not None and not isinstance(self.stop, str):
             if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) for s in self.stop):
                 raise self._bad("stop", "it must be a string or a list of strings")

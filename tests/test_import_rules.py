@@ -22,6 +22,7 @@ RULES = {
     "backends": ("engine", "models", "distributed", "deployment") + FRONT,
     "engine": ("deployment",) + FRONT,
     "distributed": ("deployment",) + FRONT,
+    "structured": COMPUTE + FRONT + ("deployment",),
 }
 # the one place the engine reaches into distributed: its executor factory
 ALLOWED = {("engine/executor.py", "distributed")}

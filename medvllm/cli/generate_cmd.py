@@ -42,6 +42,11 @@ def register(actions, common) -> None:
     sampling.add_argument("--top-k", type=int, default=-1)
     sampling.add_argument("--seed", type=int, help="random seed (also the engine's seed)")
     sampling.add_argument("--stop", action="append", metavar="TEXT", help="stop at TEXT (repeatable)")
+    structured = p.add_argument_group("structured output (one of)").add_mutually_exclusive_group()
+    structured.add_argument("--json-schema", metavar="FILE", help="the reply is JSON valid under this JSON Schema")
+    structured.add_argument("--regex", metavar="RE", help="the reply matches this regular expression")
+    structured.add_argument("--choice", action="append", metavar="TEXT", help="the reply is one of these (repeatable)")
+    structured.add_argument("--grammar", metavar="FILE", help="the reply follows this Lark (or GBNF) grammar")
     p.add_argument(
         "--json",
         action="store_true",
@@ -83,6 +88,7 @@ def run_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_tokens=args.max_tokens,
         stop=args.stop,
+        structured_outputs=structured_outputs(args),
     )
     resolution = resolve(
         overrides_from(args), args.deployment_profile, os.environ, detect(), model_info_for(args.model)
@@ -106,6 +112,29 @@ def run_generate(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
     return 0
+
+
+def structured_outputs(args):
+    """The constraint the flags ask for, or None; a file that cannot be read is a RequestError naming it."""
+    from medvllm.structured import StructuredOutputsParams
+
+    if args.json_schema is not None:
+        return StructuredOutputsParams(json=_read(args.json_schema, "--json-schema"))
+    if args.grammar is not None:
+        return StructuredOutputsParams(grammar=_read(args.grammar, "--grammar"))
+    if args.regex is not None:
+        return StructuredOutputsParams(regex=args.regex)
+    if args.choice:
+        return StructuredOutputsParams(choice=args.choice)
+    return None
+
+
+def _read(path: str, flag: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise RequestError(f"cannot read {flag} {path!r}: {e.strerror}") from None
 
 
 def describe_choice(resolution) -> str:

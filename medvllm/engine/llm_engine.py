@@ -18,6 +18,7 @@ from medvllm.errors import EngineGoneError, RequestError, StepError
 from medvllm.loader import ModelSource, open_model
 from medvllm.outputs import RequestOutput
 from medvllm.sampling_params import SamplingParams
+from medvllm.structured.compiler import Grammars
 
 
 class LLMEngine:
@@ -32,7 +33,9 @@ class LLMEngine:
         self.runner = self.executor.runner  # rank 0's: what runs, for runtime_info and stats
         self.max_model_len = self.runner.max_model_len  # lowered to the KV pool where that is smaller
         self.scheduler = Scheduler(config, self.runner.num_blocks, self.max_model_len)
-        self.outputs = OutputProcessor(self.tokenizer, eos_token_ids(hf, self.tokenizer), self.max_model_len)
+        eos = eos_token_ids(hf, self.tokenizer)
+        self.outputs = OutputProcessor(self.tokenizer, eos, self.max_model_len)
+        self.grammars = Grammars(self.tokenizer, self.runner.vocab_size, eos)  # structured outputs
         self._ids = itertools.count()
         self._seqs: dict[str, Sequence] = {}
         self.num_generated_tokens = 0
@@ -68,6 +71,8 @@ class LLMEngine:
         parsed = parse_prompt(prompt, self.tokenizer, self.runner.vocab_size)
         token_ids = parsed.token_ids
         self._check_length(len(token_ids), params)
+        so = params.structured_outputs
+        grammar = None if so is None else self.grammars.state_for(so)  # a bad constraint: refused here
         seq = Sequence(
             request_id,
             parsed.text,
@@ -78,6 +83,7 @@ class LLMEngine:
             cache_salt=parsed.cache_salt,
         )
         seq.stream = stream
+        seq.grammar = grammar
         self._seqs[request_id] = seq
         self.scheduler.add(seq)
         return request_id

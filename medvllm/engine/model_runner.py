@@ -19,6 +19,7 @@ from medvllm.loader import ModelSource
 from medvllm.models.loading import build_model
 from medvllm.models.registry import model_class
 from medvllm.quantization import describe as describe_quantization
+from medvllm.structured.masks import MaskBuilder
 
 CPU = torch.device("cpu")
 
@@ -77,6 +78,7 @@ class ModelRunner:
         generator.manual_seed(config.seed)
         argmax = self.backends.kit.argmax
         self.sampler = Sampler(generator) if argmax is None else Sampler(generator, argmax)
+        self.masks: MaskBuilder | None = None  # structured outputs, made when a request first has a grammar
         # weights and KV cache in place: from here on, keep each step's work buffers for the next step
         self.keeps_freed_memory = self.device.type == "cpu" and keep_freed_memory(
             step_buffer_bytes(hf, config.max_num_batched_tokens)
@@ -91,13 +93,30 @@ class ModelRunner:
 
     def _run(self, seqs: list[Sequence], is_prefill: bool):
         step = self.prepare(seqs, is_prefill)
-        hidden = self.model(step.input_ids, step.positions, step.attn)
-        if not step.sampling:  # only inner chunks of long prompts
-            return [], None
-        logits = self.model.compute_logits(hidden[step.logits_index])
         sampling = [seqs[i] for i in step.sampling]
-        tokens, logprobs = self.sampler(logits, sampling_batch(sampling, self.vocab_size, self.device))
-        return tokens.tolist(), logprobs
+        masks = self._start_masks(sampling)  # computed on a thread while the model runs
+        try:
+            hidden = self.model(step.input_ids, step.positions, step.attn)
+            if not step.sampling:  # only inner chunks of long prompts
+                return [], None
+            logits = self.model.compute_logits(hidden[step.logits_index])
+            batch = sampling_batch(sampling, self.vocab_size, self.device)
+            if masks is not None:
+                batch.bitmask_rows, batch.token_bitmask = masks.result()
+            tokens, logprobs = self.sampler(logits, batch)
+            return tokens.tolist(), logprobs
+        finally:
+            if masks is not None:
+                masks.cancel() or masks.exception()  # a failed step leaves no mask work behind on its matchers
+
+    def _start_masks(self, sampling: list[Sequence]):
+        """The structured-output masks of the sampling rows that have a grammar (None when none has)."""
+        rows = [(i, s.grammar, s) for i, s in enumerate(sampling) if s.grammar is not None]
+        if not rows:
+            return None
+        if self.masks is None:
+            self.masks = MaskBuilder(self.vocab_size)
+        return self.masks.start(rows)
 
     @torch.inference_mode()
     def score(self, token_ids: list[int], block_table: list[int] | None = None) -> torch.Tensor:

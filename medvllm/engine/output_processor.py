@@ -19,6 +19,8 @@ class OutputProcessor:
     def append(self, seq: Sequence, token_id: int, logprobs_row: torch.Tensor | None, now: float) -> bool:
         """Adds one token to seq; returns True when the sequence is now finished."""
         seq.append_token(token_id)
+        if seq.grammar is not None:
+            seq.grammar.sync(seq.token_ids, seq.num_prompt_tokens)
         if seq.metrics.first_token_time is None:
             seq.metrics.first_token_time = now
         if seq.logprobs is not None and logprobs_row is not None:
@@ -28,6 +30,8 @@ class OutputProcessor:
             seq.finish_reason, seq.stop_reason, seq.ends_with_stop_token = "stop", None, True
         elif token_id in p.stop_token_ids:
             seq.finish_reason, seq.stop_reason, seq.ends_with_stop_token = "stop", token_id, True
+        elif seq.grammar is not None and seq.grammar.is_done:  # complete, nothing may follow
+            seq.finish_reason, seq.stop_reason = "stop", None
         elif p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens:
             seq.finish_reason = "length"
         elif len(seq) >= self.max_model_len:

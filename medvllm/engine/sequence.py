@@ -44,6 +44,7 @@ class Sequence:
         self.finish_reason: str | None = None
         self.ends_with_stop_token = False  # finished by eos or a stop token id (not in the text)
         self.stream = False  # detokenize every step (streaming) rather than once at the end
+        self.grammar = None  # structured outputs: the GrammarState the output is held to
         self.stop_reason: str | int | None = None
         self.logprobs: list[dict[int, float]] | None = [] if params.logprobs is not None else None
         self.cumulative_logprob = 0.0

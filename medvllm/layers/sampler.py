@@ -1,6 +1,6 @@
 """Sampler: turns last-position logits into next tokens, for a whole batch at once.
 
-Order (as vLLM's v1 sampler): penalties on raw logits -> temperature -> min-p -> top-k -> top-p -> draw.
+Order (as vLLM's v1 sampler): the grammar masks of constrained rows (structured outputs), penalties on raw logits -> temperature -> min-p -> top-k -> top-p -> draw.
 A seeded request draws from a generator seeded by (seed, output position): its tokens then depend
 on nothing else in the batch, and a preempted, recomputed request draws the same tokens again.
 """
@@ -31,6 +31,9 @@ class SamplingBatch:
     frequency_penalty: torch.Tensor | None = None
     prompt_mask: torch.Tensor | None = None  # [B, V] bool, prompt tokens (repetition penalty sees them)
     num_logprobs: int = -1  # max requested top-N, -1 when none
+    # structured outputs: the allowed tokens of the constrained rows, one bit per token (llguidance's layout)
+    token_bitmask: torch.Tensor | None = None  # [R, ceil(V / 32)] int32
+    bitmask_rows: torch.Tensor | None = None  # [R] long, their rows in the batch
 
 
 def first_max(x: torch.Tensor) -> torch.Tensor:
@@ -49,6 +52,8 @@ class Sampler:
         """Returns (token ids [B], logprobs [B, V] of the raw distribution or None)."""
         logits = logits.float()
         logprobs = torch.log_softmax(logits, dim=-1) if batch.num_logprobs >= 0 else None
+        if batch.token_bitmask is not None:  # before everything else, so each filter sees only allowed tokens
+            apply_token_bitmask(logits, batch.bitmask_rows, batch.token_bitmask)
         if batch.output_tokens is not None:
             logits = apply_penalties(logits, batch)
         if batch.all_greedy:
@@ -73,6 +78,32 @@ class Sampler:
                 gen.manual_seed((seed[0] * _SEED_MIX + seed[1]) % (2**63))
                 q[row].exponential_(generator=gen)
         return self.argmax(probs / q)
+
+
+_BYTE_BITS: dict[torch.device, torch.Tensor] = {}
+
+
+def unpack_bitmask(bits: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[R, W] int32 bit masks -> [R, vocab] bool. Token t is bit t % 32 of word t // 32; read as bytes
+    (little-endian, as every CPU and GPU we run on), token t is bit t % 8 of byte t // 8, so one lookup
+    in a 256 x 8 table unpacks a byte."""
+    table = _BYTE_BITS.get(bits.device)
+    if table is None:
+        table = (torch.arange(256, device=bits.device).unsqueeze(1) >> torch.arange(8, device=bits.device)) & 1
+        table = _BYTE_BITS[bits.device] = table.bool()
+    as_bytes = bits.contiguous().view(torch.uint8).long()  # [R, 4W]
+    return table[as_bytes].view(bits.shape[0], -1)[:, :vocab]
+
+
+def apply_token_bitmask(logits: torch.Tensor, rows: torch.Tensor, bits: torch.Tensor) -> None:
+    """-inf, in place, on the tokens each constrained row's grammar forbids (logits beyond the mask's
+    words, padding of the vocabulary, are forbidden too)."""
+    rows, bits = rows.to(logits.device), bits.to(logits.device, non_blocking=True)
+    vocab = logits.shape[-1]
+    allowed = unpack_bitmask(bits, min(vocab, bits.shape[1] * 32))
+    if allowed.shape[1] < vocab:
+        allowed = torch.nn.functional.pad(allowed, (0, vocab - allowed.shape[1]), value=False)
+    logits[rows] = logits[rows].masked_fill(~allowed, float("-inf"))
 
 
 def filter_logits(

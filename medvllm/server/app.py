@@ -89,6 +89,7 @@ class ServerState:
             if self.audit is not None:  # records name the exact model files: read them once, before serving
                 self.model_sha256 = files_digest(engine.source.path)
             self.tokenizer = engine.tokenizer
+            self.grammars = getattr(engine, "grammars", None)  # structured outputs' compiler and cache
             self.vocab_size = engine.source.hf_config.vocab_size
             self.model_name = self.settings.served_model_name or served_name(engine.source.path)
             self.max_model_len = engine.max_model_len

@@ -12,17 +12,20 @@ from medvllm.server.limits import check_request_tokens, check_sequences
 from medvllm.server.parsing import parse, prompt_ids, sampling_params
 from medvllm.server.protocol import CompletionRequest
 from medvllm.server.replies import EventStream, whole_reply
+from medvllm.server.structured import compile_constraint, constraint
 
 ENDPOINT = "/v1/completions"
 
 
 async def create(request, state, request_id: str) -> Response:
     req = await parse(request, CompletionRequest, state)
+    so, _, field = constraint(req)
     check_sequences(state, len(req.prompts()), req.n)
+    await compile_constraint(state, so, field)
     # off the event loop: a long prompt must not hold up other requests' streams while it is encoded
     prompts = await asyncio.to_thread(lambda: [prompt_ids(state, p) for p in req.prompts()])
     check_request_tokens(state, prompts, req.n, req.max_tokens)
-    params = sampling_params(req, req.max_tokens, req.logprobs)
+    params = sampling_params(req, req.max_tokens, req.logprobs, so)
     run = Run(state, ENDPOINT, request_id, prompts, req.n, request)
     await run.start(params, stream=req.stream)
     if req.stream:

@@ -93,7 +93,9 @@ def chat_ids(state, req: ChatCompletionRequest) -> list[int]:
         raise bad_request(f"the model's chat template refused these messages: {e}", param="messages") from None
 
 
-def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int | None) -> list[SamplingParams]:
+def sampling_params(
+    req: SamplingFields, max_tokens: int | None, logprobs: int | None, structured=None
+) -> list[SamplingParams]:
     """One SamplingParams per choice (n); with a seed, choice j uses seed + j so choices differ."""
     seeds = [None] * req.n if req.seed is None else [req.seed + j for j in range(req.n)]
     fields = dict(
@@ -107,6 +109,7 @@ def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int |
         max_tokens=max_tokens,
         stop=req.stop,
         logprobs=logprobs,
+        structured_outputs=structured,  # each choice gets its own matcher in the engine
     )
     try:
         return [SamplingParams(**fields, seed=seed) for seed in seeds]

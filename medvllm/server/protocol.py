@@ -39,6 +39,13 @@ class SamplingFields(BaseModel):
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
+    # structured outputs (server/structured.py): OpenAI's response_format, and vLLM's fields
+    response_format: dict | None = None
+    structured_outputs: Any = None
+    guided_json: Any = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     @field_validator("stop")
     @classmethod
@@ -134,6 +141,9 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[dict] | None = None  # only as forced calls: tool_choice "required" or a named function
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None  # a forced call is one call
 
     @property
     def token_limit(self) -> int | None:

@@ -84,3 +84,28 @@ def test_cli_generate_with_two_ranks_end_to_end(default_llm):
     if cpu_sockets() == 1:
         assert "on a single-socket machine: it will not make it faster" in run.stderr
     assert _tagged(tag) == []  # the worker exited with the CLI
+
+
+def test_structured_outputs_on_two_ranks(default_llm, tp2_default):
+    """Masks are built and applied on rank 0, where sampling runs: greedy tokens equal one rank's."""
+    import re
+
+    from medvllm.structured import StructuredOutputsParams
+
+    schema = {
+        "type": "object",
+        "properties": {"drug": {"type": "string", "maxLength": 20}, "dose_mg": {"type": "integer", "maximum": 5000}},
+        "required": ["drug", "dose_mg"],
+        "additionalProperties": False,
+    }
+    json_params = SamplingParams(temperature=0, max_tokens=64, structured_outputs=StructuredOutputsParams(json=schema))
+    regex = r"[0-9]{2,3}/[0-9]{2,3} mmHg"
+    sampled = SamplingParams(
+        temperature=0.8, seed=3, max_tokens=16, structured_outputs=StructuredOutputsParams(regex=regex)
+    )
+    prompts = chats(["Metformin 500 mg twice daily. Extract the drug as JSON.", "Give a blood pressure."])
+    two = tp2_default.chat(prompts, [json_params, sampled])
+    one = default_llm.chat(prompts[:1], json_params)
+    assert two[0].outputs[0].token_ids == one[0].outputs[0].token_ids
+    assert json.loads(two[0].outputs[0].text).keys() == {"drug", "dose_mg"}
+    assert re.fullmatch(regex, two[1].outputs[0].text)

@@ -206,13 +206,13 @@ def test_error_cases_answer_openais_error_shape(served, client, model):
             json={
                 "model": model,
                 "messages": [{"role": "user", "content": "x"}],
-                "tools": [{"type": "function"}],
+                "functions": [{"name": "f"}],  # OpenAI's legacy field (tools are served: test_structured.py)
                 "logit_bias": {"1": 5},
             },
         ),
         400,
     )
-    assert e["code"] == "unsupported_parameter" and "tools" in e["message"] and "logit_bias" in e["message"]
+    assert e["code"] == "unsupported_parameter" and "functions" in e["message"] and "logit_bias" in e["message"]
     assert error_of(post("/v1/completions", json=ok, headers={}), 401)["code"] == "invalid_api_key"
     error_of(post("/v1/completions", json=ok, headers={"Authorization": "Bearer wrong"}), 401)
     error_of(httpx.get(served.base + "/v1/models"), 401)
