@@ -46,6 +46,8 @@ class ServerSettings:
     log_content: bool = False  # put prompt and completion text in the log (off: they may hold PHI)
     served_model_name: str | None = None  # default: the model file or folder name
     loading_retry_after_s: int = 5
+    # the priority of requests that give none (scheduling_policy='priority'); named keys would set their own
+    default_priority: int = 0
 
 
 class ServerState:
@@ -58,7 +60,7 @@ class ServerState:
         on_failure: Callable[[BaseException], None] | None = None,
     ):
         self.settings = settings
-        self.keys = KeyCheck(settings.api_key)
+        self.keys = KeyCheck(settings.api_key, settings.default_priority)
         self.metrics = ServerMetrics(lambda: self.engine.stats() if self.engine is not None else None)
         self.status = "loading"  # loading | ready | failed | stopping
         self.engine: AsyncLLMEngine | None = None

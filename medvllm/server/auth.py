@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+from dataclasses import dataclass
 
 from medvllm.errors import ConfigError
 from medvllm.server.errors import unauthorized
@@ -26,8 +27,19 @@ def normalize_key(api_key: str | None) -> str | None:
     return key
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who a request came in as, and the defaults that go with that key. The server has one unnamed key
+    today (or none); a table of named keys would give each its own Caller, e.g. an emergency-department
+    key with default_priority -10 and a batch-summaries key with 10 (scheduling_policy='priority')."""
+
+    key_name: str | None = None
+    default_priority: int = 0  # for requests that give no `priority` of their own
+
+
 class KeyCheck:
-    def __init__(self, api_key: str | None):
+    def __init__(self, api_key: str | None, default_priority: int = 0):
+        self.caller = Caller(default_priority=default_priority)
         key = normalize_key(api_key)
         # compare digests, not the keys: equal lengths, so the time taken says nothing about the key
         self._digest = None if key is None else hashlib.sha256(key.encode()).digest()
@@ -36,16 +48,18 @@ class KeyCheck:
     def enabled(self) -> bool:
         return self._digest is not None
 
-    def check(self, authorization: str | None) -> None:
-        """Raises a 401 APIError unless `authorization` is 'Bearer <the key>' (or no key is set)."""
+    def check(self, authorization: str | None) -> Caller:
+        """The caller, or raises a 401 APIError unless `authorization` is 'Bearer <the key>' (or no key is
+        set)."""
         if self._digest is None:
-            return
+            return self.caller
         scheme, _, given = (authorization or "").strip().partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             raise unauthorized("no API key given: send it as the header 'Authorization: Bearer KEY'")
         digest = hashlib.sha256(given.strip().encode()).digest()
         if not hmac.compare_digest(digest, self._digest):
             raise unauthorized("incorrect API key: check the key the server was started with")
+        return self.caller
 
 
 def is_loopback(host: str) -> bool:

@@ -16,8 +16,9 @@ from medvllm.server.limits import read_body
 from medvllm.server.protocol import ChatCompletionRequest, SamplingFields, describe
 
 
-def check_ready(state, authorization: str | None) -> None:
-    state.keys.check(authorization)
+def check_ready(state, authorization: str | None):
+    """The caller (auth.Caller), once the key checks and the engine is up."""
+    caller = state.keys.check(authorization)
     if state.status == "loading":
         raise unavailable(
             "the model is still loading: retry after the Retry-After delay (GET /health says when it is ready)",
@@ -29,10 +30,11 @@ def check_ready(state, authorization: str | None) -> None:
             state.status, "the engine stopped"
         )
         raise unavailable(f"{why}: see the server log", code="engine_unavailable")
+    return caller
 
 
 async def parse(request, model_cls: type[BaseModel], state) -> SamplingFields:
-    check_ready(state, request.headers.get("authorization"))
+    caller = check_ready(state, request.headers.get("authorization"))
     raw = await read_body(request, state.settings.max_body_bytes)
     try:
         body = json_body.loads(raw)
@@ -61,6 +63,8 @@ async def parse(request, model_cls: type[BaseModel], state) -> SamplingFields:
             param=extra[0],
             code="unsupported_parameter",
         )
+    if req.priority is None:  # the key's default (scheduling_policy='priority' acts on it)
+        req.priority = caller.default_priority
     return req
 
 

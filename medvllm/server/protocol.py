@@ -39,6 +39,7 @@ class SamplingFields(BaseModel):
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
+    priority: int | None = None  # lower is scheduled sooner under scheduling_policy='priority'; None: the key's default
 
     @field_validator("stop")
     @classmethod
