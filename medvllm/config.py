@@ -64,6 +64,11 @@ class Config:
     max_num_batched_tokens: int | None = (
         None  # tokens per step; None: 2048 on CPU (1024 memory_efficient), 8192 on CUDA
     )
+    # prompt tokens a step may carry beside the running sequences' decode tokens (mixed steps: a long prompt
+    # is spread over steps while streams keep getting tokens); None: 48 on CPU, 2048 on CUDA (at most
+    # max_num_batched_tokens); 0: prompts run in steps of their own, decoding waits (no mixing)
+    mixed_prompt_tokens: int | None = None
+    scheduling_policy: str = "fcfs"  # fcfs | priority: waiting requests by `priority` (lower first), then arrival
     max_model_len: int | None = None
     kvcache_block_size: int = 16
     kv_cache_dtype: str = "auto"  # auto (the model's dtype; bfloat16 for a float32 model under memory_efficient on CPU)
@@ -95,6 +100,11 @@ class Config:
                 self.derived["max_num_batched_tokens"] = "memory_efficient"
             if _is_int(self.max_num_seqs):  # every running sequence still gets its decode token
                 self.max_num_batched_tokens = max(self.max_num_batched_tokens, self.max_num_seqs)
+        if self.mixed_prompt_tokens is None and self.device in DEVICES and _is_int(self.max_num_batched_tokens):
+            self.mixed_prompt_tokens = DEFAULT_MIXED_PROMPT_TOKENS[self.resolved_device.type]
+            if self.mixed_prompt_tokens > self.max_num_batched_tokens:
+                self.mixed_prompt_tokens = self.max_num_batched_tokens
+                self.derived["mixed_prompt_tokens"] = "max_num_batched_tokens"
         kv_space_given = self.kv_cache_space_gib is not None  # the only limit a user may leave unset
         if self.kv_cache_space_gib is None:
             self.kv_cache_space_gib = DEFAULT_KV_SPACE_GIB[self.memory_efficient is True]
@@ -135,6 +145,13 @@ class Config:
 GPU_MEMORY_UTILIZATION = 0.9  # gpu_memory_utilization's default: another value on CPU is a user's setting
 DEFAULT_BATCHED_TOKENS = {"cpu": 2048, "cuda": 8192}
 MEMORY_EFFICIENT_BATCHED_TOKENS = 1024  # CPU: prompts prefill as fast as in 2,048-token steps, in less memory
+# Prompt tokens beside the decode tokens of a mixed step. On CPU a prompt token costs ~1.2 ms (linears and
+# attention over a long context) where a decode step of 8 streams takes ~29 ms (docs/ARCHITECTURE.md): 48
+# keeps a mixed step near 3x a decode step, while the per-step cost of the decodes adds ~30% to a long
+# prompt's prefill. An estimate from those figures, to be confirmed on a quiet machine (docs/SERVER.md).
+# CUDA: vLLM's server budget.
+DEFAULT_MIXED_PROMPT_TOKENS = {"cpu": 48, "cuda": 2048}
+SCHEDULING_POLICIES = ("fcfs", "priority")
 # The CPU KV pool limit when kv_cache_space_gib is not given, without / with memory_efficient. 0.4 GiB of
 # a bf16 cache holds ~18,600 tokens of the default model: 64 requests of 20-200 + 128 tokens at once.
 DEFAULT_KV_SPACE_GIB = {False: 1.0, True: 0.4}
@@ -164,6 +181,7 @@ _ENUMS = {
     "attention_impl": ATTENTION_IMPLS,
     "pool_device": DEVICES,
     "kv_cache_dtype": KV_CACHE_DTYPES,
+    "scheduling_policy": SCHEDULING_POLICIES,
 }
 
 
@@ -190,6 +208,13 @@ def check_fields(c: Config) -> None:
         value = getattr(c, name)
         if value is not None and (not _is_int(value) or value < 1):
             raise fail(name, f"{name}={value!r} is invalid: it must be an integer >= 1, or null for automatic")
+    mixed = c.mixed_prompt_tokens
+    if mixed is not None and (not _is_int(mixed) or mixed < 0):
+        raise fail(
+            "mixed_prompt_tokens",
+            f"mixed_prompt_tokens={mixed!r} is invalid: it must be an integer >= 0 (0: no mixed steps), "
+            "or null for automatic",
+        )
     if not _is_int(c.seed) or c.seed < 0:
         raise fail("seed", f"seed={c.seed!r} is invalid: it must be an integer >= 0")
     for name, choices in _ENUMS.items():

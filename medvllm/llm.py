@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence as Seq
 from medvllm.chat_template import encode_chat
 from medvllm.config import Config
 from medvllm.engine.llm_engine import LLMEngine
+from medvllm.errors import RequestError
 from medvllm.outputs import RequestOutput
 from medvllm.sampling_params import SamplingParams
 
@@ -79,19 +80,26 @@ class LLM:
 
     # ---- generation
     def generate(
-        self, prompts: Prompt | Seq[Prompt], sampling_params: SamplingParams | Seq[SamplingParams] | None = None
+        self,
+        prompts: Prompt | Seq[Prompt],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        priority: Seq[int] | None = None,
     ) -> list[RequestOutput]:
         """One final output per prompt, in order. A prompt is text, token ids, or a vLLM prompt dict
         ({"prompt": text} or {"prompt_token_ids": ids}, with an optional "cache_salt"). Raises RequestError
         for a bad prompt and StepError when a step running one of them fails; either way none of this
-        call's requests is left in the engine."""
+        call's requests is left in the engine. `priority` (vLLM's): one per prompt, used under
+        scheduling_policy='priority' (lower is more urgent)."""
         prompts = _as_list(prompts)
         params = _params_for(prompts, sampling_params)
+        if priority is not None and len(priority) != len(prompts):
+            raise RequestError(f"priority has {len(priority)} values for {len(prompts)} prompts: give one per prompt")
+        priorities = [0] * len(prompts) if priority is None else list(priority)
         ids: list[str] = []
         finals: dict[str, RequestOutput] = {}
         try:
-            for p, sp in zip(prompts, params):
-                ids.append(self.engine.add_request(p, sp))
+            for p, sp, rank in zip(prompts, params, priorities):
+                ids.append(self.engine.add_request(p, sp, priority=rank))
             while len(finals) < len(ids) and self.engine.has_unfinished_requests():
                 for out in self.engine.step():
                     if out.error is not None and out.request_id in ids:

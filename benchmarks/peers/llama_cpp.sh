@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build llama.cpp's llama-bench and llama-batched-bench (speed), llama-perplexity and llama-quantize
-# (benchmarks/llama_cpp_quality.py) from the llama-cpp-python source distribution on PyPI (it vendors
+# (benchmarks/llama_cpp_quality.py) and llama-server (benchmarks/serve_load.py --launch llama.cpp) from the llama-cpp-python source distribution on PyPI (it vendors
 # llama.cpp), natively for this CPU, into a cache outside the repo.
 # Idempotent: does nothing when the binaries are already there.
 #
@@ -15,8 +15,8 @@ BIN="$ROOT/build/bin"
 JOBS="${JOBS:-2}"
 NICE="${NICE:-19}"
 
-TOOLS=(llama-bench llama-batched-bench llama-perplexity llama-quantize)
-if [[ -x "$BIN/llama-bench" && -x "$BIN/llama-batched-bench" && -x "$BIN/llama-perplexity" && -x "$BIN/llama-quantize" ]]; then
+TOOLS=(llama-bench llama-batched-bench llama-perplexity llama-quantize llama-server)
+if [[ -x "$BIN/llama-bench" && -x "$BIN/llama-batched-bench" && -x "$BIN/llama-perplexity" && -x "$BIN/llama-quantize" && -x "$BIN/llama-server" ]]; then
   echo "llama.cpp already built: $BIN"
   exit 0
 fi
@@ -42,9 +42,9 @@ if [[ -f "$MMQ" ]] && ! grep -q 'medvllm: keep tile config stores' "$MMQ"; then
   grep -q 'medvllm: keep tile config stores' "$MMQ" || { echo "could not patch $MMQ" >&2; exit 1; }
 fi
 
-# Native Release build of the four tools only. No curl (nothing is downloaded at run time), no tests.
+# Native Release build of these tools only (an earlier build without the server only adds it). No curl (nothing is downloaded at run time), no tests.
 nice -n "$NICE" cmake -S "$ROOT/src/vendor/llama.cpp" -B "$ROOT/build" -G Ninja \
   -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF
 nice -n "$NICE" cmake --build "$ROOT/build" --target "${TOOLS[@]}" -j "$JOBS"
 echo "built: ${TOOLS[*]/#/$BIN/}"

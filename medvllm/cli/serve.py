@@ -64,6 +64,14 @@ def register(commands, common) -> None:
         "gets 503 with Retry-After (default 256)",
     )
     net.add_argument(
+        "--default-priority",
+        type=int,
+        default=0,
+        metavar="N",
+        help="priority of requests that give none in their body (with --scheduling-policy priority: lower "
+        "runs sooner; default 0)",
+    )
+    net.add_argument(
         "--max-body-bytes",
         type=int,
         default=4 * 1024 * 1024,
@@ -166,6 +174,7 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         api_key=api_key,
         max_queue=args.max_queue,
+        default_priority=args.default_priority,
         max_body_bytes=args.max_body_bytes,
         max_request_tokens=args.max_request_tokens,
         log_content=args.log_content,

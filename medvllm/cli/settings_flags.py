@@ -30,9 +30,10 @@ CHOICES = {
     "pool_device": C.DEVICES,
     "kv_cache_dtype": C.KV_CACHE_DTYPES,
     "quantization_method": C.QUANT_METHODS + ("none",),
+    "scheduling_policy": C.SCHEDULING_POLICIES,
 }
 INTS = ("tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens", "kvcache_block_size")
-OPTIONAL_INTS = ("quantization_bits", "max_model_len", "num_kvcache_blocks")
+OPTIONAL_INTS = ("quantization_bits", "max_model_len", "num_kvcache_blocks", "mixed_prompt_tokens")
 FLOATS = ("kv_cache_space_gib", "gpu_memory_utilization")
 PREFIX = "cfg_"  # namespace attributes of these flags
 

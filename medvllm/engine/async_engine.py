@@ -42,6 +42,7 @@ class _Add:
     stream: bool
     arrival_time: float
     deliver: Callable[[object], None]
+    priority: int = 0
 
 
 @dataclass
@@ -143,11 +144,13 @@ class AsyncLLMEngine:
         stream: bool = False,
         request_id: str | None = None,
         arrival_time: float | None = None,
+        priority: int = 0,
     ) -> RequestStream:
         """Hands a group of requests to the engine; returns once it accepted all of them.
 
         Raises the engine's RequestError (too long, ...) when it refuses one; then none of them runs.
         `stream=True` detokenizes every step so each output carries its new text in delta_text.
+        `priority`: the group's priority under scheduling_policy='priority' (lower is more urgent).
         """
         if not self.alive:
             raise EngineDeadError("the engine is not running: see the server log for why")
@@ -162,7 +165,7 @@ class AsyncLLMEngine:
             except RuntimeError:  # that loop is closed: nobody is waiting for this output any more
                 pass
 
-        self._submit(_Add(ids, requests, stream, arrival_time or time.time(), deliver))
+        self._submit(_Add(ids, requests, stream, arrival_time or time.time(), deliver, priority))
         try:
             first = await outputs.get()
         except asyncio.CancelledError:  # the caller left before the engine answered: undo the add
@@ -236,7 +239,12 @@ class AsyncLLMEngine:
         try:
             for request_id, (prompt, params) in zip(command.ids, command.requests):
                 self.engine.add_request(
-                    prompt, params, request_id=request_id, stream=command.stream, arrival_time=command.arrival_time
+                    prompt,
+                    params,
+                    request_id=request_id,
+                    stream=command.stream,
+                    arrival_time=command.arrival_time,
+                    priority=command.priority,
                 )
                 added.append(request_id)
         except Exception as e:  # noqa: BLE001 - the request's own error (RequestError), sent back to it

@@ -55,9 +55,12 @@ class LLMEngine:
         request_id: str | None = None,
         stream: bool = False,
         arrival_time: float | None = None,
+        priority: int = 0,
     ) -> str:
         """Queues one request. `prompt`: text, token ids, or vLLM's {"prompt": text} / {"prompt_token_ids":
-        ids} (either with an optional "cache_salt"). A RequestError leaves nothing queued."""
+        ids} (either with an optional "cache_salt"). `priority` (vLLM's): under scheduling_policy='priority'
+        a lower value is scheduled sooner and preempted later; fcfs ignores it. A RequestError leaves
+        nothing queued."""
         if self._gone is not None:
             raise self._gone
         params = SamplingParams() if params is None else params
@@ -68,6 +71,8 @@ class LLMEngine:
         request_id = request_id if request_id is not None else str(next(self._ids))
         if request_id in self._seqs:
             raise RequestError(f"request_id {request_id!r} is already in use: give each request its own id")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise RequestError(f"priority={priority!r} is invalid: it must be an integer (lower runs first)")
         parsed = parse_prompt(prompt, self.tokenizer, self.runner.vocab_size)
         token_ids = parsed.token_ids
         self._check_length(len(token_ids), params)
@@ -81,6 +86,7 @@ class LLMEngine:
             self.config.kvcache_block_size,
             arrival_time,
             cache_salt=parsed.cache_salt,
+            priority=priority,
         )
         seq.stream = stream
         seq.grammar = grammar
@@ -218,6 +224,7 @@ class LLMEngine:
             "prefill_tokens_computed": self.scheduler.num_prefill_tokens_computed,
             "generated_tokens": self.num_generated_tokens,
             "num_preemptions": self.scheduler.num_preemptions,
+            "mixed_steps": self.scheduler.num_mixed_steps,  # steps that carried decode and prompt tokens
         }
 
 

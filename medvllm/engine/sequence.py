@@ -25,6 +25,7 @@ class Sequence:
         block_size: int,
         arrival_time: float | None = None,
         cache_salt: str | None = None,
+        priority: int = 0,
     ):
         self.request_id = request_id
         self.prompt = prompt
@@ -33,6 +34,8 @@ class Sequence:
         self.token_ids: list[int] = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
         self.status = SequenceStatus.WAITING
+        self.priority = priority  # under scheduling_policy='priority': lower runs first (vLLM's meaning)
+        self.arrival = 0  # the scheduler's count of requests added before this one: ties go to the earlier
         self.block_table: list[int] = []
         # a request only shares cached prefix blocks with requests of the same salt (vLLM's cache_salt)
         self.cache_salt = cache_salt

@@ -54,6 +54,8 @@ class ServerSettings:
     log_content: bool = False  # put prompt and completion text in the log (off: they may hold PHI)
     served_model_name: str | None = None  # default: the model file or folder name
     loading_retry_after_s: int = 5
+    # the priority of requests that give none and whose key sets none (scheduling_policy='priority')
+    default_priority: int = 0
 
 
 class ServerState:

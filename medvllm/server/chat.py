@@ -37,7 +37,7 @@ async def create(request, state, request_id: str) -> Response:
     ids = await asyncio.to_thread(chat_ids, state, req)
     check_request_tokens(state, [ids], req.n, req.token_limit)
     run = Run(state, ENDPOINT, request_id, [ids], req.n, request)
-    await run.start(params, stream=req.stream)
+    await run.start(params, stream=req.stream, priority=req.priority)
     if req.stream:
         stream = EventStream(run, req, "chat.completion.chunk")
         return stream.response(chunks(run, stream, state.tokenizer, logprobs, tools))

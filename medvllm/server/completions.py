@@ -27,7 +27,7 @@ async def create(request, state, request_id: str) -> Response:
     check_request_tokens(state, prompts, req.n, req.max_tokens)
     params = sampling_params(req, req.max_tokens, req.logprobs, so)
     run = Run(state, ENDPOINT, request_id, prompts, req.n, request)
-    await run.start(params, stream=req.stream)
+    await run.start(params, stream=req.stream, priority=req.priority)
     if req.stream:
         stream = EventStream(run, req, "text_completion")
         return stream.response(chunks(run, stream, state.tokenizer, req.logprobs))

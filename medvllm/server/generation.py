@@ -48,7 +48,7 @@ class Run:
         self._closed = False
         self._admitted = False
 
-    async def start(self, params: list[SamplingParams], stream: bool) -> None:
+    async def start(self, params: list[SamplingParams], stream: bool, priority: int = 0) -> None:
         """Admits the group (503 when the queue is full) and hands it to the engine (400 if refused)."""
         state = self.state
         capacity = state.engine.max_num_seqs + state.settings.max_queue
@@ -64,7 +64,7 @@ class Run:
         requests = [(ids, params[j]) for ids in self.prompts for j in range(self.n)]
         try:
             self.stream = await state.engine.add(
-                requests, stream=stream, request_id=self.request_id, arrival_time=self.arrival
+                requests, stream=stream, request_id=self.request_id, arrival_time=self.arrival, priority=priority
             )
         except RequestError as e:
             self.close("refused", 400)

@@ -64,6 +64,9 @@ async def parse(request, model_cls: type[BaseModel], state) -> SamplingFields:
             param=extra[0],
             code="unsupported_parameter",
         )
+    if req.priority is None:  # the key's default, else the server's (scheduling_policy='priority' acts on it)
+        identity = request.state.identity
+        req.priority = identity.priority if identity.priority is not None else state.settings.default_priority
     return req
 
 

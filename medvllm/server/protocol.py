@@ -46,6 +46,7 @@ class SamplingFields(BaseModel):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    priority: int | None = None  # lower is scheduled sooner under scheduling_policy='priority'; None: the key's default
 
     @field_validator("stop")
     @classmethod

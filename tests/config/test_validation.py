@@ -255,6 +255,19 @@ def test_step_budget_defaults_per_device_and_covers_max_num_seqs():
     assert Config(hardware=CPU, device="cpu", max_num_batched_tokens=512).max_num_batched_tokens == 512
 
 
+def test_mixed_prompt_budget_defaults_per_device_within_the_step_budget():
+    from medvllm.config import DEFAULT_MIXED_PROMPT_TOKENS
+
+    assert Config(hardware=CPU, device="cpu").mixed_prompt_tokens == DEFAULT_MIXED_PROMPT_TOKENS["cpu"] == 48
+    small = Config(hardware=CPU, device="cpu", max_num_batched_tokens=32, max_num_seqs=32)
+    assert small.mixed_prompt_tokens == 32 and small.derived == {"mixed_prompt_tokens": "max_num_batched_tokens"}
+    assert Config(hardware=CPU, device="cpu", mixed_prompt_tokens=0).mixed_prompt_tokens == 0  # no mixing
+    assert Config(hardware=CPU, device="cpu").scheduling_policy == "fcfs"
+    for bad in (-1, 1.5, "64", True):
+        assert "mixed_prompt_tokens" in error(mixed_prompt_tokens=bad)
+    assert "fcfs, priority" in error(scheduling_policy="urgent")
+
+
 def test_memory_efficient_lowers_the_cpu_defaults_but_not_explicit_values():
     from medvllm.config import DEFAULT_KV_SPACE_GIB, MEMORY_EFFICIENT_BATCHED_TOKENS
 

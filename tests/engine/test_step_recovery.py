@@ -73,7 +73,13 @@ def test_stream_raises_then_the_next_request_runs(llm, monkeypatch):
     assert sum((o.outputs[0].delta_token_ids for o in llm.stream(OTHER, GREEDY)), []) == expected
 
 
-def test_requests_outside_the_failing_step_are_unaffected(llm, monkeypatch):
+def test_requests_outside_the_failing_step_are_unaffected(tmp_path_factory, monkeypatch):
+    from tests.tiny_models import build_tiny
+
+    folder = tmp_path_factory.mktemp("tiny_unmixed")
+    build_tiny("llama", folder)
+    # prompts in steps of their own, so a's decoding is outside the step that fails
+    llm = LLM(str(folder), num_kvcache_blocks=64, max_model_len=128, kvcache_block_size=16, mixed_prompt_tokens=0)
     engine = llm.engine
     expected = tokens(llm.generate([OTHER], GREEDY))[0]
     free = engine.scheduler.block_manager.num_free_blocks
@@ -94,6 +100,21 @@ def test_requests_outside_the_failing_step_are_unaffected(llm, monkeypatch):
                 finals[o.request_id] = o
     assert list(finals) == [a] and finals[a].outputs[0].token_ids == expected
     idle_and_clean(engine, free)
+
+
+def test_a_failing_mixed_step_fails_its_decodes_and_prompts_and_the_engine_goes_on(llm, monkeypatch):
+    engine = llm.engine
+    expected = tokens(llm.generate([OTHER], GREEDY))[0]
+    free = engine.scheduler.block_manager.num_free_blocks
+    a = engine.add_request(OTHER, GREEDY)
+    engine.step()  # a's prompt
+    b = engine.add_request(LONG, GREEDY)
+    fail_once(monkeypatch, engine.runner)
+    failed = engine.step()  # a's decode token and b's prompt in one step
+    assert sorted(o.request_id for o in failed) == sorted([a, b])
+    assert all(o.finished and isinstance(o.error, StepError) for o in failed)
+    idle_and_clean(engine, free)
+    assert tokens(llm.generate([OTHER], GREEDY))[0] == expected
 
 
 def test_an_interrupt_inside_a_step_still_cleans_up(llm, monkeypatch):

@@ -3,9 +3,12 @@
 The SDPA path copies every sequence's blocks into one padded tensor per layer before attending; for a
 decode step that copy and the masked SDPA call cost more than the attention arithmetic. The kernel in
 native/paged_attention.c walks each sequence's block table instead. Prompt steps take it too while
-every context is short (MAX_PROMPT_CONTEXT); longer ones stay on SDPA, whose blocked kernel is faster
-when many queries share their keys. Whole int8 prompt steps timed both ways put the crossover between
-a short prompt, where the kernel wins, and a long one, where SDPA does.
+every context is short, or every sequence's run of queries is (MAX_PROMPT_CONTEXT): a mixed step's
+one-token decodes and short chunks of a long prompt attend over the paged cache in place, where SDPA
+would gather every sequence's whole context and pad each decode to the chunk's length. Steps with a
+long run of queries over a long context stay on SDPA, whose blocked kernel is faster when many queries
+share their keys. Whole int8 prompt steps timed both ways put the crossover between a short prompt,
+where the kernel wins, and a long one, where SDPA does.
 """
 
 from __future__ import annotations
@@ -15,10 +18,18 @@ import torch
 from medvllm.backends.cpu.native import binding
 from medvllm.backends.cpu.native.binding import CACHE_DTYPES
 
-# Prompt steps whose contexts are all this short attend through the kernel too, each prompt token over
-# the paged cache on its own; past it, SDPA's blocked kernel over the gathered context is faster
-# (timed on whole prompt steps, as the module docstring says).
+# Prompt steps whose contexts, or runs of queries, are all this short attend through the kernel too,
+# each prompt token over the paged cache on its own; past it, SDPA's blocked kernel over the gathered
+# context is faster (timed on whole prompt steps, as the module docstring says).
 MAX_PROMPT_CONTEXT = 768
+
+
+def attends_in_place(meta) -> bool:
+    """Whether the step's queries attend through the kernel (else SDPA): decode steps, and prompt steps
+    whose contexts or whose runs of queries (pad_index's width, known on the host) are all short."""
+    if meta.is_decode or meta.pad_index.shape[1] <= MAX_PROMPT_CONTEXT:
+        return True
+    return int(meta.context_lens.max()) <= MAX_PROMPT_CONTEXT
 
 
 def native_kernel():
@@ -81,7 +92,7 @@ def _token_rows_and_positions(meta, tokens: int):
     tables = meta.block_tables.to(torch.int64).contiguous()
     if meta.is_decode:  # one token per sequence, in block-table order
         return tables, torch.arange(tokens), meta.query_positions.reshape(-1).to(torch.int64).contiguous()
-    if int(meta.context_lens.max()) > MAX_PROMPT_CONTEXT:
+    if not attends_in_place(meta):
         return _SDPA
     width = meta.pad_index.shape[1]  # the padded [B, Q] layout: a token's row is its index // Q
     rows = torch.div(meta.unpad_index, width, rounding_mode="floor").to(torch.int64)

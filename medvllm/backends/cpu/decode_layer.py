@@ -4,8 +4,8 @@ native/decode_layer.c runs a whole layer (norms, the four Linears, rotary, the K
 attention, SiLU) with the kernels the PyTorch path calls one by one, without a dozen dispatches and
 Python calls a layer. Its Linears are the native int8 kernel (dynamic int8) or float32 on packed panels
 (panel_linear.py). Decode steps always take it; prompt steps too while no sequence's context
-exceeds MAX_PROMPT_CONTEXT (attention.py: each prompt token attends over the paged cache on its
-own). Which models and settings it covers is decided with the other backends
+exceeds MAX_PROMPT_CONTEXT, or no run of queries does (attention.py: each prompt token attends over
+the paged cache on its own). Which models and settings it covers is decided with the other backends
 (medvllm/backends/select.py); runtime_info["decode_layer"] says whether it runs.
 """
 
@@ -15,7 +15,7 @@ import logging
 
 import torch
 
-from medvllm.backends.cpu.attention import MAX_PROMPT_CONTEXT
+from medvllm.backends.cpu.attention import attends_in_place
 from medvllm.backends.cpu.native import binding
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,8 @@ class FusedDecode:
         self.work = torch.empty(0)
 
     def handles(self, meta) -> bool:
-        """Decode steps, and prompt steps whose contexts are all short."""
-        return meta.is_decode or int(meta.context_lens.max()) <= MAX_PROMPT_CONTEXT
+        """The steps whose attention runs on the paged kernel (attention.attends_in_place)."""
+        return attends_in_place(meta)
 
     def __call__(self, hidden: torch.Tensor, positions: torch.Tensor, meta) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = hidden.contiguous()
