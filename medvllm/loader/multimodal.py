@@ -27,8 +27,6 @@ def language_model(config) -> tuple[object, Callable[[str], str | None]]:
     text_arch, prefixes = LANGUAGE_MODELS[arch]
     text = config.text_config
     text.architectures = [text_arch]
-    # the wrapper's flag is the one its checkpoint was saved under
-    text.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", text.tie_word_embeddings))
 
     def rename(name: str) -> str | None:
         for stored, ours in prefixes.items():
