@@ -70,6 +70,10 @@ def run_ray(args, config, settings) -> int:
         shutdown_timeout_s=args.shutdown_timeout,
     )
     app = launch.build_app(config, settings, options)  # checks the options before Ray starts
+    built = getattr(args, "ray_app", None)
+    if built is not None:  # app_builder: Serve's own launcher (serve run, KubeRay) starts it
+        built.append(app)
+        return 0
     ray.init(address=options.address, include_dashboard=False if options.address is None else None)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -92,3 +96,25 @@ def run_ray(args, config, settings) -> int:
             serve.delete(launch.APP_NAME)
         ray.shutdown()
     return 0
+
+
+def app_builder(args: dict):
+    """The application for Serve's own launchers: `serve run medvllm.cli.serve_ray:app_builder model=PATH
+    replicas=2 api-keys-file=PATH`, or a KubeRay RayService's `import_path` with these `args`. The keys are
+    `medvllm serve` flags without their dashes ({"max-num-seqs": 64, "open-metrics": true}); every check
+    `serve` makes runs first. Serve's HTTP options bind the port, so the bind rule assumes all addresses
+    (a key is needed) unless `host` says otherwise."""
+    from medvllm.cli.main import build_parser
+
+    argv = ["serve", "--ray"]
+    for key, value in {"host": "0.0.0.0", **args}.items():
+        flag = "--" + key.replace("_", "-")
+        value = {"true": True, "false": False}.get(value.lower(), value) if isinstance(value, str) else value
+        if value is True:
+            argv.append(flag)
+        elif value not in (False, None):
+            argv += [flag, str(value)]
+    ns = build_parser().parse_args(argv)
+    ns.verbose, ns.quiet, ns.ray_app = getattr(ns, "verbose", False), getattr(ns, "quiet", False), []
+    ns.run(ns)
+    return ns.ray_app[0]

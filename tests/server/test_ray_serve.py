@@ -215,3 +215,14 @@ def test_ray_flags_without_ray_are_refused(capsys):
 
     assert main(["serve", "--replicas", "2"]) != 0
     assert "--replicas only applies to Ray Serve" in capsys.readouterr().err
+
+
+def test_app_builder_for_serve_run_and_kuberay_makes_the_same_checks(tmp_path):
+    from medvllm.cli.serve_ray import app_builder
+
+    tiny = build_tiny_folder(tmp_path / "model")
+    args = {"model": tiny, "deployment-profile": "none", "device": "cpu", "max-model-len": 512, "replicas": 2}
+    with pytest.raises(ConfigError, match="key"):  # Serve binds every address: no key, no app
+        app_builder(args)
+    app = app_builder(args | {"api-key": KEY, "open-metrics": "true"})
+    assert isinstance(app, serve.Application)
