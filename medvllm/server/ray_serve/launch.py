@@ -22,8 +22,13 @@ def build_app(config: Config, settings: ServerSettings, options: RayOptions):
         **engine_options,
         request_router_config=serve.config.RequestRouterConfig(
             request_router_class=ROUTER,
-            # prefix first while the replicas' queues differ by less than a full batch; beyond that, load
-            request_router_kwargs={"imbalanced_threshold": config.max_num_seqs},
+            request_router_kwargs={
+                # prefix first while the replicas' queues differ by less than a full batch; beyond that, load
+                "imbalanced_threshold": config.max_num_seqs,
+                # forget a replica's least recently sent prompts past 400k tokens (about what a large KV
+                # cache holds), as its prefix cache forgets them; without this the tree only grows
+                "do_eviction": True,
+            },
         ),
     )
     ingress = serve.deployment(Ingress, name="MedvllmIngress").options(
