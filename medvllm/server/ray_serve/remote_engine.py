@@ -16,7 +16,7 @@ import time
 from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 
-from medvllm.engine.async_engine import EngineDeadError
+from medvllm.engine.async_engine import EngineDeadError, RequestStream
 from medvllm.errors import RequestError, StepError
 from medvllm.outputs import RequestOutput
 from medvllm.sampling_params import SamplingParams
@@ -33,20 +33,12 @@ REPLICA_FAILED = "the replica serving this request failed: retry (other replicas
 answered_by: contextvars.ContextVar[dict | None] = contextvars.ContextVar("answered_by", default=None)
 
 
-class RemoteStream:
+class RemoteStream(RequestStream):
     """A RequestStream whose outputs come from a replica: (index in the group, RequestOutput)."""
 
     def __init__(self, owner: RemoteEngine, ids: list[str], replica: str, items):
-        self.ids, self.replica = ids, replica
-        self._owner, self._items = owner, items
-        self._unfinished = set(range(len(ids)))
-
-    @property
-    def finished(self) -> bool:
-        return not self._unfinished
-
-    def __aiter__(self):
-        return self
+        super().__init__(owner, ids, outputs=None)
+        self.replica, self._items = replica, items
 
     async def __anext__(self) -> tuple[int, RequestOutput]:
         if not self._unfinished:
@@ -74,12 +66,6 @@ class RemoteStream:
         if self._unfinished:
             self._unfinished.clear()
             self._items.cancel()
-
-    async def __aenter__(self) -> RemoteStream:
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self.abort()
 
 
 class RemoteEngine:
