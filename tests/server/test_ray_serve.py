@@ -229,3 +229,17 @@ def test_app_builder_for_serve_run_and_kuberay_makes_the_same_checks(tmp_path):
         app_builder(args)
     app = app_builder(args | {"api-key": KEY, "open-metrics": "true"})
     assert isinstance(app, serve.Application)
+
+
+def test_a_replica_whose_engine_thread_stopped_fails_its_health_check():
+    from types import SimpleNamespace
+
+    from medvllm.server.ray_serve.replica import EngineReplica
+
+    replica = object.__new__(EngineReplica)  # no Serve context needed: only check_health runs
+    replica.replica_id, replica.engine = "r1", SimpleNamespace(alive=True, error=None)
+    replica.check_health()
+    replica.engine = SimpleNamespace(alive=False, error=RuntimeError("boom"))
+    with pytest.raises(RuntimeError, match="engine thread is not running"):
+        replica.check_health()
+    replica.engine = None  # nothing to stop when it is collected
