@@ -16,6 +16,7 @@ import sys
 
 from medvllm.cli import output
 from medvllm.cli.generate_cmd import describe_choice
+from medvllm.cli.serve_ray import add_ray_flags, check_ray_flags, run_ray
 from medvllm.cli.settings_flags import add_setting_flags, overrides_from
 from medvllm.errors import ConfigError, MedVLLMError, ModelLoadError
 
@@ -118,6 +119,7 @@ def register(commands, common) -> None:
         help="also put prompt and output text in the audit records (off by default: they may hold patient data)",
     )
     net.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    add_ray_flags(p)
     add_setting_flags(p)
     p.set_defaults(run=run_serve)
 
@@ -141,6 +143,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from medvllm.hardware import detect
     from medvllm.loader import open_model
 
+    check_ray_flags(args)
     api_key = normalize_key(args.api_key or os.environ.get(API_KEY_ENV))
     keys_file = args.api_keys_file or os.environ.get(KEYS_FILE_ENV) or None
     keys = KeyTable(api_key, keys_file)  # a bad keys file fails now, before anything loads
@@ -186,6 +189,8 @@ def run_serve(args: argparse.Namespace) -> int:
         deployment_profile=resolution.profile_name,
         settings_sha256=settings_digest(config.to_dict()),
     )
+    if args.ray:
+        return run_ray(args, config, settings)
     app = create_app(settings, load=lambda: LLMEngine(config, source), on_failure=on_failure)
     server = uvicorn.Server(
         uvicorn.Config(

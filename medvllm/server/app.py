@@ -87,7 +87,10 @@ class ServerState:
             if self.stopping.is_set():  # stopped while loading: release what the load made, start nothing
                 release(engine)
                 return
-            warm_up(engine)
+            # an engine already behind an async front (replicas elsewhere: server/ray_serve) is warm and running
+            remote = getattr(engine, "remote", False)
+            if not remote:
+                warm_up(engine)
             if self.audit is not None:  # records name the exact model files: read them once, before serving
                 self.model_sha256 = files_digest(engine.source.path)
             self.tokenizer = engine.tokenizer
@@ -96,13 +99,13 @@ class ServerState:
             self.model_name = self.settings.served_model_name or served_name(engine.source.path)
             self.max_model_len = engine.max_model_len
             self.created = int(time.time())
-            self.engine = AsyncLLMEngine(engine).start()
+            self.engine = engine if remote else AsyncLLMEngine(engine).start()
             self.status = "ready"
             log.info(
-                "ready: model=%s max_model_len=%d kv_blocks=%d load_and_warmup_s=%.1f",
+                "ready: model=%s max_model_len=%d %s load_and_warmup_s=%.1f",
                 self.model_name,
                 engine.max_model_len,
-                engine.runner.num_blocks,
+                engine.describe() if remote else f"kv_blocks={engine.runner.num_blocks}",
                 time.perf_counter() - started,
             )
         except BaseException as e:  # noqa: BLE001 - reported, and the server stops
@@ -136,7 +139,8 @@ def served_name(path: str) -> str:
 def create_app(
     settings: ServerSettings, load: Callable[[], LLMEngine], on_failure: Callable[[BaseException], None] | None = None
 ) -> FastAPI:
-    """`load` builds the LLMEngine (called once, on a background thread, after the app starts)."""
+    """`load` builds the LLMEngine (called once, on a background thread, after the app starts), or returns
+    an engine already running elsewhere behind AsyncLLMEngine's methods, marked `remote` (server/ray_serve)."""
     state = ServerState(settings, load, on_failure)
 
     @asynccontextmanager
