@@ -2,10 +2,13 @@
 
 A step is one of three kinds:
 - decode: one token for every running request (no prompt work waiting: the fast path);
-- prefill: nothing is decoding, so prompts take the whole max_num_batched_tokens budget;
-- mixed: every running request's decode token plus up to mixed_prompt_tokens prompt tokens. A long prompt
-  is then spread over many steps while streams keep getting a token each step, instead of every stream
-  stalling until the prompt is done. The runner sees it as a prefill step in which a decoding request is
+- prefill: no stream is decoding, so prompts take the whole max_num_batched_tokens budget;
+- mixed: a stream (a request whose tokens are handed out as they come) is decoding: every running
+  request's decode token plus up to mixed_prompt_tokens prompt tokens. A long prompt is then spread over
+  many steps while streams keep getting a token each step, instead of every stream stalling until the
+  prompt is done. Requests answered whole (offline batches, non-streamed API calls) are judged by when
+  they finish, not by the gaps between their tokens: with no stream decoding, prompts go first at the
+  full budget, which keeps batch throughput where it was (small prompt chunks admit a batch slowly). The runner sees it as a prefill step in which a decoding request is
   a one-token chunk (queries of varying length over per-sequence contexts); the prompt chunks that finish
   their prompt sample with the decode tokens, inner chunks do not. With mixed_prompt_tokens=0, waiting
   prompts run in prefill steps of their own and decoding waits (the engine before mixed steps).
@@ -68,7 +71,7 @@ class Scheduler:
         prompts_pending = bool(self.waiting) or any(s.is_prefilling for s in self.running)
         if not prompts_pending:
             return self._schedule_decode(), False
-        if self.mixed_prompt_tokens and any(not s.is_prefilling for s in self.running):
+        if self.mixed_prompt_tokens and any(s.stream and not s.is_prefilling for s in self.running):
             return self._schedule_mixed()
         scheduled = self._schedule_prefill([], self.max_num_batched_tokens)
         if scheduled:

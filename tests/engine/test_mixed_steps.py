@@ -32,9 +32,10 @@ def engine_of(folder, mixed: int, **kw):
     return LLM(str(folder), max_num_batched_tokens=STEP_BUDGET, mixed_prompt_tokens=mixed, **(settings | kw))
 
 
-def streams_then_long_prompts(engine, short, long, params=GREEDY, stream_params=None):
-    """The short prompts start decoding; the long ones arrive two steps later. Returns every step's
-    (decoding request ids, {request id: prompt tokens}) and the final outputs by request id."""
+def streams_then_long_prompts(engine, short, long, params=GREEDY, stream_params=None, stream=True):
+    """The short prompts start decoding (streamed, unless `stream` is False); the long ones arrive two
+    steps later. Returns every step's (decoding request ids, {request id: prompt tokens}) and the final
+    outputs by request id."""
     steps, finals = [], {}
     schedule = engine.scheduler.schedule
 
@@ -46,7 +47,7 @@ def streams_then_long_prompts(engine, short, long, params=GREEDY, stream_params=
         return seqs, is_prefill
 
     engine.scheduler.schedule = noting
-    ids = [engine.add_request(p, stream_params or params) for p in short]
+    ids = [engine.add_request(p, stream_params or params, stream=stream) for p in short]
     for _ in range(3):
         engine.step()
     ids += [engine.add_request(p, params) for p in long]
@@ -135,3 +136,17 @@ def test_no_waiting_prompt_keeps_decode_steps_on_their_own_path(tiny):
         engine.step()
     assert kinds[0] and not any(kinds[1:])  # one prompt step, then decode steps only
     assert engine.stats()["mixed_steps"] == 0
+
+
+def test_without_a_stream_decoding_prompts_go_first_as_before(tiny):
+    """Requests answered whole are judged by when they finish: waiting prompts then take whole prompt
+    steps (batch throughput as before mixed steps), and the tokens are the same."""
+    folder, _ = tiny
+    short, long = prompts_of([6, 14], seed=9), prompts_of([90, 45], seed=10)
+    engine = engine_of(folder, PROMPT_BUDGET).engine
+    ids, steps, finals = streams_then_long_prompts(engine, short, long, stream=False)
+    assert not any(d and c for d, c in steps) and engine.stats()["mixed_steps"] == 0
+    streamed = engine_of(folder, PROMPT_BUDGET).engine
+    ids_s, steps_s, finals_s = streams_then_long_prompts(streamed, short, long)
+    assert any(d and c for d, c in steps_s)
+    assert [finals[i] for i in ids] == [finals_s[i] for i in ids_s]

@@ -43,10 +43,11 @@ def first_steps(engine, queued, urgent, priorities, steps=2):
         return seqs, is_prefill
 
     engine.scheduler.schedule = noting
-    ids = [engine.add_request(p, GREEDY, priority=r) for p, r in zip(queued, priorities)]
+    # streamed, as a server's clients would be: the urgent prompt then shares its step with their tokens
+    ids = [engine.add_request(p, GREEDY, priority=r, stream=True) for p, r in zip(queued, priorities)]
     for _ in range(steps):
         engine.step()
-    urgent_id = engine.add_request(urgent, GREEDY, priority=0)
+    urgent_id = engine.add_request(urgent, GREEDY, priority=0, stream=True)
     finals = {}
     while engine.has_unfinished_requests():
         for out in engine.step():

@@ -106,7 +106,7 @@ def test_a_failing_mixed_step_fails_its_decodes_and_prompts_and_the_engine_goes_
     engine = llm.engine
     expected = tokens(llm.generate([OTHER], GREEDY))[0]
     free = engine.scheduler.block_manager.num_free_blocks
-    a = engine.add_request(OTHER, GREEDY)
+    a = engine.add_request(OTHER, GREEDY, stream=True)  # a stream decoding: the long prompt comes in mixed steps
     engine.step()  # a's prompt
     b = engine.add_request(LONG, GREEDY)
     fail_once(monkeypatch, engine.runner)
