@@ -86,7 +86,8 @@ async def mixed(client, model: str, args) -> dict:
     async def one(prompt: str, max_tokens: int, delay: float):
         await asyncio.sleep(delay)
         try:
-            return await timed_request(client, model, prompt, max_tokens, args.chat)
+            # every request runs to its length (the 200-token streams), not to an early end of text
+            return await timed_request(client, model, prompt, max_tokens, args.chat, {"ignore_eos": True})
         except Exception as e:  # noqa: BLE001 - every failure is counted and reported
             errors.append(f"{type(e).__name__}: {e}")
             return None

@@ -107,6 +107,7 @@ def sampling_params(
         top_k=-1 if req.top_k is None else req.top_k,
         min_p=0.0 if req.min_p is None else req.min_p,
         repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        ignore_eos=bool(req.ignore_eos),
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
         max_tokens=max_tokens,

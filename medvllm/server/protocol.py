@@ -39,6 +39,7 @@ class SamplingFields(BaseModel):
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
+    ignore_eos: bool | None = None  # vLLM's and llama.cpp's extra field: generate max_tokens whatever comes
     # structured outputs (server/structured.py): OpenAI's response_format, and vLLM's fields
     response_format: dict | None = None
     structured_outputs: Any = None

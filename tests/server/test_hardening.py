@@ -248,3 +248,12 @@ def test_an_image_part_in_a_chat_message_is_a_400_saying_to_send_text(srv):
     assert "image" in e["message"] and "as text" in e["message"] and "\n" not in e["message"]
     text_only = {"model": "tiny", "messages": [{"role": "user", "content": content[:1]}], "max_tokens": 1}
     assert post(srv, "/v1/chat/completions", json=text_only).status_code == 200
+
+
+def test_ignore_eos_runs_to_max_tokens_as_offline(srv, tiny):
+    from medvllm import LLM, SamplingParams
+
+    body = {"model": "tiny", "prompt": "w5 w6", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
+    r = post(srv, "/v1/completions", json=body).json()
+    offline = LLM(tiny, **ENGINE).generate(["w5 w6"], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
+    assert r["usage"]["completion_tokens"] == 12 and r["choices"][0]["text"] == offline[0].outputs[0].text
