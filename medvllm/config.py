@@ -65,7 +65,7 @@ class Config:
         None  # tokens per step; None: 2048 on CPU (1024 memory_efficient), 8192 on CUDA
     )
     # prompt tokens a step may carry beside the running sequences' decode tokens (mixed steps: a long prompt
-    # is spread over steps while streams keep getting tokens); None: 48 on CPU, 2048 on CUDA (at most
+    # is spread over steps while streams keep getting tokens); None: 64 on CPU, 2048 on CUDA (at most
     # max_num_batched_tokens); 0: prompts run in steps of their own, decoding waits (no mixing)
     mixed_prompt_tokens: int | None = None
     scheduling_policy: str = "fcfs"  # fcfs | priority: waiting requests by `priority` (lower first), then arrival
@@ -145,12 +145,11 @@ class Config:
 GPU_MEMORY_UTILIZATION = 0.9  # gpu_memory_utilization's default: another value on CPU is a user's setting
 DEFAULT_BATCHED_TOKENS = {"cpu": 2048, "cuda": 8192}
 MEMORY_EFFICIENT_BATCHED_TOKENS = 1024  # CPU: prompts prefill as fast as in 2,048-token steps, in less memory
-# Prompt tokens beside the decode tokens of a mixed step. On CPU a prompt token costs ~1.2 ms (linears and
-# attention over a long context) where a decode step of 8 streams takes ~29 ms (docs/ARCHITECTURE.md): 48
-# keeps a mixed step near 3x a decode step, while the per-step cost of the decodes adds ~30% to a long
-# prompt's prefill. An estimate from those figures, to be confirmed on a quiet machine (docs/SERVER.md).
-# CUDA: vLLM's server budget.
-DEFAULT_MIXED_PROMPT_TOKENS = {"cpu": 48, "cuda": 2048}
+# Prompt tokens beside the decode tokens of a mixed step (while a stream decodes). Measured on CPU with 8
+# streams and three ~2,500-token prompts arriving (docs/SERVER.md): 48 kept the streams' gaps even but
+# left the last prompt's first token at 1.66x the unmixed engine's; 64 met both (p99 2.1x and max 4.2x the
+# median gap, first tokens <= 1.41x); 96 let the gaps reach 14x. CUDA: vLLM's server budget.
+DEFAULT_MIXED_PROMPT_TOKENS = {"cpu": 64, "cuda": 2048}
 SCHEDULING_POLICIES = ("fcfs", "priority")
 # The CPU KV pool limit when kv_cache_space_gib is not given, without / with memory_efficient. 0.4 GiB of
 # a bf16 cache holds ~18,600 tokens of the default model: 64 requests of 20-200 + 128 tokens at once.

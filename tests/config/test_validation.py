@@ -258,7 +258,7 @@ def test_step_budget_defaults_per_device_and_covers_max_num_seqs():
 def test_mixed_prompt_budget_defaults_per_device_within_the_step_budget():
     from medvllm.config import DEFAULT_MIXED_PROMPT_TOKENS
 
-    assert Config(hardware=CPU, device="cpu").mixed_prompt_tokens == DEFAULT_MIXED_PROMPT_TOKENS["cpu"] == 48
+    assert Config(hardware=CPU, device="cpu").mixed_prompt_tokens == DEFAULT_MIXED_PROMPT_TOKENS["cpu"] == 64
     small = Config(hardware=CPU, device="cpu", max_num_batched_tokens=32, max_num_seqs=32)
     assert small.mixed_prompt_tokens == 32 and small.derived == {"mixed_prompt_tokens": "max_num_batched_tokens"}
     assert Config(hardware=CPU, device="cpu", mixed_prompt_tokens=0).mixed_prompt_tokens == 0  # no mixing
