@@ -114,11 +114,12 @@ class RemoteEngine:
         stream: bool = False,
         request_id: str | None = None,
         arrival_time: float | None = None,
+        priority: int = 0,
     ) -> RemoteStream:
         """Starts the group on a replica; returns once its engine accepted all of it (RequestError if not)."""
         base = request_id or f"req-{time.monotonic_ns()}"
         ids = [base] if len(requests) == 1 else [f"{base}-{i}" for i in range(len(requests))]
-        call = wire.EngineCall(requests, stream, base, arrival_time or time.time())
+        call = wire.EngineCall(requests, stream, base, arrival_time or time.time(), priority)
         for attempt in range(TRIES):
             items = self._handle.generate.remote(call)
             try:

@@ -51,7 +51,11 @@ class EngineReplica:
         left) aborts what is unfinished and frees its KV blocks."""
         try:
             stream = await self.engine.add(
-                call.requests, stream=call.stream, request_id=call.request_id, arrival_time=call.arrival_time
+                call.requests,
+                stream=call.stream,
+                request_id=call.request_id,
+                arrival_time=call.arrival_time,
+                priority=call.priority,
             )
         except RequestError as e:
             yield (wire.REFUSED, str(e))

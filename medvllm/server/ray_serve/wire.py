@@ -28,6 +28,7 @@ class EngineCall:
     stream: bool
     request_id: str
     arrival_time: float
+    priority: int = 0  # under scheduling_policy='priority', lower is more urgent
 
     @property
     def prompt(self) -> str:
