@@ -30,7 +30,7 @@ def common_flags() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from medvllm.cli import generate_cmd, keys_cmd, profiles_cmd, quality, serve
+    from medvllm.cli import audit_cmd, generate_cmd, keys_cmd, profiles_cmd, quality, serve
 
     common = common_flags()
     parser = argparse.ArgumentParser(
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     profiles_cmd.register(prof.add_subparsers(dest="action", metavar="ACTION", required=True), common)
     serve.register(commands, common)
     keys_cmd.register(commands, common)
+    audit_cmd.register(commands, common)
     qual = commands.add_parser("quality", help="check a profile's output quality against a reference", parents=[common])
     quality.register(qual.add_subparsers(dest="action", metavar="ACTION", required=True), common)
     return parser

@@ -114,6 +114,13 @@ def register(commands, common) -> None:
         "tokens, timings, SHA-256 of prompt and output (no text); re-opened on SIGHUP for log rotation",
     )
     net.add_argument(
+        "--audit-max-bytes",
+        type=int,
+        metavar="N",
+        help="rotate the audit log at N bytes: the full file becomes PATH.1, PATH.2, ... and the hash chain "
+        "goes on in a new PATH (default: no rotation by size)",
+    )
+    net.add_argument(
         "--audit-content",
         action="store_true",
         help="also put prompt and output text in the audit records (off by default: they may hold patient data)",
@@ -148,6 +155,8 @@ def run_serve(args: argparse.Namespace) -> int:
     keys_file = args.api_keys_file or os.environ.get(KEYS_FILE_ENV) or None
     keys = KeyTable(api_key, keys_file)  # a bad keys file fails now, before anything loads
     check_bind(args.host, api_key or keys_file, args.allow_unauthenticated)
+    if args.audit_max_bytes is not None and args.audit_max_bytes < 4096:
+        raise ConfigError(f"--audit-max-bytes {args.audit_max_bytes} is below 4096: give room for a few records")
     if args.audit_content and not args.audit_log:
         raise ConfigError("--audit-content does nothing without --audit-log PATH: add it, or drop --audit-content")
     if args.max_queue < 0:
@@ -186,6 +195,7 @@ def run_serve(args: argparse.Namespace) -> int:
         audit_log=args.audit_log,
         open_metrics=args.open_metrics,
         audit_content=args.audit_content,
+        audit_max_bytes=args.audit_max_bytes,
         deployment_profile=resolution.profile_name,
         settings_sha256=settings_digest(config.to_dict()),
     )

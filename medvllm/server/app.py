@@ -45,6 +45,7 @@ class ServerSettings:
     api_keys_file: str | None = None  # named keys with limits (server/keys.py), beside or instead of api_key
     audit_log: str | None = None  # a JSON-lines file, one record per request (server/audit.py)
     audit_content: bool = False  # put prompt and output text in the audit records (off: digests only)
+    audit_max_bytes: int | None = None  # rotate the audit log at this size (the chain goes on)
     open_metrics: bool = False  # /metrics without a key: counts and timings only, for scrapers and routers
     deployment_profile: str | None = None  # recorded in audit records
     settings_sha256: str | None = None  # of the resolved engine settings, recorded in audit records
@@ -70,7 +71,11 @@ class ServerState:
         self.settings = settings
         self.keys = KeyTable(settings.api_key, settings.api_keys_file)
         self.limits = RateLimits()
-        self.audit = AuditLog(settings.audit_log, settings.audit_content) if settings.audit_log else None
+        self.audit = (
+            AuditLog(settings.audit_log, settings.audit_content, settings.audit_max_bytes)
+            if settings.audit_log
+            else None
+        )
         self.model_sha256: str | None = None
         self.metrics = ServerMetrics(lambda: self.engine.stats() if self.engine is not None else None)
         self.status = "loading"  # loading | ready | failed | stopping

@@ -5,6 +5,8 @@ and the SHA-256 of the resolved settings), how much and how long (tokens, timing
 (status, finish reasons), and SHA-256 digests of the prompt and of each output, so a disputed answer
 can be matched to its record without the text being stored. The text itself only with --audit-content.
 
+Each line is chained to the one before (server/audit_chain.py; `medvllm audit verify` checks it).
+
 Digests: a prompt's is over the token ids the model read, as compact JSON ("[1,2,3]"), per prompt; an
 output's is over its text as UTF-8. `prompt_digest` recomputes the first from a request.
 """
@@ -19,6 +21,7 @@ import threading
 import time
 
 from medvllm.errors import ConfigError
+from medvllm.server.audit_chain import chained_line, last_hash, rotated_files
 
 
 def sha256_text(text: str) -> str:
@@ -52,29 +55,45 @@ def files_digest(path: str, chunk: int = 1 << 22) -> str:
 
 
 class AuditLog:
-    """Appends records; re-opens its file on SIGHUP (`reopen`), so logrotate can move it away."""
+    """Appends chained records (server/audit_chain.py). Rotates by size (`max_bytes`: the full file becomes
+    PATH.1, PATH.2, ... and a new PATH starts, the chain going on) and re-opens its file on SIGHUP
+    (`reopen`), for an external logrotate. A restart picks the chain up from the last line written."""
 
-    def __init__(self, path: str, content: bool = False):
-        self.path, self.content = path, content
+    def __init__(self, path: str, content: bool = False, max_bytes: int | None = None):
+        self.path, self.content, self.max_bytes = path, content, max_bytes
         self._lock = threading.RLock()  # SIGHUP's handler may run on the thread already holding it
         try:
+            self._prev = last_hash(path)
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held for the server's life
-        except OSError as e:
-            raise ConfigError(
-                f"cannot open the audit log {path} ({e.strerror}); give a writable --audit-log path"
-            ) from None
+            self._size = os.path.getsize(path)
+        except (OSError, ValueError) as e:
+            why = e.strerror if isinstance(e, OSError) else f"its last line is not an audit record: {e}"
+            raise ConfigError(f"cannot open the audit log {path} ({why}); give a writable --audit-log path") from None
 
     def write(self, record: dict) -> None:
         record = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")} | record
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
         with self._lock:
+            line, self._prev = chained_line(record, self._prev)
+            size = len(line.encode("utf-8"))
+            if self.max_bytes and self._size > 0 and self._size + size > self.max_bytes:
+                self._rotate()
             self._file.write(line)
             self._file.flush()
+            self._size += size
+
+    def _rotate(self) -> None:
+        self._file.close()
+        taken = rotated_files(self.path)
+        number = 1 + (int(taken[-1].rsplit(".", 1)[1]) if taken else 0)
+        os.replace(self.path, f"{self.path}.{number}")
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._size = 0
 
     def reopen(self) -> None:
         with self._lock:
             self._file.close()
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._size = os.path.getsize(self.path)
 
     def close(self) -> None:
         with self._lock:

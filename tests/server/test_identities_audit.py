@@ -14,6 +14,7 @@ from medvllm.config import Config  # noqa: E402
 from medvllm.engine.llm_engine import LLMEngine  # noqa: E402
 from medvllm.hardware import detect  # noqa: E402
 from medvllm.server import ServerSettings  # noqa: E402
+from medvllm.server.audit_chain import verify  # noqa: E402
 from tests.server.tiny_server import ENGINE, ThreadServer, build_tiny_folder  # noqa: E402
 
 PROMPT = "w5 w6 w7 w8"
@@ -85,6 +86,7 @@ def test_audit_records_who_what_and_digests_but_no_text(srv):
     assert chat_rec["endpoint"] == "/v1/chat/completions"
     assert chat_rec["output_sha256"] == [sha(chat.choices[0].message.content)]
     text = srv.audit_path.read_text()
+    assert verify([str(srv.audit_path)]).broken is None  # the server's trail is one unbroken chain
     assert PROMPT not in text and all(c.text not in text for c in r.choices if len(c.text) > 3)
 
 
