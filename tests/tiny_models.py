@@ -122,3 +122,9 @@ def build_tiny(arch: str, folder: Path, seed: int = 0) -> transformers.PreTraine
     model.save_pretrained(folder, max_shard_size="200KB")
     tiny_tokenizer().save_pretrained(folder)
     return model
+
+
+def random_prompts(lengths, seed):
+    """Token-id prompts of the given lengths, reproducible from `seed` (ids 3..255: no special tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 256, (n,), generator=g).tolist() for n in lengths]

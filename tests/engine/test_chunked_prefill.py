@@ -4,18 +4,12 @@ still equals transformers'; the split is invisible in the tokens and in the pref
 from __future__ import annotations
 
 import pytest
-import torch
 
 from medvllm import LLM, SamplingParams
 from tests.engine_probe import check_against_hf
-from tests.tiny_models import build_tiny
+from tests.tiny_models import build_tiny, random_prompts as prompts_of
 
 BUDGET = 24  # tokens per step: a 100-token prompt takes five steps
-
-
-def prompts_of(lengths, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, 256, (n,), generator=g).tolist() for n in lengths]
 
 
 @pytest.fixture(scope="module")

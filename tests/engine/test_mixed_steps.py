@@ -5,20 +5,14 @@ unmixed engine's (prompts in steps of their own)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from medvllm import LLM, SamplingParams
 from tests.engine_probe import LogitsRecorder, hf_logits
-from tests.tiny_models import build_tiny
+from tests.tiny_models import build_tiny, random_prompts as prompts_of
 
 PROMPT_BUDGET = 16  # prompt tokens beside the decodes of a mixed step
 STEP_BUDGET = 32  # max_num_batched_tokens: every step, decodes included
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
-
-
-def prompts_of(lengths, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, 256, (n,), generator=g).tolist() for n in lengths]
 
 
 @pytest.fixture(scope="module")
