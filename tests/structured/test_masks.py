@@ -131,3 +131,19 @@ def _batch(settings, rows, vocab, g) -> SamplingBatch:
         batch.frequency_penalty = torch.tensor([0.2, 1.0, 0.0])
         batch.prompt_mask = torch.rand(rows, vocab, generator=g) < 0.1
     return batch
+
+
+@pytest.mark.parametrize("vocab,words", [(1000, 32), (1000, 30), (64, 2)])  # mask wider, narrower, exact
+@pytest.mark.parametrize("rows", [[0, 1, 2], [2, 0]])
+def test_masks_apply_in_place_as_the_unpacked_bits_say(vocab, words, rows):
+    g = torch.Generator().manual_seed(vocab + words)
+    logits = torch.randn(3, vocab, generator=g)
+    bits = torch.randint(-(2**31), 2**31 - 1, (len(rows), words), generator=g, dtype=torch.int32)
+    ours = logits.clone()
+    apply_token_bitmask(ours, torch.tensor(rows), bits)
+    allowed = torch.zeros(len(rows), vocab, dtype=torch.bool)
+    n = min(vocab, words * 32)
+    allowed[:, :n] = unpack_bitmask(bits, n)  # tokens beyond the mask's words are forbidden
+    expected = logits.clone()
+    expected[rows] = expected[rows].masked_fill(~allowed, float("-inf"))
+    assert torch.equal(ours, expected)
