@@ -8,6 +8,7 @@ tokens, and Gemma 3's real 262k vocabulary when its file is on this machine (not
 
 import json
 import os
+import pickle
 import random
 from collections import Counter
 
@@ -254,3 +255,20 @@ def test_errors_are_one_line(tmp_path):
     no_scores = write_vocab(tmp_path / "z.gguf", "llama", ["a", "b", "ab"], [NORMAL] * 3)
     with pytest.raises(ModelLoadError, match="neither tokenizer.ggml.merges nor tokenizer.ggml.scores"):
         build_tokenizer(no_scores, "z.gguf")
+
+
+def test_pickles_and_lends_transformers_for_the_rest():
+    path = default_model_path()
+    ours = build_tokenizer(GGUFFile(path).metadata, path)
+    text = "Sepsis: <|im_start|> a 67-year-old"
+    copy = pickle.loads(pickle.dumps(ours))
+    assert copy.encode(text) == ours.encode(text) and copy.chat_template == ours.chat_template
+    assert ours._hf is None  # nothing so far needed transformers' tokenizer
+    # what only transformers' tokenizer has comes from one built on the same backend, settings kept
+    assert ours.tokenize(text) == ours.convert_ids_to_tokens(ours.encode(text))
+    assert ours(text).input_ids == ours.encode(text)
+    ours.chat_template = "{{ messages[0]['content'] }}"
+    assert ours.hf_tokenizer().chat_template == ours.chat_template
+    ours.pad_token = ours.eos_token
+    assert ours.hf_tokenizer().pad_token_id == ours.pad_token_id == ours.eos_token_id
+    assert pickle.loads(pickle.dumps(ours)).encode(text) == ours.encode(text)  # still picklable
