@@ -35,6 +35,9 @@ class LLM:
         self.tokenizer = self.engine.tokenizer
 
     def get_tokenizer(self):
+        """The model's tokenizer: a GGUF file's is a TextTokenizer (encode, decode, apply_chat_template, special
+        tokens; any other transformers method through a PreTrainedTokenizerFast built when first asked for),
+        a folder's is transformers' fast tokenizer."""
         return self.tokenizer
 
     def runtime_info(self) -> dict:

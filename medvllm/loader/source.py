@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     import transformers
 
     from medvllm.loader.model_config import ModelConfig
+    from medvllm.loader.text_tokenizer import TextTokenizer
 
 
 @dataclass
@@ -16,7 +17,8 @@ class ModelSource:
     path: str  # the file or folder loaded
     format: str  # "gguf" | "safetensors"
     hf_config: "transformers.PretrainedConfig | ModelConfig"  # .architectures: the *ForCausalLM class
-    tokenizer: "transformers.PreTrainedTokenizerBase"  # fast; .chat_template set when the model has one
+    # a GGUF file's: TextTokenizer; a folder's: transformers' fast tokenizer. .chat_template set when the model has one
+    tokenizer: "TextTokenizer | transformers.PreTrainedTokenizerBase"
     description: str  # short human text for logs and output metadata
     # Builds the weight stream; kept as a factory so every iter_weights() call starts afresh.
     _weights: Callable[..., Iterator[tuple[str, "torch.Tensor"]]] = field(repr=False, compare=False, default=None)

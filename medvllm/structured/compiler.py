@@ -7,6 +7,7 @@ engine loop), and the engine's add_request then finds the grammar in the cache.
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from collections import OrderedDict
@@ -23,7 +24,7 @@ CACHE_SIZE = 256  # compiled grammars kept (a clinical service uses a few schema
 
 class Grammars:
     def __init__(self, tokenizer, vocab_size: int, eos_token_ids: set[int], cache_size: int = CACHE_SIZE):
-        """`tokenizer`: the engine's Hugging Face fast tokenizer; `vocab_size`: the width of the logits."""
+        """`tokenizer`: the engine's fast tokenizer (ours or transformers'); `vocab_size`: the width of the logits."""
         self._hf_tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.eos_token_ids = sorted(eos_token_ids)
@@ -38,19 +39,30 @@ class Grammars:
         """llguidance's view of the vocabulary: ~0.5 s to build on the default model, so only when first needed."""
         with self._lock:
             if self._ll_tokenizer is None:
-                import llguidance.hf
-
-                try:
-                    self._ll_tokenizer = llguidance.hf.from_tokenizer(
-                        self._hf_tokenizer, n_vocab=self.vocab_size, eos_token=self.eos_token_ids or None
-                    )
-                except ValueError as e:  # a slow tokenizer, or one whose decoder llguidance does not know
-                    raise RequestError(
-                        f"structured outputs cannot run on this model: llguidance cannot read its tokenizer "
-                        f"({_one_line(e)}); serve the request without a constraint, or use a model with a "
-                        "byte-level fast tokenizer"
-                    ) from None
+                self._ll_tokenizer = self._build_ll_tokenizer()
             return self._ll_tokenizer
+
+    def _build_ll_tokenizer(self):
+        # what llguidance.hf.from_tokenizer does, minus its transformers import: the fast tokenizer's
+        # backend serialized without padding or truncation
+        import llguidance
+
+        backend = getattr(self._hf_tokenizer, "backend_tokenizer", None)
+        try:
+            if backend is None:
+                raise ValueError("Only fast tokenizers are supported")
+            if backend.padding is not None or backend.truncation is not None:
+                backend = copy.copy(backend)
+                backend.no_padding()
+                backend.no_truncation()
+            eos = self.eos_token_ids or self._hf_tokenizer.eos_token_id
+            return llguidance.LLTokenizer(backend.to_str(), n_vocab=self.vocab_size, eos_token=eos)
+        except ValueError as e:  # a slow tokenizer, or one whose decoder llguidance does not know
+            raise RequestError(
+                f"structured outputs cannot run on this model: llguidance cannot read its tokenizer "
+                f"({_one_line(e)}); serve the request without a constraint, or use a model with a "
+                "byte-level fast tokenizer"
+            ) from None
 
     def compile(self, spec: StructuredOutputsParams):
         """The matcher in its start state for `spec` (from the cache when seen before); a RequestError

@@ -147,3 +147,23 @@ def test_masks_apply_in_place_as_the_unpacked_bits_say(vocab, words, rows):
     expected = logits.clone()
     expected[rows] = expected[rows].masked_fill(~allowed, float("-inf"))
     assert torch.equal(ours, expected)
+
+
+def test_llguidance_tokenizer_equals_its_transformers_path(grammars):
+    """Built from our tokenizer's backend (no transformers import) it is the tokenizer llguidance.hf makes
+    from transformers' tokenizer on the same backend."""
+    import llguidance.hf
+    import transformers
+
+    ours = grammars.ll_tokenizer
+    tokenizer = grammars._hf_tokenizer
+    hf = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.backend_tokenizer, **tokenizer.special_tokens_map
+    )
+    theirs = llguidance.hf.from_tokenizer(hf, n_vocab=grammars.vocab_size, eos_token=grammars.eos_token_ids or None)
+    assert (ours.vocab_size, ours.eos_tokens) == (theirs.vocab_size, theirs.eos_tokens)
+    ids = list(range(ours.vocab_size))
+    assert [ours.decode_bytes([i]) for i in ids] == [theirs.decode_bytes([i]) for i in ids]
+    assert [ours.is_special_token(i) for i in ids] == [theirs.is_special_token(i) for i in ids]
+    for text in ("Patient: 67 y, HbA1c 8.2%", '{"dose": 500, "route": "oral"}', "  naïve 東京 <|im_end|>"):
+        assert ours.tokenize_str(text) == theirs.tokenize_str(text)
