@@ -100,8 +100,8 @@ def main() -> int:
         new.append(ttft(llm, dict(summary, description=f"fresh {time.time()} {i}")))
     cached = statistics.median(ttft(llm, summary) for _ in range(3))
     print(
-        f"time to first token: unconstrained {1000 * free:.0f} ms, new schema +{1000 * (statistics.median(new) - free):.0f} ms "
-        f"(compile), cached schema +{1000 * (cached - free):.0f} ms"
+        f"time to first token: unconstrained {1000 * free:.0f} ms, new schema {1000 * (statistics.median(new) - free):+.0f} ms "
+        f"(compile), cached schema {1000 * (cached - free):+.0f} ms"
     )
     return 0
 
