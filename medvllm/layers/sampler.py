@@ -1,7 +1,7 @@
 """Sampler: turns last-position logits into next tokens, for a whole batch at once.
 
 Order (as vLLM's v1 sampler): the grammar masks of constrained rows (structured outputs), penalties on raw logits -> temperature -> min-p -> top-k -> top-p -> draw.
-A seeded request draws from a generator seeded by (seed, output position): its tokens then depend
+A seeded request draws with a uniform that depends only on (seed, output position): its tokens then depend
 on nothing else in the batch, and a preempted, recomputed request draws the same tokens again.
 """
 
@@ -73,8 +73,8 @@ class Sampler:
     def _draw(self, probs: torch.Tensor, seeds: list) -> torch.Tensor:
         # one uniform per row, inverted through the row's cumulative distribution: a draw from probs at
         # the cost of one pass over the row (an exponential race needs a random number per token, which
-        # took ~60 ms per step for 64 rows of a 49k vocabulary on two CPU cores); seeded rows get theirs
-        # from their own generator
+        # took ~60 ms per step for 64 rows of a 49k vocabulary on two CPU cores); a seeded row's uniform
+        # comes from its (seed, position) alone
         u = torch.rand(probs.shape[0], generator=self.generator, device=probs.device, dtype=torch.float64)
         seeded = [(row, seeded_uniform(*seed)) for row, seed in enumerate(seeds) if seed is not None]
         if seeded:
