@@ -58,6 +58,10 @@ class LLM:
             **runner.backend_flags,
             "max_model_len": self.engine.max_model_len,
             "kv_cache_blocks": runner.num_blocks,
+            # the sliding-window layers' own pool (Gemma 2/3): its blocks and the window; None without one
+            "kv_window_pool": None
+            if runner.window_pool is None
+            else {"blocks": runner.window_pool[0] - 1, "window": runner.window_pool[1]},
             "kv_cache_dtype": str(runner.kv_cache.dtype).replace("torch.", ""),
             "kv_block_size": self.config.kvcache_block_size,
             "tensor_parallel_size": self.config.tensor_parallel_size,

@@ -49,9 +49,9 @@ class TensorParallelExecutor(Executor):
         with self.workers.guard("during a model step"):
             return super().run(seqs, is_prefill)
 
-    def score(self, token_ids, block_table=None):
+    def score(self, token_ids, tables=None):
         with self.workers.guard("during scoring"):
-            return super().score(token_ids, block_table)
+            return super().score(token_ids, tables)
 
     def shutdown(self) -> None:
         self.workers.shutdown()

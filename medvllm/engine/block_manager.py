@@ -26,8 +26,12 @@ import itertools
 import secrets
 from array import array
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from medvllm.engine.sequence import Sequence
+
+if TYPE_CHECKING:
+    from medvllm.engine.window_blocks import WindowBlocks
 
 
 class Block:
@@ -58,8 +62,18 @@ def root_hash(key: bytes, kv_key: bytes) -> bytes:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True, reuse_first: bool = False):
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_prefix_caching: bool = True,
+        reuse_first: bool = False,
+        window: WindowBlocks | None = None,
+    ):
+        """`window`: the sliding-window layers' own pool (engine/window_blocks.py), in a model that has
+        both kinds of layer; this pool then holds the full-attention layers' KV."""
         self.block_size = block_size
+        self.window = window
         self.enable_prefix_caching = enable_prefix_caching
         self.reuse_first = reuse_first
         self.blocks = [Block(i) for i in range(num_blocks)]
@@ -95,10 +109,11 @@ class BlockManager:
                 hashes.append(prev)
         return hashes
 
-    def _lookup(self, seq: Sequence) -> list[Block]:
-        """Blocks already holding this sequence's leading full blocks (never its last token)."""
+    def _lookup(self, seq: Sequence) -> tuple[list[Block], list[Block]]:
+        """Blocks already holding this sequence's leading full blocks (never its last token), and the
+        sliding-window layers' blocks that the next query sees (cutting the hit to what both hold)."""
         if not self.enable_prefix_caching:
-            return []
+            return [], []
         # the last token is always recomputed: its logits are needed to sample
         n = (len(seq) - 1) // self.block_size
         hashes = self._hashes(seq, n)
@@ -114,21 +129,33 @@ class BlockManager:
                 break
             hits.append(block)
             parent = block.uid
-        return hits
+        if self.window is None:
+            return hits, []
+        usable, found = self.window.lookup(seq, hits)
+        return hits[:usable], found
 
     def num_cached_tokens(self, seq: Sequence) -> int:
         """Leading tokens of the sequence whose KV the cache already holds."""
-        return len(self._lookup(seq)) * self.block_size
+        return len(self._lookup(seq)[0]) * self.block_size
 
     def can_allocate(self, seq: Sequence, upto: int | None = None, reserved: int = 0) -> bool:
         """Room for the sequence's first `upto` tokens (all of them by default), cached ones included,
         with `reserved` free blocks left over."""
-        hits = self._lookup(seq)
+        hits, found = self._lookup(seq)
+        upto = upto or len(seq)
         revived = sum(1 for b in hits if b.ref_count == 0)
-        return self._blocks_for(upto or len(seq)) - len(hits) + revived + reserved <= self.num_free_blocks
+        if self._blocks_for(upto) - len(hits) + revived + reserved > self.num_free_blocks:
+            return False
+        if self.window is None:
+            return True
+        revived = sum(1 for b in found if b.ref_count == 0)
+        start = len(hits) * self.block_size
+        return self.window.needed(start, upto, len(found)) + revived <= self.window.num_free_blocks
 
     def can_grow(self, seq: Sequence, upto: int) -> bool:
-        return self._blocks_for(upto) - len(seq.block_table) <= self.num_free_blocks
+        if self._blocks_for(upto) - len(seq.block_table) > self.num_free_blocks:
+            return False
+        return self.window is None or self.window.can_grow(seq, seq.num_computed_tokens, upto)
 
     def _blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
@@ -151,14 +178,19 @@ class BlockManager:
     def reset_prefix_cache(self) -> bool:
         """Forget every cached prefix, so the next requests compute their prompts whole (a benchmark's
         repeats, or a deliberate cold start). False, with nothing changed, while a request holds blocks."""
-        if self.usage > 0:
+        if self.usage > 0 or (self.window is not None and self.window.num_held_blocks > 0):
             return False
+        self.forget_cached()
+        if self.window is not None:
+            self.window.pool.forget_cached()
+        return True
+
+    def forget_cached(self) -> None:
         for block_id in self.free:
             self.blocks[block_id].forget()
         self.free_blank.update(self.free)  # the pages stay mapped: taken again before untouched blocks
         self.free.clear()
         self.cached.clear()
-        return True
 
     def _release(self, block: Block) -> None:
         """A block no request holds: kept for its prefix if it is the cached copy, else blank."""
@@ -168,7 +200,7 @@ class BlockManager:
             block.forget()
             self.free_blank[block.block_id] = None
 
-    def _register(self, seq: Sequence, i: int) -> None:
+    def _register_own(self, seq: Sequence, i: int) -> None:
         """Name the sequence's block i for reuse, once the block before it is named (its KV follows that one)."""
         block = self.blocks[seq.block_table[i]]
         if block.hash is not None:
@@ -185,7 +217,9 @@ class BlockManager:
     def allocate(self, seq: Sequence, upto: int | None = None) -> None:
         """Admit a sequence: its cached leading blocks, then new blocks up to token `upto` (default: all)."""
         assert not seq.block_table
-        hits = self._lookup(seq)
+        hits, found = self._lookup(seq)
+        if self.window is not None:
+            self.window.attach(seq, len(hits), found)
         for block in hits:
             if block.ref_count == 0:
                 del self.free[block.block_id]
@@ -203,10 +237,18 @@ class BlockManager:
         step that fills it has been scheduled."""
         while len(seq.block_table) < self._blocks_for(upto):
             seq.block_table.append(self._take_free_block().block_id)
+        if self.window is not None:
+            self.window.grow(seq, seq.num_computed_tokens, upto)
         if not self.enable_prefix_caching:
             return
         for i in range(seq.num_computed_tokens // self.block_size, upto // self.block_size):
             self._register(seq, i)
+
+    def _register(self, seq: Sequence, i: int) -> None:
+        """Name the sequence's block i (and its sliding-window twin) for reuse."""
+        self._register_own(seq, i)
+        if self.window is not None:
+            self.window.register(seq, i, self.blocks[seq.block_table[i]])
 
     def forget_uncomputed(self, seq: Sequence) -> None:
         """Drop from the prefix cache the sequence's blocks past its computed tokens: a step that failed
@@ -216,6 +258,8 @@ class BlockManager:
             if block.hash is not None and self.cached.get(block.hash) == block_id:
                 del self.cached[block.hash]
             block.forget()
+        if self.window is not None:
+            self.window.forget_from(seq, seq.num_computed_tokens // self.block_size)
 
     def take_scratch_blocks(self, n: int) -> list[int]:
         """n free blocks outside any sequence and the prefix cache (e.g. for scoring); give them back
@@ -236,14 +280,20 @@ class BlockManager:
                 self._release(block)
         seq.block_table = []
         seq.num_computed_tokens = 0
+        if self.window is not None:
+            self.window.release(seq)
 
     def can_append(self, seq: Sequence) -> bool:
         """Room for the KV of the sequence's newest token."""
-        return len(seq.block_table) >= seq.num_blocks or self.num_free_blocks >= 1
+        if len(seq.block_table) < seq.num_blocks and self.num_free_blocks < 1:
+            return False
+        return self.window is None or self.window.can_grow(seq, len(seq) - 1, len(seq))
 
     def append_slot(self, seq: Sequence) -> None:
         """Give the newest token a slot; register a block once it fills, for later reuse."""
         if len(seq.block_table) < seq.num_blocks:
             seq.block_table.append(self._take_free_block().block_id)
+        if self.window is not None:
+            self.window.grow(seq, len(seq) - 1, len(seq))
         if len(seq) % self.block_size == 0 and self.enable_prefix_caching:
             self._register(seq, len(seq) // self.block_size - 1)

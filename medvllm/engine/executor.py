@@ -20,9 +20,9 @@ class Executor:
         """One forward pass + sampling: (token ids, logprobs or None) for the sequences that sample."""
         return self.runner.run(seqs, is_prefill)
 
-    def score(self, token_ids: list[int], block_table: list[int] | None = None):
+    def score(self, token_ids: list[int], tables: tuple[list[int], list[int]] | None = None):
         """Teacher-forced logits [T, V] for every position of one sequence."""
-        return self.runner.score(token_ids, block_table)
+        return self.runner.score(token_ids, tables)
 
     def shutdown(self) -> None:
         """Release what the executor started (worker processes); the engine is unusable afterwards."""

@@ -1,9 +1,16 @@
-"""The paged KV pool: one tensor, sized once at start, split into per-layer block views."""
+"""The paged KV pool: one tensor, sized once at start, split into per-layer block views.
+
+A model that interleaves sliding-window and full-attention layers (Gemma 2 and 3) gets two: one for the
+full-attention layers, and a smaller one for the sliding-window layers, which hold only each request's
+window (engine/window_blocks.py). The window pool is sized for every request's window plus a step's
+prompt tokens; the rest of the budget goes to the full-attention layers.
+"""
 
 from __future__ import annotations
 
 import math
 import mmap
+from dataclasses import dataclass
 
 import torch
 
@@ -13,36 +20,85 @@ from medvllm.errors import ConfigError
 GIB = 1 << 30
 
 
-def bytes_per_block(model, block_size: int, dtype: torch.dtype) -> int:
+@dataclass
+class KVGroups:
+    """Which layers keep their KV in which pool."""
+
+    full: list[int]  # layer indices in the main pool
+    windowed: list[int]  # sliding-window layers with a pool of their own (empty: one pool for all)
+    window: int | None  # their window, in tokens
+
+
+def kv_groups(model) -> KVGroups:
+    """A pool of its own for the sliding-window layers where full-attention layers sit beside them (a
+    model where every layer has the same window keeps one pool)."""
+    windows = [layer.self_attn.attn.sliding_window for layer in model.model.layers]
+    sliding = {w for w in windows if w is not None}
+    if len(sliding) != 1 or None not in windows:
+        return KVGroups(list(range(len(windows))), [], None)
+    window = sliding.pop()
+    return KVGroups(
+        [i for i, w in enumerate(windows) if w is None], [i for i, w in enumerate(windows) if w is not None], window
+    )
+
+
+def layer_block_bytes(model, block_size: int, dtype: torch.dtype) -> int:
+    """One layer's K and V for one block."""
     attn = model.model.layers[0].self_attn
-    per_token = 2 * attn.num_kv_heads * attn.head_dim * torch.finfo(dtype).bits // 8
-    return per_token * block_size * len(model.model.layers)
+    return 2 * attn.num_kv_heads * attn.head_dim * torch.finfo(dtype).bits // 8 * block_size
 
 
-def num_blocks_for(config: Config, model, dtype: torch.dtype, device: torch.device, max_model_len: int) -> int:
+def window_pool_bound(config: Config, window: int) -> int:
+    """Blocks the window pool can ever hold at once: every request's window (plus the block it straddles
+    and the one it grows into) and a step's prompt tokens, and the null block."""
+    size = config.kvcache_block_size
+    per_request = -(-(window - 1) // size) + 2
+    return config.max_num_seqs * per_request + -(-config.max_num_batched_tokens // size) + 1
+
+
+def pool_sizes(
+    config: Config, model, groups: KVGroups, dtype: torch.dtype, device: torch.device, max_model_len: int
+) -> tuple[int, int]:
+    """(blocks of the main pool, blocks of the window pool; 0 without one)."""
+    size = config.kvcache_block_size
+    per_layer = layer_block_bytes(model, size, dtype)
+    full, windowed = len(groups.full), len(groups.windowed)
+    bound = window_pool_bound(config, groups.window) if windowed else 0
     if config.num_kvcache_blocks is not None:
-        return config.num_kvcache_blocks
-    per_block = bytes_per_block(model, config.kvcache_block_size, dtype)
+        blocks = config.num_kvcache_blocks
+        return blocks, min(blocks + 1, bound) if windowed else 0
     if device.type == "cuda":
         from medvllm.engine.cuda_memory import measured_budget
 
-        return int(measured_budget(model, config, max_model_len, dtype, device) // per_block)
-    blocks = int(config.kv_cache_space_gib * GIB // per_block)
-    if config.enable_memory_pooling:
+        budget = measured_budget(model, config, max_model_len, dtype, device)
+    else:
+        budget = config.kv_cache_space_gib * GIB
+    layer_blocks = int(budget // per_layer)
+    blocks = layer_blocks // (full + windowed)
+    window_blocks = 0
+    if windowed:
+        # the window pool never needs more than its bound: the budget it would take goes to the main pool
+        window_blocks = min(blocks + 1, bound)
+        blocks = (layer_blocks - window_blocks * windowed) // full
+    if config.enable_memory_pooling and device.type != "cuda":
         # a pool committed at start holds no more than max_num_seqs requests of max_model_len can fill
-        blocks = min(blocks, config.max_num_seqs * -(-max_model_len // config.kvcache_block_size))
-    return blocks
+        blocks = min(blocks, config.max_num_seqs * -(-max_model_len // size))
+    return blocks, window_blocks
 
 
 def allocate_kv_cache(
     model, config: Config, dtype: torch.dtype, device: torch.device, max_model_len: int, tp=None
-) -> torch.Tensor:
-    """[2, layers, blocks, block_size, kv_heads, head_dim]; the model binds each layer's slices."""
-    blocks = num_blocks_for(config, model, dtype, device, max_model_len)
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The main pool [2, layers, blocks, block_size, kv_heads, head_dim] and, for a model with sliding-window
+    and full-attention layers, the window pool [2, windowed layers, window blocks, ...] (else None); the model
+    binds each layer's slices."""
+    groups = kv_groups(model)
+    blocks, window_blocks = pool_sizes(config, model, groups, dtype, device, max_model_len)
     if tp is not None:
         # rank 0's scheduler hands out block ids that every rank uses in its own pool, and ranks may
         # differ in KV heads (uneven splits) or free memory: all hold the smallest pool any rank can
         blocks = tp.min_over_ranks(blocks)
+        window_blocks = tp.min_over_ranks(window_blocks)
     needed = -(-max_model_len // config.kvcache_block_size)
     if blocks < needed and (config.max_model_len is not None or blocks < 1):
         raise ConfigError(
@@ -50,16 +106,21 @@ def allocate_kv_cache(
             f"{needed} one request of max_model_len={max_model_len} needs: raise kv_cache_space_gib "
             "(CPU) / gpu_memory_utilization (CUDA) or num_kvcache_blocks, or lower max_model_len"
         )
+    cache = _pool(config, model, len(groups.full), blocks, dtype, device)
+    if not groups.windowed:
+        return cache, None
+    return cache, _pool(config, model, len(groups.windowed), window_blocks, dtype, device)
+
+
+def _pool(config: Config, model, layers: int, blocks: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     attn0 = model.model.layers[0].self_attn
-    layers = len(model.model.layers)
     shape = (2, layers, blocks, config.kvcache_block_size, attn0.num_kv_heads, attn0.head_dim)
     if config.enable_memory_pooling:
         from medvllm.engine.memory_pool import allocate_pool, pool_device
 
-        cache = allocate_pool(shape, dtype, pool_device(config, device))
-    else:
-        cache = zeroed(shape, dtype, device)
-    return cache
+        # the window pool's block 0 stands for dropped blocks: zero, as the pooled memory starts
+        return allocate_pool(shape, dtype, pool_device(config, device))
+    return zeroed(shape, dtype, device)
 
 
 def fitted_max_model_len(config: Config, cache: torch.Tensor, max_model_len: int) -> int:

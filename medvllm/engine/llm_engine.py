@@ -32,7 +32,7 @@ class LLMEngine:
         self.executor = make_executor(config, self.source, self.max_model_len)
         self.runner = self.executor.runner  # rank 0's: what runs, for runtime_info and stats
         self.max_model_len = self.runner.max_model_len  # lowered to the KV pool where that is smaller
-        self.scheduler = Scheduler(config, self.runner.num_blocks, self.max_model_len)
+        self.scheduler = Scheduler(config, self.runner.num_blocks, self.max_model_len, self.runner.window_pool)
         eos = eos_token_ids(hf, self.tokenizer)
         self.outputs = OutputProcessor(self.tokenizer, eos, self.max_model_len)
         self.grammars = Grammars(self.tokenizer, self.runner.vocab_size, eos)  # structured outputs
@@ -192,16 +192,21 @@ class LLMEngine:
         self._check_length(len(token_ids), SamplingParams(max_tokens=1))
         bm = self.scheduler.block_manager
         needed = -(-len(token_ids) // self.config.kvcache_block_size)
-        if needed > bm.num_free_blocks:
+        # the whole sequence is one step, so the window pool, if any, holds all of it too
+        free = min(bm.num_free_blocks, bm.window.num_free_blocks) if bm.window else bm.num_free_blocks
+        if needed > free:
             raise RequestError(
                 f"scoring {len(token_ids)} tokens needs {needed} free KV blocks, "
-                f"{bm.num_free_blocks} are free: score when fewer requests are running"
+                f"{free} are free: score when fewer requests are running, or a shorter text"
             )
         blocks = bm.take_scratch_blocks(needed)
+        window_blocks = bm.window.take_scratch(needed) if bm.window else []
         try:
-            return self.executor.score(token_ids, blocks)
+            return self.executor.score(token_ids, (blocks, window_blocks))
         finally:
             bm.release_scratch_blocks(blocks)
+            if bm.window:
+                bm.window.release_scratch(window_blocks)
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel worker processes, if any (also done at exit). The engine is then unusable."""
@@ -219,6 +224,10 @@ class LLMEngine:
             "kv_cache_usage": bm.usage,
             "num_kv_blocks": bm.num_blocks,
             "kv_blocks_used_ever": bm.num_used_ever,  # on an unpooled CPU cache: the blocks resident in memory
+            # the sliding-window layers' pool, where they have one (engine/window_blocks.py)
+            "window_kv_blocks": bm.window.num_blocks if bm.window else 0,
+            "window_kv_blocks_held": bm.window.num_held_blocks if bm.window else 0,
+            "window_kv_blocks_used_ever": bm.window.pool.num_used_ever - 1 if bm.window else 0,
             "prefix_cache_hit_tokens": bm.num_cached_tokens_total,
             "prefix_cache_query_tokens": bm.num_queried_tokens_total,
             "prefill_tokens_computed": self.scheduler.num_prefill_tokens_computed,

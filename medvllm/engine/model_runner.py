@@ -8,7 +8,7 @@ import torch
 
 from medvllm.backends.select import ModelTraits, select_backends
 from medvllm.config import Config
-from medvllm.engine.kv_cache import allocate_kv_cache, fitted_max_model_len
+from medvllm.engine.kv_cache import allocate_kv_cache, fitted_max_model_len, kv_groups
 from medvllm.engine.memory_pool import keep_freed_memory, release_free_memory, step_buffer_bytes
 from medvllm.engine.precision import backend_scope, engine_flags
 from medvllm.engine.sequence import Sequence
@@ -67,8 +67,14 @@ class ModelRunner:
             self.model, None if config.quantization_method is None else self.backends.linear
         )
         self.vocab_size = hf.vocab_size
-        self.kv_cache = allocate_kv_cache(self.model, config, config.kv_torch_dtype, self.device, max_model_len, tp)
-        self.model.bind_kv_cache(self.kv_cache)
+        self.kv_cache, self.window_cache = allocate_kv_cache(
+            self.model, config, config.kv_torch_dtype, self.device, max_model_len, tp
+        )
+        self.model.bind_kv_cache(self.kv_cache, self.window_cache)
+        # the sliding-window layers' pool, where they have one: (blocks, window in tokens)
+        self.window_pool = (
+            None if self.window_cache is None else (self.window_cache.shape[2], kv_groups(self.model).window)
+        )
         # what the decoder layers run: the fused layer is not built where a layer holds what it cannot run
         fused = getattr(self.model.model, "fused_layers", None) is not None
         self.decode_layer = "native" if fused else "torch"
@@ -119,18 +125,23 @@ class ModelRunner:
         return self.masks.start(rows)
 
     @torch.inference_mode()
-    def score(self, token_ids: list[int], block_table: list[int] | None = None) -> torch.Tensor:
+    def score(self, token_ids: list[int], tables: tuple[list[int], list[int]] | None = None) -> torch.Tensor:
         """Logits [T, V] for every position of one sequence (teacher forcing), outside the scheduler.
 
-        Writes its KV into `block_table` (LLMEngine.score takes them from the block manager);
-        without one, into the top of the pool, which is only safe on an engine that never ran.
+        Writes its KV into `tables` (its block table and, with a window pool, its window table: LLMEngine.score
+        takes them from the block manager); without them, into the top of the pools, which is only safe
+        on an engine that never ran.
         """
         with backend_scope(self.backend_flags):
-            return self._score(token_ids, block_table)
+            return self._score(token_ids, tables)
 
-    def _score(self, token_ids: list[int], block_table: list[int] | None) -> torch.Tensor:
+    def _score(self, token_ids: list[int], tables: tuple[list[int], list[int]] | None) -> torch.Tensor:
         seq = Sequence("score", None, token_ids, _SCORE_PARAMS, self.block_size)
-        seq.block_table = block_table or list(range(self.num_blocks - seq.num_blocks, self.num_blocks))
+        if tables is None:
+            n = seq.num_blocks
+            top = self.window_pool[0] if self.window_pool else 0
+            tables = list(range(self.num_blocks - n, self.num_blocks)), list(range(top - n, top)) if top else []
+        seq.block_table, seq.window_table = tables
         step = self.prepare([seq], True, all_logits=True)
         hidden = self.model(step.input_ids, step.positions, step.attn)
         return self.model.compute_logits(hidden).float()

@@ -37,10 +37,12 @@ from medvllm.config import Config
 from medvllm.engine.block_manager import BlockManager
 from medvllm.engine.policy import Policy
 from medvllm.engine.sequence import Sequence, SequenceStatus
+from medvllm.engine.window_blocks import WindowBlocks
 
 
 class Scheduler:
-    def __init__(self, config: Config, num_blocks: int, max_model_len: int):
+    def __init__(self, config: Config, num_blocks: int, max_model_len: int, window_pool: tuple[int, int] | None = None):
+        """`window_pool`: (blocks, window) of the sliding-window layers' own pool, where they have one."""
         self.max_num_seqs = config.max_num_seqs
         self.max_model_len = max_model_len
         self.max_num_batched_tokens = config.max_num_batched_tokens
@@ -48,8 +50,11 @@ class Scheduler:
         self.policy = Policy(config.scheduling_policy)
         # an unpooled CPU cache maps pages in as blocks are first written (engine/kv_cache.py)
         lazy_pages = config.resolved_device.type == "cpu" and not config.enable_memory_pooling
+        window = None
+        if window_pool is not None:
+            window = WindowBlocks(*window_pool, block_size=config.kvcache_block_size, reuse_first=lazy_pages)
         self.block_manager = BlockManager(
-            num_blocks, config.kvcache_block_size, config.enable_prefix_caching, reuse_first=lazy_pages
+            num_blocks, config.kvcache_block_size, config.enable_prefix_caching, reuse_first=lazy_pages, window=window
         )
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []

@@ -37,6 +37,8 @@ class Sequence:
         self.priority = priority  # under scheduling_policy='priority': lower runs first (vLLM's meaning)
         self.arrival = 0  # the scheduler's count of requests added before this one: ties go to the earlier
         self.block_table: list[int] = []
+        # the sliding-window layers' blocks, parallel to block_table, where they have a pool of their own
+        self.window_table: list[int] = []
         # a request only shares cached prefix blocks with requests of the same salt (vLLM's cache_salt)
         self.cache_salt = cache_salt
         self.block_hashes: list[bytes] = []  # chain hashes of the full blocks, filled by the BlockManager

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -36,6 +36,8 @@ def prepare_step(
     input_ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
+    windowed = bool(seqs[0].window_table)  # the sliding-window layers have a pool of their own
+    window_slots: list[int] = []
     query_lens: list[int] = []
     context_lens: list[int] = []
     for seq in seqs:
@@ -46,6 +48,9 @@ def prepare_step(
         positions.extend(span)
         table = seq.block_table
         slots.extend(table[p // block_size] * block_size + p % block_size for p in span)
+        if windowed:
+            table = seq.window_table
+            window_slots.extend(table[p // block_size] * block_size + p % block_size for p in span)
         query_lens.append(end - start)
         context_lens.append(end)
     max_blocks = max(len(s.block_table) for s in seqs)
@@ -68,12 +73,23 @@ def prepare_step(
         _add_padding(meta, lens, ends, t(context_lens))
     else:
         meta.query_positions = meta.context_lens.unsqueeze(1) - 1
+    if windowed:
+        meta.window = _window_meta(meta, seqs, max_blocks, t(window_slots), t)
     sampling = [i for i, seq in enumerate(seqs) if samples(seq, is_prefill)]
     if all_logits:
         logits_index = torch.arange(len(input_ids), device=device)
     else:
         logits_index = (ends - 1)[t(sampling)] if len(sampling) < len(seqs) else ends - 1
     return StepInputs(t(input_ids), t(positions), meta, logits_index, sampling)
+
+
+def _window_meta(meta: AttentionMetadata, seqs: list[Sequence], max_blocks: int, slots, t) -> AttentionMetadata:
+    """The step as the sliding-window layers see it: their own slots and tables (padding and blocks out
+    of the window point at the null block), the same queries and positions."""
+    tables = t([s.window_table + [0] * (max_blocks - len(s.window_table)) for s in seqs])
+    return replace(
+        meta, slot_mapping=slots, block_tables=tables, flat_block_tables=tables.flatten(), masks=None, backend_state={}
+    )
 
 
 def _add_padding(meta: AttentionMetadata, lens: torch.Tensor, ends: torch.Tensor, ctx: torch.Tensor) -> None:

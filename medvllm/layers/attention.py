@@ -31,6 +31,9 @@ class AttentionMetadata:
     # what an attention backend derives from this step once and every layer reuses (e.g. host-side
     # lengths, the native kernel's token rows), keyed by the backend
     backend_state: dict = field(default_factory=dict)
+    # the sliding-window layers' view of the step where they keep a KV pool of their own
+    # (engine/window_blocks.py): their slots and block tables, the same queries
+    window: AttentionMetadata | None = None
 
 
 def build_mask(meta: AttentionMetadata, num_keys: int, sliding_window: int | None) -> torch.Tensor:
@@ -41,6 +44,18 @@ def build_mask(meta: AttentionMetadata, num_keys: int, sliding_window: int | Non
     if sliding_window is not None:
         mask &= key_pos > q_pos - sliding_window
     return mask.unsqueeze(1)
+
+
+def bind_layer_caches(layers, cache: torch.Tensor, window_cache: torch.Tensor | None = None) -> None:
+    """Each attention layer's views of the KV pools [2, layers, blocks, block_size, Hkv, D]: in order from
+    the main pool, or, given a window pool, the sliding-window layers in order from that one."""
+    taken = {False: 0, True: 0}
+    for layer in layers:
+        attn = layer.self_attn.attn
+        windowed = window_cache is not None and attn.sliding_window is not None
+        pool, i = (window_cache if windowed else cache), taken[windowed]
+        attn.bind_cache(pool[0, i], pool[1, i])
+        taken[windowed] += 1
 
 
 def gather_blocks(cache: torch.Tensor, flat_tables: torch.Tensor) -> torch.Tensor:
@@ -84,6 +99,8 @@ class PagedAttention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata):
         """q: [T, H, D], k/v: [T, Hkv, D] for the new tokens. Returns [T, H * D]."""
+        if self.sliding_window is not None and meta.window is not None:
+            meta = meta.window
         k_flat = self.k_cache.view(-1, self.num_kv_heads, self.head_dim)
         v_flat = self.v_cache.view(-1, self.num_kv_heads, self.head_dim)
         # kv_cache_dtype may store the cache narrower than the model computes (bf16 under float32)

@@ -15,7 +15,7 @@ from torch import nn
 
 from medvllm.distributed.parallel import SINGLE, TensorParallel
 from medvllm.errors import ModelLoadError
-from medvllm.layers.attention import AttentionMetadata, PagedAttention
+from medvllm.layers.attention import AttentionMetadata, PagedAttention, bind_layer_caches
 from medvllm.layers.embedding import VocabParallelEmbedding
 from medvllm.layers.kit import REFERENCE, LayerKit
 from medvllm.layers.linear import MergedColumnParallelLinear, RowParallelLinear
@@ -142,10 +142,9 @@ class GemmaModel(nn.Module):
         )
         self.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def bind_kv_cache(self, cache: torch.Tensor) -> None:
-        """Give each attention layer its views of the KV pool [2, layers, blocks, block_size, Hkv, D]."""
-        for i, layer in enumerate(self.layers):
-            layer.self_attn.attn.bind_cache(cache[0, i], cache[1, i])
+    def bind_kv_cache(self, cache: torch.Tensor, window_cache: torch.Tensor | None = None) -> None:
+        """Give each attention layer its views of the KV pools (engine/kv_cache.py)."""
+        bind_layer_caches(self.layers, cache, window_cache)
 
     def forward(self, input_ids, positions, meta):
         x = self.embed_tokens(input_ids)

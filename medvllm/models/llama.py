@@ -15,7 +15,7 @@ from torch import nn
 
 from medvllm.distributed.parallel import SINGLE, TensorParallel
 from medvllm.distributed.partition import head_shard
-from medvllm.layers.attention import AttentionMetadata, PagedAttention
+from medvllm.layers.attention import AttentionMetadata, PagedAttention, bind_layer_caches
 from medvllm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from medvllm.layers.kit import REFERENCE, LayerKit
 from medvllm.layers.linear import MergedColumnParallelLinear, RowParallelLinear
@@ -147,11 +147,11 @@ class LlamaModel(nn.Module):
         self.make_fused_layers = kit.fused_layers
         self.fused_layers = None  # built by bind_kv_cache: it reads the cache and the packed weights
 
-    def bind_kv_cache(self, cache: torch.Tensor) -> None:
-        """Give each attention layer its views of the KV pool [2, layers, blocks, block_size, Hkv, D]."""
-        for i, layer in enumerate(self.layers):
-            layer.self_attn.attn.bind_cache(cache[0, i], cache[1, i])
-        if self.make_fused_layers is not None:
+    def bind_kv_cache(self, cache: torch.Tensor, window_cache: torch.Tensor | None = None) -> None:
+        """Give each attention layer its views of the KV pools (engine/kv_cache.py)."""
+        bind_layer_caches(self.layers, cache, window_cache)
+        # the fused layer reads one block table per step: not built over a separate window pool
+        if self.make_fused_layers is not None and window_cache is None:
             self.fused_layers = self.make_fused_layers(self)
 
     def forward(self, input_ids, positions, meta):
@@ -223,8 +223,8 @@ class LlamaForCausalLM(nn.Module):
         if self.tie_word_embeddings:
             self.lm_head.share_table(self.model.embed_tokens)
 
-    def bind_kv_cache(self, cache: torch.Tensor) -> None:
-        self.model.bind_kv_cache(cache)
+    def bind_kv_cache(self, cache: torch.Tensor, window_cache: torch.Tensor | None = None) -> None:
+        self.model.bind_kv_cache(cache, window_cache)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """[N, vocab] logits on rank 0; None on the other tensor-parallel ranks."""
