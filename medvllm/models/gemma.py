@@ -76,8 +76,8 @@ class GemmaAttention(nn.Module):
         self.qkv_proj, self.o_proj = p.qkv_proj, p.o_proj
         self.qk_norm = opts.qk_norm
         if opts.qk_norm:
-            self.q_norm = GemmaRMSNorm(d, cfg.rms_norm_eps)
-            self.k_norm = GemmaRMSNorm(d, cfg.rms_norm_eps)
+            self.q_norm = GemmaRMSNorm(d, cfg.rms_norm_eps, kit.norm)
+            self.k_norm = GemmaRMSNorm(d, cfg.rms_norm_eps, kit.norm)
         # shared by the layers of one kind; kept out of the module tree so casts and meta-init leave it alone
         self.__dict__["rotary"] = rotary
         scale = float(cfg.query_pre_attn_scalar) ** -0.5
@@ -118,10 +118,10 @@ class GemmaDecoderLayer(nn.Module):
         self.self_attn = GemmaAttention(cfg, opts, window, rotary, kit, tp)
         self.mlp = GemmaMLP(cfg, kit, tp)
         size, eps = cfg.hidden_size, cfg.rms_norm_eps
-        self.input_layernorm = GemmaRMSNorm(size, eps)
-        self.post_attention_layernorm = GemmaRMSNorm(size, eps)
-        self.pre_feedforward_layernorm = GemmaRMSNorm(size, eps)
-        self.post_feedforward_layernorm = GemmaRMSNorm(size, eps)
+        self.input_layernorm = GemmaRMSNorm(size, eps, kit.norm)
+        self.post_attention_layernorm = GemmaRMSNorm(size, eps, kit.norm)
+        self.pre_feedforward_layernorm = GemmaRMSNorm(size, eps, kit.norm)
+        self.post_feedforward_layernorm = GemmaRMSNorm(size, eps, kit.norm)
 
     def forward(self, positions, x, meta):
         x = x + self.post_attention_layernorm(self.self_attn(positions, self.input_layernorm(x), meta))
@@ -140,7 +140,7 @@ class GemmaModel(nn.Module):
             GemmaDecoderLayer(cfg, opts, cfg.sliding_window if t == SLIDING else None, rotaries[t], kit, tp)
             for t in types
         )
-        self.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kit.norm)
 
     def bind_kv_cache(self, cache: torch.Tensor, window_cache: torch.Tensor | None = None) -> None:
         """Give each attention layer its views of the KV pools (engine/kv_cache.py)."""
