@@ -90,7 +90,8 @@ class GGUFMethod(LinearMethod):
 
     def apply(self, layer: LinearBase, x: torch.Tensor) -> torch.Tensor:
         w: GGUFWeight = layer.packed
-        rows = x.reshape(-1, x.shape[-1]).float().contiguous()
+        count = x.numel() // x.shape[-1]
+        rows = _whole_groups(x.reshape(-1, x.shape[-1]).float().contiguous())
         out = torch.empty(rows.shape[0], layer.out_features, dtype=torch.float32)
         quantized = None
         for s in w.segments:
@@ -100,9 +101,22 @@ class GGUFMethod(LinearMethod):
             if quantized is None:  # once for every segment of the layer
                 quantized = kernels.quantize_activations(rows, self.parts)
             kernels.matmul_quantized(quantized, *rows.shape, s.blocks, int(s.qtype), self.parts, out, s.row)
+        out = out[:count]
         if layer.bias is not None:
             out += layer.bias
         return out.view(*x.shape[:-1], layer.out_features)
+
+
+def _whole_groups(rows: torch.Tensor) -> torch.Tensor:
+    """Rows padded with zeros to a whole group of the kernel's where more than a few are left over. The
+    kernel runs groups of 16 tokens over weight rows unpacked once and each leftover token on the
+    blocks themselves, so 5+ leftovers cost more than a group (Gemma 3 270M's MLP, 30 tokens: 2.0 ms,
+    padded to 32: 0.9 ms). A token's result does not depend on the others (gguf_matmul.c), so the
+    padding changes nothing but the time."""
+    tail = rows.shape[0] % kernels.GROUP
+    if tail <= 4:
+        return rows
+    return torch.cat((rows, rows.new_zeros(kernels.GROUP - tail, rows.shape[1])))
 
 
 def _runs(qtype) -> bool:

@@ -92,3 +92,16 @@ def test_default_model_stays_with_its_float32_reference():
     candidate = LLM(deployment_profile="none", quantization_method="gguf", max_model_len=512)
     got = teacher_forced(reference, candidate, reference.tokenizer)
     assert got["kl_mean"] < 0.01 and got["top1"] >= 0.95, got
+
+
+@pytest.mark.parametrize("count", [1, 4, 5, 15, 16, 21, 30, 47])
+def test_each_row_is_what_it_is_alone_whatever_the_rows_around_it(tmp_path, count):
+    """Rows left over after whole groups of 16 are padded to a group where that is faster: bit for bit
+    the same results as one row at a time."""
+    llm = LLM(model=str(_gguf(tmp_path, qtype=Q.Q8_0)), deployment_profile="none", quantization_method="gguf")
+    layer = llm.engine.runner.model.model.layers[0].mlp.gate_up_proj
+    x = torch.randn(count, layer.in_features, generator=torch.Generator().manual_seed(count))
+    together = layer(x)
+    assert together.shape == (count, layer.out_features)
+    for i in range(count):
+        assert torch.equal(together[i], layer(x[i : i + 1])[0]), f"row {i} of {count}"

@@ -15,6 +15,7 @@ from medvllm.backends.cpu.native import binding
 
 # ggml type ids (gguf.GGMLQuantizationType): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K
 SUPPORTED = frozenset(binding.GGUF_BLOCKS)
+GROUP = 16  # tokens the kernels run side by side over weight rows unpacked once (GGUF_GROUP, gguf_act.c)
 
 
 def _threads() -> int:
