@@ -56,7 +56,7 @@ def child(run: str, model: str, threads: int, launched: float) -> None:
     llm.generate("Sepsis is", SamplingParams(temperature=0, max_tokens=1))
     peak = status_bytes("VmHWM")
     print("FIRST_TOKEN", flush=True)
-    kv = llm.engine.runner.kv_cache
+    pools = [llm.engine.runner.kv_cache, llm.engine.runner.window_cache]  # the window pool: Gemma's local layers
     info = llm.runtime_info()
     print(
         json.dumps(
@@ -65,7 +65,7 @@ def child(run: str, model: str, threads: int, launched: float) -> None:
                 "imports_s": t0 - launched,
                 "load_s": loaded - t0,
                 "peak_rss_bytes": peak,
-                "kv_bytes": kv.numel() * kv.element_size(),
+                "kv_bytes": sum(kv.numel() * kv.element_size() for kv in pools if kv is not None),
             }
         ),
         flush=True,

@@ -125,3 +125,26 @@ def test_a_prompt_longer_than_the_window_pool_runs_and_matches_transformers(tiny
     # prefix hit after the prompt's blocks went back: cut to what the window pool kept
     again = check_against_hf(model, llm, prompts_of([200], seed=4), decode_steps=2, tol=1e-4, relative=True)
     assert again[0].metrics.num_cached_tokens % 16 == 0
+
+
+def test_the_window_pool_takes_its_bound_and_the_full_layers_the_rest_of_the_budget(tiny):
+    from medvllm.engine.kv_cache import layer_block_bytes
+
+    folder, _ = tiny
+    space = 0.004  # GiB
+    llm = LLM(
+        str(folder),
+        kvcache_block_size=16,
+        kv_cache_space_gib=space,
+        max_model_len=256,
+        max_num_seqs=2,
+        max_num_batched_tokens=32,
+    )
+    runner = llm.engine.runner
+    per_layer = layer_block_bytes(runner.model, 16, runner.kv_cache.dtype)
+    budget = int(space * 2**30)
+    held = runner.kv_cache.nbytes + runner.window_cache.nbytes
+    assert budget - 2 * per_layer < held <= budget  # two full-attention layers: at most one block's rounding
+    assert runner.window_cache.shape[2] == 9  # the bound: 2 requests x 3 blocks, 2 for a step, the null block
+    assert runner.num_blocks > budget // per_layer // 4  # more than an even split over the 4 layers
+    assert llm.runtime_info()["kv_window_pool"] == {"blocks": 8, "window": 12}
