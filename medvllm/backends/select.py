@@ -38,6 +38,7 @@ class ModelTraits:
     attn_softcap: bool = False  # soft-capped attention scores (Gemma 2): only PagedAttention's PyTorch path
     llama_decoder: bool = True  # the decoder layer is Llama's, the one the fused CPU layer implements
     fp16_overflows: bool = False  # the model's activations leave float16's range (Gemma 3)
+    gemma3_decoder: bool = False  # Gemma 3's layer, which the fused CPU layer implements too
 
     @classmethod
     def of(cls, hf_config, arch_options, tp_size: int = 1) -> ModelTraits:
@@ -51,6 +52,7 @@ class ModelTraits:
             getattr(arch_options, "attn_softcap", None) is not None,
             getattr(arch_options, "llama_decoder", True),
             getattr(arch_options, "fp16_overflows", False),
+            getattr(arch_options, "gemma3_decoder", False),
         )
 
 
@@ -211,9 +213,9 @@ def _fused_blocker(config, traits: ModelTraits, native: bool, f32: bool, linear:
         return "float32 only"
     if traits.tp_size != 1:
         return "tensor parallel"
-    if not traits.llama_decoder:
-        return "the fused decoder layer implements Llama's layer only"
-    if traits.qk_norm:
+    if not (traits.llama_decoder or traits.gemma3_decoder):
+        return "the fused decoder layer implements Llama's and Gemma 3's layers only"
+    if traits.qk_norm and not traits.gemma3_decoder:
         return "q/k norms"
     if linear.name not in ("dynamic-int8", "float-panels", "gguf"):
         return f"linear method {linear.name}"

@@ -57,6 +57,7 @@ def gemma_options(cfg, qk_norm: bool) -> ArchOptions:
         sliding_window=cfg.sliding_window if sliding else None,
         attn_softcap=getattr(cfg, "attn_logit_softcapping", None),
         llama_decoder=False,
+        gemma3_decoder=qk_norm and getattr(cfg, "attn_logit_softcapping", None) is None,
         fp16_overflows=qk_norm,  # Gemma 3 (the one with q/k norms), as transformers and its authors warn
     )
 
@@ -141,17 +142,24 @@ class GemmaModel(nn.Module):
             for t in types
         )
         self.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kit.norm)
+        self.make_fused_layers = kit.fused_layers  # Gemma 3 only (backends/select.py decides)
+        self.fused_layers = None  # built by bind_kv_cache: it reads the caches and the packed weights
 
     def bind_kv_cache(self, cache: torch.Tensor, window_cache: torch.Tensor | None = None) -> None:
         """Give each attention layer its views of the KV pools (engine/kv_cache.py)."""
         bind_layer_caches(self.layers, cache, window_cache)
+        if self.make_fused_layers is not None:
+            self.fused_layers = self.make_fused_layers(self, gemma=True, windowed=window_cache is not None)
 
     def forward(self, input_ids, positions, meta):
         x = self.embed_tokens(input_ids)
         # the scale rounded to the model dtype first, as transformers does (sqrt(3072) is 55.5 in bfloat16)
         x = x * torch.tensor(self.embed_scale, dtype=torch.float32).to(x.dtype)
-        for layer in self.layers:
-            x = layer(positions, x, meta)
+        if self.fused_layers is not None and self.fused_layers.handles(meta):
+            x, _ = self.fused_layers(x, positions, meta)
+        else:
+            for layer in self.layers:
+                x = layer(positions, x, meta)
         return self.norm(x)
 
 

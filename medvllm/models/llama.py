@@ -31,6 +31,7 @@ class ArchOptions:
     # what the engine's backend choice reads besides the switches above (backends/select.py)
     attn_softcap: float | None = None  # tanh soft-capping of the attention scores (Gemma 2)
     llama_decoder: bool = True  # the decoder layer is Llama's (what the fused CPU decoder layer implements)
+    gemma3_decoder: bool = False  # Gemma 3's layer, which the fused CPU decoder layer implements too
     fp16_overflows: bool = False  # activations leave float16's range (Gemma 3): refused in float16
 
 

@@ -1,4 +1,4 @@
-"""Steps of a float32 Llama-family model on CPU, one native call per decoder layer.
+"""Steps of a float32 Llama-family or Gemma 3 model on CPU, one native call per decoder layer.
 
 native/decode_layer.c runs a whole layer (norms, the four Linears, rotary, the KV write, paged
 attention, SiLU) with the kernels the PyTorch path calls one by one, without a dozen dispatches and
@@ -43,26 +43,44 @@ def _weight(layer) -> binding.Weight:
     return binding.decode_weight_f32(packed, layer.bias, layer.out_features, layer.in_features)
 
 
-class FusedDecode:
-    """Runs every decoder layer of a step; returns (hidden, residual) before the final norm."""
+def _gemma(layer, windowed: bool) -> dict:
+    """What Gemma's layer adds (decode_layer.c): its norms' 1 + w, its rotary tables, its KV pool."""
+    attn = layer.self_attn
+    if not attn.qk_norm or attn.attn.softcap is not None:
+        raise NotFusable("a Gemma layer without q/k norms or with soft-capped scores (Gemma 2)")
+    return dict(
+        q_norm=attn.q_norm.kernel_weight(),
+        k_norm=attn.k_norm.kernel_weight(),
+        pre_ff_norm=layer.pre_feedforward_layernorm.kernel_weight(),
+        post_ff_norm=layer.post_feedforward_layernorm.kernel_weight(),
+        cos=attn.rotary.cos,
+        sin=attn.rotary.sin,
+        window_pool=windowed and attn.attn.sliding_window is not None,
+    )
 
-    def __init__(self, model, kernel, work_floats):
-        """`model`: the decoder stack (LlamaModel), its KV cache bound and its weights packed."""
+
+class FusedDecode:
+    """Runs every decoder layer of a step; returns (hidden, residual) before the final norm (Gemma's
+    layers keep no separate residual: hidden is the residual stream)."""
+
+    def __init__(self, model, kernel, work_floats, gemma: bool = False, windowed: bool = False):
+        """`model`: the decoder stack (LlamaModel, or GemmaModel with `gemma`), its KV cache bound and its
+        weights packed; `windowed`: its sliding-window layers have a KV pool of their own."""
         self.kernel = kernel
         self.rotary = model.layers[0].self_attn.rotary
+        self.windowed = windowed
         self.layers = []
         for layer in model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            cache = attn.attn.k_cache
+            norms = (layer.input_layernorm, layer.post_attention_layernorm)
             self.layers.append(
                 binding.decode_layer_params(
                     _weight(attn.qkv_proj),
                     _weight(attn.o_proj),
                     _weight(mlp.gate_up_proj),
                     _weight(mlp.down_proj),
-                    layer.input_layernorm.weight,
-                    layer.post_attention_layernorm.weight,
-                    cache,
+                    *(n.kernel_weight() for n in norms),
+                    attn.attn.k_cache,
                     attn.attn.v_cache,
                     attn.num_heads,
                     attn.num_kv_heads,
@@ -71,6 +89,7 @@ class FusedDecode:
                     attn.attn.sliding_window or 0,
                     layer.input_layernorm.eps,
                     attn.attn.scale,
+                    _gemma(layer, windowed) if gemma else None,
                 )
             )
         self.work_floats = work_floats(self.layers[0])  # per token, the same for every layer
@@ -96,8 +115,14 @@ class FusedDecode:
             rows = torch.arange(tokens, dtype=torch.int64)
         else:  # each prompt token's sequence: its row of the padded [B, max_q] layout
             rows = torch.div(meta.unpad_index, meta.pad_index.shape[1], rounding_mode="floor").to(torch.int64)
+        window = None
+        if self.windowed:
+            window = (
+                meta.window.slot_mapping.to(torch.int64).contiguous(),
+                meta.window.block_tables.to(torch.int64).contiguous(),
+            )
         step = binding.decode_step(
-            positions, slots, tables, rows, self.rotary.cos, self.rotary.sin, torch.get_num_threads()
+            positions, slots, tables, rows, self.rotary.cos, self.rotary.sin, torch.get_num_threads(), window
         )
         for i, layer in enumerate(self.layers):
             if self.kernel(layer, step, hidden, residual, i == 0, work) != 0:
@@ -111,9 +136,9 @@ def fused_decode_layers():
     NativeUnavailable with the reason."""
     binding.library()
 
-    def build(decoder):
+    def build(decoder, gemma: bool = False, windowed: bool = False):
         try:
-            return FusedDecode(decoder, binding.decode_layer, binding.decode_layer_work)
+            return FusedDecode(decoder, binding.decode_layer, binding.decode_layer_work, gemma, windowed)
         except NotFusable as e:
             log.warning("fused decoder layer off: %s; the layers run one kernel call at a time", e)
             return None

@@ -75,6 +75,14 @@ class Layer(ctypes.Structure):
         ("block_size", _I),
         ("window", _I),
         ("cache_dtype", _I),
+        ("q_norm", _P),
+        ("k_norm", _P),
+        ("pre_ff_norm", _P),
+        ("post_ff_norm", _P),
+        ("cos", _P),
+        ("sin", _P),
+        ("gemma", _I),
+        ("window_pool", _I),
         ("eps", _F),
         ("scale", _F),
     ]
@@ -92,6 +100,9 @@ class Step(ctypes.Structure):
         ("sin", _P),
         ("tokens", _I),
         ("max_blocks", _I),
+        ("window_slots", _P),
+        ("window_block_tables", _P),
+        ("window_max_blocks", _I),
         ("threads", _INT),
     ]
 
@@ -704,9 +715,13 @@ def decode_layer_params(
     window: int,
     eps: float,
     scale: float,
+    gemma: dict | None = None,
 ) -> Layer:
     """A Layer: its four Weights, norm weights float32 [hidden], the layer's paged caches; window <= 0:
-    none. The Weights' widths must be the layer's (qkv: hidden -> (heads + 2 kv_heads) * head_dim, ...)."""
+    none. The Weights' widths must be the layer's (qkv: hidden -> (heads + 2 kv_heads) * head_dim, ...).
+    `gemma`: Gemma's layer, given q_norm and k_norm [head_dim], pre_ff_norm and post_ff_norm [hidden] (each
+    1 + w), its rotary tables cos and sin [max_positions, head_dim], and window_pool (bool: its KV is in the
+    sliding-window pool)."""
     _check("input_norm", input_norm, torch.float32)
     _dims("input_norm", input_norm, 1)
     hidden = input_norm.shape[0]
@@ -746,12 +761,29 @@ def decode_layer_params(
         k_cache.shape[1],
         window,
         code,
-        eps,
-        scale,
+        eps=eps,
+        scale=scale,
     )
     layer._tensors = (qkv, o, gate_up, down, input_norm, post_norm, k_cache, v_cache)
+    if gemma is not None:
+        _gemma_fields(layer, gemma, hidden, head_dim)
     layer._work_per_token = _loaded().decode_layer_work(ctypes.byref(layer))  # for decode_layer's check of work
     return layer
+
+
+def _gemma_fields(layer: Layer, gemma: dict, hidden: int, head_dim: int) -> None:
+    for name, width in (("q_norm", head_dim), ("k_norm", head_dim), ("pre_ff_norm", hidden), ("post_ff_norm", hidden)):
+        _check(name, gemma[name], torch.float32)
+        _shape(name, gemma[name], (width,))
+        setattr(layer, name, gemma[name].data_ptr())
+    for name in ("cos", "sin"):
+        _check(name, gemma[name], torch.float32)
+        _dims(name, gemma[name], 2)
+        if gemma[name].shape[1] != head_dim or not gemma[name].is_contiguous():
+            raise ValueError(f"{name}: expected contiguous [max_positions, {head_dim}], got {tuple(gemma[name].shape)}")
+        setattr(layer, name, gemma[name].data_ptr())
+    layer.gemma, layer.window_pool = 1, int(bool(gemma["window_pool"]))
+    layer._tensors += tuple(gemma[k] for k in ("q_norm", "k_norm", "pre_ff_norm", "post_ff_norm", "cos", "sin"))
 
 
 def decode_step(
@@ -762,9 +794,11 @@ def decode_step(
     cos: torch.Tensor,
     sin: torch.Tensor,
     threads: int,
+    window: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Step:
     """A Step: positions, slots, token_rows int64 [T]; block_tables int64 [rows, max_blocks]; the rotary
-    tables cos, sin float32 [max_positions, head_dim]."""
+    tables cos, sin float32 [max_positions, head_dim]; `window`: the sliding-window pool's slots [T] and
+    block tables [rows, max_blocks], where the model has one."""
     _check("positions", positions, torch.int64)
     _dims("positions", positions, 1)
     tokens = positions.shape[0]
@@ -787,10 +821,19 @@ def decode_step(
         sin.data_ptr(),
         tokens,
         block_tables.shape[1],
-        threads,
+        threads=threads,
     )
     step._tensors = (positions, slots, block_tables, token_rows, cos, sin)
     step._rotary_width = cos.shape[1]
+    if window is not None:
+        window_slots, window_tables = window
+        _check("window_slots", window_slots, torch.int64)
+        _shape("window_slots", window_slots, (tokens,))
+        _check("window_block_tables", window_tables, torch.int64)
+        _shape("window_block_tables", window_tables, tuple(block_tables.shape))
+        step.window_slots, step.window_block_tables = window_slots.data_ptr(), window_tables.data_ptr()
+        step.window_max_blocks = window_tables.shape[1]
+        step._tensors += (window_slots, window_tables)
     return step
 
 
@@ -816,6 +859,8 @@ def decode_layer(
         raise ValueError(
             f"step: rotary tables of width {step._rotary_width}, but the layer's head_dim is {layer.head_dim}"
         )
+    if layer.window_pool and not step.window_slots:
+        raise ValueError("step: the layer keeps its KV in the sliding-window pool, but the step has no window tables")
     shape = (step.tokens, layer.hidden)
     _check("hidden", hidden, torch.float32)
     _shape("hidden", hidden, shape)

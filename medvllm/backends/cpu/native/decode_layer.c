@@ -34,12 +34,18 @@ typedef struct {
     int64_t gguf_segments, gguf_parts;  /* gguf: how many segments; activation parts (1 or 2) */
 } Weight;
 
-/* What a layer holds; built once per layer (backends/cpu/decode_layer.py). */
+/* What a layer holds; built once per layer (backends/cpu/decode_layer.py). With `gemma` set, Gemma's
+ * layer: q/k norms over each head, a norm after attention and after the MLP added to the residual
+ * stream (norms take 1 + w as their weight), GELU (tanh) * up, the layer's own rotary tables (local and
+ * global layers differ); with `window_pool` its KV lives in the sliding-window pool (Step's window_*). */
 typedef struct {
     Weight qkv, o, gate_up, down;
     const float *input_norm, *post_norm;
     void *k_cache, *v_cache;  /* [num_blocks, block_size, kv_heads, head_dim] */
     int64_t hidden, heads, kv_heads, head_dim, intermediate, block_size, window, cache_dtype;
+    const float *q_norm, *k_norm, *pre_ff_norm, *post_ff_norm;  /* gemma */
+    const float *cos, *sin;                                      /* gemma: [max_positions, head_dim] */
+    int64_t gemma, window_pool;
     float eps, scale;
 } Layer;
 
@@ -48,6 +54,8 @@ typedef struct {
     const int64_t *positions, *slots, *block_tables, *token_rows;  /* [T], [T], [T, max_blocks], [T] */
     const float *cos, *sin;                                        /* [max_positions, head_dim] */
     int64_t tokens, max_blocks;
+    const int64_t *window_slots, *window_block_tables;  /* the sliding-window pool's, where there is one */
+    int64_t window_max_blocks;
     int threads;
 } Step;
 
@@ -61,6 +69,23 @@ static inline uint16_t to_bf16(float f) {
 
 /* The segments side by side in each output row, the activations quantized once for all of them. */
 static int gguf_segments_linear(float *out, const float *x, const Weight *w, int64_t T, int64_t K, int threads) {
+    const int64_t tail = T % GGUF_GROUP;
+    if (tail > 4) {
+        /* leftover rows run one at a time on the blocks; more than four cost more than one more group of
+         * zero rows (results per row are the same either way), as quantization/gguf.py pads them too */
+        const int64_t padded = T - tail + GGUF_GROUP;
+        float *xp = calloc((size_t)(padded * K), sizeof(float));
+        float *op = malloc(sizeof(float) * (size_t)(padded * w->n_out));
+        int failed = !xp || !op;
+        if (!failed) {
+            memcpy(xp, x, sizeof(float) * (size_t)(T * K));
+            failed = gguf_segments_linear(op, xp, w, padded, K, threads);
+            if (!failed) memcpy(out, op, sizeof(float) * (size_t)(T * w->n_out));
+        }
+        free(xp);
+        free(op);
+        return failed;
+    }
     void *qx = malloc((size_t)gguf_act_bytes(T, K, (int)w->gguf_parts));
     if (!qx) return 1;
     gguf_quantize_act(qx, x, T, K, (int)w->gguf_parts, threads);
@@ -115,6 +140,63 @@ int64_t decode_layer_work(const Layer *L) {
     return L->hidden + (attention > L->intermediate ? attention : L->intermediate) + 2 * L->intermediate;
 }
 
+/* GELU with tanh, in float32 as F.gelu(approximate="tanh") writes it. */
+static inline float gelu_tanh(float x) {
+    const float inner = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+    return 0.5f * x * (1.f + tanhf(inner));
+}
+
+/* Gemma's layer (see Layer): hidden is the residual stream itself. */
+static int gemma_layer(const Layer *L, const Step *S, float *hidden, float *x) {
+    const int64_t T = S->tokens, D = L->hidden, Dh = L->head_dim, H = L->heads, Hkv = L->kv_heads;
+    const int64_t q_width = H * Dh, kv_width = Hkv * Dh, qkv_width = q_width + 2 * kv_width;
+    const int64_t attention = qkv_width + 2 * q_width;
+    float *qkv = x + T * D, *q = qkv + T * qkv_width, *att = q + T * q_width;
+    float *act = qkv;
+    float *gate_up = qkv + T * (attention > L->intermediate ? attention : L->intermediate);
+    const int64_t *slots = L->window_pool ? S->window_slots : S->slots;
+    const int64_t *tables = L->window_pool ? S->window_block_tables : S->block_tables;
+    const int64_t max_blocks = L->window_pool ? S->window_max_blocks : S->max_blocks;
+    int failed = 0;
+
+    rms_norm(x, NULL, hidden, NULL, L->input_norm, L->eps, T, D, S->threads);
+    failed |= linear(qkv, x, &L->qkv, T, D, S->threads);
+#pragma omp parallel for num_threads(S->threads) schedule(static) if (T >= 64 && !failed)
+    for (int64_t t = 0; t < T; ++t) {
+        float *row = qkv + t * qkv_width;
+        const int64_t pos = S->positions[t];
+        rms_norm(row, NULL, row, NULL, L->q_norm, L->eps, H, Dh, 1);
+        rms_norm(row + q_width, NULL, row + q_width, NULL, L->k_norm, L->eps, Hkv, Dh, 1);
+        rotate(row, H + Hkv, Dh, L->cos + pos * Dh, L->sin + pos * Dh);
+        memcpy(q + t * q_width, row, sizeof(float) * (size_t)q_width);
+        write_cache(L->k_cache, L->cache_dtype, slots[t], row + q_width, kv_width);
+        write_cache(L->v_cache, L->cache_dtype, slots[t], row + q_width + kv_width, kv_width);
+    }
+    if (!failed)
+        failed |= paged_attention(att, q, L->k_cache, L->v_cache, (int)L->cache_dtype, tables, max_blocks,
+                                  S->token_rows, S->positions, T, H, Hkv, Dh, L->block_size, L->scale, L->window,
+                                  S->threads) != 0;
+    if (!failed) failed |= linear(x, att, &L->o, T, q_width, S->threads);
+    if (failed) return failed;
+    rms_norm(x, NULL, x, NULL, L->post_norm, L->eps, T, D, S->threads);
+    for (int64_t i = 0; i < T * D; ++i) hidden[i] += x[i];
+    rms_norm(x, NULL, hidden, NULL, L->pre_ff_norm, L->eps, T, D, S->threads);
+    failed |= linear(gate_up, x, &L->gate_up, T, D, S->threads);
+    if (failed) return failed;
+    const int64_t I = L->intermediate;
+#pragma omp parallel for num_threads(S->threads) schedule(static) if (T >= 64)
+    for (int64_t t = 0; t < T; ++t) {
+        const float *g = gate_up + t * 2 * I, *u = g + I;
+        float *a = act + t * I;
+        for (int64_t i = 0; i < I; ++i) a[i] = gelu_tanh(g[i]) * u[i];
+    }
+    failed |= linear(x, act, &L->down, T, I, S->threads);
+    if (failed) return failed;
+    rms_norm(x, NULL, x, NULL, L->post_ff_norm, L->eps, T, D, S->threads);
+    for (int64_t i = 0; i < T * D; ++i) hidden[i] += x[i];
+    return 0;
+}
+
 /* hidden [T, hidden]: in, the previous layer's output (the embeddings when first); out, this layer's.
  * residual [T, hidden]: the residual stream, updated in place. work: T * decode_layer_work(L) floats,
  * or NULL to allocate them here. The step's tokens may be several per sequence (a prompt): each
@@ -126,6 +208,12 @@ int decode_layer(const Layer *L, const Step *S, float *hidden, float *residual, 
     if (Dh > 512) return 1;
     float *x = work ? work : malloc(sizeof(float) * (size_t)(T * decode_layer_work(L)));
     if (!x) return 1;
+    if (L->gemma) {
+        (void)residual, (void)first;
+        const int failed = gemma_layer(L, S, hidden, x);
+        if (!work) free(x);
+        return failed;
+    }
     const int64_t attention = qkv_width + 2 * q_width;
     float *qkv = x + T * D, *q = qkv + T * qkv_width, *att = q + T * q_width;
     float *act = qkv;  /* written after the attention buffers are last read */

@@ -27,10 +27,12 @@ static const LayoutEntry LAYOUT[] = {
     FIELD(Layer, input_norm), FIELD(Layer, post_norm), FIELD(Layer, k_cache), FIELD(Layer, v_cache),
     FIELD(Layer, hidden), FIELD(Layer, heads), FIELD(Layer, kv_heads), FIELD(Layer, head_dim),
     FIELD(Layer, intermediate), FIELD(Layer, block_size), FIELD(Layer, window), FIELD(Layer, cache_dtype),
-    FIELD(Layer, eps), FIELD(Layer, scale),
+    FIELD(Layer, eps), FIELD(Layer, scale), FIELD(Layer, q_norm), FIELD(Layer, k_norm), FIELD(Layer, pre_ff_norm),
+    FIELD(Layer, post_ff_norm), FIELD(Layer, cos), FIELD(Layer, sin), FIELD(Layer, gemma), FIELD(Layer, window_pool),
 
     SIZE(Step), FIELD(Step, positions), FIELD(Step, slots), FIELD(Step, block_tables), FIELD(Step, token_rows),
     FIELD(Step, cos), FIELD(Step, sin), FIELD(Step, tokens), FIELD(Step, max_blocks), FIELD(Step, threads),
+    FIELD(Step, window_slots), FIELD(Step, window_block_tables), FIELD(Step, window_max_blocks),
 
     CONSTANT(CACHE_F32), CONSTANT(CACHE_BF16), CONSTANT(PANEL_COLS), CONSTANT(PANEL), CONSTANT(GGUF_SEGMENTS),
 };
