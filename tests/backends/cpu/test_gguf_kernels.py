@@ -92,6 +92,37 @@ def test_matches_float64_within_the_activation_rounding(G, qt, random_bytes):
         assert err[2] < err[1] / 30, err  # the second part: ~8 more bits
 
 
+def rounded_activations(x: torch.Tensor, parts: int) -> torch.Tensor:
+    """The inputs the kernels multiply (gguf_act.c), in float64: int8 steps of amax / 127 per 32, and with
+    two parts the residual's int8 steps of a 254th of that."""
+    v = x.reshape(x.shape[0], -1, 32)
+    d = v.abs().amax(-1, keepdim=True) / 127
+    inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
+    q = (v * inv).clamp(-127, 127).round()
+    out = q.double() * d.double()
+    if parts == 2:
+        r = ((v - q * d) * (inv * 254)).clamp(-127, 127).round()
+        out += r.double() * (d.double() / 254)
+    return out.reshape(x.shape)
+
+
+@pytest.mark.parametrize("qt", TYPES, ids=lambda t: t.name)
+def test_the_rounding_meets_the_whole_weight(G, qt):
+    """A row is ws * u + wm (u >= 0): only if both terms take the same rounded inputs does the rounding
+    error meet the centred weight rather than ws * u alone. So the result is the file's weights times the
+    rounded inputs, up to float32 sums, far closer to that than the rounding moves it (summing the real
+    inputs into wm's term tripled one part's error on the default model)."""
+    rng, gen = np.random.default_rng(7 + int(qt)), torch.Generator().manual_seed(int(qt))
+    n, k = 24, 512
+    W = quants.dequantize(w := blocks(qt, n, k, rng), qt).astype(np.float64)
+    x = activations(19, k, gen)
+    exact = x.double().numpy() @ W.T
+    for parts in (1, 2):
+        y = G.gguf_linear(x, torch.from_numpy(w), int(qt), parts).double().numpy()
+        rounded = rounded_activations(x, parts).numpy() @ W.T
+        assert np.linalg.norm(y - rounded) < 0.01 * np.linalg.norm(rounded - exact), (parts, qt.name)
+
+
 @pytest.mark.parametrize("qt", TYPES, ids=lambda t: t.name)
 def test_every_path_computes_what_the_portable_one_does(G, qt):
     from medvllm.backends.cpu.native import binding

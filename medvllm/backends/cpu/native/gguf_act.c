@@ -1,8 +1,11 @@
 /* Activations for the GGUF kernels: each token's inputs quantized per block of 32, as int8 with a float
  * step d = amax / 127 (round half to even), the exact int sums of each 16 of them (the weights' offsets
- * come off with these), and the float32 sum of the real inputs (the types with a min multiply it: more
- * faithful than the sum of the quantized ones). With parts = 2 a second int8 holds the residual
- * x - q1 * d in steps of d / 254 (|q2| <= 127): ~15 bits in all, from the same weight loads.
+ * come off with these), and sx, the sum of the quantized inputs (the types with a min multiply it). sx
+ * must be the quantized sum, not the real one: a row is ws * u + wm with u >= 0, and only with both
+ * terms on the same quantized inputs do the rounding errors meet the centred weight (ws * u + wm) rather
+ * than ws * u alone (the real sum tripled one part's error on the default model's q/k/v). With parts = 2
+ * a second int8 holds the residual x - q1 * d in steps of d / 254 (|q2| <= 127): ~15 bits in all, from
+ * the same weight loads.
  *
  * The kernels multiply the two parts as one integer, 254 * q1 + q2 (|.| <= 32385), in steps of dx = d / 254:
  * their int32 sums fold into one before the float step. dx (d with one part) is what a record stores,
@@ -70,10 +73,6 @@ static void gguf_quant_block(const float *x, int parts, GgufTok *t) {
     __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     h = _mm_max_ps(h, _mm_movehl_ps(h, h));
     const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
-    const __m256 l8 = _mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3]));
-    const __m128 l4 = _mm_add_ps(_mm256_castps256_ps128(l8), _mm256_extractf128_ps(l8, 1));
-    const __m128 l2 = _mm_add_ps(l4, _mm_movehl_ps(l4, l4));  /* [0 + 2, 1 + 3] */
-    t->sx = _mm_cvtss_f32(_mm_add_ss(l2, _mm_movehdup_ps(l2)));
     const float d = amax >= 1e-30f ? amax / 127.f : 0.f, id = d > 0.f ? 1.f / d : 0.f;
     const float d2 = d / 254.f, id2 = d2 > 0.f ? 1.f / d2 : 0.f;
     __m256i q[4], r[4];
@@ -90,21 +89,18 @@ static void gguf_quant_block(const float *x, int parts, GgufTok *t) {
     t->bs[0] = k * gguf_hsum8(_mm256_add_epi32(q[0], q[1])) + gguf_hsum8(_mm256_add_epi32(r[0], r[1]));
     t->bs[1] = k * gguf_hsum8(_mm256_add_epi32(q[2], q[3])) + gguf_hsum8(_mm256_add_epi32(r[2], r[3]));
     t->dx = parts == 2 ? d2 : d;
+    t->sx = t->dx * (float)(t->bs[0] + t->bs[1]);
     memset(t->pad, 0, sizeof t->pad);
 }
 #else
-/* 32 inputs -> one record. The float sum has a fixed order (8 lanes, then halves) on every build. */
+/* 32 inputs -> one record */
 static void gguf_quant_block(const float *x, int parts, GgufTok *t) {
     float amax = 0.f;
     for (int l = 0; l < 32; ++l) {
         const float a = fabsf(x[l]);
         amax = a > amax ? a : amax;
     }
-    float lane[8];
-    for (int l = 0; l < 8; ++l) lane[l] = (x[l] + x[l + 8]) + (x[l + 16] + x[l + 24]);
-    for (int l = 0; l < 4; ++l) lane[l] = lane[l] + lane[l + 4];
-    t->sx = (lane[0] + lane[2]) + (lane[1] + lane[3]);
-    /* below ~1e-30 the inverse steps would overflow: such a block counts as zeros (its sum stays) */
+    /* below ~1e-30 the inverse steps would overflow: such a block counts as zeros */
     const float d = amax >= 1e-30f ? amax / 127.f : 0.f, id = d > 0.f ? 1.f / d : 0.f;
     const float d2 = d / 254.f, id2 = d2 > 0.f ? 1.f / d2 : 0.f;
     int32_t s1[2] = {0, 0}, s2[2] = {0, 0};
@@ -121,6 +117,7 @@ static void gguf_quant_block(const float *x, int parts, GgufTok *t) {
     const int k = parts == 2 ? 254 : 1;
     t->dx = parts == 2 ? d2 : d;
     t->bs[0] = k * s1[0] + s2[0], t->bs[1] = k * s1[1] + s2[1];
+    t->sx = t->dx * (float)(t->bs[0] + t->bs[1]);
     memset(t->pad, 0, sizeof t->pad);
 }
 #endif
