@@ -35,6 +35,10 @@ QUANT_METHOD_BITS = {"dynamic": 8, "gguf": None, "bnb-8bit": 8, "bnb-nf4": 4}
 QUANT_METHOD_ALIASES = {"bnb-4bit": "bnb-nf4"}
 QUANT_METHODS = tuple(QUANT_METHOD_BITS) + tuple(QUANT_METHOD_ALIASES)
 CUDA_ONLY_METHODS = ("bnb-8bit", "bnb-nf4")
+# How quantization_method="gguf" quantizes a projection's inputs, per block of 32 (medvllm/quantization/gguf.py):
+# int8 (llama.cpp's scheme), int8x2 (two int8 parts, ~15 bits, everywhere), mixed (int8x2 into q/k/v and the LM
+# head, int8 into the rest).
+GGUF_ACTIVATIONS = ("mixed", "int8x2", "int8")
 
 
 class ConfigWarning(UserWarning):
@@ -49,7 +53,8 @@ class Config:
     tensor_parallel_size: int = 1
     # numerics
     dtype: str = "auto"  # auto (float32) | float32 | bfloat16 | float16: what the model runs in
-    quantization_method: str | None = None  # None | dynamic | bnb-8bit | bnb-nf4 (alias bnb-4bit)
+    quantization_method: str | None = None  # None | dynamic | gguf | bnb-8bit | bnb-nf4 (alias bnb-4bit)
+    gguf_activations: str = "mixed"  # mixed | int8x2 | int8: the gguf method's activation precision
     force_float16: bool = False  # run float16 even on a model known to overflow it (Gemma 3): quality compare shows it
     # attention and backend flags
     attention_impl: str = "auto"  # auto | sdpa | flash
@@ -181,6 +186,7 @@ _ENUMS = {
     "pool_device": DEVICES,
     "kv_cache_dtype": KV_CACHE_DTYPES,
     "scheduling_policy": SCHEDULING_POLICIES,
+    "gguf_activations": GGUF_ACTIVATIONS,
 }
 
 
@@ -381,6 +387,11 @@ def without_effect(c: Config, device: str, kv_space_given: bool) -> list[str]:
         warn.append(
             f"force_float16=true does nothing with dtype={c.dtype!r}: it only lets dtype='float16' run a model that "
             "overflows it (Gemma 3); drop it"
+        )
+    if c.gguf_activations != "mixed" and c.quantization_method != "gguf":
+        warn.append(
+            f"gguf_activations={c.gguf_activations!r} does nothing with quantization_method="
+            f"{c.quantization_method!r}: it sets the gguf method's activation precision; drop it"
         )
     if c.pool_device != "auto" and not c.enable_memory_pooling:
         warn.append(

@@ -117,7 +117,7 @@ def _cpu(config, traits: ModelTraits) -> Backends:
     if missing is not None:  # same numerics on PyTorch's kernels, only slower: say so once
         log.warning("native CPU kernels unavailable (%s); PyTorch's kernels run in their place", missing)
 
-    linear, head, embedding = _cpu_linear(config, traits, native, missing, why)
+    linear, head, embedding, attention_linear = _cpu_linear(config, traits, native, missing, why)
 
     if config.attention_impl == "sdpa":
         attention, why["attention"] = None, "attention_impl='sdpa'"
@@ -153,6 +153,7 @@ def _cpu(config, traits: ModelTraits) -> Backends:
         argmax, why["sampler"] = None, f"native kernels unavailable ({missing})"
     kit = LayerKit(
         linear=linear,
+        attention_linear=attention_linear,
         lm_head=head,
         embedding=embedding,
         norm=norm,
@@ -164,7 +165,7 @@ def _cpu(config, traits: ModelTraits) -> Backends:
 
 
 def _cpu_linear(config, traits, native: bool, missing: str | None, why: dict):
-    """(decoder method, head method, the embedding's form)."""
+    """(decoder method, head method, the embedding's form, q/k/v's method where it differs)."""
     method = config.quantization_method
     if method == "gguf":
         if not native:
@@ -172,11 +173,13 @@ def _cpu_linear(config, traits, native: bool, missing: str | None, why: dict):
                 f"quantization_method='gguf' needs the native GGUF kernels, which cannot be built here "
                 f"({missing}): install a C compiler (e.g. apt-get install gcc), or drop quantization"
             )
-        from medvllm.quantization.gguf import GGUFMethod
+        from medvllm.quantization.gguf import methods
 
-        method = GGUFMethod()
-        why["linear"] = why["lm_head"] = why["embedding"] = "quantization_method='gguf': the file's own blocks"
-        return method, method, "gguf"
+        decoder, attention, head = methods(config.gguf_activations)
+        why["linear"] = why["lm_head"] = why["embedding"] = (
+            f"quantization_method='gguf': the file's own blocks, gguf_activations={config.gguf_activations!r}"
+        )
+        return decoder, head, "gguf", attention
     if method == "dynamic":
         if not native:
             raise ConfigError(
@@ -187,19 +190,19 @@ def _cpu_linear(config, traits, native: bool, missing: str | None, why: dict):
         from medvllm.quantization.int8_head import Int8RowsHead
 
         why["linear"] = why["lm_head"] = why["embedding"] = "quantization_method='dynamic'"
-        return DynamicInt8Method(), Int8RowsHead(traits.hidden_size), "int8-rows"
+        return DynamicInt8Method(), Int8RowsHead(traits.hidden_size), "int8-rows", None
     why["embedding"] = "no quantization"
     if config.torch_dtype != torch.float32:
         why["linear"], why["lm_head"] = "PyTorch's low-precision matmul", "logits in float32 under mixed precision"
-        return UNQUANTIZED, Float32Logits(), "float"
+        return UNQUANTIZED, Float32Logits(), "float", None
     if native:
         from medvllm.backends.cpu.panel_linear import PanelFloatMethod
 
         panels = PanelFloatMethod()
         why["linear"] = why["lm_head"] = "float32 on CPU: weights packed once into the kernel's panels"
-        return panels, panels, "float"
+        return panels, panels, "float", None
     why["linear"] = why["lm_head"] = f"native kernels unavailable ({missing}): F.linear, the same float32 numerics"
-    return UNQUANTIZED, UNQUANTIZED, "float"
+    return UNQUANTIZED, UNQUANTIZED, "float", None
 
 
 def _fused_blocker(config, traits: ModelTraits, native: bool, f32: bool, linear: LinearMethod, attention) -> str | None:

@@ -31,6 +31,7 @@ CHOICES = {
     "kv_cache_dtype": C.KV_CACHE_DTYPES,
     "quantization_method": C.QUANT_METHODS + ("none",),
     "scheduling_policy": C.SCHEDULING_POLICIES,
+    "gguf_activations": C.GGUF_ACTIVATIONS,
 }
 INTS = ("tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens", "kvcache_block_size")
 OPTIONAL_INTS = ("quantization_bits", "max_model_len", "num_kvcache_blocks", "mixed_prompt_tokens")

@@ -31,9 +31,10 @@ def _quantized_gguf(model: memory.ModelInfo | None) -> bool:
 
 
 RULES = (
-    # the file's own blocks: the answers of the file (docs/QUALITY.md), at its size in memory
+    # the file's own blocks, at its size in memory, nearer the file in float32 than llama.cpp (docs/QUALITY.md)
     Rule(
-        "no CUDA GPU, a quantized GGUF model: its own blocks keep the file's answers at the file's size",
+        "no CUDA GPU, a quantized GGUF model: it runs on its own blocks, at the file's size, with answers nearer "
+        "the file in float32 than llama.cpp's",
         lambda hw, model: not hw.has_cuda and _quantized_gguf(model),
         ("cpu_gguf",),
     ),

@@ -14,6 +14,7 @@ from medvllm.layers.norm import NormKernel
 @dataclass(frozen=True)
 class LayerKit:
     linear: LinearMethod = UNQUANTIZED  # the decoder layers' projections
+    attention_linear: LinearMethod | None = None  # q/k/v's, where it differs from `linear` (None: the same)
     lm_head: LinearMethod = UNQUANTIZED
     # how the token table is held: float | int8-rows (shared with an int8 tied head) | gguf (the file's blocks)
     embedding: str = "float"

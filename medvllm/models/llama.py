@@ -59,7 +59,7 @@ def attention_projections(cfg, qkv_bias: bool, o_bias: bool, kit: LayerKit, tp: 
         bias=qkv_bias,
         tp=tp,
         shard_rows=[q_rows, kv_rows, kv_rows],
-        method=kit.linear,
+        method=kit.attention_linear or kit.linear,
     )
     o = RowParallelLinear(total_heads * d, cfg.hidden_size, bias=o_bias, tp=tp, cols=q_rows, method=kit.linear)
     return Projections(d, shard.num_heads, shard.num_kv_heads, qkv, o)

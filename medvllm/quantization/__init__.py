@@ -40,7 +40,8 @@ def describe(model: nn.Module, method_name: str | None) -> dict | None:
         "embedding": "int8-rows" if embedding.int8_rows is not None else embedding.form,
     }
     if method_name == "gguf":  # the file's types as they run (float32 segments for types without a kernel)
-        from medvllm.quantization.gguf import describe_types
+        from medvllm.quantization.gguf import describe_activations, describe_types
 
         described["types"] = describe_types([*layers, model.lm_head])
+        described["activations"] = describe_activations([*layers, model.lm_head])
     return described

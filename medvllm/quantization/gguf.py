@@ -27,10 +27,14 @@ from medvllm.layers.linear import LinearBase, LinearMethod
 
 log = logging.getLogger(__name__)
 
-# Activations per block of 32: 1 part = int8 (llama.cpp's Q8 scheme), 2 parts = int8 plus an int8 residual
-# (~15 bits). One part moved the default model's answers measurably (docs/QUALITY.md: mean KL 0.028, top-1
-# 90%); two parts are indistinguishable from the file in float32, at a cost only when compute-bound.
-ACTIVATION_PARTS = 2
+# Activations per block of 32, as `gguf_activations` names them: 1 part = int8 (llama.cpp's scheme), 2 parts =
+# int8 plus an int8 residual (~15 bits, the same weight loads, twice the multiplies: the cost shows only
+# where batches make the matmuls compute-bound). Measured on the shipped clinical texts against the file in
+# float32 (docs/QUALITY.md), int8 everywhere moved the default model's answers the most through q/k/v
+# (whose inputs carry the residual stream's outlier channels) and the LM head; "mixed" keeps those two in
+# int8x2 and halves the multiplies of the rest (o, gate/up, down: most of a decoder layer's).
+PARTS = {"int8": 1, "int8x2": 2}
+MIXED = {"decoder": 1, "attention": 2, "head": 2}
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ class GGUFMethod(LinearMethod):
     frees_weight = True
     holds_float_weight = False  # the loader hands this method the file's blocks
 
-    def __init__(self, parts: int = ACTIVATION_PARTS):
+    def __init__(self, parts: int = 2):
         binding.library()  # raises NativeUnavailable with the reason
         self.parts = parts
 
@@ -107,6 +111,14 @@ class GGUFMethod(LinearMethod):
         return out.view(*x.shape[:-1], layer.out_features)
 
 
+def methods(activations: str) -> tuple[GGUFMethod, GGUFMethod, GGUFMethod]:
+    """(decoder projections', q/k/v's, LM head's) methods for a `gguf_activations` setting."""
+    if activations == "mixed":
+        return GGUFMethod(MIXED["decoder"]), GGUFMethod(MIXED["attention"]), GGUFMethod(MIXED["head"])
+    one = GGUFMethod(PARTS[activations])
+    return one, one, one
+
+
 def _whole_groups(rows: torch.Tensor) -> torch.Tensor:
     """Rows padded with zeros to a whole group of the kernel's where more than a few are left over. The
     kernel runs groups of 16 tokens over weight rows unpacked once and each leftover token on the
@@ -138,4 +150,15 @@ def describe_types(layers) -> dict[str, int]:
         if isinstance(layer.packed, GGUFWeight):
             for name in layer.packed.types:
                 counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def describe_activations(layers) -> dict[str, int]:
+    """How many gguf layers take their inputs as int8 and as int8x2 (runtime_info)."""
+    names = {parts: name for name, parts in PARTS.items()}
+    counts: dict[str, int] = {}
+    for layer in layers:
+        if isinstance(layer.packed, GGUFWeight):
+            name = names[layer.method.parts]
+            counts[name] = counts.get(name, 0) + 1
     return counts

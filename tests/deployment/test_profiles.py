@@ -32,6 +32,7 @@ SPEC_ENGINES = {  # the engine blocks of the product spec (gpu_4bit as the issue
         "device": "cpu",
         "tensor_parallel_size": 1,
         "quantization_method": "gguf",
+        "gguf_activations": "mixed",
         "memory_efficient": True,
     },
     "onprem_gpu_bf16_flash": {
