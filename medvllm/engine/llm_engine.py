@@ -28,8 +28,8 @@ class LLMEngine:
         hf = self.source.hf_config
         # prompts longer than max_num_batched_tokens are prefilled in chunks (scheduler.py)
         self.max_model_len = config.max_model_len or getattr(hf, "max_position_embeddings", 4096) or 4096
+        self.executor = make_executor(config, self.source, self.max_model_len)  # the tokenizer may build meanwhile
         self.tokenizer = self.source.tokenizer
-        self.executor = make_executor(config, self.source, self.max_model_len)
         self.runner = self.executor.runner  # rank 0's: what runs, for runtime_info and stats
         self.max_model_len = self.runner.max_model_len  # lowered to the KV pool where that is smaller
         self.scheduler = Scheduler(config, self.runner.num_blocks, self.max_model_len, self.runner.window_pool)

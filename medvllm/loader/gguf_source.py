@@ -1,7 +1,9 @@
 """Open a single .gguf file as a ModelSource."""
 
 import os
+import threading
 from collections import Counter
+from concurrent.futures import Future
 
 import torch
 from gguf import LlamaFileType
@@ -81,10 +83,31 @@ def open_gguf(path: str) -> ModelSource:
                 yield hf, decoded(hf, info)
         f.release_all()
 
-    tokenizer = build_tokenizer(f.metadata, path)
-    f.release_metadata()  # parsed into Python objects above
+    def tokenizer():
+        try:
+            return build_tokenizer(f.metadata, path)
+        finally:
+            f.release_metadata()  # parsed into Python objects when the file was opened
+
     quant = _quant_label(f)
-    return ModelSource(path, "gguf", config, tokenizer, f"{os.path.basename(path)} (gguf, {quant})", weights)
+    # Gemma's 262k-token vocabulary takes ~1 s to build: it is built while the engine loads the weights
+    return ModelSource(
+        path, "gguf", config, _in_background(tokenizer), f"{os.path.basename(path)} (gguf, {quant})", weights
+    )
+
+
+def _in_background(build) -> Future:
+    """build() on a thread of its own; the Future holds its result or what it raised."""
+    future = Future()
+
+    def run():
+        try:
+            future.set_result(build())
+        except BaseException as e:  # handed to whoever reads the result, as raised
+            future.set_exception(e)
+
+    threading.Thread(target=run, name="medvllm-tokenizer", daemon=True).start()
+    return future
 
 
 def _quant_label(f: GGUFFile) -> str:

@@ -1,6 +1,7 @@
 """ModelSource: what the loader hands the engine, whatever the file format."""
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -17,11 +18,19 @@ class ModelSource:
     path: str  # the file or folder loaded
     format: str  # "gguf" | "safetensors"
     hf_config: "transformers.PretrainedConfig | ModelConfig"  # .architectures: the *ForCausalLM class
-    # a GGUF file's: TextTokenizer; a folder's: transformers' fast tokenizer. .chat_template set when the model has one
-    tokenizer: "TextTokenizer | transformers.PreTrainedTokenizerBase"
+    # a GGUF file's: TextTokenizer; a folder's: transformers' fast tokenizer. .chat_template set when the model has one.
+    # A Future while it is still being built (a GGUF file's, beside the weights): read it as `tokenizer`.
+    _tokenizer: "TextTokenizer | transformers.PreTrainedTokenizerBase | Future"
     description: str  # short human text for logs and output metadata
     # Builds the weight stream; kept as a factory so every iter_weights() call starts afresh.
     _weights: Callable[..., Iterator[tuple[str, "torch.Tensor"]]] = field(repr=False, compare=False, default=None)
+
+    @property
+    def tokenizer(self) -> "TextTokenizer | transformers.PreTrainedTokenizerBase":
+        """The tokenizer, once built (waits for it; raises what building it raised)."""
+        if isinstance(self._tokenizer, Future):
+            self._tokenizer = self._tokenizer.result()
+        return self._tokenizer
 
     def iter_weights(self, blocks: bool = False) -> Iterator[tuple[str, "torch.Tensor"]]:
         """Yield (Hugging Face parameter name, CPU tensor) one at a time, so peak memory stays low.
