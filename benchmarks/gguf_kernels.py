@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medvllm.backends.cpu.int8_linear import column_sums, pack_int8
+from medvllm.backends.cpu.int8_linear import pack_int8
 from medvllm.backends.cpu.native import binding
+from medvllm.quantization.dynamic_int8 import GROUP
 
 SHAPES = [("q,o", 576, 576), ("k,v", 192, 576), ("gate,up", 1536, 576), ("down", 576, 1536)]
 HEAD = ("lm_head", 49152, 576)
@@ -73,10 +74,11 @@ def run_shape(name, n, k, tokens, args, rng, only=None):
     rows = []
     threads = args.threads
     w = torch.randn(n, k) * 0.02
-    packed, scale = pack_int8(w)
-    sums = column_sums(packed)
+    packed, scale, sums = pack_int8(w, GROUP)
     us = timed(
-        lambda p: binding.int8_linear(out, x, p, scale, None, threads, sums), copies(packed, args.hot), args.rounds
+        lambda p: binding.int8_linear(out, x, p, scale, sums, None, GROUP, threads),
+        copies(packed, args.hot),
+        args.rounds,
     )
     rows.append(("int8 (dynamic)", us, packed.numel()))
     if args.float:
