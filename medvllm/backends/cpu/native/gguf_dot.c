@@ -32,10 +32,13 @@ static inline int32_t gguf_load4(const void *p) {
 
 static inline int gguf_log2(int v) { return v == 8 ? 3 : v == 16 ? 4 : v == 32 ? 5 : 7; }
 
-/* the parts' int32 sums as one: 254 * i1 + i2 (i1 with one part) */
+/* the parts' int32 sums as one: 254 * i1 + i2. With one part the VNNI kernel keeps the odd steps' sums in
+ * i2 (two chains of dependent vpdpbusd instead of one: with one chain per row the four rows' chains waited
+ * on the instruction's latency, and one part ran no faster than two), so the sum is i1 + i2; integer sums,
+ * the same bits either way. */
 #if defined(GGUF_VNNI)
 GGUF_INLINE __m512i gguf_join16(const int parts, __m512i i1, __m512i i2) {
-    return parts == 2 ? _mm512_add_epi32(_mm512_mullo_epi32(i1, _mm512_set1_epi32(254)), i2) : i1;
+    return parts == 2 ? _mm512_add_epi32(_mm512_mullo_epi32(i1, _mm512_set1_epi32(254)), i2) : _mm512_add_epi32(i1, i2);
 }
 
 /* 4 rows (u at stride K; ws, wm at [b * GGUF_ROWS]) x one group of 16 tokens -> res[4][16] */
@@ -64,12 +67,14 @@ GGUF_INLINE void gguf_tokens4(const int qt, const int parts, const uint8_t *u, i
             const __m512i x2 = parts == 2 ? _mm512_loadu_si512(rec + GREC_Q2 + 64 * j) : x1;
             for (int r = 0; r < 4; ++r) {
                 const __m512i w = _mm512_set1_epi32(gguf_load4(ub + r * K + 4 * j));
-                if (q6 && j >= 4) {
-                    h1[r] = _mm512_dpbusd_epi32(h1[r], w, x1);
-                    if (parts == 2) h2[r] = _mm512_dpbusd_epi32(h2[r], w, x2);
+                __m512i *s1 = q6 && j >= 4 ? h1 : a1, *s2 = q6 && j >= 4 ? h2 : a2;
+                if (parts == 2) {
+                    s1[r] = _mm512_dpbusd_epi32(s1[r], w, x1);
+                    s2[r] = _mm512_dpbusd_epi32(s2[r], w, x2);
+                } else if (j & 1) {  /* one part: odd steps on the second chain */
+                    s2[r] = _mm512_dpbusd_epi32(s2[r], w, x1);
                 } else {
-                    a1[r] = _mm512_dpbusd_epi32(a1[r], w, x1);
-                    if (parts == 2) a2[r] = _mm512_dpbusd_epi32(a2[r], w, x2);
+                    s1[r] = _mm512_dpbusd_epi32(s1[r], w, x1);
                 }
             }
         }
